@@ -1,0 +1,121 @@
+"""Policy loading: any Hugging Face causal LM (folder or hub id), the embedded tiny model, or a fetched model.
+
+A ``Policy`` bundles the model, its tokenizer and the one rule for turning a problem prompt into token ids
+(the chat template when the tokenizer has one, the raw prompt otherwise)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from cropi.errors import CropiError
+
+EMBEDDED_MODELS = {"tiny": "tiny-policy"}
+
+
+def embedded_model_path(name: str = "tiny") -> Path:
+    return Path(str(resources.files("cropi") / "assets" / EMBEDDED_MODELS[name]))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CROPI_CACHE", Path.home() / ".cache" / "cropi" / "models"))
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """``tiny`` -> the embedded model; ``smollm2`` -> the fetched folder; else a folder or hub id as given."""
+    if name_or_path in EMBEDDED_MODELS:
+        return str(embedded_model_path(name_or_path))
+    if name_or_path == "smollm2":
+        p = cache_dir() / "smollm2-135m-instruct"
+        if not (p / "config.json").exists():
+            raise CropiError(f"{p}: SmolLM2 is not fetched yet; run `cropi model fetch smollm2` first")
+        return str(p)
+    return name_or_path
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class Policy:
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    device: torch.device
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        ids = set()
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        gen = getattr(self.model, "generation_config", None)
+        g_eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+        if isinstance(g_eos, int):
+            ids.add(g_eos)
+        elif isinstance(g_eos, (list, tuple)):
+            ids.update(int(i) for i in g_eos)
+        return sorted(ids)
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.eos_token_ids[0])
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Token ids of a problem prompt, through the chat template when the tokenizer has one."""
+        tok = self.tokenizer
+        if getattr(tok, "chat_template", None):
+            text = tok.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+            return list(tok(text, add_special_tokens=False)["input_ids"])
+        return list(tok(prompt)["input_ids"])
+
+    def decode_response(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def fingerprint(self) -> dict[str, str]:
+        return {"model": model_fingerprint(self.model), "tokenizer": tokenizer_fingerprint(self.tokenizer)}
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over parameter names, shapes and fp32 values: identifies the weights that produced a store."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(p.shape)).encode())
+        h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    text += str(getattr(tokenizer, "chat_template", "") or "")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_policy(name_or_path: str = "tiny", device: str = "auto", dtype: str = "float32") -> Policy:
+    """Load a causal LM and its tokenizer through the Auto classes."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    dev = pick_device(device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    except OSError as exc:
+        raise CropiError(f"{path}: cannot load model ({str(exc).splitlines()[0]})") from exc
+    model.to(dev)
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Policy(model=model, tokenizer=tokenizer, name=name_or_path, device=dev)

@@ -1,0 +1,200 @@
+"""Run configuration: nested dataclasses, loadable from YAML and overridable with ``section.key=value``.
+
+Every run folder stores the resolved config (``config.yaml``), so a result can be reproduced from its folder
+alone: ``cropi train --config RUN/config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from cropi.errors import ConfigError
+from cropi.tasks.synthetic import SuiteConfig
+
+
+@dataclass
+class DataConfig:
+    """Where problems come from: the embedded suite, or the user's own files."""
+
+    suite: SuiteConfig = field(default_factory=SuiteConfig)
+    pool_file: str | None = None  # JSONL / Parquet; replaces the embedded pool
+    validation_files: list[str] = field(default_factory=list)  # one validation set per file (targeted)
+    test_files: list[str] = field(default_factory=list)  # one test split per file; targeted if its family is
+    fields: dict[str, str] = field(default_factory=dict)  # Problem field -> column, e.g. {prompt: question}
+    answer_format: str = "plain"  # plain | gsm8k (extract after ####) | boxed (last \boxed{})
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"  # "tiny" (embedded), "smollm2" (fetched), an HF folder or hub id
+    device: str = "auto"
+    dtype: str = "float32"
+
+
+@dataclass
+class RolloutConfig:
+    group_size: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 16
+    batch_size: int = 512
+
+
+@dataclass
+class TrainConfig:
+    selector: str = "full"
+    steps: int = 150
+    prompts_per_step: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    clip_eps: float = 0.2
+    aggregation: str = "grpo"  # grpo | dr_grpo
+    kl_coef: float = 0.0  # KL(π_θ‖π_ref) to the starting policy; 0 = off (no reference model is kept)
+    ppo_epochs: int = 1  # optimizer updates per rollout batch (>1 makes the clip matter)
+    micro_batch: int = 256  # sequences per forward/backward (gradient accumulation)
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    eval_every: int = 10
+    checkpoint_every: int = 50
+
+
+@dataclass
+class EvalConfig:
+    max_new_tokens: int = 16
+    batch_size: int = 512
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def to_dict(cfg: Any) -> Any:
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(x) for x in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Convert ``value`` (from YAML or a CLI string) to the annotated type ``tp``."""
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin is type(None) or tp is type(None):
+        return None
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v != ""] if value else []
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        args = get_args(tp)
+        elem = args[0] if args else Any
+        out = [_coerce(elem, v, where) for v in value]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value) or {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        _, vt = get_args(tp) or (Any, Any)
+        return {k: _coerce(vt, v, where) for k, v in value.items()}
+    args = get_args(tp)
+    if args:  # Optional / Union: None or the first non-None type that accepts the value
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp in (int, float):
+        try:
+            if tp is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return tp(float(value)) if tp is int else float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def from_dict(cls: type, data: dict, where: str = "config") -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def apply_override(cfg: Any, override: str) -> None:
+    """Apply one ``a.b.c=value`` override in place."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r}: expected section.key=value")
+    dotted, raw = override.split("=", 1)
+    parts = dotted.strip().split(".")
+    obj = cfg
+    for p in parts[:-1]:
+        if not dataclasses.is_dataclass(obj) or not hasattr(obj, p):
+            raise ConfigError(f"override {override!r}: no section {p!r}")
+        obj = getattr(obj, p)
+    key = parts[-1]
+    if not dataclasses.is_dataclass(obj) or key not in {f.name for f in dataclasses.fields(obj)}:
+        raise ConfigError(f"override {override!r}: unknown key {key!r}")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    setattr(obj, key, _coerce(get_type_hints(type(obj))[key], value, dotted))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    cfg = RunConfig()
+    if path is not None:
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise ConfigError(f"{p}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot read config ({exc.strerror})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a mapping at the top level")
+        cfg = from_dict(RunConfig, data, str(p))
+    for o in overrides or []:
+        apply_override(cfg, o)
+    return cfg
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,92 @@
+"""The GRPO / POPI objective: the one loss that the trainer optimises and the influence estimator
+differentiates, so scoring and training can never disagree about it.
+
+Notation (METHOD.md §2): a prompt x with G stored responses o_i of T_i tokens and rewards r_i; β the policy
+that sampled them (its per-token log-probs stored at the sampling temperature); π_θ the current policy.
+
+    A_i     = (r_i − mean r) / (std r + 1e-4)                          (unbiased std; constants)
+    ρ_{i,t} = exp(log π_θ(o_{i,t}) − log β(o_{i,t}))                   (per token, no prefix product)
+    L(θ; x) = −(1/G) Σ_i (1/T_i) Σ_t ρ_{i,t} A_i                       (aggregation "grpo")
+
+With clipping (ε), the per-token term is min(ρ A, clip(ρ, 1−ε, 1+ε) A) as in PPO.  Aggregation "dr_grpo"
+replaces 1/T_i by 1/T_max (a constant), removing the length bias of the per-sequence mean.  Over a batch of
+prompts with equal G, L is the mean of the per-prompt losses.
+"""
+
+from __future__ import annotations
+
+import torch
+
+ADVANTAGE_EPS = 1e-4
+
+
+def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """A_i = (r_i − mean r) / (std r + 1e-4) along the last dim (one group per row); unbiased std.
+
+    A group whose rewards are all equal gets A = 0 (and so a zero gradient)."""
+    rewards = rewards.to(torch.float32)
+    mean = rewards.mean(dim=-1, keepdim=True)
+    std = rewards.std(dim=-1, keepdim=True, unbiased=True) if rewards.shape[-1] > 1 else torch.zeros_like(mean)
+    return (rewards - mean) / (std + ADVANTAGE_EPS)
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log-softmax(logits / T) of ``tokens``: [B, L, V] x [B, L] -> [B, L] (fp32)."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def response_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Teacher-forced log π_θ(o_t | x, o_<t) at temperature T for every position of ``input_ids``.
+
+    ``input_ids`` is [B, L] (prompt + response, left-padded); the result at position j is the log-prob of
+    token j given tokens < j (0 where ``response_mask`` is 0).  Position ids follow the attention mask so that
+    left padding does not shift positions (batch-invariant)."""
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    lp = token_logprobs(logits[:, :-1], input_ids[:, 1:], temperature)
+    lp = torch.cat([torch.zeros_like(lp[:, :1]), lp], dim=1)
+    return lp * response_mask
+
+
+def policy_loss(
+    logprobs: torch.Tensor,
+    behavior_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float | None = None,
+    aggregation: str = "grpo",
+    max_len: int | None = None,
+) -> torch.Tensor:
+    """L = −mean_i (1/T_i) Σ_t surrogate_{i,t}, surrogate = ρ A (or the PPO-clipped form).
+
+    Shapes: ``logprobs``/``behavior_logprobs``/``mask`` [N, L] over N sequences (all groups of a batch,
+    flattened), ``advantages`` [N].  ``mask`` is 1 on response tokens.  Returns a scalar."""
+    mask = mask.to(logprobs.dtype)
+    log_ratio = (logprobs - behavior_logprobs) * mask
+    ratio = torch.exp(log_ratio)
+    adv = advantages.to(logprobs.dtype).unsqueeze(-1)
+    surrogate = ratio * adv
+    if clip_eps is not None and clip_eps > 0:
+        surrogate = torch.minimum(surrogate, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv)
+    per_token = -surrogate * mask
+    if aggregation == "grpo":
+        per_seq = per_token.sum(-1) / mask.sum(-1).clamp_min(1)
+    elif aggregation == "dr_grpo":
+        per_seq = per_token.sum(-1) / float(max_len or mask.shape[-1])
+    else:
+        raise ValueError(f"unknown aggregation {aggregation!r} (grpo or dr_grpo)")
+    return per_seq.mean()
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sequence-mean k3 estimator of KL(π_θ‖π_ref): exp(ref − lp) − (ref − lp) − 1 (≥ 0, unbiased)."""
+    d = (ref_logprobs - logprobs) * mask
+    k3 = (torch.exp(d) - d - 1) * mask
+    return (k3.sum(-1) / mask.sum(-1).clamp_min(1)).mean()

@@ -1,0 +1,160 @@
+"""Batched sampling with per-token behaviour log-probs.
+
+Two choices make stored trajectories usable for off-policy influence later:
+- the stored log-prob of a sampled token is log-softmax(logits / T) at the sampling temperature, *without*
+  top-p renormalisation (otherwise importance ratios become 0 or inf where two policies' nuclei differ);
+- every row draws its randomness from its own key (seed, prompt id, sample index) through inverse-CDF
+  sampling with a per-row stream of uniforms, so a response does not depend on which other rows shared its
+  batch: a resumed or sharded collection equals a single uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from cropi.policy import Policy
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 16
+    greedy: bool = False
+
+
+@dataclass
+class Generation:
+    prompt_ids: list[int]
+    response_ids: list[int]  # includes the end-of-sequence token when the response stopped
+    behavior_logprobs: list[float]  # log-softmax(logits / T) of each response token
+    finish_reason: str  # "stop" or "length"
+
+
+def key_seed(*key: object) -> int:
+    """A stable 63-bit seed from a key tuple (independent of Python's hash randomisation)."""
+    h = hashlib.blake2b("\x1f".join(map(str, key)).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
+
+
+def row_uniforms(keys: Sequence[tuple], n: int) -> torch.Tensor:
+    """[len(keys), n] uniforms in [0, 1), one independent stream per key."""
+    out = torch.empty(len(keys), n, dtype=torch.float64)
+    for i, key in enumerate(keys):
+        g = torch.Generator().manual_seed(key_seed(*key))
+        out[i] = torch.rand(n, generator=g, dtype=torch.float64)
+    return out
+
+
+def _pick_tokens(logits: torch.Tensor, u: torch.Tensor | None, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """Choose one token per row; return (tokens, their log-softmax(logits / T))."""
+    scaled = logits.float() / max(params.temperature, 1e-6)
+    logp = torch.log_softmax(scaled, dim=-1)
+    if params.greedy or u is None:
+        tokens = logp.argmax(dim=-1)
+    else:
+        probs = logp.exp().double()
+        if params.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            # keep the smallest prefix whose mass reaches top_p (the first token always stays)
+            keep_sorted = (sorted_p.cumsum(-1) - sorted_p) < params.top_p
+            keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+            probs = torch.where(keep, probs, torch.zeros_like(probs))
+            probs = probs / probs.sum(-1, keepdim=True)
+        cdf = probs.cumsum(-1)
+        cdf = cdf / cdf[:, -1:].clamp_min(1e-300)
+        tokens = torch.searchsorted(cdf.contiguous(), u.to(cdf.device).unsqueeze(-1).contiguous(), right=True).squeeze(-1)
+        tokens = tokens.clamp_max(logits.shape[-1] - 1)
+    return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _cache_kwargs(model, out) -> dict:
+    """transformers >= 5.x names the KV cache ``cache``; 4.x names it ``past_key_values``."""
+    import inspect
+
+    if "cache" in inspect.signature(model.forward).parameters:
+        return {"cache": out.cache}
+    return {"past_key_values": out.past_key_values}
+
+
+@torch.inference_mode()
+def _generate_batch(policy: Policy, prompts: Sequence[Sequence[int]], keys, params: SamplingParams) -> list[Generation]:
+    model, dev = policy.model, policy.device
+    eos = torch.tensor(policy.eos_token_ids, device=dev)
+    ids, mask = left_pad(prompts, policy.pad_token_id, dev)
+    position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+    uniforms = None if params.greedy else row_uniforms(keys, params.max_new_tokens)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
+    n = len(prompts)
+    done = torch.zeros(n, dtype=torch.bool, device=dev)
+    tokens_out, logps_out = [], []
+    next_pos = position_ids[:, -1:] + 1
+    for t in range(params.max_new_tokens):
+        tok, lp = _pick_tokens(out.logits[:, -1, :], None if uniforms is None else uniforms[:, t], params)
+        tok = torch.where(done, torch.full_like(tok, policy.pad_token_id), tok)
+        tokens_out.append(tok)
+        logps_out.append(lp)
+        done = done | torch.isin(tok, eos)
+        if bool(done.all()) or t == params.max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=dev)], dim=1)
+        out = model(
+            input_ids=tok.unsqueeze(-1),
+            attention_mask=mask,
+            position_ids=next_pos,
+            use_cache=True,
+            **_cache_kwargs(model, out),
+        )
+        next_pos = next_pos + 1
+    toks = torch.stack(tokens_out, 1).cpu().tolist()
+    lps = torch.stack(logps_out, 1).float().cpu().tolist()
+    eos_set = set(policy.eos_token_ids)
+    gens = []
+    for i in range(n):
+        resp, lp, reason = [], [], "length"
+        for tk, l in zip(toks[i], lps[i]):
+            resp.append(tk)
+            lp.append(l)
+            if tk in eos_set:
+                reason = "stop"
+                break
+        gens.append(Generation(list(prompts[i]), resp, lp, reason))
+    return gens
+
+
+def generate(
+    policy: Policy,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams,
+    keys: Sequence[tuple] | None = None,
+    batch_size: int = 256,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[Generation]:
+    """Generate one response per prompt row (repeat a prompt G times for a group).
+
+    ``keys`` (one per row) seed sampling; ignored when ``params.greedy``.  Rows are processed in the given
+    order in chunks of ``batch_size``."""
+    if not params.greedy and (keys is None or len(keys) != len(prompts)):
+        raise ValueError("sampling needs one key per prompt row")
+    gens: list[Generation] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        chunk_keys = None if params.greedy else keys[start : start + batch_size]
+        gens.extend(_generate_batch(policy, chunk, chunk_keys, params))
+        if on_batch:
+            on_batch(len(chunk))
+    return gens

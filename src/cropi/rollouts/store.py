@@ -1,0 +1,192 @@
+"""The trajectory store: G sampled responses per prompt with rewards and behaviour log-probs, in Parquet.
+
+Layout: a folder holding ``meta.json`` (what produced the store) and ``part-NNNNNN.parquet`` chunks, one per
+``chunk_size`` consecutive prompts of the collection order.  Each chunk is written to a temporary name and
+renamed, so a crash never leaves a torn chunk; a rerun skips chunks already present (resume), and shards
+(``shard_index`` of ``num_shards``) take disjoint chunks, so sharded, resumed and single collections are
+identical.  One row per response:
+
+    prompt_id, sample_index, prompt_ids, response_ids, behavior_logprobs, reward, finish_reason,
+    policy_tag, temperature, top_p
+
+The Parquet file metadata carries the model and tokenizer fingerprints.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cropi import SCHEMA_VERSION
+from cropi.errors import CropiError
+from cropi.io import atomic_path, read_json, write_json
+from cropi.policy import Policy
+from cropi.rollouts.sampler import SamplingParams, generate
+from cropi.tasks import Problem, grade_many
+
+SCHEMA = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("sample_index", pa.int32()),
+        ("prompt_ids", pa.list_(pa.int32())),
+        ("response_ids", pa.list_(pa.int32())),
+        ("behavior_logprobs", pa.list_(pa.float32())),
+        ("reward", pa.float32()),
+        ("finish_reason", pa.string()),
+        ("policy_tag", pa.string()),
+        ("temperature", pa.float32()),
+        ("top_p", pa.float32()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    group_size: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0  # influence scoring needs top-p = 1 (see sampler docstring)
+    max_new_tokens: int = 16
+    seed: int = 0
+    chunk_size: int = 64  # prompts per Parquet chunk (and per resume unit)
+    batch_size: int = 512  # rows per generation batch
+
+
+def _chunk_path(folder: Path, chunk: int) -> Path:
+    return folder / f"part-{chunk:06d}.parquet"
+
+
+def _check_meta(folder: Path, meta: dict) -> None:
+    """A store only ever holds one policy's samples with one sampling setup."""
+    path = folder / "meta.json"
+    if not path.exists():
+        write_json(path, meta)
+        return
+    old = read_json(path)
+    for key in ("model_fingerprint", "tokenizer_fingerprint", "temperature", "top_p", "group_size",
+                "max_new_tokens", "seed", "chunk_size", "prompt_order_hash"):
+        if old.get(key) != meta.get(key):
+            raise CropiError(
+                f"{path}: existing store has {key}={old.get(key)!r}, this collection has {meta.get(key)!r}; "
+                "use a new output folder"
+            )
+
+
+def _order_hash(problems: Sequence[Problem]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(p.id for p in problems).encode()).hexdigest()[:16]
+
+
+def collect(
+    policy: Policy,
+    problems: Sequence[Problem],
+    out_dir: str | Path,
+    cfg: CollectConfig = CollectConfig(),
+    policy_tag: str = "base",
+    shard_index: int = 0,
+    num_shards: int = 1,
+    on_prompts: Callable[[int], None] | None = None,
+) -> Path:
+    """Sample ``cfg.group_size`` responses per problem with ``policy`` and store them (resumable).
+
+    Sampling randomness is keyed by (seed, prompt id, sample index)."""
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = [p.id for p in problems]
+    if len(set(ids)) != len(ids):
+        raise CropiError(f"{folder}: duplicate problem ids in the collection")
+    fp = policy.fingerprint()
+    meta = {
+        "model": policy.name,
+        "model_fingerprint": fp["model"],
+        "tokenizer_fingerprint": fp["tokenizer"],
+        "policy_tag": policy_tag,
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "group_size": cfg.group_size,
+        "max_new_tokens": cfg.max_new_tokens,
+        "seed": cfg.seed,
+        "chunk_size": cfg.chunk_size,
+        "num_prompts": len(problems),
+        "prompt_order_hash": _order_hash(problems),
+    }
+    _check_meta(folder, meta)
+    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
+    n_chunks = (len(problems) + cfg.chunk_size - 1) // cfg.chunk_size
+    for chunk in range(shard_index, n_chunks, num_shards):
+        members = problems[chunk * cfg.chunk_size : (chunk + 1) * cfg.chunk_size]
+        path = _chunk_path(folder, chunk)
+        if path.exists():
+            if on_prompts:
+                on_prompts(len(members))
+            continue
+        table = _sample_chunk(policy, members, params, cfg, policy_tag)
+        schema_meta = {b"cropi": json.dumps({**meta, "schema_version": SCHEMA_VERSION}).encode()}
+        with atomic_path(path) as tmp:
+            pq.write_table(table.replace_schema_metadata(schema_meta), tmp)
+        if on_prompts:
+            on_prompts(len(members))
+    return folder
+
+
+def _sample_chunk(policy: Policy, members: Sequence[Problem], params: SamplingParams, cfg: CollectConfig,
+                  policy_tag: str) -> pa.Table:
+    g = cfg.group_size
+    prompt_tokens = [policy.encode_prompt(p.prompt) for p in members]
+    rows_prompts = [prompt_tokens[i] for i in range(len(members)) for _ in range(g)]
+    keys = [(cfg.seed, p.id, s) for p in members for s in range(g)]
+    gens = generate(policy, rows_prompts, params, keys=keys, batch_size=cfg.batch_size)
+    texts = [policy.decode_response(x.response_ids) for x in gens]
+    rewards = grade_many([p for p in members for _ in range(g)], texts)
+    return pa.table(
+        {
+            "prompt_id": [k[1] for k in keys],
+            "sample_index": [k[2] for k in keys],
+            "prompt_ids": [x.prompt_ids for x in gens],
+            "response_ids": [x.response_ids for x in gens],
+            "behavior_logprobs": [x.behavior_logprobs for x in gens],
+            "reward": rewards,
+            "finish_reason": [x.finish_reason for x in gens],
+            "policy_tag": [policy_tag] * len(gens),
+            "temperature": [cfg.temperature] * len(gens),
+            "top_p": [cfg.top_p] * len(gens),
+        },
+        schema=SCHEMA,
+    )
+
+
+def store_meta(folder: str | Path) -> dict:
+    path = Path(folder) / "meta.json"
+    if not path.exists():
+        raise CropiError(f"{path}: no trajectory store here (run `cropi collect` first)")
+    return read_json(path)
+
+
+def read_store(folder: str | Path) -> pa.Table:
+    """All rows of a store, in collection order (chunk, then prompt, then sample index)."""
+    folder = Path(folder)
+    store_meta(folder)
+    parts = sorted(folder.glob("part-*.parquet"))
+    if not parts:
+        return SCHEMA.empty_table()
+    return pa.concat_tables([pq.read_table(p).replace_schema_metadata(None) for p in parts])
+
+
+def pass_rates(folder: str | Path) -> dict[str, float]:
+    """Mean stored reward per prompt id (the behaviour policy's pass rate)."""
+    t = read_store(folder)
+    sums: dict[str, list[float]] = {}
+    for pid, r in zip(t.column("prompt_id").to_pylist(), t.column("reward").to_pylist()):
+        sums.setdefault(pid, []).append(r)
+    return {k: sum(v) / len(v) for k, v in sums.items()}
+
+
+def collection_complete(folder: str | Path) -> bool:
+    meta = store_meta(folder)
+    n_chunks = (meta["num_prompts"] + meta["chunk_size"] - 1) // meta["chunk_size"]
+    return all(_chunk_path(Path(folder), c).exists() for c in range(n_chunks))

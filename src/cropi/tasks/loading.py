@@ -1,0 +1,66 @@
+"""Turn a ``DataConfig`` into pool, validation and test sets: the embedded suite or the user's own files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cropi.errors import ConfigError
+from cropi.tasks.synthetic import Suite, build_suite
+
+
+def _named(spec: str) -> tuple[str, str]:
+    """``name=path`` or ``path`` (name = file stem)."""
+    if "=" in spec and not Path(spec).exists():
+        name, path = spec.split("=", 1)
+        return name.strip(), path.strip()
+    return Path(spec).stem, spec
+
+
+def _extractor(fmt: str):
+    if fmt == "plain":
+        return None
+    from cropi.tasks.math_data import extract_boxed, extract_gsm8k_answer
+
+    if fmt == "gsm8k":
+        return extract_gsm8k_answer
+    if fmt == "boxed":
+        return extract_boxed
+    raise ConfigError(f"data.answer_format: unknown {fmt!r} (plain, gsm8k or boxed)")
+
+
+def load_data(cfg) -> Suite:
+    """The embedded suite, with any of pool / validation / test replaced by the user's files.
+
+    Validation and test files may be given as ``name=path``; a test split is *targeted* when a validation
+    file has the same name.  Problems from files are graded with math-verify."""
+    if cfg.pool_file is None and not cfg.validation_files and not cfg.test_files:
+        return build_suite(cfg.suite)
+    from cropi.tasks.readers import read_records
+
+    base = build_suite(cfg.suite) if (cfg.pool_file is None or not cfg.validation_files or not cfg.test_files) else None
+    extract = _extractor(cfg.answer_format)
+    fields = dict(cfg.fields)
+
+    def read(path: str, family: str | None = None):
+        kw = {"fields": fields}
+        if extract is not None:
+            kw["answer_extractor"] = extract
+        problems = read_records(path, **kw)
+        if family is not None:
+            from dataclasses import replace
+
+            problems = [replace(p, family=family) for p in problems]
+        return problems
+
+    pool = read(cfg.pool_file) if cfg.pool_file else base.pool
+    if cfg.validation_files:
+        validation = {name: read(path, name) for name, path in map(_named, cfg.validation_files)}
+    else:
+        validation = base.validation
+    if cfg.test_files:
+        test = {name: read(path, name) for name, path in map(_named, cfg.test_files)}
+    else:
+        test = base.test
+    targeted = [f for f in test if f in validation]
+    untargeted = [f for f in test if f not in validation]
+    return Suite(pool=pool, validation=validation, test=test, targeted=targeted, untargeted=untargeted)

@@ -1,0 +1,253 @@
+"""The embedded synthetic task suite: short reasoning problems with exact answers and graded difficulty.
+
+Each family knows how to draw a problem at a difficulty level, its canonical key (so that pool, validation
+and test sets can be kept disjoint even where the problem space is small), the response text a perfect
+policy writes, and its verifiable reward.
+
+Answer format.  Arithmetic answers (add, sub, mul, word) are written *least-significant digit first*
+("347+285=" -> "236", i.e. 632): a tiny left-to-right transformer can then produce each digit from the
+operand digits and one carry, and a probe found such answers learnable several times faster than plain ones.
+The grader simply compares the stripped response with that text, so nothing is lost for verification.
+
+The suite is deterministic from ``pool_seed``: the same config always yields the same pool, validation
+and test problems.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+from cropi.tasks.problem import Problem
+
+MAX_DIFFICULTY = 5
+
+
+def _rev(n: int) -> str:
+    return str(n)[::-1]
+
+
+def _num(rng: random.Random, digits: int) -> int:
+    lo = 0 if digits == 1 else 10 ** (digits - 1)
+    return rng.randint(lo, 10**digits - 1)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A problem family.  ``draw(rng, difficulty)`` -> (prompt, answer, canonical key)."""
+
+    name: str
+    draw: Callable[[random.Random, int], tuple[str, str, str]]
+    description: str
+    reversed_answer: bool = False
+
+    def target_text(self, answer: str) -> str:
+        """The response a perfect policy writes for ``answer`` (before end-of-sequence)."""
+        return answer[::-1] if self.reversed_answer else answer
+
+    def reward(self, answer: str, response: str) -> float:
+        """Exact match of the stripped response with the target text: 1.0 or 0.0."""
+        return 1.0 if response.strip() == self.target_text(answer) else 0.0
+
+
+def _add(rng: random.Random, d: int) -> tuple[str, str, str]:
+    a, b = _num(rng, d), _num(rng, rng.randint(1, d))
+    if rng.random() < 0.5:
+        a, b = b, a
+    return f"{a}+{b}=", str(a + b), f"add:{min(a, b)}:{max(a, b)}"
+
+
+def _sub(rng: random.Random, d: int) -> tuple[str, str, str]:
+    a, b = _num(rng, d), _num(rng, rng.randint(1, d))
+    a, b = max(a, b), min(a, b)
+    return f"{a}-{b}=", str(a - b), f"sub:{a}:{b}"
+
+
+def _mul(rng: random.Random, d: int) -> tuple[str, str, str]:
+    a, b = _num(rng, d), rng.randint(2, 9)
+    return f"{a}*{b}=", str(a * b), f"mul:{a}:{b}"
+
+
+def _cmp(rng: random.Random, d: int) -> tuple[str, str, str]:
+    a, b = _num(rng, d + 1), _num(rng, d + 1)
+    while a == b:
+        b = _num(rng, d + 1)
+    return f"max {a} {b}=", str(max(a, b)), f"cmp:{min(a, b)}:{max(a, b)}"
+
+
+_LETTERS = "abcde"
+
+
+def _count(rng: random.Random, d: int) -> tuple[str, str, str]:
+    n = 2 + 2 * d
+    s = "".join(rng.choice(_LETTERS) for _ in range(n))
+    c = rng.choice(_LETTERS)
+    return f"count {c} {s}=", str(s.count(c)), f"count:{c}:{s}"
+
+
+def _sort(rng: random.Random, d: int) -> tuple[str, str, str]:
+    s = "".join(str(rng.randint(0, 9)) for _ in range(d + 2))
+    return f"sort {s}=", "".join(sorted(s)), f"sort:{s}"
+
+
+def _mod(rng: random.Random, d: int) -> tuple[str, str, str]:
+    a, m = _num(rng, d + 1), rng.randint(2, 9)
+    return f"{a}%{m}=", str(a % m), f"mod:{a}:{m}"
+
+
+_NAMES = ("ann", "bob", "cat", "dan", "eve", "fay", "gus", "hal")
+_ITEMS = ("pens", "cups", "eggs", "figs", "hats", "keys")
+
+
+def _word(rng: random.Random, d: int) -> tuple[str, str, str]:
+    """Two-step templated word problem: start, gain, lose (never negative)."""
+    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+    a = _num(rng, d)
+    b = _num(rng, max(1, d - 1))
+    c = rng.randint(0, a + b) if d > 1 else rng.randint(0, min(9, a + b))
+    prompt = f"{name} has {a} {item}, gets {b}, gives {c}. left?"
+    return prompt, str(a + b - c), f"word:{a}:{b}:{c}"
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("add", _add, "a+b, operands up to `difficulty` digits", reversed_answer=True),
+        Family("sub", _sub, "a-b with a>=b", reversed_answer=True),
+        Family("mul", _mul, "a*k, k a single digit", reversed_answer=True),
+        Family("cmp", _cmp, "the larger of two numbers"),
+        Family("count", _count, "occurrences of a letter in a string"),
+        Family("sort", _sort, "the digits of a string in ascending order"),
+        Family("mod", _mod, "a mod k, k a single digit"),
+        Family("word", _word, "two-step word problem: start + gain - loss", reversed_answer=True),
+    )
+}
+
+
+@dataclass
+class SuiteConfig:
+    """Composition of the embedded suite.  Fix it before a comparison and keep it."""
+
+    pool_seed: int = 0
+    pool_size: int = 4000
+    families: list[str] = field(default_factory=lambda: list(FAMILIES))
+    targeted: list[str] = field(default_factory=lambda: ["add", "word"])
+    # Relative weight of each family in the pool; missing families weigh 1.
+    weights: dict[str, float] = field(default_factory=dict)
+    # Difficulty mix (levels 1..MAX_DIFFICULTY), the same for every family and split.
+    difficulty_weights: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 3.0, 2.0])
+    val_size: int = 200  # per targeted family
+    test_size_targeted: int = 500  # per targeted family
+    test_size_untargeted: int = 200  # per untargeted family
+
+
+@dataclass
+class Suite:
+    pool: list[Problem]
+    validation: dict[str, list[Problem]]  # targeted family -> its validation set
+    test: dict[str, list[Problem]]  # family -> its test split
+    targeted: list[str]
+    untargeted: list[str]
+
+    def test_problems(self) -> list[Problem]:
+        return [p for fam in self.test for p in self.test[fam]]
+
+
+def _seed_for(*parts: object) -> int:
+    h = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little")
+
+
+def _draw_split(
+    family: str,
+    n: int,
+    split: str,
+    cfg: SuiteConfig,
+    taken: set[str],
+) -> list[Problem]:
+    """Draw ``n`` problems of one family whose canonical keys are not in ``taken`` (which is updated).
+
+    Where a difficulty level's problem space is exhausted (1-digit addition has 55 canonical problems) the
+    draw moves on to another level rather than emitting duplicates."""
+    fam = FAMILIES[family]
+    rng = random.Random(_seed_for(cfg.pool_seed, family, split))
+    levels = list(range(1, MAX_DIFFICULTY + 1))
+    out: list[Problem] = []
+    misses = 0
+    while len(out) < n:
+        d = rng.choices(levels, weights=cfg.difficulty_weights)[0]
+        prompt, answer, key = fam.draw(rng, d)
+        if key in taken:
+            misses += 1
+            if misses > 200 * n + 1000:
+                raise ValueError(f"family {family!r}: problem space too small for {n} {split} problems")
+            continue
+        taken.add(key)
+        out.append(
+            Problem(
+                id=f"{split}-{family}-{len(out):05d}",
+                prompt=prompt,
+                answer=answer,
+                family=family,
+                source="synthetic",
+                difficulty=d,
+                metadata={"canonical": key, "split": split},
+            )
+        )
+    return out
+
+
+def build_suite(cfg: SuiteConfig | None = None) -> Suite:
+    """Build pool, validation and test sets, disjoint by canonical problem.
+
+    Test splits are drawn first, then validation, then the pool, each excluding every key drawn before,
+    so a small problem space can never leak a test problem into training data."""
+    cfg = cfg or SuiteConfig()
+    unknown = [f for f in [*cfg.families, *cfg.targeted] if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown synthetic families {unknown}; known: {sorted(FAMILIES)}")
+    targeted = [f for f in cfg.families if f in cfg.targeted]
+    untargeted = [f for f in cfg.families if f not in cfg.targeted]
+    taken: dict[str, set[str]] = {f: set() for f in cfg.families}
+    test = {}
+    for f in cfg.families:
+        n = cfg.test_size_targeted if f in targeted else cfg.test_size_untargeted
+        test[f] = _draw_split(f, n, "test", cfg, taken[f])
+    validation = {f: _draw_split(f, cfg.val_size, "val", cfg, taken[f]) for f in targeted}
+    weights = [float(cfg.weights.get(f, 1.0)) for f in cfg.families]
+    total = sum(weights)
+    counts = [int(cfg.pool_size * w / total) for w in weights]
+    for i in range(cfg.pool_size - sum(counts)):  # hand out the rounding remainder deterministically
+        counts[i % len(counts)] += 1
+    pool: list[Problem] = []
+    for f, n in zip(cfg.families, counts):
+        pool.extend(_draw_split(f, n, "pool", cfg, taken[f]))
+    return Suite(pool=pool, validation=validation, test=test, targeted=targeted, untargeted=untargeted)
+
+
+def sft_examples(cfg: SuiteConfig, n: int, seed: int, exclude: set[str]) -> list[Problem]:
+    """Supervised examples for pretraining the embedded model, drawn uniformly over families and levels,
+    never using a canonical problem in ``exclude`` (the validation and test keys)."""
+    out: list[Problem] = []
+    per_family = n // len(cfg.families) + 1
+    for f in cfg.families:
+        rng = random.Random(_seed_for(seed, f, "sft"))
+        levels = list(range(1, MAX_DIFFICULTY + 1))
+        fam = FAMILIES[f]
+        k = 0
+        while k < per_family:
+            d = rng.choice(levels)
+            prompt, answer, key = fam.draw(rng, d)
+            if key in exclude:
+                continue
+            out.append(Problem(f"sft-{f}-{k}", prompt, answer, f, "synthetic", d, {"canonical": key}))
+            k += 1
+    random.Random(seed).shuffle(out)
+    return out[:n]
+
+
+def reward(problem: Problem, response: str) -> float:
+    """Verifiable reward of a response to a synthetic problem."""
+    return FAMILIES[problem.family].reward(problem.answer, response)

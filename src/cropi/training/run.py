@@ -1,0 +1,125 @@
+"""A training run: config -> data -> policy -> selector -> GRPO with periodic evaluation -> report.
+
+The run folder holds everything needed to understand and reproduce the result:
+
+    config.yaml      the resolved configuration (``cropi train --config RUN/config.yaml`` reruns it)
+    metrics.jsonl    one JSON line per GRPO step and per evaluation
+    checkpoints/     resumable state (safetensors + JSON)
+    final_model/     the trained policy as an ordinary HF folder
+    summary.json, report.md, accuracy.png
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from cropi.config import RunConfig, dump_config, load_config, to_dict
+from cropi.errors import ConfigError, CropiError
+from cropi.evaluation.evaluate import evaluate
+from cropi.evaluation.report import machine_description, write_run_report
+from cropi.io import append_jsonl, read_jsonl, write_text
+from cropi.policy import load_policy
+from cropi.tasks.loading import load_data
+from cropi.training import checkpoint
+from cropi.training.grpo import StepStats, TrainState, train_grpo
+
+SELECTORS = ("full",)
+
+
+def summarize_curve(curve: list[dict]) -> dict:
+    """best / final (mean of the last 3 evaluations) accuracies of an evaluation curve."""
+    tgt = [c["targeted"] for c in curve if c.get("targeted") is not None]
+    unt = [c["untargeted"] for c in curve if c.get("untargeted") is not None]
+    return {
+        "best_targeted": max(tgt) if tgt else None,
+        "final_targeted": sum(tgt[-3:]) / len(tgt[-3:]) if tgt else None,
+        "best_untargeted": max(unt) if unt else None,
+        "final_untargeted": sum(unt[-3:]) / len(unt[-3:]) if unt else None,
+    }
+
+
+def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> int:
+    """Write the resolved config; on resume check it matches and trim metrics past the last checkpoint."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = run_dir / "config.yaml"
+    text = dump_config(cfg)
+    done = 0
+    if cfg_path.exists():
+        if not resume:
+            raise CropiError(f"{run_dir}: run folder already exists; pass --resume to continue it or choose a new --out")
+        if cfg_path.read_text() != text:
+            raise CropiError(f"{cfg_path}: this run was started with a different config; resume with "
+                             f"--config {cfg_path} and no overrides")
+        latest = checkpoint.latest(run_dir / "checkpoints")
+        done = int(latest.name.split("-")[1]) if latest else 0
+    write_text(cfg_path, text)
+    metrics = run_dir / "metrics.jsonl"
+    # Rows logged after the last checkpoint are redone by the resumed run (with done == 0, everything is).
+    rows = [r for r in read_jsonl(metrics) if done > 0 and r.get("step", 0) <= done]
+    write_text(metrics, "".join(json.dumps(r) + "\n" for r in rows))
+    return done
+
+
+def run_training(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    on_event: Callable[[dict], None] | None = None,
+) -> dict:
+    """Train with ``cfg`` into ``run_dir`` and return the summary (also written to ``summary.json``)."""
+    run_dir = Path(run_dir)
+    if cfg.train.selector not in SELECTORS:
+        raise ConfigError(f"train.selector: {cfg.train.selector!r} is not available (choose from {SELECTORS})")
+    suite = load_data(cfg.data)
+    policy = load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype)
+    done = _prepare_run_dir(run_dir, cfg, resume)
+    metrics_path = run_dir / "metrics.jsonl"
+
+    def evaluate_fn(pol, step: int) -> dict:
+        r = evaluate(pol, suite.test, suite.targeted, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+        return r.to_dict()
+
+    def log(row: dict) -> None:
+        append_jsonl(metrics_path, row)
+        if on_event:
+            on_event(row)
+
+    problems = suite.pool  # selector "full"
+    t0 = time.time()
+    state: TrainState = train_grpo(policy, problems, cfg.train, cfg.rollout, run_dir, evaluate_fn, log=log)
+    policy.model.save_pretrained(run_dir / "final_model", safe_serialization=True)
+    policy.tokenizer.save_pretrained(run_dir / "final_model")
+
+    rows = read_jsonl(metrics_path)
+    curve = [{"step": r["step"], "targeted": r["targeted"], "untargeted": r["untargeted"], "seconds": r["seconds"]}
+             for r in rows if r.get("event") == "eval"]
+    last_eval = [r for r in rows if r.get("event") == "eval"][-1]
+    summary = {
+        "selector": cfg.train.selector,
+        "seed": cfg.train.seed,
+        "steps": state.step,
+        "wall_seconds": round(state.train_seconds, 2),
+        "curve": curve,
+        **summarize_curve(curve),
+        "model": cfg.model.name,
+        "machine": machine_description(),
+        "prompts_per_step": cfg.train.prompts_per_step,
+        "group_size": cfg.rollout.group_size,
+        "steps_per_minute": 60 * state.step / state.train_seconds if state.train_seconds else None,
+        "rollout_tokens_per_second": state.response_tokens / state.rollout_seconds if state.rollout_seconds else None,
+        "eval_n": last_eval.get("n"),
+        "per_family_final": last_eval.get("per_family"),
+        "resumed_from_step": done,
+        "elapsed_seconds_this_invocation": round(time.time() - t0, 1),
+        "config": to_dict(cfg),
+    }
+    write_run_report(run_dir, summary)
+    return summary
+
+
+__all__ = ["run_training", "load_config", "summarize_curve", "StepStats"]
