@@ -6,6 +6,7 @@ import concurrent.futures
 import multiprocessing
 import random
 import re
+import sys
 import threading
 import time
 from decimal import Decimal
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from cropi.tasks import grading
 from cropi.tasks.grading import (
     check_parseable,
     extract_response_answer,
@@ -59,6 +61,8 @@ def bump_first_digit(answer: str) -> str:
 
 def drop_last_term(answer: str) -> str | None:
     """Remove the last element of a tuple/interval, or the last +/- term of a sum; None if neither."""
+    if "\\begin" in answer:  # matrices: rows and columns are not terms
+        return None
     wrapped = answer[:1] in "([" or answer.startswith("\\left")
     level = 1 if wrapped else 0
     depth, cut, end = 0, None, len(answer)
@@ -70,7 +74,7 @@ def drop_last_term(answer: str) -> str | None:
             if wrapped and depth == 0 and cut is not None:
                 end = i - len("\\right") if answer[:i].endswith("\\right") else i
                 break
-        elif depth == level and i > 0 and (c == "," or (c in "+-" and answer[i - 1] not in "([{,^_")):
+        elif depth == level and i > 0 and (c == "," or (c in "+-" and answer[:i].rstrip()[-1:] not in "([{,^_")):
             cut = i
     if cut is None:
         return None
@@ -212,6 +216,26 @@ def test_batch_kills_each_stuck_item_and_finishes_the_rest():
     secs = time.monotonic() - t
     assert scores == [0.0, 0.0, 0.0, 1.0]
     assert secs < 3 * LIMIT_S, f"took {secs:.2f} s"
+
+
+def test_recovers_when_idle_workers_die():
+    start_grader()
+    for w in list(grading._pool().alive):
+        w.proc.kill()
+        w.proc.wait()
+    assert grade_math("\\frac{1}{2}", "\\boxed{\\frac{3}{6}}") == 1.0
+
+
+def test_worker_that_cannot_start_raises(monkeypatch):
+    broken = [sys.executable, "-c", "print('{\"error\": \"no math-verify here\"}')"]
+    grading.shutdown_grader()
+    monkeypatch.setattr(grading, "_worker_command", lambda: broken)
+    try:
+        with pytest.raises(grading.GraderError, match="no math-verify here"):
+            grade_math("\\frac{1}{2}", "\\boxed{0.5}")
+        assert grade_math("2", "\\boxed{2}") == 1.0  # plain numbers never need a worker
+    finally:
+        grading.shutdown_grader()
 
 
 # ---------------------------------------------------------------------------------------------------

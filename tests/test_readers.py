@@ -88,15 +88,15 @@ def test_null_field(tmp_path):
 @pytest.mark.parametrize(
     "field, value, fragment",
     [
-        ("prompt", 5, "field 'prompt' must be a string, got int"),
+        ("prompt", 5, "field 'prompt' must be a string, got an integer"),
         ("prompt", "   ", "field 'prompt' is empty"),
         ("answer", [1, 2], "field 'answer' must be a string or number, got a list"),
         ("answer", {"x": 1}, "field 'answer' must be a string or number, got an object"),
         ("answer", True, "field 'answer' must be a string or number, got a boolean"),
-        ("id", 1.5, "field 'id' must be a string or integer, got float"),
+        ("id", 1.5, "field 'id' must be a string or integer, got a float"),
         ("difficulty", "hard", "field 'difficulty' must be an integer, got a string"),
         ("metadata", [1], "field 'metadata' must be an object, got a list"),
-        ("family", 3, "field 'family' must be a string, got int"),
+        ("family", 3, "field 'family' must be a string, got an integer"),
     ],
 )
 def test_wrong_type(tmp_path, field, value, fragment):
@@ -132,7 +132,7 @@ def test_json_array_reports_element_line(tmp_path):
     path.write_text('[\n  {"id": "a", "prompt": "p", "answer": "1"},\n  {"id": "b",\n   "prompt": 3, "answer": "1"}\n]\n')
     expect_error(path, 3, "field 'prompt' must be a string")
     path.write_text('[\n  {"id": "a", "prompt": "p", "answer": "1"},\n  7\n]\n')
-    expect_error(path, 3, "expected a JSON object, got int")
+    expect_error(path, 3, "expected a JSON object, got an integer")
     path.write_text('[\n  {"id": "a", "prompt": "p", "answer": "1"},\n  {"id": \n]\n')
     expect_error(path, 4, "invalid JSON")
 

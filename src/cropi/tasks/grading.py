@@ -141,6 +141,7 @@ class _Worker:
         self.selector.register(self.fd, selectors.EVENT_READ)
         self.buffer = b""
         self.ready = False
+        self.error: str | None = None  # why it failed to start
 
     def read_line(self, deadline: float) -> bytes | None:
         """Next line from the worker; None on timeout, ``b""`` when the worker has exited."""
@@ -156,16 +157,18 @@ class _Worker:
         return line
 
     def poll_ready(self) -> bool:
-        """Non-blocking: has the worker finished starting?"""
-        if not self.ready:
+        """Non-blocking: has the worker finished starting (or failed to)?"""
+        if not self.ready and self.error is None:
             self._check_ready(time.monotonic())
-        return self.ready
+        return self.ready or self.error is not None
 
     def wait_ready(self, timeout: float = STARTUP_TIMEOUT) -> None:
-        if not self.ready:
+        if not self.ready and self.error is None:
             self._check_ready(time.monotonic() + timeout)
-            if not self.ready:
-                raise GraderError(f"grader worker did not start within {timeout:.0f} s")
+            if not self.ready and self.error is None:
+                self.error = f"did not start within {timeout:.0f} s"
+        if self.error is not None:
+            raise GraderError(f"grader worker failed to start: {self.error}")
 
     def _check_ready(self, deadline: float) -> None:
         line = self.read_line(deadline)
@@ -178,7 +181,7 @@ class _Worker:
         if msg.get("ready"):
             self.ready = True
         else:
-            raise GraderError(f"grader worker failed to start: {msg.get('error')}")
+            self.error = str(msg.get("error"))
 
     def send(self, batch: list[list[Any]]) -> None:
         self.proc.stdin.write(json.dumps(batch).encode() + b"\n")
@@ -201,6 +204,10 @@ class _Worker:
         self.selector.close()
 
 
+class _PoolClosed(Exception):
+    """The pool was shut down while a caller waited for a worker; the caller retries on a new pool."""
+
+
 class _Pool:
     """A fixed number of workers, each used by one caller at a time."""
 
@@ -216,17 +223,13 @@ class _Pool:
         with self.cond:
             while True:
                 if self.closed:
-                    raise GraderError("grader was shut down")
+                    raise _PoolClosed
                 if not self.alive:  # first use: start them all so a spare is warming up
                     for _ in range(self.size):
                         self._spawn()
                 if self.idle:
                     for i, w in enumerate(self.idle):
-                        try:
-                            ready = w.poll_ready()
-                        except GraderError:
-                            ready = True  # let the caller see the error from wait_ready
-                        if ready:
+                        if w.poll_ready():  # ready, or failed: the caller then raises the error
                             return self.idle.pop(i)
                     return self.idle.pop(0)  # all still starting: wait on the oldest
                 if len(self.alive) < self.size:
@@ -265,13 +268,15 @@ class _Pool:
             w.kill()
 
     def forget(self) -> None:
-        """In a forked child: drop the parent's workers without killing them."""
-        for w in list(self.alive):
-            w.close_pipes()
-        self.alive, self.idle, self.closed = set(), [], True
+        """In a forked child: stop using the parent's workers without killing them.  Their pipe objects
+        are kept alive, not closed: closing could flush bytes a parent thread had buffered at fork time
+        into the parent's worker."""
+        _FORKED_LEFTOVERS.append(self)
+        self.closed = True
 
 
 _POOL: _Pool | None = None
+_FORKED_LEFTOVERS: list[_Pool] = []
 _POOL_LOCK = threading.Lock()
 _WORKERS = int(os.environ.get("CROPI_GRADER_WORKERS", "2") or 2)
 
@@ -336,11 +341,14 @@ if hasattr(os, "register_at_fork"):
 def _run_on_one_worker(items: list[list[Any]], timeout: float, failed: Any) -> list[Any]:
     """Results of ``items`` from one worker; an item that exceeds ``timeout`` or crashes the worker
     gets ``failed``, the worker is replaced and the rest of the items go to the next one."""
-    pool = _pool()
     results: list[Any] = []
     send_failures = 0
     while len(results) < len(items):
-        w = pool.acquire()
+        pool = _pool()
+        try:
+            w = pool.acquire()
+        except _PoolClosed:  # shut down (configure_grader) while we waited: use the new pool
+            continue
         healthy = False
         try:
             w.wait_ready()
@@ -353,10 +361,13 @@ def _run_on_one_worker(items: list[list[Any]], timeout: float, failed: Any) -> l
                 continue
             for _ in range(len(results), len(items)):
                 line = w.read_line(time.monotonic() + timeout)
-                if not line:  # timeout (None) or crash (b"")
+                try:
+                    results.append(json.loads(line) if line else failed)
+                except ValueError:
+                    line = None  # garbled output: treat like a crash
                     results.append(failed)
+                if not line:  # timeout (None) or crash (b""): this worker is done for
                     break
-                results.append(json.loads(line))
             else:
                 healthy = True
         except GraderError:

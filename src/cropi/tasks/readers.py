@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -232,17 +233,21 @@ def _column_mapping(fields: Mapping[str, FieldSpec] | None) -> dict[str, tuple[s
 
 
 def _type_name(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), type(value).__name__
-    )
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+             float: "a float", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
+@dataclass(frozen=True)
 class _RowContext:
-    """Per-file settings for converting rows; one method so the error wording lives in one place."""
+    """Per-file settings for converting rows, so the error wording lives in one place."""
 
-    def __init__(self, path, mapping, required, extractor, family, id_prefix):
-        self.path, self.mapping, self.required = path, mapping, required
-        self.extractor, self.family, self.id_prefix = extractor, family, id_prefix
+    path: str
+    mapping: dict[str, tuple[str, ...]]
+    required: frozenset[str]
+    extractor: Callable[[str], str | None] | None
+    family: str
+    id_prefix: str
 
     def _get(self, row: dict, field: str, line: int) -> tuple[str | None, Any]:
         """(column used, value) for ``field``; (None, None) when absent or null and not required."""
