@@ -11,7 +11,8 @@ seconds (the answer then scores 0.0).  Because the limit is enforced by killing 
 Workers are plain interpreters started with ``subprocess`` (no ``multiprocessing`` start-method or
 ``__main__`` re-import issues); a small pool of them (``CROPI_GRADER_WORKERS``, default 2) is started on
 first use, so the process replacing a killed worker warms up while the spare one serves.  Calls are safe
-from any number of threads; each takes a worker for the length of its batch.
+from any number of threads; each takes a worker for the length of its batch.  POSIX only (the parent
+waits on the workers' pipes with ``selectors``).
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def _worth_verifying(candidate: str) -> bool:
 
 def _worker_command() -> list[str]:
     package_root = str(Path(__file__).resolve().parents[2])
-    boot = "import sys; sys.path.insert(0, sys.argv[1]); from cropi.tasks._grade_worker import main; main()"
+    # sys.path[0] is the current directory under -c; replace it so a stray local module cannot shadow sympy.
+    boot = "import sys; sys.path[0] = sys.argv[1]; from cropi.tasks._grade_worker import main; main()"
     return [sys.executable, "-c", boot, package_root]
 
 
