@@ -42,11 +42,11 @@ def build_tokenizer():
 @dataclass
 class PretrainConfig:
     seed: int = 0
-    hidden_size: int = 192
-    layers: int = 4
+    hidden_size: int = 128
+    layers: int = 3
     heads: int = 4
-    intermediate_size: int = 512
-    steps: int = 1500
+    intermediate_size: int = 384
+    steps: int = 2500
     batch_size: int = 128
     lr: float = 3e-3
     warmup: int = 100
@@ -125,7 +125,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, progress: Callable[[int, 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if progress:
             progress(step + 1, float(loss))
     model.eval()

@@ -55,6 +55,7 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> int:
         if cfg_path.read_text() != text:
             raise CropiError(f"{cfg_path}: this run was started with a different config; resume with "
                              f"--config {cfg_path} and no overrides")
+    if resume:
         latest = checkpoint.latest(run_dir / "checkpoints")
         done = int(latest.name.split("-")[1]) if latest else 0
     write_text(cfg_path, text)
