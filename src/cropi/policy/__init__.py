@@ -6,7 +6,6 @@ A ``Policy`` bundles the model, its tokenizer and the one rule for turning a pro
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -22,17 +21,15 @@ def embedded_model_path(name: str = "tiny") -> Path:
     return Path(str(resources.files("cropi") / "assets" / EMBEDDED_MODELS[name]))
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("CROPI_CACHE", Path.home() / ".cache" / "cropi" / "models"))
-
-
 def resolve_model_path(name_or_path: str) -> str:
     """``tiny`` -> the embedded model; ``smollm2`` -> the fetched folder; else a folder or hub id as given."""
     if name_or_path in EMBEDDED_MODELS:
         return str(embedded_model_path(name_or_path))
     if name_or_path == "smollm2":
-        p = cache_dir() / "smollm2-135m-instruct"
-        if not (p / "config.json").exists():
+        from cropi.policy.fetch import is_complete, smollm2_dir
+
+        p = smollm2_dir()
+        if not is_complete(p):
             raise CropiError(f"{p}: SmolLM2 is not fetched yet; run `cropi model fetch smollm2` first")
         return str(p)
     return name_or_path
