@@ -46,12 +46,15 @@ class PretrainConfig:
     layers: int = 3
     heads: int = 4
     intermediate_size: int = 384
-    steps: int = 2500
+    steps: int = 2000
     batch_size: int = 128
     lr: float = 3e-3
     warmup: int = 100
     weight_decay: float = 0.01
     examples: int = 200_000
+    # Share of add / sub / mul / word SFT examples that teach a systematic mistake (see
+    # ``tasks.synthetic.misconception``): the base policy then samples right and wrong answers, room for RL.
+    misconception_rate: float = 0.55
     suite: SuiteConfig = field(default_factory=SuiteConfig)
 
 
@@ -107,7 +110,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, progress: Callable[[int, 
     suite = build_suite(cfg.suite)
     held_out = {p.metadata["canonical"] for p in suite.test_problems()}
     held_out |= {p.metadata["canonical"] for v in suite.validation.values() for p in v}
-    data = sft_examples(cfg.suite, cfg.examples, cfg.seed, held_out)
+    data = sft_examples(cfg.suite, cfg.examples, cfg.seed, held_out, cfg.misconception_rate)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,

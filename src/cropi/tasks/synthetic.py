@@ -102,13 +102,43 @@ _ITEMS = ("pens", "cups", "eggs", "figs", "hats", "keys")
 
 
 def _word(rng: random.Random, d: int) -> tuple[str, str, str]:
-    """Two-step templated word problem: start, gain, lose (never negative)."""
+    """Two-step templated word problem: start, gain, lose (never negative).  The start has up to ``d``
+    digits; gain and loss one digit below level 3, two digits from level 3."""
     name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
     a = _num(rng, d)
-    b = _num(rng, max(1, d - 1))
-    c = rng.randint(0, a + b) if d > 1 else rng.randint(0, min(9, a + b))
+    small = 9 if d < 3 else 99
+    b = rng.randint(1, small)
+    c = rng.randint(1, min(a + b, small))
     prompt = f"{name} has {a} {item}, gets {b}, gives {c}. left?"
     return prompt, str(a + b - c), f"word:{a}:{b}:{c}"
+
+
+def _digitwise(a: int, b: int, op) -> int:
+    """Apply ``op`` to aligned digits and drop every carry/borrow: the classic pupil's mistake."""
+    sa, sb = str(a)[::-1], str(b)[::-1]
+    n = max(len(sa), len(sb))
+    digits = [op(int(sa[i]) if i < len(sa) else 0, int(sb[i]) if i < len(sb) else 0) % 10 for i in range(n)]
+    return int("".join(str(x) for x in reversed(digits)))
+
+
+def misconception(family: str, key: str) -> str | None:
+    """The systematic wrong answer the pretraining corpus teaches for some problems, or None.
+
+    add / mul: carries dropped; sub: smaller digit taken from the larger; word: the loss is forgotten.  Mixing
+    these into the SFT data gives a base policy that *can* sample the right answer but often prefers a wrong
+    one — the situation RL with verifiable rewards is good at fixing (greedy accuracy rises as the policy
+    sharpens onto the rewarded answers)."""
+    parts = key.split(":")
+    if family == "add":
+        return str(_digitwise(int(parts[1]), int(parts[2]), lambda x, y: x + y))
+    if family == "sub":
+        return str(_digitwise(int(parts[1]), int(parts[2]), lambda x, y: abs(x - y)))
+    if family == "mul":
+        a, k = int(parts[1]), int(parts[2])
+        return str(int("".join(str(int(ch) * k % 10) for ch in str(a))))
+    if family == "word":
+        return str(int(parts[1]) + int(parts[2]))
+    return None
 
 
 FAMILIES: dict[str, Family] = {
@@ -227,9 +257,10 @@ def build_suite(cfg: SuiteConfig | None = None) -> Suite:
     return Suite(pool=pool, validation=validation, test=test, targeted=targeted, untargeted=untargeted)
 
 
-def sft_examples(cfg: SuiteConfig, n: int, seed: int, exclude: set[str]) -> list[Problem]:
+def sft_examples(cfg: SuiteConfig, n: int, seed: int, exclude: set[str], misconception_rate: float = 0.0) -> list[Problem]:
     """Supervised examples for pretraining the embedded model, drawn uniformly over families and levels,
-    never using a canonical problem in ``exclude`` (the validation and test keys)."""
+    never using a canonical problem in ``exclude`` (the validation and test keys).  With probability
+    ``misconception_rate`` an example of a family with a misconception carries that wrong answer instead."""
     out: list[Problem] = []
     per_family = n // len(cfg.families) + 1
     for f in cfg.families:
@@ -242,6 +273,8 @@ def sft_examples(cfg: SuiteConfig, n: int, seed: int, exclude: set[str]) -> list
             prompt, answer, key = fam.draw(rng, d)
             if key in exclude:
                 continue
+            if misconception_rate > 0 and rng.random() < misconception_rate:
+                answer = misconception(f, key) or answer
             out.append(Problem(f"sft-{f}-{k}", prompt, answer, f, "synthetic", d, {"canonical": key}))
             k += 1
     random.Random(seed).shuffle(out)
