@@ -56,3 +56,17 @@ def test_answers_are_correct_arithmetic():
             assert FAMILIES["add"].target_text(p.answer) == p.answer[::-1]
         if p.family == "sort":
             assert p.answer == "".join(sorted(p.prompt.split()[1][:-1]))
+
+
+def test_misconceptions_are_the_documented_mistakes():
+    from cropi.tasks.synthetic import misconception
+
+    assert misconception("add", "add:58:67") == "15"  # 8+7 -> 5, 5+6 -> 1, carries dropped
+    assert misconception("sub", "sub:52:38") == "26"  # |2-8| = 6, |5-3| = 2
+    assert misconception("mul", "mul:57:3") == "51"  # 5*3 -> 5, 7*3 -> 1
+    assert misconception("word", "word:5:3:2") == "8"  # the loss is forgotten
+    assert misconception("sort", "sort:321") is None
+    ex = sft_examples(SuiteConfig(), 4000, 0, set(), misconception_rate=0.55)
+    wrong = [p for p in ex if p.family == "add" and int(p.answer) != sum(map(int, p.prompt[:-1].split("+")))]
+    adds = [p for p in ex if p.family == "add"]
+    assert 0.2 < len(wrong) / len(adds) < 0.55  # 55% of examples, minus those without any carry

@@ -41,7 +41,7 @@ class RolloutConfig:
     group_size: int = 8
     temperature: float = 1.0
     top_p: float = 1.0
-    max_new_tokens: int = 16
+    max_new_tokens: int = 10  # the embedded suite's answers are at most 7 characters
     batch_size: int = 512
 
 
@@ -66,7 +66,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    max_new_tokens: int = 16
+    max_new_tokens: int = 10
     batch_size: int = 512
 
 

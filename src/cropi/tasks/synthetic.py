@@ -163,7 +163,7 @@ class SuiteConfig:
     pool_seed: int = 0
     pool_size: int = 4000
     families: list[str] = field(default_factory=lambda: list(FAMILIES))
-    targeted: list[str] = field(default_factory=lambda: ["add", "word"])
+    targeted: list[str] = field(default_factory=lambda: ["add", "sub"])
     # Relative weight of each family in the pool; missing families weigh 1.
     weights: dict[str, float] = field(default_factory=dict)
     # Difficulty mix (levels 1..MAX_DIFFICULTY), the same for every family and split.
