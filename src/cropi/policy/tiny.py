@@ -55,6 +55,8 @@ class PretrainConfig:
     # Share of add / sub / mul / word SFT examples that teach a systematic mistake (see
     # ``tasks.synthetic.misconception``): the base policy then samples right and wrong answers, room for RL.
     misconception_rate: float = 0.55
+    # CPU float results depend on the thread count; the committed model was trained with one thread.
+    threads: int = 1
     suite: SuiteConfig = field(default_factory=SuiteConfig)
 
 
@@ -101,8 +103,17 @@ def _batch(tokenizer, examples, device):
 
 def pretrain(cfg: PretrainConfig, out_dir: str | Path, progress: Callable[[int, float], None] | None = None) -> dict:
     """Train the tiny policy from scratch with SFT and save it as an ordinary HF folder at ``out_dir``."""
+    threads = torch.get_num_threads()
+    try:
+        return _pretrain(cfg, out_dir, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pretrain(cfg: PretrainConfig, out_dir: str | Path, progress: Callable[[int, float], None] | None) -> dict:
     from cropi.io import atomic_path, write_json
 
+    torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     tokenizer = build_tokenizer()
