@@ -155,7 +155,7 @@ def _print_summary(summary: dict, out: Path) -> None:
 @handles_errors
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run folder."),
-    steps: int = typer.Option(150, help="GRPO steps (the demo budget)."),
+    steps: int = typer.Option(300, help="GRPO steps (the demo budget)."),
     resume: bool = typer.Option(False, help="Continue an interrupted demo."),
 ):
     """Run the method end to end on the embedded tiny model and synthetic suite (CPU, minutes).
