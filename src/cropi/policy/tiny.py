@@ -46,7 +46,7 @@ class PretrainConfig:
     layers: int = 3
     heads: int = 4
     intermediate_size: int = 384
-    steps: int = 2000
+    steps: int = 3000
     batch_size: int = 128
     lr: float = 3e-3
     warmup: int = 100
@@ -54,9 +54,9 @@ class PretrainConfig:
     examples: int = 200_000
     # Share of add / sub / mul / word SFT examples that teach a systematic mistake (see
     # ``tasks.synthetic.misconception``): the base policy then samples right and wrong answers, room for RL.
-    misconception_rate: float = 0.55
-    # CPU float results depend on the thread count; the committed model was trained with one thread.
-    threads: int = 1
+    misconception_rate: float = 0.5
+    # CPU float results depend on the thread count; the committed model was trained with two.
+    threads: int = 2
     suite: SuiteConfig = field(default_factory=SuiteConfig)
 
 
