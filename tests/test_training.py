@@ -67,3 +67,13 @@ def test_grpo_learns_a_trivial_preference(micro_model_dir, tmp_path):
     for s in range(3, 40):
         last = grpo_step(pol, opt, probs, s, cfg.train, cfg.rollout).reward_mean
     assert last > max(0.5, sum(first) / 3 + 0.3)
+
+
+def test_step_prompts_cover_each_epoch_once():
+    from cropi.tasks.problem import Problem
+    from cropi.training.grpo import step_prompts
+
+    probs = [Problem(f"p{i}", "1+1=", "2", "add") for i in range(10)]
+    epoch0 = [p.id for s in range(5) for p in step_prompts(probs, s, 2, seed=3)]
+    assert sorted(epoch0) == sorted(p.id for p in probs)
+    assert [p.id for p in step_prompts(probs, 7, 4, 3)] == [p.id for p in step_prompts(probs, 7, 4, 3)]

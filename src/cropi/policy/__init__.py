@@ -103,7 +103,9 @@ def tokenizer_fingerprint(tokenizer) -> str:
 def load_policy(name_or_path: str = "tiny", device: str = "auto", dtype: str = "float32") -> Policy:
     """Load a causal LM and its tokenizer through the Auto classes."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # cropi shows its own progress; per-load bars are noise
     path = resolve_model_path(name_or_path)
     dev = pick_device(device)
     try:

@@ -20,6 +20,7 @@ continues exactly as the uninterrupted run would.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
@@ -57,10 +58,15 @@ def step_prompts(problems: Sequence[Problem], step: int, n: int, seed: int) -> l
     out = []
     for j in range(step * n, step * n + n):
         epoch, pos = divmod(j, size)
-        order = list(range(size))
-        random.Random(f"{seed}:{epoch}").shuffle(order)
-        out.append(problems[order[pos]])
+        out.append(problems[_epoch_order(seed, epoch, size)[pos]])
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, size: int) -> tuple[int, ...]:
+    order = list(range(size))
+    random.Random(f"{seed}:{epoch}").shuffle(order)
+    return tuple(order)
 
 
 def grpo_step(
