@@ -76,3 +76,9 @@ def test_train_refuses_existing_run_without_resume(micro_model_dir, tmp_path):
 def test_unknown_override_exit_2(tmp_path):
     r = runner.invoke(app, ["train", "--set", "train.nope=1", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "unknown key" in r.output and not (tmp_path / "x").exists()
+
+
+def test_score_missing_store_exit_2(tmp_path):
+    r = runner.invoke(app, ["score", "--pool-store", str(tmp_path / "nope"), "--val-store", f"a={tmp_path}",
+                            "--out", str(tmp_path / "s.parquet")])
+    assert r.exit_code == 2 and "no trajectory store" in r.output and not (tmp_path / "s.parquet").exists()

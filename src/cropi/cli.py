@@ -235,6 +235,49 @@ def collect(
                f"{sum(rates) / max(1, len(rates)):.3f}; {mixed} prompts ({100 * mixed / max(1, len(rates)):.0f}%) with 0<p<1")
 
 
+@app.command()
+@handles_errors
+def score(
+    pool_store: Path = typer.Option(..., help="Trajectory store of the training pool (from `cropi collect`)."),
+    val_store: List[str] = typer.Option(..., help="Validation store NAME=PATH (repeatable; one per validation set)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Scores file (Parquet)."),
+    model: str = typer.Option("tiny", help="The *current* policy: tiny, smollm2, an HF folder (e.g. RUN/final_model)."),
+    kind: str = typer.Option("sjlt", help="Projector: sjlt, gaussian or rademacher."),
+    k: int = typer.Option(1024, help="Projection dimension."),
+    keep: float = typer.Option(1.0, help="Uniform keep fraction applied before projecting (1 = none)."),
+    exclude: Optional[List[str]] = typer.Option(None, help="Parameter name globs to leave out, e.g. '*embed_tokens*'."),
+    ratio: float = typer.Option(0.1, help="Selection ratio for the reciprocal-rank fusion."),
+    seed: int = typer.Option(0, help="Projector seed."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+):
+    """Influence scores: POPI gradients of the current policy on stored trajectories, sparsely projected,
+    cosine to each validation set's mean gradient, fused by reciprocal rank.
+    """
+    import time
+
+    from cropi.policy import load_policy
+    from cropi.rollouts.store import store_meta
+    from cropi.scores.pipeline import ScoreConfig, score_pool
+
+    vals = {}
+    for spec in val_store:
+        name, _, path = spec.partition("=")
+        if not path:
+            name, path = Path(spec).name, spec
+        vals[name] = path
+    n = store_meta(pool_store)["num_prompts"]
+    policy = load_policy(model, device)
+    cfg = ScoreConfig(kind=kind, k=k, seed=seed, keep=keep, exclude=list(exclude or []), ratio=ratio)
+    t0 = time.perf_counter()
+    with _progress() as prog:
+        task = prog.add_task("score pool", total=n, info=f"{kind} k={k}")
+        table = score_pool(policy, pool_store, vals, out, cfg, on_prompt=lambda i: prog.advance(task, i))
+    secs = time.perf_counter() - t0
+    usable = sum(table.column("usable").to_pylist())
+    typer.echo(f"scored {usable} of {table.num_rows} prompts ({table.num_rows - usable} zero-variance groups skipped) "
+               f"in {secs:.1f} s ({usable / secs:.1f} prompts/s, validation sets included); wrote {out}")
+
+
 @app.command("eval")
 @handles_errors
 def eval_cmd(
