@@ -10,7 +10,9 @@ Two choices make stored trajectories usable for off-policy influence later:
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -82,11 +84,14 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.
     return ids.to(device), mask.to(device)
 
 
-def _cache_kwargs(model, out) -> dict:
+@functools.lru_cache(maxsize=None)
+def _uses_cache_kwarg(model_cls: type) -> bool:
     """transformers >= 5.x names the KV cache ``cache``; 4.x names it ``past_key_values``."""
-    import inspect
+    return "cache" in inspect.signature(model_cls.forward).parameters
 
-    if "cache" in inspect.signature(model.forward).parameters:
+
+def _cache_kwargs(model, out) -> dict:
+    if _uses_cache_kwarg(type(model)):
         return {"cache": out.cache}
     return {"past_key_values": out.past_key_values}
 

@@ -4,7 +4,8 @@ gradient is ever kept beyond one prompt, and only k floats per prompt are held.
 
 Output (Parquet, one row per pool prompt): prompt_id, usable (False for zero-variance groups), ess,
 max_abs_log_ratio, score_<validation set> for each set, fused_rank (1 = best; null when not selected by RRF
-at ``ratio``).  File metadata carries the projector spec and the stores' fingerprints.
+at ``ratio``).  File metadata carries the projector spec, the score config and the pool store's meta
+(with its model and tokenizer fingerprints).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from cropi import SCHEMA_VERSION
 from cropi.errors import CropiError
 from cropi.gradients.popi import groups_from_rows, prompt_gradients
 from cropi.io import atomic_path
-from cropi.policy import Policy
+from cropi.policy import Policy, tokenizer_fingerprint
 from cropi.projection import make_projector, param_shapes_of
 from cropi.rollouts.store import read_store, store_meta
 from cropi.scores.influence import cosine_scores, mean_direction, reciprocal_rank_fusion, top_n
@@ -41,14 +42,14 @@ class ScoreConfig:
 
 def _check_store(path: Path, policy: Policy) -> dict:
     meta = store_meta(path)
-    tok = policy.fingerprint()["tokenizer"]
+    tok = tokenizer_fingerprint(policy.tokenizer)  # the weights may differ from β: that is the point
     if meta.get("tokenizer_fingerprint") != tok:
         raise CropiError(f"{path / 'meta.json'}: store was made with another tokenizer "
                          f"({meta.get('tokenizer_fingerprint')} != {tok}); collect it with this model's tokenizer")
     return meta
 
 
-def _project_store(policy: Policy, path: Path, projector, cfg: ScoreConfig, limit: int | None,
+def _project_store(policy: Policy, path: Path, projector, limit: int | None,
                    on_prompt: Callable[[int], None] | None = None):
     groups = groups_from_rows(read_store(path).to_pylist())
     ids, vecs, ess, mlr = [], [], [], []
@@ -86,12 +87,12 @@ def score_pool(
     directions = {}
     for name, path in val_stores.items():
         _check_store(Path(path), policy)
-        _, ids, mat, _, _ = _project_store(policy, Path(path), projector, cfg, cfg.max_val_prompts)
+        _, ids, mat, _, _ = _project_store(policy, Path(path), projector, cfg.max_val_prompts)
         if not ids:
             raise CropiError(f"{path}: validation set {name!r} has no usable gradient "
                              "(every reward group has zero variance); sample more responses or easier prompts")
         directions[name] = mean_direction(mat)
-    all_ids, ids, mat, ess, mlr = _project_store(policy, Path(pool_store), projector, cfg, None, on_prompt)
+    all_ids, ids, mat, ess, mlr = _project_store(policy, Path(pool_store), projector, None, on_prompt)
     usable = {pid: i for i, pid in enumerate(ids)}
     columns: dict[str, list] = {"prompt_id": all_ids, "usable": [p in usable for p in all_ids],
                                 "ess": [ess[usable[p]] if p in usable else None for p in all_ids],
@@ -105,7 +106,7 @@ def score_pool(
     rank = {p: i + 1 for i, p in enumerate(fused)}
     columns["fused_rank"] = [rank.get(p) for p in all_ids]
     table = pa.table(columns)
-    meta = {"schema_version": SCHEMA_VERSION, "projector": projector.spec() if hasattr(projector, "spec") else cfg.kind,
+    meta = {"schema_version": SCHEMA_VERSION, "projector": projector.spec(),
             "score_config": cfg.__dict__, "pool_store": pool_meta, "policy": policy.name}
     with atomic_path(out) as tmp:
         pq.write_table(table.replace_schema_metadata({b"cropi": json.dumps(meta, default=str).encode()}), tmp)

@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from cropi.config import RunConfig, dump_config, load_config, to_dict
 from cropi.errors import ConfigError, CropiError
 from cropi.evaluation.evaluate import evaluate
@@ -26,7 +24,7 @@ from cropi.io import append_jsonl, read_jsonl, write_text
 from cropi.policy import load_policy
 from cropi.tasks.loading import load_data
 from cropi.training import checkpoint
-from cropi.training.grpo import StepStats, TrainState, train_grpo
+from cropi.training.grpo import TrainState, train_grpo
 
 SELECTORS = ("full",)
 
@@ -123,4 +121,4 @@ def run_training(
     return summary
 
 
-__all__ = ["run_training", "load_config", "summarize_curve", "StepStats"]
+__all__ = ["run_training", "load_config", "summarize_curve"]
