@@ -99,8 +99,12 @@ def _train_with_progress(cfg, out: Path, resume: bool) -> dict:
                 if row.get("untargeted") is not None:
                     state["acc"] += f" untargeted {100 * row['untargeted']:.1f}%"
                 prog.update(task, completed=row["step"], info=state["acc"])
-            else:
+            elif row.get("event") == "step":
                 prog.update(task, completed=row["step"], info=f"reward {row['reward_mean']:.2f} | {state['acc']}")
+            elif row.get("event") == "collect":
+                prog.update(task, info=f"collecting behaviour rollouts: {row['store']} ({row['prompts']} prompts)")
+            elif row.get("event") == "select":
+                prog.update(task, info=f"stage {row['stage']}: {row['n']} prompts selected in {row['seconds']:.0f} s")
 
         return run_training(cfg, out, resume=resume, on_event=on_event)
 

@@ -65,6 +65,41 @@ class TrainConfig:
 
 
 @dataclass
+class ScoreConfig:
+    """Influence scoring (issue 3): projector, what to score, and how many validation prompts to use."""
+
+    kind: str = "sjlt"
+    k: int = 1024
+    seed: int = 0
+    keep: float = 1.0
+    exclude: list[str] = field(default_factory=list)  # parameter globs left out of scoring
+    ratio: float = 0.1
+    max_val_prompts: int = 100  # per validation set (METHOD.md §4)
+
+
+@dataclass
+class SelectConfig:
+    """Data selection and the CROPI curriculum (METHOD.md §5): ``stages`` rounds of score -> select -> train
+    ``train.steps / stages`` steps.  Static selectors choose once; ``cropi`` re-scores every stage."""
+
+    ratio: float = 0.1  # share of the pool trained on, the same for every selector
+    stages: int = 1
+    # Behaviour stores (pool and validation trajectories of the starting policy); default RUN/stores.  A
+    # comparison shares one folder between its runs; its collection seconds are still charged to each run.
+    stores: str | None = None
+    # Re-collect the pool with the current policy when the median sequence-level ESS falls below this
+    # (0 = never): the off-policy estimate is unreliable once β and π_θ drift apart.
+    drift_ess_threshold: float = 0.0
+    # Re-sample this many zero-variance ("blind-spot") prompts per stage with the current policy (0 = off),
+    # ``reprobe_samples`` responses each, so they can enter the selection once they become learnable.
+    reprobe_prompts: int = 0
+    reprobe_samples: int = 8
+    # Optimizer state is carried across stages: a stage boundary changes the data, not the optimisation
+    # problem, and resetting Adam's moments would give cropi a warm-restart that full data does not get.
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+
+@dataclass
 class EvalConfig:
     max_new_tokens: int = 10
     batch_size: int = 512
@@ -77,6 +112,7 @@ class RunConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
 
 
 def to_dict(cfg: Any) -> Any:

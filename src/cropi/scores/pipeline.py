@@ -11,7 +11,6 @@ at ``ratio``).  File metadata carries the projector spec, the score config and t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -20,6 +19,7 @@ import pyarrow.parquet as pq
 import torch
 
 from cropi import SCHEMA_VERSION
+from cropi.config import ScoreConfig
 from cropi.errors import CropiError
 from cropi.gradients.popi import groups_from_rows, prompt_gradients
 from cropi.io import atomic_path
@@ -27,17 +27,6 @@ from cropi.policy import Policy, tokenizer_fingerprint
 from cropi.projection import make_projector, param_shapes_of
 from cropi.rollouts.store import read_store, store_meta
 from cropi.scores.influence import cosine_scores, mean_direction, reciprocal_rank_fusion, top_n
-
-
-@dataclass
-class ScoreConfig:
-    kind: str = "sjlt"
-    k: int = 1024
-    seed: int = 0
-    keep: float = 1.0
-    exclude: list[str] = field(default_factory=list)  # parameter globs left out of scoring
-    ratio: float = 0.1
-    max_val_prompts: int = 100  # per validation set (METHOD.md §4)
 
 
 def _check_store(path: Path, policy: Policy) -> dict:

@@ -1,0 +1,90 @@
+"""Selectors: which pool prompts a GRPO stage trains on (METHOD.md §5-6).
+
+One small interface, six implementations.  Every selector returns at most ``top_n(len(pool), ratio)`` prompt
+ids (``full`` returns all), so every run trains with the same step size and budget; only the prompts differ.
+
+    full              every pool prompt
+    random            a seeded random ``ratio`` of the pool, fixed for the run
+    learnability      top ``ratio`` by p(1 − p) of the behaviour pass rate, fixed
+    pass_rate         uniform among prompts with 0 < p < 1, fixed
+    static_influence  top ``ratio`` by POPI influence at θ = β (one scoring pass), fixed
+    cropi             re-scored with the current policy at every stage (same stored trajectories)
+
+A selector declares what it needs — behaviour rollouts (their collection is charged to its wall-clock) and
+influence scores — and whether it chooses again at every stage; the curriculum driver
+(``cropi.training.run``) supplies those lazily through a ``SelectionContext``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Protocol, Sequence
+
+from cropi.selection.baselines import select_full, select_learnability, select_pass_rate, select_random
+from cropi.scores.influence import top_n
+from cropi.tasks.problem import Problem
+
+
+@dataclass
+class SelectionContext:
+    """What a selector may look at.  ``pass_rates`` and ``influence`` are computed only when called."""
+
+    pool: Sequence[Problem]
+    ratio: float
+    seed: int
+    stage: int
+    pass_rates: Callable[[], Mapping[str, float]]  # behaviour pass rate per prompt id
+    influence: Callable[[], list[str]]  # prompt ids ranked by fused influence for the current policy, best first
+
+    @property
+    def size(self) -> int:
+        return top_n(len(self.pool), self.ratio)
+
+
+class Selector(Protocol):
+    name: str
+    needs_rollouts: bool  # uses the behaviour store (its collection time counts for this selector)
+    needs_scores: bool  # uses influence scores
+    every_stage: bool  # chooses again at every stage (otherwise the stage-0 choice is kept)
+
+    def select(self, ctx: SelectionContext) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class _Simple:
+    name: str
+    needs_rollouts: bool
+    needs_scores: bool
+    every_stage: bool
+    fn: Callable[[SelectionContext], list[str]]
+
+    def select(self, ctx: SelectionContext) -> list[str]:
+        return self.fn(ctx)
+
+
+def _influence_top(ctx: SelectionContext) -> list[str]:
+    return ctx.influence()[: ctx.size]
+
+
+SELECTORS: dict[str, Selector] = {
+    s.name: s
+    for s in (
+        _Simple("full", False, False, False, lambda c: select_full([p.id for p in c.pool])),
+        _Simple("random", False, False, False, lambda c: select_random([p.id for p in c.pool], c.ratio, c.seed)),
+        _Simple("learnability", True, False, False, lambda c: select_learnability(c.pass_rates(), c.ratio)),
+        _Simple("pass_rate", True, False, False, lambda c: select_pass_rate(c.pass_rates(), c.ratio, c.seed)),
+        _Simple("static_influence", True, True, False, _influence_top),
+        _Simple("cropi", True, True, True, _influence_top),
+    )
+}
+
+
+def make_selector(name: str) -> Selector:
+    from cropi.errors import ConfigError
+
+    if name not in SELECTORS:
+        raise ConfigError(f"train.selector: {name!r} is not a selector (choose from {', '.join(SELECTORS)})")
+    return SELECTORS[name]
+
+
+__all__ = ["SELECTORS", "SelectionContext", "Selector", "make_selector"]

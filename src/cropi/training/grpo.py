@@ -137,9 +137,43 @@ class TrainState:
 
     step: int = 0
     train_seconds: float = 0.0  # rollout + update seconds, evaluation excluded
+    select_seconds: float = 0.0  # collection + scoring + selection seconds charged to this run (curriculum)
     rollout_seconds: float = 0.0
     response_tokens: int = 0
     extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Session:
+    """What carries over between calls of ``train_grpo``: optimizer, counters, and the KL reference."""
+
+    optimizer: torch.optim.Optimizer
+    state: TrainState
+    ref_model: torch.nn.Module | None = None
+
+
+def start_session(policy: Policy, train: TrainConfig, run_dir: Path) -> Session:
+    """A fresh optimizer and counters, restored from the latest checkpoint in ``run_dir`` when there is one
+    (the policy's weights are loaded from it too)."""
+    torch.manual_seed(train.seed)
+    optimizer = make_optimizer(policy.model, train)
+    state = TrainState()
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    latest = checkpoint.latest(ckpt_dir)
+    if latest is not None:
+        state = checkpoint.load(latest, policy.model, optimizer, TrainState)
+    ref_model = None
+    if train.kl_coef > 0:
+        import copy
+
+        ref_model = copy.deepcopy(policy.model).eval()
+        for p in ref_model.parameters():
+            p.requires_grad_(False)
+        if latest is not None:
+            ref_model.load_state_dict(checkpoint.load_initial(ckpt_dir), strict=True)
+        else:
+            checkpoint.save_initial(ckpt_dir, policy.model)
+    return Session(optimizer, state, ref_model)
 
 
 def train_grpo(
@@ -152,36 +186,27 @@ def train_grpo(
     on_step: Callable[[StepStats], None] | None = None,
     steps: int | None = None,
     log: Callable[[dict], None] | None = None,
+    session: "Session | None" = None,
 ) -> TrainState:
-    """Run GRPO for ``steps`` (default ``train.steps``) steps on ``problems``, resuming from the latest
+    """Run GRPO until global step ``steps`` (default ``train.steps``) on ``problems``, resuming from the latest
     checkpoint in ``run_dir`` if there is one.  ``evaluate_fn(policy, step)`` is called at step 0, every
-    ``train.eval_every`` steps and at the end; its dict is passed to ``log`` with the step stats."""
+    ``train.eval_every`` steps and at the end; its dict is passed to ``log`` with the step stats.
+
+    A curriculum calls this once per stage with the stage's problems and end step, passing the same
+    ``session`` (optimizer, counters, reference model) so that nothing restarts at a stage boundary."""
     if not problems:
         raise ValueError("no training problems")
     steps = train.steps if steps is None else steps
-    torch.manual_seed(train.seed)
-    optimizer = make_optimizer(policy.model, train)
-    state = TrainState()
     ckpt_dir = run_dir / "checkpoints"
-    latest = checkpoint.latest(ckpt_dir)
-    if latest is not None:
-        state = checkpoint.load(latest, policy.model, optimizer, TrainState)
-    ref_model = None
-    if train.kl_coef > 0:
-        import copy
-
-        ref_model = copy.deepcopy(policy.model).eval()
-        for p in ref_model.parameters():
-            p.requires_grad_(False)
-        if latest is not None:
-            ref_model.load_state_dict(checkpoint.load_initial(run_dir / "checkpoints"), strict=True)
-        else:
-            checkpoint.save_initial(ckpt_dir, policy.model)
+    if session is None:
+        session = start_session(policy, train, run_dir)
+    optimizer, state, ref_model = session.optimizer, session.state, session.ref_model
 
     def maybe_eval(step: int) -> None:
         if evaluate_fn is None:
             return
-        row = {"step": step, "event": "eval", "seconds": round(state.train_seconds, 3), **evaluate_fn(policy, step)}
+        row = {"step": step, "event": "eval", "seconds": round(state.train_seconds + state.select_seconds, 3),
+               **evaluate_fn(policy, step)}
         if log:
             log(row)
 
@@ -196,7 +221,8 @@ def train_grpo(
         state.rollout_seconds += stats.rollout_seconds
         state.response_tokens += stats.response_tokens
         if log:
-            log({"event": "step", **stats.__dict__, "step": state.step, "seconds": round(state.train_seconds, 3)})
+            log({"event": "step", **stats.__dict__, "step": state.step,
+                 "seconds": round(state.train_seconds + state.select_seconds, 3)})
         if on_step:
             on_step(stats)
         if state.step % train.eval_every == 0 or state.step == steps:

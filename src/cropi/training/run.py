@@ -1,10 +1,12 @@
-"""A training run: config -> data -> policy -> selector -> GRPO with periodic evaluation -> report.
+"""A training run: config -> data -> policy -> [score -> select -> GRPO for S steps] x stages -> report.
 
 The run folder holds everything needed to understand and reproduce the result:
 
     config.yaml      the resolved configuration (``cropi train --config RUN/config.yaml`` reruns it)
     metrics.jsonl    one JSON line per GRPO step and per evaluation
     checkpoints/     resumable state (safetensors + JSON)
+    stores/          behaviour trajectories of the starting policy (unless ``select.stores`` points elsewhere)
+    stages/stage-NN/ selection.json (chosen ids, diagnostics, seconds), scores (influence selectors)
     final_model/     the trained policy as an ordinary HF folder
     summary.json, report.md, accuracy.png
 """
@@ -24,9 +26,9 @@ from cropi.io import append_jsonl, read_jsonl, write_text
 from cropi.policy import load_policy
 from cropi.tasks.loading import load_data
 from cropi.training import checkpoint
-from cropi.training.grpo import TrainState, train_grpo
-
-SELECTORS = ("full",)
+from cropi.selection import make_selector
+from cropi.training.curriculum import Curriculum, behaviour_stores
+from cropi.training.grpo import start_session, train_grpo
 
 
 def summarize_curve(curve: list[dict]) -> dict:
@@ -64,16 +66,30 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> int:
     return done
 
 
+def _stage_bounds(steps: int, stages: int) -> list[int]:
+    """Global step at which each stage starts, plus the budget: stage s trains steps [b[s], b[s+1])."""
+    return [round(i * steps / stages) for i in range(stages + 1)]
+
+
 def run_training(
     cfg: RunConfig,
     run_dir: str | Path,
     resume: bool = False,
     on_event: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Train with ``cfg`` into ``run_dir`` and return the summary (also written to ``summary.json``)."""
+    """Train with ``cfg`` into ``run_dir`` and return the summary (also written to ``summary.json``).
+
+    The curriculum (METHOD.md §5): for each of ``select.stages`` stages — select prompts with the selector
+    (scoring with the current policy where it needs influence), then GRPO on them up to the stage's end step,
+    evaluating every ``train.eval_every`` steps.  Per-stage artefacts go to ``RUN/stages/stage-NN/``.  Resumable
+    at step granularity: a stage's selection is written before it trains, and the policy it was made with is
+    the checkpoint at the stage boundary."""
     run_dir = Path(run_dir)
-    if cfg.train.selector not in SELECTORS:
-        raise ConfigError(f"train.selector: {cfg.train.selector!r} is not available (choose from {SELECTORS})")
+    selector = make_selector(cfg.train.selector)
+    if cfg.select.stages < 1 or cfg.select.stages > cfg.train.steps:
+        raise ConfigError(f"select.stages: {cfg.select.stages} must be between 1 and train.steps ({cfg.train.steps})")
+    if not 0 < cfg.select.ratio <= 1:
+        raise ConfigError(f"select.ratio: {cfg.select.ratio} must be in (0, 1]")
     suite = load_data(cfg.data)
     policy = load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype)
     done = _prepare_run_dir(run_dir, cfg, resume)
@@ -88,9 +104,29 @@ def run_training(
         if on_event:
             on_event(row)
 
-    problems = suite.pool  # selector "full"
     t0 = time.time()
-    state: TrainState = train_grpo(policy, problems, cfg.train, cfg.rollout, run_dir, evaluate_fn, log=log)
+    # Behaviour stores come from the *starting* policy, so they are made before a checkpoint is loaded.
+    stores = None
+    if selector.needs_rollouts:
+        stores = behaviour_stores(policy, suite, cfg, Path(cfg.select.stores) if cfg.select.stores else run_dir / "stores",
+                                  on_event=on_event)
+    session = start_session(policy, cfg.train, run_dir)
+    state = session.state
+    if state.step == 0 and stores is not None:
+        state.select_seconds = stores.collect_seconds  # charged even when the stores were reused
+    curriculum = Curriculum(cfg, selector, suite, policy, run_dir, stores, on_event)
+    bounds = _stage_bounds(cfg.train.steps, cfg.select.stages)
+    for stage in range(cfg.select.stages):
+        start, end = bounds[stage], bounds[stage + 1]
+        if state.step >= end:
+            continue
+        choice = curriculum.selection(stage, fresh=state.step == start)
+        if state.step == start:
+            state.select_seconds += choice["seconds"]
+        by_id = {p.id: p for p in suite.pool}
+        problems = [by_id[i] for i in choice["selected"]]
+        train_grpo(policy, problems, cfg.train, cfg.rollout, run_dir, evaluate_fn, log=log, steps=end,
+                   session=session)
     policy.model.save_pretrained(run_dir / "final_model", safe_serialization=True)
     policy.tokenizer.save_pretrained(run_dir / "final_model")
 
@@ -98,13 +134,21 @@ def run_training(
     curve = [{"step": r["step"], "targeted": r["targeted"], "untargeted": r["untargeted"], "seconds": r["seconds"]}
              for r in rows if r.get("event") == "eval"]
     last_eval = [r for r in rows if r.get("event") == "eval"][-1]
+    stage_info = curriculum.stage_summaries()
     summary = {
         "selector": cfg.train.selector,
         "seed": cfg.train.seed,
         "steps": state.step,
+        "stages": cfg.select.stages,
+        "select_ratio": cfg.select.ratio,
         "wall_seconds": round(state.train_seconds, 2),
+        "train_seconds": round(state.train_seconds, 2),
+        "collect_seconds": round(stores.collect_seconds, 2) if stores else 0.0,
+        "select_seconds": round(state.select_seconds, 2),
+        "score_seconds": round(sum(s.get("score_seconds", 0.0) for s in stage_info), 2),
         "curve": curve,
         **summarize_curve(curve),
+        "stage_summaries": stage_info,
         "model": cfg.model.name,
         "machine": machine_description(),
         "prompts_per_step": cfg.train.prompts_per_step,

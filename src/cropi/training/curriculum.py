@@ -1,0 +1,226 @@
+"""The CROPI curriculum's per-stage selection: behaviour stores, scoring with the current policy, drift
+control and blind-spot re-probing (METHOD.md §5, and our departures from the authors' code).
+
+``run_training`` (``training/run.py``) owns the loop; this module answers one question per stage — which
+prompts does the stage train on — and writes the answer, with its diagnostics and its cost, to
+``RUN/stages/stage-NN/selection.json`` before the stage trains, so a resumed run never re-decides.
+
+Beyond the paper (each off by default, switched in ``select``):
+- **Drift control** (``drift_ess_threshold``): POPI reweights β's samples by per-token ratios; once π_θ has
+  moved far from β the sequence-level ESS collapses and the estimate is unreliable.  When the pool's median
+  ESS falls below the threshold, the pool and validation trajectories are re-collected with the current
+  policy (which becomes the new β) and the stage is scored again.
+- **Blind-spot re-probe** (``reprobe_prompts``): a prompt whose behaviour group had equal rewards has zero
+  gradient at every later stage, so the authors' code can never select it, even after the policy has learned
+  enough to make it useful.  Each stage re-samples a seeded subset of such prompts with the current policy;
+  those that now get mixed rewards are scored alongside the pool.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from cropi.config import RunConfig
+from cropi.errors import CropiError
+from cropi.io import read_json, write_json
+from cropi.policy import Policy
+from cropi.rollouts.store import CollectConfig, collect, collection_complete, pass_rates
+from cropi.scores.influence import reciprocal_rank_fusion, top_n
+from cropi.selection import SelectionContext, Selector
+from cropi.selection.baselines import select_learnability
+from cropi.selection.diagnostics import selection_diagnostics
+from cropi.tasks.synthetic import Suite
+
+BEHAVIOUR_SEED = 0  # behaviour trajectories are sampled once and shared by every training seed
+
+
+@dataclass
+class BehaviourStores:
+    pool: Path
+    validation: dict[str, Path]
+    collect_seconds: float
+
+
+def _collect_config(cfg: RunConfig, group_size: int | None = None, seed: int = BEHAVIOUR_SEED) -> CollectConfig:
+    r = cfg.rollout
+    return CollectConfig(group_size=group_size or r.group_size, temperature=r.temperature, top_p=r.top_p,
+                         max_new_tokens=r.max_new_tokens, seed=seed, batch_size=r.batch_size)
+
+
+def behaviour_stores(policy: Policy, suite: Suite, cfg: RunConfig, folder: Path,
+                     on_event: Callable[[dict], None] | None = None, tag: str = "base") -> BehaviourStores:
+    """Collect (or reuse) G responses per pool and validation prompt with ``policy``.
+
+    The seconds spent are recorded in ``folder/timing.json``, so a run reusing the stores is still charged
+    for them (a comparison collects once for all its runs)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    timing_path = folder / "timing.json"
+    timing = read_json(timing_path).get("seconds", {}) if timing_path.exists() else {}
+    jobs = [("pool", suite.pool, folder / "pool")]
+    jobs += [(f"val-{name}", probs, folder / f"val-{name}") for name, probs in suite.validation.items()]
+    if not suite.validation:
+        raise CropiError("influence selection needs at least one validation set (data.validation_files or the "
+                         "embedded suite's targeted families)")
+    for name, problems, path in jobs:
+        if (path / "meta.json").exists() and collection_complete(path) and name in timing:
+            continue
+        if on_event:
+            on_event({"event": "collect", "store": name, "prompts": len(problems)})
+        t0 = time.perf_counter()
+        collect(policy, problems, path, _collect_config(cfg), policy_tag=tag)
+        timing[name] = timing.get(name, 0.0) + time.perf_counter() - t0
+        write_json(timing_path, {"seconds": timing})
+    return BehaviourStores(folder / "pool", {n: folder / f"val-{n}" for n in suite.validation},
+                           sum(timing.values()))
+
+
+class Curriculum:
+    """Per-stage selection for one run.  ``selection(stage)`` returns the stage's record (selected ids,
+    diagnostics, seconds), computing and writing it on first use."""
+
+    def __init__(self, cfg: RunConfig, selector: Selector, suite: Suite, policy: Policy, run_dir: Path,
+                 stores: BehaviourStores | None, on_event: Callable[[dict], None] | None = None):
+        self.cfg, self.selector, self.suite, self.policy = cfg, selector, suite, policy
+        self.run_dir, self.stores, self.on_event = run_dir, stores, on_event
+
+    def stage_dir(self, stage: int) -> Path:
+        return self.run_dir / "stages" / f"stage-{stage:02d}"
+
+    def _record(self, stage: int) -> dict | None:
+        path = self.stage_dir(stage) / "selection.json"
+        return read_json(path) if path.exists() else None
+
+    def stage_summaries(self) -> list[dict]:
+        out = []
+        for stage in range(self.cfg.select.stages):
+            rec = self._record(stage)
+            if rec:
+                out.append({k: v for k, v in rec.items() if k not in ("selected", "schema_version")})
+        return out
+
+    def selection(self, stage: int, fresh: bool) -> dict:
+        rec = self._record(stage)
+        if rec is not None:
+            return rec
+        if not fresh:
+            raise CropiError(f"{self.stage_dir(stage) / 'selection.json'}: missing, but the run has trained past "
+                             f"the start of stage {stage}; start the run again in a new folder")
+        t0 = time.perf_counter()
+        info: dict = {"stage": stage, "selector": self.selector.name}
+        if stage > 0 and not self.selector.every_stage:
+            selected = list(self._record(0)["selected"])
+            info["reused_from_stage"] = 0
+        else:
+            ctx = SelectionContext(self.suite.pool, self.cfg.select.ratio, self.cfg.train.seed, stage,
+                                   pass_rates=lambda: self._pass_rates(stage), influence=lambda: self._influence(stage, info))
+            selected = self.selector.select(ctx)
+        if not selected:
+            raise CropiError(f"stage {stage}: selector {self.selector.name!r} chose no prompts")
+        rates = self._pass_rates(stage) if self.stores else None
+        previous = self._record(stage - 1)["selected"] if stage > 0 else None
+        learn = select_learnability(rates, self.cfg.select.ratio) if rates else None
+        info["diagnostics"] = selection_diagnostics(selected, self.suite.pool, rates, previous, learn)
+        if "reprobe" in info:
+            info["reprobe"]["selected"] = len(set(selected) & set(info["reprobe"].get("mixed_ids", [])))
+        info["seconds"] = time.perf_counter() - t0
+        write_json(self.stage_dir(stage) / "selection.json", {**info, "selected": selected})
+        if self.on_event:
+            self.on_event({"event": "select", "stage": stage, "n": len(selected), "seconds": info["seconds"]})
+        return {**info, "selected": selected}
+
+    # -- behaviour stores in force at a stage (drift control may have replaced them) --------------------------
+    def _active(self, stage: int) -> tuple[Path, dict[str, Path], list[str]]:
+        for s in range(stage - 1, -1, -1):
+            rec = self._record(s)
+            if rec and "behaviour" in rec:
+                b = rec["behaviour"]
+                return Path(b["pool"]), {k: Path(v) for k, v in b["validation"].items()}, list(b["overlays"])
+        assert self.stores is not None
+        return self.stores.pool, dict(self.stores.validation), []
+
+    def _pass_rates(self, stage: int) -> dict[str, float]:
+        if self.stores is None:
+            raise CropiError(f"selector {self.selector.name!r} needs behaviour rollouts")
+        return pass_rates(self._active(stage)[0])
+
+    # -- influence ---------------------------------------------------------------------------------------------
+    def _score(self, stage: int, pool: Path, validation: dict[str, Path], overlays: list[str]) -> tuple[list[str], dict]:
+        """Score the pool (and re-probed overlays, later ones overriding) with the current policy; fuse."""
+        from cropi.scores.pipeline import score_pool
+
+        t0 = time.perf_counter()
+        per_set: dict[str, dict[str, float]] = {}
+        ess: dict[str, float] = {}
+        from_overlay: set[str] = set()
+        for i, store in enumerate([pool, *map(Path, overlays)]):
+            out = self.stage_dir(stage) / ("scores.parquet" if i == 0 else f"scores-reprobe-{i}.parquet")
+            table = score_pool(self.policy, store, validation, out, self.cfg.select.score).to_pylist()
+            for row in table:
+                if not row["usable"]:
+                    continue
+                pid = row["prompt_id"]
+                ess[pid] = row["ess"]
+                if i > 0:
+                    from_overlay.add(pid)
+                for name in validation:
+                    per_set.setdefault(name, {})[pid] = row[f"score_{name}"]
+        n = top_n(len(self.suite.pool), self.cfg.select.ratio)
+        ranking = reciprocal_rank_fusion(per_set, n) if per_set else []
+        vals = sorted(ess.values())
+        summary = {
+            "usable": len(ess),
+            "ess_median": statistics.median(vals) if vals else None,
+            "ess_p10": vals[len(vals) // 10] if vals else None,
+            "score_seconds": time.perf_counter() - t0,
+            "from_reprobe": len(from_overlay),
+        }
+        return ranking, summary
+
+    def _influence(self, stage: int, info: dict) -> list[str]:
+        sel = self.cfg.select
+        pool, validation, overlays = self._active(stage)
+        if stage > 0 and sel.reprobe_prompts > 0:
+            overlay, info["reprobe"] = self._reprobe(stage, pool, overlays)
+            if overlay is not None:
+                overlays.append(str(overlay))
+        ranking, info["ess"] = self._score(stage, pool, validation, overlays)
+        info["score_seconds"] = info["ess"]["score_seconds"]
+        median = info["ess"]["ess_median"]
+        if stage > 0 and sel.drift_ess_threshold > 0:
+            fired = median is not None and median < sel.drift_ess_threshold
+            info["drift"] = {"fired": fired, "ess_median": median, "threshold": sel.drift_ess_threshold}
+            if fired:
+                t0 = time.perf_counter()
+                stores = behaviour_stores(self.policy, self.suite, self.cfg, self.stage_dir(stage) / "behaviour",
+                                          self.on_event, tag=f"stage-{stage}")
+                pool, validation, overlays = stores.pool, stores.validation, []
+                info["drift"]["collect_seconds"] = time.perf_counter() - t0
+                ranking, info["ess"] = self._score(stage, pool, validation, overlays)
+                info["score_seconds"] += info["ess"]["score_seconds"]
+        info["behaviour"] = {"pool": str(pool), "validation": {k: str(v) for k, v in validation.items()},
+                             "overlays": overlays}
+        return ranking
+
+    def _reprobe(self, stage: int, pool: Path, overlays: list[str]) -> tuple[Path | None, dict]:
+        """Re-sample a seeded subset of zero-variance prompts with the current policy (METHOD.md departures)."""
+        t0 = time.perf_counter()
+        done = set()
+        for o in overlays:
+            done |= set(pass_rates(o))
+        blind = sorted(pid for pid, p in pass_rates(pool).items() if p in (0.0, 1.0) and pid not in done)
+        random.Random(f"reprobe:{self.cfg.train.seed}:{stage}").shuffle(blind)
+        chosen = set(blind[: self.cfg.select.reprobe_prompts])
+        if not chosen:
+            return None, {"probed": 0, "mixed": 0, "mixed_ids": [], "seconds": 0.0}
+        problems = [p for p in self.suite.pool if p.id in chosen]
+        folder = self.stage_dir(stage) / "reprobe"
+        collect(self.policy, problems, folder,
+                _collect_config(self.cfg, self.cfg.select.reprobe_samples, seed=1000 + stage), policy_tag=f"stage-{stage}")
+        mixed = sorted(pid for pid, p in pass_rates(folder).items() if 0 < p < 1)
+        return (folder if mixed else None), {"probed": len(problems), "mixed": len(mixed), "mixed_ids": mixed,
+                                             "seconds": time.perf_counter() - t0}

@@ -1,0 +1,163 @@
+"""Selectors on a toy pool with known answers; the curriculum driver's stages, artefacts and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cropi.config import load_config
+from cropi.selection import SELECTORS, SelectionContext, make_selector
+from cropi.tasks.problem import Problem
+from tests.conftest import small_suite_overrides
+
+# -- selectors on a toy pool ---------------------------------------------------------------------------------
+
+RATES = {f"p{i}": r for i, r in enumerate([0.0, 0.125, 0.25, 0.5, 0.5, 0.75, 0.875, 1.0, 1.0, 0.0] * 2)}
+POOL = [Problem(pid, "1+1=", "2", "add") for pid in RATES]
+INFLUENCE = sorted(RATES, key=lambda p: -int(p[1:]))  # a known ranking: highest index first
+
+
+def _ctx(ratio=0.2, seed=0, stage=0):
+    return SelectionContext(POOL, ratio, seed, stage, pass_rates=lambda: RATES, influence=lambda: list(INFLUENCE))
+
+
+def test_learnability_ranks_half_solved_first():
+    chosen = make_selector("learnability").select(_ctx(ratio=0.2))
+    assert len(chosen) == 4 and all(RATES[p] == 0.5 for p in chosen)
+
+
+def test_pass_rate_never_picks_always_or_never_solved():
+    for seed in range(5):
+        chosen = make_selector("pass_rate").select(_ctx(ratio=0.4, seed=seed))
+        assert len(chosen) == 8 and all(0 < RATES[p] < 1 for p in chosen)
+    # with more room than eligible prompts it takes every eligible one and nothing else
+    chosen = make_selector("pass_rate").select(_ctx(ratio=1.0))
+    assert sorted(chosen) == sorted(p for p, r in RATES.items() if 0 < r < 1)
+
+
+def test_random_full_and_influence_selectors():
+    r0 = make_selector("random").select(_ctx(seed=0))
+    assert len(r0) == 4 and len(set(r0)) == 4 and r0 == make_selector("random").select(_ctx(seed=0))
+    assert r0 != make_selector("random").select(_ctx(seed=1))
+    assert sorted(make_selector("full").select(_ctx())) == sorted(RATES)
+    for name in ("static_influence", "cropi"):
+        assert make_selector(name).select(_ctx(ratio=0.2)) == INFLUENCE[:4]
+    assert SELECTORS["cropi"].every_stage and not SELECTORS["static_influence"].every_stage
+    assert {n for n, s in SELECTORS.items() if s.needs_scores} == {"static_influence", "cropi"}
+
+
+def test_unknown_selector_is_a_config_error():
+    from cropi.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="learnability"):
+        make_selector("bogus")
+
+
+# -- the curriculum driver -----------------------------------------------------------------------------------
+
+
+def _sets(model_dir, selector="cropi", steps=6, stages=3, **extra):
+    # The embedded tiny policy (not the random micro model): influence needs mixed reward groups, in the
+    # validation sets too, and a random policy never solves an arithmetic problem.
+    return small_suite_overrides() + [
+        "data.suite.val_size=16", "model.name=tiny", "model.device=cpu", f"train.selector={selector}",
+        f"train.steps={steps}", f"select.stages={stages}", "select.ratio=0.25", "train.prompts_per_step=4",
+        "rollout.group_size=8", "rollout.max_new_tokens=8", "eval.max_new_tokens=8", "train.eval_every=2",
+        "train.checkpoint_every=1",
+        "train.lr=3e-3", "select.score.k=256", "select.score.max_val_prompts=8",
+    ] + [f"{k}={v}" for k, v in extra.items()]
+
+
+def test_cropi_stages_write_artefacts(micro_model_dir, tmp_path):
+    from cropi.training.run import run_training
+
+    summary = run_training(load_config(None, _sets(micro_model_dir)), tmp_path / "run")
+    run = tmp_path / "run"
+    recs = [json.loads((run / "stages" / f"stage-{s:02d}" / "selection.json").read_text()) for s in range(3)]
+    for s, rec in enumerate(recs):
+        assert rec["schema_version"] == 1 and rec["stage"] == s and 0 < len(rec["selected"]) <= 10
+        d = rec["diagnostics"]
+        assert sum(d["families"].values()) == len(rec["selected"])
+        assert sum(d["pass_rate_hist"].values()) == len(rec["selected"])
+        assert d["pass_rate_hist"]["0"] == d["pass_rate_hist"]["1"] == 0  # zero-variance groups have no gradient
+        assert rec["ess"]["usable"] > 0 and (s > 0 or rec["ess"]["ess_median"] == pytest.approx(1.0))
+        assert (run / "stages" / f"stage-{s:02d}" / "scores.parquet").exists()
+    assert recs[0]["diagnostics"]["overlap_previous"] is None and recs[1]["diagnostics"]["overlap_previous"] is not None
+    assert [c["step"] for c in summary["curve"]] == [0, 2, 4, 6]
+    assert summary["collect_seconds"] > 0 and summary["score_seconds"] > 0
+    # the curve's seconds include collection and scoring, not only training
+    assert summary["curve"][0]["seconds"] >= summary["collect_seconds"]
+    assert summary["select_seconds"] >= summary["collect_seconds"] + summary["score_seconds"] - 1e-6
+    assert len(summary["stage_summaries"]) == 3
+
+
+def test_static_selectors_choose_once(micro_model_dir, tmp_path):
+    from cropi.training.run import run_training
+
+    run_training(load_config(None, _sets(micro_model_dir, "static_influence", steps=4, stages=2)), tmp_path / "s")
+    a, b = (json.loads((tmp_path / "s" / "stages" / f"stage-{s:02d}" / "selection.json").read_text()) for s in (0, 1))
+    assert a["selected"] == b["selected"] and b["reused_from_stage"] == 0 and b["seconds"] < a["seconds"]
+
+
+def test_drift_control_and_reprobe_fire(micro_model_dir, tmp_path):
+    from cropi.training.run import run_training
+
+    sets = _sets(micro_model_dir, steps=4, stages=2, **{"select.drift_ess_threshold": 1.01,
+                                                          "select.reprobe_prompts": 6, "select.reprobe_samples": 4})
+    run_training(load_config(None, sets), tmp_path / "d")
+    rec = json.loads((tmp_path / "d" / "stages" / "stage-01" / "selection.json").read_text())
+    assert rec["drift"]["fired"] and rec["drift"]["collect_seconds"] > 0  # ESS < 1.01 always holds off-policy
+    assert rec["behaviour"]["pool"].endswith("stage-01/behaviour/pool")
+    assert rec["reprobe"]["probed"] == 6 and 0 <= rec["reprobe"]["selected"] <= rec["reprobe"]["mixed"]
+
+
+_CHILD = textwrap.dedent("""
+    import os, signal, sys, torch
+    torch.set_num_threads(1)
+    import cropi.training.grpo as grpo
+    from cropi.config import load_config
+    from cropi.training.run import run_training
+    kill_at = int(os.environ.get("KILL_AT_CALL", "0"))
+    calls = [0]
+    real = grpo.policy_loss
+    def policy_loss(*a, **k):  # the loss of a GRPO update: dying here is dying mid-step
+        calls[0] += 1
+        if calls[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*a, **k)
+    grpo.policy_loss = policy_loss
+    run_training(load_config(None, sys.argv[2:]), sys.argv[1], resume=os.environ.get("RESUME") == "1")
+""")
+
+
+def _child(run, sets, **env):
+    e = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **env}
+    return subprocess.run([sys.executable, "-c", _CHILD, str(run), *sets], env=e, capture_output=True, text=True)
+
+
+def test_sigkill_mid_step_then_resume_is_bitwise_equal(micro_model_dir, tmp_path):
+    sets = _sets(micro_model_dir, steps=6, stages=3)
+    ref = _child(tmp_path / "ref", sets)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    # one update per step: the 4th loss call is step 4, inside stage 1 (steps 2-3), after the step-3 checkpoint
+    killed = _child(tmp_path / "run", sets, KILL_AT_CALL="4")
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "run" / "final_model").exists()
+    resumed = _child(tmp_path / "run", sets, RESUME="1")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = load_file(str(tmp_path / "ref" / "final_model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "run" / "final_model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    sel = lambda r, s: json.loads((r / "stages" / f"stage-{s:02d}" / "selection.json").read_text())["selected"]
+    assert all(sel(tmp_path / "ref", s) == sel(tmp_path / "run", s) for s in range(3))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["resumed_from_step"] == 3 and [c["step"] for c in summary["curve"]] == [0, 2, 4, 6]
