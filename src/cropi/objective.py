@@ -8,7 +8,9 @@ that sampled them (its per-token log-probs stored at the sampling temperature); 
     ρ_{i,t} = exp(log π_θ(o_{i,t}) − log β(o_{i,t}))                   (per token, no prefix product)
     L(θ; x) = −(1/G) Σ_i (1/T_i) Σ_t ρ_{i,t} A_i                       (aggregation "grpo")
 
-With clipping (ε), the per-token term is min(ρ A, clip(ρ, 1−ε, 1+ε) A) as in PPO.  Aggregation "dr_grpo"
+With clipping (ε), the per-token term is min(ρ A, clip(ρ, 1−ε, 1+ε) A) as in PPO.  ``max_log_ratio`` (off by
+default; POPI scoring sets it) caps the value of a per-token log-ratio, keeping its gradient, so that ρ stays
+inside fp32 (exp overflows past log-ratio ≈ 88.7): ρ̃ = min(ρ, e^c) with ∇ρ̃ = ρ̃ ∇ log π_θ.  Aggregation "dr_grpo"
 replaces 1/T_i by 1/T_max (a constant), removing the length bias of the per-sequence mean.  Over a batch of
 prompts with equal G, L is the mean of the per-prompt losses.
 """
@@ -63,6 +65,7 @@ def policy_loss(
     clip_eps: float | None = None,
     aggregation: str = "grpo",
     max_len: int | None = None,
+    max_log_ratio: float | None = None,
 ) -> torch.Tensor:
     """L = −mean_i (1/T_i) Σ_t surrogate_{i,t}, surrogate = ρ A (or the PPO-clipped form).
 
@@ -70,6 +73,8 @@ def policy_loss(
     flattened), ``advantages`` [N].  ``mask`` is 1 on response tokens.  Returns a scalar."""
     mask = mask.to(logprobs.dtype)
     log_ratio = (logprobs - behavior_logprobs) * mask
+    if max_log_ratio is not None:  # cap the value, keep the gradient (truncated importance weight)
+        log_ratio = torch.where(log_ratio > max_log_ratio, max_log_ratio + (log_ratio - log_ratio.detach()), log_ratio)
     ratio = torch.exp(log_ratio)
     adv = advantages.to(logprobs.dtype).unsqueeze(-1)
     surrogate = ratio * adv

@@ -12,6 +12,11 @@ a biased surrogate (the TRPO local approximation), not an unbiased estimate of t
 ACG variant: sequence weights w_i = exp(mean_t log π_θ − mean_t log β) turn mean and std of the rewards into
 self-normalised weighted ones; the advantages stay under stop-gradient.
 
+Overflow guard: a per-token log-ratio above MAX_LOG_RATIO (50, i.e. ρ ≈ 5e21) would take ρ, the loss and the
+gradient towards fp32 overflow (e^88.7), so its value is capped there with its gradient kept (a truncated
+importance weight, ``policy_loss(max_log_ratio=...)``).  Tokens that far off-policy carry no usable signal; the
+uncapped max |log-ratio| below reports that it happened.
+
 Diagnostics, in log space: ESS = (Σ W)² / (G Σ W²) ∈ [1/G, 1] with sequence-level W_i = exp(Σ_t (log π_θ −
 log β)), and the largest |per-token log-ratio|.
 """
@@ -26,6 +31,8 @@ import torch
 
 from cropi.objective import ADVANTAGE_EPS, group_advantages, policy_loss, response_logprobs
 from cropi.rollouts.batch import pack
+
+MAX_LOG_RATIO = 50.0  # per-token log-ratio value cap (gradient kept); fp32 exp overflows past ≈ 88.7
 
 
 @dataclass
@@ -80,7 +87,7 @@ class PopiLoss:
 
 
 def popi_loss(model: torch.nn.Module, group: PromptGroup, pad_id: int, device=None, clip_eps: float | None = None,
-              acg: bool = False) -> PopiLoss:
+              acg: bool = False, max_log_ratio: float | None = MAX_LOG_RATIO) -> PopiLoss:
     """L(θ; x) for one prompt group, with drift diagnostics.  Differentiate it for g_x."""
     device = device or next(model.parameters()).device
     g = len(group.rewards)
@@ -93,7 +100,8 @@ def popi_loss(model: torch.nn.Module, group: PromptGroup, pad_id: int, device=No
         adv = acg_advantages(rewards, log_ratio.sum(-1) / lengths)
     else:
         adv = group_advantages(rewards)
-    loss = policy_loss(lp, batch.behavior_logprobs, adv, batch.response_mask, clip_eps, "grpo")
+    loss = policy_loss(lp, batch.behavior_logprobs, adv, batch.response_mask, clip_eps, "grpo",
+                       max_log_ratio=max_log_ratio)
     ess = float(torch.exp(log_ess(log_ratio.sum(-1).double())))
     return PopiLoss(loss, ess, float(log_ratio.abs().max()) if log_ratio.numel() else 0.0)
 
