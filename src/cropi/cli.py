@@ -61,6 +61,33 @@ FieldOpt = typer.Option(None, "--field", help="Column mapping FIELD=COLUMN for y
 AnswerFmtOpt = typer.Option(None, "--answer-format", help="How to read gold answers from your files: plain, gsm8k (after ####), boxed.")
 
 
+SelectorOpt = typer.Option(None, help="Which prompts to train on: full, random, learnability, pass_rate, "
+                           "static_influence, cropi.")
+StagesOpt = typer.Option(None, help="Curriculum stages M (cropi re-scores and re-selects at each).")
+StepsPerStageOpt = typer.Option(None, help="GRPO steps per stage S (sets the budget to M x S).")
+RatioOpt = typer.Option(None, help="Share of the pool selected (default 0.1).")
+PoolSeedOpt = typer.Option(None, help="Seed of the embedded suite's draw (data.suite.pool_seed).")
+
+
+def _selection_sets(selector=None, steps=None, stages=None, steps_per_stage=None, ratio=None, pool_seed=None) -> list[str]:
+    sets = []
+    if selector:
+        sets.append(f"train.selector={selector}")
+    if stages is not None:
+        sets.append(f"select.stages={stages}")
+    if steps_per_stage is not None:
+        if steps is not None:
+            raise CropiError("give --steps or --steps-per-stage, not both")
+        sets.append(f"train.steps={steps_per_stage * (stages or 1)}")
+    elif steps is not None:
+        sets.append(f"train.steps={steps}")
+    if ratio is not None:
+        sets.append(f"select.ratio={ratio}")
+    if pool_seed is not None:
+        sets.append(f"data.suite.pool_seed={pool_seed}")
+    return sets
+
+
 def _build_config(config, overrides, *, model=None, pool=None, val=None, test=None, fields=None, answer_format=None,
                   extra: list[str] | None = None):
     from cropi.config import load_config
@@ -115,8 +142,12 @@ def train(
     config: Optional[Path] = ConfigOpt,
     overrides: Optional[List[str]] = SetOpt,
     out: Path = typer.Option(Path("runs/train"), "--out", "-o", help="Run folder (config, metrics, checkpoints, report)."),
-    selector: Optional[str] = typer.Option(None, help="Which prompts to train on: full (more come with the influence engine)."),
-    steps: Optional[int] = typer.Option(None, help="GRPO steps."),
+    selector: Optional[str] = SelectorOpt,
+    steps: Optional[int] = typer.Option(None, help="GRPO steps in all (or give --steps-per-stage)."),
+    stages: Optional[int] = StagesOpt,
+    steps_per_stage: Optional[int] = StepsPerStageOpt,
+    select_ratio: Optional[float] = RatioOpt,
+    pool_seed: Optional[int] = PoolSeedOpt,
     seed: Optional[int] = typer.Option(None, help="Seed for prompt order and sampling."),
     model: Optional[str] = typer.Option(None, help="tiny (embedded), smollm2 (fetched), an HF folder or hub id."),
     pool: Optional[str] = PoolOpt,
@@ -126,16 +157,14 @@ def train(
     answer_format: Optional[str] = AnswerFmtOpt,
     resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
 ):
-    """Train a policy with GRPO and evaluate it periodically on the test splits.
+    """Train a policy with GRPO on the prompts a selector chooses, evaluating periodically on the test splits.
 
-    Writes OUT/config.yaml (resolved), metrics.jsonl, checkpoints/, final_model/, summary.json, report.md and
-    accuracy.png.  Rerun the same command with --resume after an interruption.
+    With --selector cropi and --stages M the curriculum scores the pool with the current policy, selects the
+    top --select-ratio, trains --steps-per-stage steps, and repeats M times.  Writes OUT/config.yaml
+    (resolved), metrics.jsonl, checkpoints/, stages/, final_model/, summary.json, report.md and accuracy.png.
+    Rerun the same command with --resume after an interruption.
     """
-    extra = []
-    if selector:
-        extra.append(f"train.selector={selector}")
-    if steps is not None:
-        extra.append(f"train.steps={steps}")
+    extra = _selection_sets(selector, steps, stages, steps_per_stage, select_ratio, pool_seed)
     if seed is not None:
         extra.append(f"train.seed={seed}")
     cfg = _build_config(config, overrides, model=model, pool=pool, val=val, test=test, fields=field,
@@ -155,21 +184,127 @@ def _print_summary(summary: dict, out: Path) -> None:
                f"({summary['steps_per_minute']:.1f} steps/min, {summary['rollout_tokens_per_second']:.0f} rollout tokens/s)")
 
 
+COMPARE_SELECTORS = "full,random,learnability,pass_rate,static_influence,cropi"
+# The comparison's curriculum: 300 steps in 5 stages of 60 (cropi re-scores 5 times); see README "Comparison".
+COMPARE_STAGES = 5
+DEMO_STEPS = 300
+
+
+def _compare_with_progress(cfg, selectors: list[str], seeds: list[int], out: Path) -> dict:
+    from cropi.evaluation.compare import run_compare
+
+    with _progress() as prog:
+        total = len(selectors) * len(seeds)
+        overall = prog.add_task("compare", total=total, info="")
+        current = {"task": None}
+
+        def on_run(name: str, seed: int, summary) -> None:
+            if summary is None:
+                current["task"] = prog.add_task(f"  {name} seed {seed}", total=cfg.train.steps, info="")
+            else:
+                prog.advance(overall)
+                if current["task"] is not None:
+                    prog.update(current["task"], completed=cfg.train.steps,
+                                info=f"best targeted {100 * summary['best_targeted']:.1f}%")
+                    current["task"] = None
+
+        def on_event(row: dict) -> None:
+            t = current["task"]
+            if t is None:
+                return
+            if row.get("event") in ("step", "eval"):
+                prog.update(t, completed=row["step"])
+            if row.get("event") == "eval":
+                prog.update(t, info=f"targeted {100 * row['targeted']:.1f}%")
+            elif row.get("event") == "select":
+                prog.update(t, info=f"stage {row['stage']}: {row['n']} prompts selected")
+            elif row.get("event") == "collect":
+                prog.update(t, info=f"collecting {row['store']}")
+
+        return run_compare(cfg, selectors, seeds, out, on_run=on_run, on_event=on_event)
+
+
+def _print_compare(results: dict, out: Path) -> None:
+    sel = results["selectors"]
+    typer.echo(f"report: {out / 'report.md'}")
+    for name in ("cropi", *[n for n in sel if n not in ("cropi", "full")]):
+        if name not in sel:
+            continue
+        m = sel[name]["median"]
+        acc = "never reached" if m["step_acceleration"] is None else f"{m['step_acceleration']:.2f}x fewer steps"
+        wall = "" if m["wall_acceleration"] is None else f", {m['wall_acceleration']:.2f}x less wall-clock"
+        typer.echo(f"{name}: {acc}{wall} than full data to its best targeted accuracy "
+                   f"({100 * results['threshold_targeted']:.1f}%)")
+    f, c = sel["full"]["median"], sel.get("cropi", sel["full"])["median"]
+    typer.echo(f"final targeted accuracy: full {100 * f['final_targeted']:.1f}%"
+               + (f", cropi {100 * c['final_targeted']:.1f}%" if "cropi" in sel else "")
+               + f"; best untargeted: full {100 * f['best_untargeted']:.1f}%"
+               + (f", cropi {100 * c['best_untargeted']:.1f}%" if "cropi" in sel else ""))
+
+
+@app.command()
+@handles_errors
+def compare(
+    selectors: str = typer.Option(COMPARE_SELECTORS, help="Comma-separated selectors (full is always run: it sets the threshold)."),
+    seeds: str = typer.Option("0,1,2", help="Comma-separated training seeds."),
+    out: Path = typer.Option(Path("runs/compare"), "--out", "-o", help="Comparison folder (results.json, report.md, plots, runs/)."),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = SetOpt,
+    steps: Optional[int] = typer.Option(None, help="GRPO steps per run (the budget)."),
+    stages: int = typer.Option(COMPARE_STAGES, help="Curriculum stages M for every selector (static ones choose once)."),
+    steps_per_stage: Optional[int] = StepsPerStageOpt,
+    select_ratio: Optional[float] = RatioOpt,
+    pool_seed: Optional[int] = PoolSeedOpt,
+    model: Optional[str] = typer.Option(None, help="tiny (embedded), smollm2 (fetched), an HF folder or hub id."),
+    pool: Optional[str] = PoolOpt,
+    val: Optional[List[str]] = ValOpt,
+    test: Optional[List[str]] = TestOpt,
+    field: Optional[List[str]] = FieldOpt,
+    answer_format: Optional[str] = AnswerFmtOpt,
+):
+    """Run every selector with the same budget over several seeds and compare them with full-data GRPO.
+
+    Writes OUT/results.json (per selector and seed: curve, best/final accuracies, step-level and wall-clock
+    acceleration vs full data, seconds collecting/scoring/training), OUT/report.md with plots, and one run
+    folder per selector and seed under OUT/runs/.  Rerun the same command to resume; finished runs are kept.
+    """
+    names = [s.strip() for s in selectors.split(",") if s.strip()]
+    try:
+        seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+    except ValueError:
+        raise CropiError(f"--seeds {seeds!r}: expected comma-separated integers") from None
+    extra = _selection_sets(None, steps, stages, steps_per_stage, select_ratio, pool_seed)
+    cfg = _build_config(config, overrides, model=model, pool=pool, val=val, test=test, fields=field,
+                        answer_format=answer_format, extra=extra)
+    saved = out / "config.yaml"
+    if saved.exists():
+        from cropi.config import dump_config
+
+        if saved.read_text() != dump_config(cfg):
+            raise CropiError(f"{saved}: this comparison was started with a different config; use a new --out")
+    results = _compare_with_progress(cfg, names if "full" in names else ["full", *names], seed_list, out)
+    _print_compare(results, out)
+
+
 @app.command()
 @handles_errors
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run folder."),
-    steps: int = typer.Option(300, help="GRPO steps (the demo budget)."),
-    resume: bool = typer.Option(False, help="Continue an interrupted demo."),
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Comparison folder."),
+    steps: int = typer.Option(DEMO_STEPS, help="GRPO steps per run (the demo budget)."),
+    stages: int = typer.Option(COMPARE_STAGES, help="Curriculum stages."),
 ):
-    """Run the method end to end on the embedded tiny model and synthetic suite (CPU, minutes).
+    """CROPI against full-data GRPO on the embedded tiny model and synthetic suite: one seed, CPU, minutes.
 
-    For now: full-data GRPO with periodic evaluation and its report.
+    The same task suite and hyper-parameters as `cropi compare` (only the budget may be smaller; it is
+    printed).  Ends with the report path and a three-line summary.  Rerun to resume.
     """
-    cfg = _build_config(None, None, extra=[f"train.steps={steps}"])
-    typer.echo(f"cropi demo: full-data GRPO, {steps} steps, embedded tiny policy, {cfg.data.suite.pool_size}-prompt pool")
-    summary = _train_with_progress(cfg, out, resume or (out / "config.yaml").exists())
-    _print_summary(summary, out)
+    from cropi.config import load_config
+
+    cfg = _build_config(None, None, extra=_selection_sets(None, steps, stages))
+    typer.echo(f"cropi demo: cropi vs full-data GRPO, {steps} steps in {stages} stages per run, seed 0, embedded "
+               f"tiny policy, {cfg.data.suite.pool_size}-prompt pool, selection ratio {cfg.select.ratio}")
+    results = _compare_with_progress(cfg, ["full", "cropi"], [0], out)
+    _print_compare(results, out)
 
 
 @app.command()

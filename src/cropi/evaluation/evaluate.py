@@ -16,6 +16,7 @@ class EvalResult:
     untargeted: float | None
     per_family: dict[str, float]
     n: dict[str, int]
+    items: dict[str, float] | None = None  # problem id -> reward, for paired comparisons between runs
 
     def to_dict(self) -> dict:
         return {"targeted": self.targeted, "untargeted": self.untargeted, "per_family": self.per_family, "n": self.n}
@@ -51,4 +52,5 @@ def evaluate(
         n[fam] = len(idx)
         per_family[fam] = sum(rewards[i] for i in idx) / max(1, len(idx))
     untargeted = [f for f in test if f not in targeted]
-    return EvalResult(_macro(per_family, targeted), _macro(per_family, untargeted), per_family, n)
+    return EvalResult(_macro(per_family, targeted), _macro(per_family, untargeted), per_family, n,
+                      {p.id: r for p, r in zip(problems, rewards)})

@@ -22,7 +22,7 @@ from cropi.config import RunConfig, dump_config, load_config, to_dict
 from cropi.errors import ConfigError, CropiError
 from cropi.evaluation.evaluate import evaluate
 from cropi.evaluation.report import machine_description, write_run_report
-from cropi.io import append_jsonl, read_jsonl, write_text
+from cropi.io import append_jsonl, read_jsonl, write_json, write_text
 from cropi.policy import load_policy
 from cropi.tasks.loading import load_data
 from cropi.training import checkpoint
@@ -95,8 +95,11 @@ def run_training(
     done = _prepare_run_dir(run_dir, cfg, resume)
     metrics_path = run_dir / "metrics.jsonl"
 
+    last_items: dict = {}
+
     def evaluate_fn(pol, step: int) -> dict:
         r = evaluate(pol, suite.test, suite.targeted, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+        last_items.update(step=step, items=r.items)
         return r.to_dict()
 
     def log(row: dict) -> None:
@@ -127,6 +130,8 @@ def run_training(
         problems = [by_id[i] for i in choice["selected"]]
         train_grpo(policy, problems, cfg.train, cfg.rollout, run_dir, evaluate_fn, log=log, steps=end,
                    session=session)
+    if last_items.get("step") == state.step:  # per-problem rewards of the final evaluation (paired SEs)
+        write_json(run_dir / "final_eval_items.json", last_items)
     policy.model.save_pretrained(run_dir / "final_model", safe_serialization=True)
     policy.tokenizer.save_pretrained(run_dir / "final_model")
 

@@ -1,0 +1,271 @@
+"""``cropi compare``: every selector, several seeds, one budget; accelerations against full-data GRPO.
+
+Definitions (issue 4, as in the paper's Table 1 but measured on test splits the scores never see):
+- Threshold: the best point of the seed-mean full-data *targeted* test curve after smoothing each curve over
+  3 evaluations (centred moving average; the end points average the evaluations that exist).
+- S(run): the first step at which the run's smoothed targeted curve reaches the threshold, interpolated
+  linearly between evaluations; null if it never does within the budget.  S_full is the same crossing on
+  the seed-mean full-data curve.  Step-level acceleration = S_full / S(run).
+- Wall-clock acceleration: the same with the runs' cumulative collection + scoring + training seconds
+  (evaluation excluded; collection is charged to every run that uses the behaviour stores, although the
+  comparison collects them once).
+- final_targeted: mean of the last 3 evaluations.
+
+Each run is an ordinary run folder (``DIR/runs/SELECTOR-sSEED``), so the comparison resumes run by run and a
+finished run is never redone.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+from pathlib import Path
+from typing import Callable, Sequence
+
+from cropi import SCHEMA_VERSION
+from cropi.config import RunConfig, dump_config
+from cropi.errors import ConfigError
+from cropi.io import read_json, write_json, write_text
+
+SMOOTH = 3
+
+
+def smooth(values: Sequence[float], window: int = SMOOTH) -> list[float]:
+    """Centred moving average over ``window`` evaluations (shorter at the ends)."""
+    h = window // 2
+    return [sum(values[max(0, i - h): i + h + 1]) / len(values[max(0, i - h): i + h + 1]) for i in range(len(values))]
+
+
+def first_crossing(xs: Sequence[float], ys: Sequence[float], threshold: float) -> float | None:
+    """The first x at which the piecewise-linear curve (xs, ys) reaches ``threshold``; None if never."""
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        if y >= threshold - 1e-12:
+            if i == 0:
+                return float(x)
+            x0, y0 = xs[i - 1], ys[i - 1]
+            return float(x0 + (threshold - y0) / (y - y0) * (x - x0))
+    return None
+
+
+def _mean_curve(curves: list[list[dict]], key: str) -> tuple[list[float], list[float], list[float]]:
+    """Seed-mean of ``key`` and of seconds at each evaluation step common to all curves."""
+    steps = sorted(set.intersection(*[{c["step"] for c in cur} for cur in curves]))
+    by = [{c["step"]: c for c in cur} for cur in curves]
+    mean = [statistics.fmean(b[s][key] for b in by) for s in steps]
+    secs = [statistics.fmean(b[s]["seconds"] for b in by) for s in steps]
+    return [float(s) for s in steps], mean, secs
+
+
+def paired_se(a: dict[str, float], b: dict[str, float], families: dict[str, list[str]]) -> float | None:
+    """Standard error of the difference of two macro-averaged accuracies on the same test items:
+    per family SE_f = sd(a_i − b_i)/√n_f, macro SE = √(Σ_f SE_f²)/F."""
+    ses = []
+    for ids in families.values():
+        d = [a[i] - b[i] for i in ids if i in a and i in b]
+        if len(d) < 2:
+            return None
+        ses.append(statistics.stdev(d) / math.sqrt(len(d)))
+    return math.sqrt(sum(s * s for s in ses)) / len(ses) if ses else None
+
+
+def compute_results(summaries: dict[str, dict[int, dict]], machine: str, budget_steps: int,
+                    items: dict[str, dict[int, dict]] | None = None,
+                    targeted_ids: dict[str, list[str]] | None = None) -> dict:
+    """results.json from run summaries ``{selector: {seed: summary}}`` (``full`` must be present)."""
+    if "full" not in summaries or not summaries["full"]:
+        raise ConfigError("a comparison needs the full-data selector (it defines the threshold)")
+    full_curves = [s["curve"] for s in summaries["full"].values()]
+    steps, mean_t, mean_sec = _mean_curve(full_curves, "targeted")
+    sm = smooth(mean_t)
+    threshold = max(sm)
+    s_full = first_crossing(steps, sm, threshold)
+    w_full = first_crossing(mean_sec, sm, threshold)
+    out = {"schema_version": SCHEMA_VERSION, "machine": machine, "budget_steps": budget_steps,
+           "threshold_targeted": threshold, "full_steps_to_threshold": s_full, "full_seconds_to_threshold": w_full,
+           "selectors": {}}
+    for name, runs in summaries.items():
+        seeds = {}
+        for seed, s in sorted(runs.items()):
+            curve = s["curve"]
+            ys = smooth([c["targeted"] for c in curve])
+            s_run = first_crossing([c["step"] for c in curve], ys, threshold)
+            w_run = first_crossing([c["seconds"] for c in curve], ys, threshold)
+            tgt = [c["targeted"] for c in curve]
+            unt = [c["untargeted"] for c in curve if c.get("untargeted") is not None]
+            row = {
+                "step_acceleration": (s_full / s_run) if (s_run and s_full) else None,
+                "wall_acceleration": (w_full / w_run) if (w_run and w_full) else None,
+                "steps_to_threshold": s_run,
+                "seconds_to_threshold": w_run,
+                "best_targeted": max(tgt),
+                "best_untargeted": max(unt) if unt else None,
+                "final_targeted": statistics.fmean(tgt[-3:]),
+                "final_untargeted": statistics.fmean(unt[-3:]) if unt else None,
+                "collect_seconds": s.get("collect_seconds") or 0.0,
+                "score_seconds": s.get("score_seconds") or 0.0,
+                "select_seconds": s.get("select_seconds") or 0.0,
+                "train_seconds": s.get("train_seconds", s.get("wall_seconds", 0.0)) or 0.0,
+                "evaluations": len(curve),
+                "curve": [{"step": c["step"], "targeted": c["targeted"], "untargeted": c.get("untargeted"),
+                           "seconds": c["seconds"]} for c in curve],
+            }
+            if items and targeted_ids and name != "full" and seed in items.get(name, {}) and seed in items.get("full", {}):
+                row["paired_se_vs_full"] = paired_se(items[name][seed], items["full"][seed], targeted_ids)
+            seeds[str(seed)] = row
+        med = lambda key: _median([r[key] for r in seeds.values()])
+        out["selectors"][name] = {
+            "seeds": seeds,
+            "median": {k: med(k) for k in ("step_acceleration", "wall_acceleration", "final_targeted",
+                                           "best_targeted", "best_untargeted")},
+        }
+    return out
+
+
+def _median(vals: list) -> float | None:
+    """Median with never-reached (None) counted as worse than any number."""
+    if not vals:
+        return None
+    ordered = sorted(vals, key=lambda v: (v is not None, v if v is not None else 0.0))
+    n = len(ordered)
+    mid = ordered[n // 2] if n % 2 else None
+    if n % 2 == 0:
+        a, b = ordered[n // 2 - 1], ordered[n // 2]
+        mid = None if a is None or b is None else (a + b) / 2
+    return mid
+
+
+def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], out: str | Path,
+                on_run: Callable[[str, int, dict | None], None] | None = None,
+                on_event: Callable[[dict], None] | None = None) -> dict:
+    """Run (or resume) every selector × seed with ``cfg`` and write ``out/results.json`` and ``out/report.md``."""
+    from cropi.evaluation.report import machine_description
+    from cropi.selection import make_selector
+    from cropi.tasks.loading import load_data
+    from cropi.training.run import run_training
+
+    out = Path(out)
+    for name in selectors:
+        make_selector(name)
+    order = ["full"] + [s for s in selectors if s != "full"]
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.yaml", dump_config(cfg))
+    summaries: dict[str, dict[int, dict]] = {}
+    items: dict[str, dict[int, dict]] = {}
+    for name in order:
+        for seed in seeds:
+            run_dir = out / "runs" / f"{name}-s{seed}"
+            c = copy.deepcopy(cfg)
+            c.train.selector, c.train.seed = name, seed
+            c.select.stores = str(out / "stores")
+            if (run_dir / "summary.json").exists():
+                summary = read_json(run_dir / "summary.json")
+            else:
+                if on_run:
+                    on_run(name, seed, None)
+                summary = run_training(c, run_dir, resume=(run_dir / "config.yaml").exists(), on_event=on_event)
+            if on_run:
+                on_run(name, seed, summary)
+            summaries.setdefault(name, {})[seed] = summary
+            if (run_dir / "final_eval_items.json").exists():
+                items.setdefault(name, {})[seed] = read_json(run_dir / "final_eval_items.json")["items"]
+    suite = load_data(cfg.data)
+    targeted_ids = {f: [p.id for p in suite.test[f]] for f in suite.targeted}
+    results = compute_results(summaries, machine_description(), cfg.train.steps, items, targeted_ids)
+    results["stages"] = cfg.select.stages
+    results["select_ratio"] = cfg.select.ratio
+    results["test_n_targeted"] = sum(len(v) for v in targeted_ids.values())
+    write_json(out / "results.json", results)
+    write_report(results, out)
+    return results
+
+
+def _fmt(x, pct=False, digits=2):
+    if x is None:
+        return "never"
+    return f"{100 * x:.1f}" if pct else f"{x:.{digits}f}"
+
+
+def plot_comparison(results: dict, out: Path) -> list[str]:
+    """Accuracy vs steps and vs seconds, targeted and untargeted: seed mean (line) and min-max (band)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    for xkey, fname in (("step", "accuracy_vs_steps.png"), ("seconds", "accuracy_vs_seconds.png")):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        for ax, key in zip(axes, ("targeted", "untargeted")):
+            for sel, block in results["selectors"].items():
+                curves = [r["curve"] for r in block["seeds"].values()]
+                n = min(len(c) for c in curves)
+                xs = [statistics.fmean(c[i][xkey] for c in curves) for i in range(n)]
+                vals = [[c[i][key] for c in curves] for i in range(n)]
+                if any(v is None for row in vals for v in row):
+                    continue
+                ax.plot(xs, [100 * statistics.fmean(v) for v in vals], label=sel, lw=1.6)
+                ax.fill_between(xs, [100 * min(v) for v in vals], [100 * max(v) for v in vals], alpha=0.15)
+            if key == "targeted":
+                ax.axhline(100 * results["threshold_targeted"], color="k", ls=":", lw=1, label="full-data best")
+            ax.set_title(f"{key} test accuracy")
+            ax.set_xlabel("GRPO step" if xkey == "step" else "collection + scoring + training seconds")
+            ax.set_ylabel("accuracy (%)")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        tmp = out / f".{fname}.tmp.png"
+        fig.savefig(tmp, dpi=110)
+        plt.close(fig)
+        tmp.replace(out / fname)
+        names.append(fname)
+    return names
+
+
+def write_report(results: dict, out: Path) -> None:
+    out = Path(out)
+    plots = plot_comparison(results, out)
+    sel = results["selectors"]
+    lines = [
+        "# cropi compare",
+        "",
+        f"- machine: {results['machine']}",
+        f"- budget: {results['budget_steps']} GRPO steps per run; {results.get('stages', '?')} stages; "
+        f"selection ratio {results.get('select_ratio', '?')}; targeted test n = {results.get('test_n_targeted', '?')}",
+        f"- threshold (best of the seed-mean full-data targeted curve, smoothed over {SMOOTH} evaluations): "
+        f"{_fmt(results['threshold_targeted'], pct=True)}%, reached by full data at step "
+        f"{_fmt(results['full_steps_to_threshold'], digits=0)} / {_fmt(results['full_seconds_to_threshold'], digits=0)} s",
+        "",
+        "| selector | step accel. (median) | wall accel. (median) | final targeted | best targeted | best untargeted | seeds reaching |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, block in sel.items():
+        m = block["median"]
+        reach = sum(r["steps_to_threshold"] is not None for r in block["seeds"].values())
+        lines.append(f"| {name} | {_fmt(m['step_acceleration'])}× | {_fmt(m['wall_acceleration'])}× | "
+                     f"{_fmt(m['final_targeted'], pct=True)} | {_fmt(m['best_targeted'], pct=True)} | "
+                     f"{_fmt(m['best_untargeted'], pct=True)} | {reach}/{len(block['seeds'])} |")
+    lines += ["", "Per seed:", "", "| selector | seed | steps to threshold | seconds to threshold | final targeted | "
+              "collect s | score s | train s | paired SE vs full (pts) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, block in sel.items():
+        for seed, r in block["seeds"].items():
+            se = r.get("paired_se_vs_full")
+            lines.append(f"| {name} | {seed} | {_fmt(r['steps_to_threshold'], digits=0)} | "
+                         f"{_fmt(r['seconds_to_threshold'], digits=0)} | {_fmt(r['final_targeted'], pct=True)} | "
+                         f"{r['collect_seconds']:.0f} | {r['score_seconds']:.0f} | {r['train_seconds']:.0f} | "
+                         f"{'' if se is None else f'{100 * se:.2f}'} |")
+    if "cropi" in sel and results.get("full_seconds_to_threshold"):
+        rows = list(sel["cropi"]["seeds"].values())
+        overhead = statistics.fmean(r["collect_seconds"] + r["score_seconds"] for r in rows)
+        lines += ["", "## Break-even", "",
+                  f"cropi pays {statistics.fmean(r['collect_seconds'] for r in rows):.0f} s of collection and "
+                  f"{statistics.fmean(r['score_seconds'] for r in rows):.0f} s of scoring (all stages) per run, "
+                  f"{overhead:.0f} s in all. Full data needs {results['full_seconds_to_threshold']:.0f} s of training "
+                  "to reach the threshold; cropi saves wall-clock only if its training seconds to the threshold are "
+                  f"below {results['full_seconds_to_threshold'] - overhead:.0f} s."]
+        reached = [r for r in rows if r["seconds_to_threshold"] is not None]
+        if reached:
+            lines.append(f"Measured: cropi reached the threshold after {statistics.fmean(r['seconds_to_threshold'] for r in reached):.0f} s "
+                         f"in all (mean over {len(reached)} seed(s) that reached it).")
+    lines += ["", *[f"![{p}]({p})" for p in plots], ""]
+    write_text(out / "report.md", "\n".join(lines))

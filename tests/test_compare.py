@@ -1,0 +1,93 @@
+"""`cropi compare`: acceleration arithmetic against hand-computed values, the report, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cropi.evaluation.compare import compute_results, first_crossing, paired_se, smooth, write_report
+
+
+def _curve(ys, dt=10.0, t0=0.0):
+    return [{"step": 10 * i, "targeted": y, "untargeted": 0.5, "seconds": t0 + dt * i} for i, y in enumerate(ys)]
+
+
+def test_smooth_and_first_crossing():
+    assert smooth([0, 3, 6, 9]) == [1.5, 3, 6, 7.5]
+    assert first_crossing([0, 10, 20], [0.1, 0.3, 0.5], 0.4) == pytest.approx(15.0)
+    assert first_crossing([0, 10], [0.5, 0.6], 0.4) == 0.0
+    assert first_crossing([0, 10], [0.1, 0.2], 0.4) is None
+
+
+def test_accelerations_match_hand_computation():
+    full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]
+    fast = [0.30, 0.40, 0.44, 0.45, 0.45, 0.45, 0.45]
+    never = [0.30, 0.31, 0.32, 0.32, 0.32, 0.32, 0.32]
+    summaries = {
+        "full": {0: {"curve": _curve(full)}, 1: {"curve": _curve(full)}},
+        "cropi": {0: {"curve": _curve(fast, t0=30.0), "collect_seconds": 20.0, "score_seconds": 10.0}},
+        "random": {0: {"curve": _curve(never)}},
+    }
+    r = compute_results(summaries, "test machine", 60)
+    # full smoothed: [.315,.33,.36,.39,.41,.42,.42] -> threshold .42, first reached at step 50 (t = 50 s)
+    assert r["threshold_targeted"] == pytest.approx(0.42)
+    assert r["full_steps_to_threshold"] == pytest.approx(50.0)
+    # cropi smoothed: [.35,.38,.43,...]: crosses .42 between step 10 (.38) and 20 (.43) at 18
+    row = r["selectors"]["cropi"]["seeds"]["0"]
+    assert row["steps_to_threshold"] == pytest.approx(18.0)
+    assert row["step_acceleration"] == pytest.approx(50 / 18)
+    assert row["seconds_to_threshold"] == pytest.approx(30 + 18.0)  # seconds = 30 + step
+    assert row["wall_acceleration"] == pytest.approx(50 / 48)
+    assert row["final_targeted"] == pytest.approx(0.45) and row["best_targeted"] == 0.45
+    assert r["selectors"]["random"]["seeds"]["0"]["step_acceleration"] is None
+    assert r["selectors"]["random"]["median"]["step_acceleration"] is None
+    assert r["selectors"]["full"]["median"]["step_acceleration"] == pytest.approx(1.0)
+    for key in ("schema_version", "machine", "budget_steps", "selectors"):
+        assert key in r
+
+
+def test_paired_se():
+    a = {"a1": 1.0, "a2": 0.0, "a3": 1.0, "a4": 1.0}
+    b = {"a1": 1.0, "a2": 0.0, "a3": 0.0, "a4": 1.0}
+    # differences 0,0,1,0: sd = 0.5, n = 4 -> 0.25; one family
+    assert paired_se(a, b, {"add": ["a1", "a2", "a3", "a4"]}) == pytest.approx(0.25)
+    assert paired_se(a, a, {"add": list(a)}) == 0.0
+
+
+def test_report_from_a_small_results_file(tmp_path):
+    summaries = {"full": {0: {"curve": _curve([0.3, 0.35, 0.4])}},
+                 "cropi": {0: {"curve": _curve([0.3, 0.42, 0.45]), "collect_seconds": 5.0, "score_seconds": 2.0}}}
+    r = compute_results(summaries, "m", 20)
+    write_report(r, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "| cropi |" in text and "Break-even" in text and "accuracy_vs_steps.png" in text
+    assert (tmp_path / "accuracy_vs_steps.png").stat().st_size > 0 and (tmp_path / "accuracy_vs_seconds.png").exists()
+
+
+def test_compare_cli_end_to_end(tmp_path):
+    from typer.testing import CliRunner
+
+    from cropi.cli import app
+    from tests.conftest import small_suite_overrides
+
+    args = ["compare", "--selectors", "cropi,learnability", "--seeds", "0", "--steps", "4", "--stages", "2",
+            "--out", str(tmp_path / "cmp"), "--select-ratio", "0.25"]
+    for s in small_suite_overrides() + ["data.suite.val_size=16", "model.device=cpu", "train.prompts_per_step=4",
+                                        "rollout.max_new_tokens=8", "eval.max_new_tokens=8", "train.eval_every=1",
+                                        "select.score.k=256", "select.score.max_val_prompts=8"]:
+        args += ["--set", s]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert set(res["selectors"]) == {"full", "cropi", "learnability"}
+    row = res["selectors"]["cropi"]["seeds"]["0"]
+    assert len(row["curve"]) == 5 and row["collect_seconds"] > 0 and row["score_seconds"] > 0
+    assert "paired_se_vs_full" in row
+    assert "report.md" in r.output and (tmp_path / "cmp" / "report.md").exists()
+    # the stores were collected once and shared
+    assert (tmp_path / "cmp" / "stores" / "pool" / "meta.json").exists()
+    assert not (tmp_path / "cmp" / "runs" / "cropi-s0" / "stores").exists()
+    # rerunning resumes: nothing is redone
+    r2 = CliRunner().invoke(app, args)
+    assert r2.exit_code == 0, r2.output
