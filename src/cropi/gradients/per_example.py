@@ -11,7 +11,7 @@ L with respect to all captured outputs in one backward pass (no parameter gradie
 vector-Jacobian products per example:
 
 * ``nn.Linear``:    ∇_W L_b = Σ_{rows of b, t} δ_t x_tᵀ  (a batched matmul), ∇_bias L_b = Σ δ_t;
-* ``nn.Embedding``: ∇_W L_b = rows of δ scattered to the token ids of b;
+* ``nn.Embedding``: ∇_W L_b = rows of δ scattered to the token ids of b (none to ``padding_idx``);
 * any other module (RMSNorm, ...): ``torch.func.vjp`` of the module's own forward, ``vmap``-ed over examples.
 
 Tied weights (an embedding reused as the LM head) sum the contributions of every module that uses them.
@@ -114,13 +114,16 @@ def _vjp(call: _Call, local: str, delta: torch.Tensor, rows: torch.Tensor, B: in
             return torch.bmm(ds.transpose(1, 2).float(), xs.float())
         return torch.stack([d.reshape(-1, d.shape[-1]).T.float() @ xi.reshape(-1, xi.shape[-1]).float()
                             for d, xi in zip(delta.split(rows.tolist()), x.detach().split(rows.tolist()))])
-    if isinstance(mod, nn.Embedding) and local == "weight" and mod.padding_idx is None and mod.max_norm is None:
+    if isinstance(mod, nn.Embedding) and local == "weight" and mod.max_norm is None and not mod.scale_grad_by_freq:
         ex = torch.repeat_interleave(torch.arange(B, device=x.device), rows)
         ex = ex.view(-1, *([1] * (x.dim() - 1))).expand_as(x)
         flat = (ex * mod.num_embeddings + x).reshape(-1)
         g = torch.zeros(B * mod.num_embeddings, delta.shape[-1], dtype=torch.float32, device=delta.device)
         g.index_add_(0, flat, delta.reshape(-1, delta.shape[-1]).float())
-        return g.view(B, mod.num_embeddings, -1)
+        g = g.view(B, mod.num_embeddings, -1)
+        if mod.padding_idx is not None:  # as F.embedding's backward: the padding row gets no gradient
+            g[:, mod.padding_idx] = 0
+        return g
     return _generic_vjp(call, local, delta, rows, B)
 
 

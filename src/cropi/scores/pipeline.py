@@ -43,7 +43,7 @@ class ScoreConfig:
     ratio: float = 0.1
     max_val_prompts: int = 100  # per validation set (METHOD.md §4)
     stage: int = 0  # curriculum stage, recorded in the gradient stores
-    batch_size: int = 8  # prompts per backward pass (1: one backward pass per prompt)
+    batch_size: int = 1  # prompts per backward pass (1: one per prompt; see StoreOptions)
     chunk_size: int = 64  # prompts per gradient-store chunk (resume unit, shard granularity)
 
     def store_options(self) -> StoreOptions:

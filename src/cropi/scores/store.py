@@ -108,7 +108,9 @@ def usable_prefix_end(trajectories: str | Path, max_usable: int) -> int:
 class StoreOptions:
     stage: int = 0
     chunk_size: int = 64  # prompts per chunk file (resume unit; shard boundaries are multiples of it)
-    batch_size: int = 8  # prompts per backward pass (benchmarks/per_example_grads.py: batched 8 beats the loop)
+    # prompts per backward pass.  1 (the loop) by default: on the embedded tiny policy at one CPU thread batching
+    # measured 0.96-0.99x the loop, on the micro test model 1.5x (benchmarks/results/per_example_grads.json)
+    batch_size: int = 1
     clip_eps: float | None = None
     acg: bool = False
 
