@@ -96,7 +96,7 @@ def per_example_grads(
     return {n: out[n] for n in names}
 
 
-def _segments(x: torch.Tensor, rows: torch.Tensor, B: int) -> torch.Tensor:
+def _segments(x: torch.Tensor, rows: torch.Tensor, B: int) -> torch.Tensor | None:
     """``[N, ..., D] -> [B, n_b * ..., D]`` when every example has the same number of rows, else ``None``."""
     if int(rows.min()) == int(rows.max()):
         return x.reshape(B, -1, x.shape[-1])
