@@ -11,7 +11,7 @@ from tests.conftest import small_suite_overrides
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("cmd", [[], ["train"], ["collect"], ["eval"], ["demo"], ["pretrain"], ["model", "fetch"]])
+@pytest.mark.parametrize("cmd", [[], ["train"], ["collect"], ["score"], ["select"], ["eval"], ["demo"], ["pretrain"], ["model", "fetch"]])
 def test_help_explains(cmd):
     r = runner.invoke(app, [*cmd, "--help"])
     assert r.exit_code == 0 and "Usage" in r.output and len(r.output) > 200

@@ -374,30 +374,63 @@ def collect(
                f"{sum(rates) / max(1, len(rates)):.3f}; {mixed} prompts ({100 * mixed / max(1, len(rates)):.0f}%) with 0<p<1")
 
 
+def _shard_or_range(shard: Optional[str], prange: Optional[str]) -> tuple[Optional[tuple[int, int]], Optional[tuple[int, Optional[int]]]]:
+    if shard and prange:
+        raise CropiError("give --shard or --range, not both")
+    if shard:
+        try:
+            i, n = (int(x) for x in shard.split("/"))
+            assert 0 <= i < n
+        except (ValueError, AssertionError):
+            raise CropiError(f"--shard {shard!r}: expected I/N with 0 <= I < N") from None
+        return (i, n), None
+    if prange:
+        try:
+            a, _, b = prange.partition(":")
+            return None, (int(a), int(b) if b else None)
+        except ValueError:
+            raise CropiError(f"--range {prange!r}: expected START:END (prompt positions in the pool store)") from None
+    return None, None
+
+
 @app.command()
 @handles_errors
 def score(
     pool_store: Path = typer.Option(..., help="Trajectory store of the training pool (from `cropi collect`)."),
     val_store: List[str] = typer.Option(..., help="Validation store NAME=PATH (repeatable; one per validation set)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Scores file (Parquet)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Scores file (Parquet); not needed with --shard/--range."),
     model: str = typer.Option("tiny", help="The *current* policy: tiny, smollm2, an HF folder (e.g. RUN/final_model)."),
+    gradients: Optional[Path] = typer.Option(None, help="Gradient store folder (projected gradients, resumable); default OUT's name + .gradients."),
+    shard: Optional[str] = typer.Option(None, help="Only project pool shard I/N (contiguous whole chunks) into GRADIENTS; score later without it."),
+    prange: Optional[str] = typer.Option(None, "--range", help="Only project pool prompts START:END (START a multiple of --chunk-size) into GRADIENTS."),
     kind: str = typer.Option("sjlt", help="Projector: sjlt, gaussian or rademacher."),
     k: int = typer.Option(1024, help="Projection dimension."),
     keep: float = typer.Option(1.0, help="Uniform keep fraction applied before projecting (1 = none)."),
     exclude: Optional[List[str]] = typer.Option(None, help="Parameter name globs to leave out, e.g. '*embed_tokens*'."),
     ratio: float = typer.Option(0.1, help="Selection ratio for the reciprocal-rank fusion."),
     seed: int = typer.Option(0, help="Projector seed."),
+    stage: int = typer.Option(0, help="Curriculum stage (recorded with the gradients)."),
+    batch_size: int = typer.Option(1, help="Prompts per backward pass; >1 computes per-example gradients of a batch in one pass (faster for small models at CPU overhead, equal within 1e-5)."),
+    chunk_size: int = typer.Option(64, help="Prompts per gradient-store chunk (resume unit, shard granularity)."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
 ):
-    """Influence scores: POPI gradients of the current policy on stored trajectories, sparsely projected,
-    cosine to each validation set's mean gradient, fused by reciprocal rank.
+    """Influence scores: POPI gradients of the current policy on stored trajectories, sparsely projected into a
+    gradient store, cosine to each validation set's mean gradient, fused by reciprocal rank.
+
+    Resumable: rerun the same command after an interruption.  To spread the pool over machines, run
+    `--shard I/N --gradients DIR` for each I, then once more without --shard to score.
     """
     import time
 
     from cropi.policy import load_policy
     from cropi.rollouts.store import store_meta
-    from cropi.scores.pipeline import ScoreConfig, score_pool
+    from cropi.scores.pipeline import ScoreConfig, project_pool_range, score_pool
 
+    part, span = _shard_or_range(shard, prange)
+    if (part or span) and gradients is None:
+        raise CropiError("--shard/--range need --gradients DIR (where the shards meet)")
+    if not (part or span) and out is None:
+        raise CropiError("--out is required (the scores file)")
     vals = {}
     for spec in val_store:
         name, _, path = spec.partition("=")
@@ -406,15 +439,50 @@ def score(
         vals[name] = path
     n = store_meta(pool_store)["num_prompts"]
     policy = load_policy(model, device)
-    cfg = ScoreConfig(kind=kind, k=k, seed=seed, keep=keep, exclude=list(exclude or []), ratio=ratio)
+    cfg = ScoreConfig(kind=kind, k=k, seed=seed, keep=keep, exclude=list(exclude or []), ratio=ratio, stage=stage,
+                      batch_size=batch_size, chunk_size=chunk_size)
     t0 = time.perf_counter()
+    if part or span:
+        with _progress() as prog:
+            task = prog.add_task("project pool", total=None, info=f"{kind} k={k}")
+            folder = project_pool_range(policy, pool_store, gradients, cfg, *(span or (0, None)), shard=part,
+                                        on_prompt=lambda i: prog.advance(task, i))
+        typer.echo(f"projected pool prompts into {folder} in {time.perf_counter() - t0:.1f} s; when every shard is "
+                   f"done, run the same command without --shard/--range (and with --out) to score")
+        return
     with _progress() as prog:
         task = prog.add_task("score pool", total=n, info=f"{kind} k={k}")
-        table = score_pool(policy, pool_store, vals, out, cfg, on_prompt=lambda i: prog.advance(task, i))
+        table = score_pool(policy, pool_store, vals, out, cfg, on_prompt=lambda i: prog.advance(task, i),
+                           gradients=gradients)
     secs = time.perf_counter() - t0
     usable = sum(table.column("usable").to_pylist())
     typer.echo(f"scored {usable} of {table.num_rows} prompts ({table.num_rows - usable} zero-variance groups skipped) "
                f"in {secs:.1f} s ({usable / secs:.1f} prompts/s, validation sets included); wrote {out}")
+
+
+@app.command("select")
+@handles_errors
+def select_cmd(
+    scores: Path = typer.Option(..., help="Scores file from `cropi score`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Chosen problems, .jsonl or .parquet (ids go next to it, OUT.ids.json)."),
+    ratio: float = typer.Option(0.1, help="Fraction of the pool to keep (top by fused influence rank)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="jsonl or parquet (default: from OUT's extension)."),
+    layout: str = typer.Option("plain", help="plain (cropi problem fields, readable back with --pool) or verl (verl's RL dataset layout)."),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = SetOpt,
+    pool: Optional[str] = PoolOpt,
+    field: Optional[List[str]] = FieldOpt,
+    answer_format: Optional[str] = AnswerFmtOpt,
+):
+    """Keep the top fraction of the pool by influence (reciprocal-rank fusion over the validation sets) and write
+    the chosen problems for training here or elsewhere (e.g. verl)."""
+    from cropi.selection.influence import ids_path, select_from_scores, write_selection
+    from cropi.tasks.loading import load_data
+
+    cfg = _build_config(config, overrides, pool=pool, fields=field, answer_format=answer_format)
+    sel = select_from_scores(scores, load_data(cfg.data).pool, ratio)
+    write_selection(sel, out, fmt, layout)
+    typer.echo(f"selected {len(sel.ids)} of {sel.pool_size} prompts (ratio {ratio}); wrote {out} and {ids_path(out)}")
 
 
 @app.command("eval")

@@ -75,6 +75,9 @@ class ScoreConfig:
     exclude: list[str] = field(default_factory=list)  # parameter globs left out of scoring
     ratio: float = 0.1
     max_val_prompts: int = 100  # per validation set (METHOD.md §4)
+    stage: int = 0  # curriculum stage, recorded in the gradient stores
+    batch_size: int = 1  # prompts per backward pass (1: one per prompt; batched was not faster on the tiny policy)
+    chunk_size: int = 64  # prompts per gradient-store chunk (resume unit, shard granularity)
 
 
 @dataclass

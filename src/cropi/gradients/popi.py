@@ -86,24 +86,47 @@ class PopiLoss:
     max_abs_log_ratio: float
 
 
+@dataclass
+class PopiLosses:
+    losses: torch.Tensor  # [B], differentiable; row b is L(θ; x_b)
+    ess: list[float]
+    max_abs_log_ratio: list[float]
+
+
+def popi_losses(model: torch.nn.Module, groups: Sequence[PromptGroup], pad_id: int, device=None,
+                clip_eps: float | None = None, acg: bool = False,
+                max_log_ratio: float | None = MAX_LOG_RATIO) -> PopiLosses:
+    """L(θ; x_b) for several prompt groups from one forward pass over all their responses (left-padded to a
+    common width; position ids follow the attention mask, so padding does not change any row)."""
+    device = device or next(model.parameters()).device
+    sizes = [len(g.rewards) for g in groups]
+    batch = pack([g.prompt_ids for g in groups for _ in g.rewards], [r for g in groups for r in g.response_ids],
+                 [b for g in groups for b in g.behavior_logprobs], pad_id).to(device)
+    temps = {g.temperature for g in groups}
+    if len(temps) != 1:
+        raise ValueError(f"groups sampled at different temperatures {sorted(temps)} cannot share a forward pass")
+    lp = response_logprobs(model, batch.input_ids, batch.attention_mask, batch.response_mask, temps.pop())
+    losses, ess, mlr = [], [], []
+    start = 0
+    for g, n in zip(groups, sizes):
+        rows = slice(start, start + n)
+        start += n
+        lp_g, blp_g, mask_g = lp[rows], batch.behavior_logprobs[rows], batch.response_mask[rows]
+        rewards = torch.tensor(g.rewards, dtype=torch.float32, device=device)
+        log_ratio = ((lp_g - blp_g) * mask_g).detach()
+        lengths = mask_g.sum(-1).clamp_min(1)
+        adv = acg_advantages(rewards, log_ratio.sum(-1) / lengths) if acg else group_advantages(rewards)
+        losses.append(policy_loss(lp_g, blp_g, adv, mask_g, clip_eps, "grpo", max_log_ratio=max_log_ratio))
+        ess.append(float(torch.exp(log_ess(log_ratio.sum(-1).double()))))
+        mlr.append(float(log_ratio.abs().max()) if log_ratio.numel() else 0.0)
+    return PopiLosses(torch.stack(losses), ess, mlr)
+
+
 def popi_loss(model: torch.nn.Module, group: PromptGroup, pad_id: int, device=None, clip_eps: float | None = None,
               acg: bool = False, max_log_ratio: float | None = MAX_LOG_RATIO) -> PopiLoss:
     """L(θ; x) for one prompt group, with drift diagnostics.  Differentiate it for g_x."""
-    device = device or next(model.parameters()).device
-    g = len(group.rewards)
-    batch = pack([group.prompt_ids] * g, group.response_ids, group.behavior_logprobs, pad_id).to(device)
-    lp = response_logprobs(model, batch.input_ids, batch.attention_mask, batch.response_mask, group.temperature)
-    rewards = torch.tensor(group.rewards, dtype=torch.float32, device=device)
-    log_ratio = ((lp - batch.behavior_logprobs) * batch.response_mask).detach()
-    lengths = batch.response_mask.sum(-1).clamp_min(1)
-    if acg:
-        adv = acg_advantages(rewards, log_ratio.sum(-1) / lengths)
-    else:
-        adv = group_advantages(rewards)
-    loss = policy_loss(lp, batch.behavior_logprobs, adv, batch.response_mask, clip_eps, "grpo",
-                       max_log_ratio=max_log_ratio)
-    ess = float(torch.exp(log_ess(log_ratio.sum(-1).double())))
-    return PopiLoss(loss, ess, float(log_ratio.abs().max()) if log_ratio.numel() else 0.0)
+    out = popi_losses(model, [group], pad_id, device, clip_eps, acg, max_log_ratio)
+    return PopiLoss(out.losses[0], out.ess[0], out.max_abs_log_ratio[0])
 
 
 @dataclass
@@ -114,6 +137,76 @@ class PromptGradient:
     max_abs_log_ratio: float
 
 
+@dataclass
+class GradientBatch:
+    """g_x of B prompts, stacked: ``grads[name]`` is [B, *shape] (fp32), row b belongs to ``prompt_ids[b]``."""
+
+    prompt_ids: list[str]
+    grads: dict[str, torch.Tensor]
+    ess: list[float]
+    max_abs_log_ratio: list[float]
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+
+def gradient_batches(
+    model: torch.nn.Module,
+    groups: Sequence[PromptGroup],
+    pad_id: int,
+    param_names: Sequence[str] | None = None,
+    clip_eps: float | None = None,
+    acg: bool = False,
+    skipped: list[str] | None = None,
+    batch_size: int = 1,
+) -> Iterator[GradientBatch]:
+    """Yield g_x for up to ``batch_size`` consecutive usable prompts at a time.
+
+    ``batch_size`` 1: one backward pass per prompt (``torch.autograd.grad`` of ``popi_loss``).  Larger: one
+    forward and one backward pass per batch with per-example gradients (``gradients.per_example``); a prompt's
+    gradient does not depend on its batch mates up to float rounding.  Zero-variance groups are skipped
+    (their g_x = 0) and their ids appended to ``skipped``."""
+    from cropi.gradients.per_example import per_example_grads
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    named = dict(model.named_parameters())
+    names = list(param_names) if param_names is not None else [n for n, p in named.items() if p.requires_grad]
+    params = [named[n] for n in names]
+    pending: list[PromptGroup] = []
+
+    def flush() -> GradientBatch:
+        batch = list(pending)
+        pending.clear()
+        if batch_size == 1:
+            out = popi_loss(model, batch[0], pad_id, clip_eps=clip_eps, acg=acg)
+            grads = torch.autograd.grad(out.loss, params, allow_unused=True)
+            stacked = {n: (g if g is not None else torch.zeros_like(p)).detach().float().unsqueeze(0)
+                       for n, g, p in zip(names, grads, params)}
+            return GradientBatch([batch[0].prompt_id], stacked, [out.ess], [out.max_abs_log_ratio])
+        diag: list[PopiLosses] = []
+
+        def losses():
+            diag.append(popi_losses(model, batch, pad_id, clip_eps=clip_eps, acg=acg))
+            return diag[0].losses
+
+        grads = per_example_grads(model, names, [len(g.rewards) for g in batch], losses)
+        return GradientBatch([g.prompt_id for g in batch], grads, diag[0].ess, diag[0].max_abs_log_ratio)
+
+    for group in groups:
+        if group.zero_variance:
+            if skipped is not None:
+                skipped.append(group.prompt_id)
+            continue
+        if pending and pending[0].temperature != group.temperature:
+            yield flush()
+        pending.append(group)
+        if len(pending) >= batch_size:
+            yield flush()
+    if pending:
+        yield flush()
+
+
 def prompt_gradients(
     model: torch.nn.Module,
     groups: Sequence[PromptGroup],
@@ -122,22 +215,10 @@ def prompt_gradients(
     clip_eps: float | None = None,
     acg: bool = False,
     skipped: list[str] | None = None,
+    batch_size: int = 1,
 ) -> Iterator[PromptGradient]:
-    """Yield g_x per prompt (one backward pass each).  Zero-variance groups are skipped (their g_x = 0) and their
-    ids appended to ``skipped``."""
-    named = dict(model.named_parameters())
-    names = list(param_names) if param_names is not None else [n for n, p in named.items() if p.requires_grad]
-    params = [named[n] for n in names]
-    for group in groups:
-        if group.zero_variance:
-            if skipped is not None:
-                skipped.append(group.prompt_id)
-            continue
-        out = popi_loss(model, group, pad_id, clip_eps=clip_eps, acg=acg)
-        grads = torch.autograd.grad(out.loss, params, allow_unused=True)
-        yield PromptGradient(
-            group.prompt_id,
-            {n: (g if g is not None else torch.zeros_like(p)).detach().float() for n, g, p in zip(names, grads, params)},
-            out.ess,
-            out.max_abs_log_ratio,
-        )
+    """Yield g_x per prompt (see ``gradient_batches``).  Zero-variance groups are skipped (their g_x = 0) and
+    their ids appended to ``skipped``."""
+    for gb in gradient_batches(model, groups, pad_id, param_names, clip_eps, acg, skipped, batch_size):
+        for b, pid in enumerate(gb.prompt_ids):
+            yield PromptGradient(pid, {n: g[b] for n, g in gb.grads.items()}, gb.ess[b], gb.max_abs_log_ratio[b])

@@ -1,0 +1,137 @@
+"""Influence-guided selection (METHOD.md §4): the top ⌊ratio·|pool|⌋ prompts of a scores file (``cropi score``)
+by reciprocal-rank fusion over its validation sets, ties broken as ``scores.influence`` does; written as the
+chosen problems (JSONL or Parquet, cropi's own layout or verl's RL dataset layout) plus their ids.
+
+verl layout, one row per chosen problem (verl's documented RL Parquet schema)::
+
+    data_source   str    the problem's family (verl routes rewards by it)
+    prompt        [{"role": "user", "content": prompt}]
+    ability       "math"
+    reward_model  {"style": "rule", "ground_truth": answer}
+    extra_info    {"index", "id", "split", "fused_rank", "family", "source", "difficulty"}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cropi import SCHEMA_VERSION
+from cropi.errors import CropiError
+from cropi.io import atomic_path, write_json
+from cropi.scores.influence import reciprocal_rank_fusion, top_n
+from cropi.tasks.problem import Problem
+
+FORMATS = ("jsonl", "parquet")
+LAYOUTS = ("plain", "verl")
+
+
+def read_scores(path: str | Path) -> tuple[pa.Table, dict]:
+    """The scores table and its metadata (``CropiError`` when missing or not a scores file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CropiError(f"{path}: no scores file here (run `cropi score --out {path}` first)")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise CropiError(f"{path}: not a Parquet scores file ({str(exc).splitlines()[0]})") from None
+    meta_raw = (table.schema.metadata or {}).get(b"cropi")
+    needed = {"prompt_id", "usable"}
+    if meta_raw is None or not needed <= set(table.column_names) or not score_columns(table):
+        raise CropiError(f"{path}: not a cropi scores file (expected prompt_id, usable, score_<set> columns)")
+    return table.replace_schema_metadata(None), json.loads(meta_raw)
+
+
+def score_columns(scores: pa.Table) -> list[str]:
+    return [c for c in scores.column_names if c.startswith("score_")]
+
+
+def influence_ranking(scores: pa.Table, ratio: float = 0.1) -> list[str]:
+    """The chosen ids, best first: reciprocal-rank fusion of each score_<set> column's top ⌊ratio·rows⌋."""
+    if not 0 < ratio <= 1:
+        raise CropiError(f"ratio {ratio}: expected 0 < ratio <= 1")
+    ids = scores.column("prompt_id").to_pylist()
+    per_set = {}
+    for col in score_columns(scores):
+        per_set[col[len("score_"):]] = {p: s for p, s in zip(ids, scores.column(col).to_pylist()) if s is not None}
+    return reciprocal_rank_fusion(per_set, top_n(len(ids), ratio))
+
+
+@dataclass
+class Selection:
+    ids: list[str]  # best first
+    problems: list[Problem]  # in the same order
+    ratio: float
+    pool_size: int
+    scores_meta: dict
+
+
+def select_from_scores(scores_path: str | Path, pool: Sequence[Problem], ratio: float = 0.1) -> Selection:
+    """The top ``ratio`` of the pool by fused influence rank, as problems of ``pool`` (the pool the scores were
+    computed on)."""
+    table, meta = read_scores(scores_path)
+    ids = influence_ranking(table, ratio)
+    by_id = {p.id: p for p in pool}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise CropiError(f"{scores_path}: {len(missing)} chosen prompt ids are not in the pool (e.g. {missing[0]!r}); "
+                         "pass the pool the scores were computed on (--pool and its --field options)")
+    return Selection(ids, [by_id[i] for i in ids], ratio, table.num_rows, meta)
+
+
+def plain_row(problem: Problem, rank: int) -> dict:
+    """cropi's own problem fields (readable back as a pool: ``--pool chosen.jsonl``) and the fused rank."""
+    return {**problem.to_dict(), "fused_rank": rank}
+
+
+def verl_row(problem: Problem, index: int, rank: int) -> dict:
+    return {
+        "data_source": problem.family,
+        "prompt": [{"role": "user", "content": problem.prompt}],
+        "ability": "math",
+        "reward_model": {"style": "rule", "ground_truth": problem.answer},
+        "extra_info": {"index": index, "id": problem.id, "split": "train", "fused_rank": rank,
+                       "family": problem.family, "source": problem.source, "difficulty": problem.difficulty},
+    }
+
+
+def format_of(path: str | Path, fmt: str | None = None) -> str:
+    if fmt is None:
+        suffix = Path(path).suffix.lower().lstrip(".")
+        fmt = {"jsonl": "jsonl", "json": "jsonl", "parquet": "parquet", "pq": "parquet"}.get(suffix)
+        if fmt is None:
+            raise CropiError(f"{path}: cannot tell the format from the extension; use .jsonl or .parquet or --format")
+    if fmt not in FORMATS:
+        raise CropiError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def ids_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.stem + ".ids.json")
+
+
+def write_selection(selection: Selection, out: str | Path, fmt: str | None = None, layout: str = "plain") -> Path:
+    """Write the chosen problems to ``out`` and their ids (best first, with the selection's provenance) to
+    ``ids_path(out)``.  Both atomically."""
+    fmt = format_of(out, fmt)
+    if layout not in LAYOUTS:
+        raise CropiError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+    rows = [verl_row(p, i, i + 1) if layout == "verl" else plain_row(p, i + 1)
+            for i, p in enumerate(selection.problems)]
+    with atomic_path(out) as tmp:
+        if fmt == "jsonl":
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        else:
+            if layout == "plain":  # free-form metadata dicts have no fixed Parquet type: keep them as JSON text
+                rows = [{**r, "metadata": json.dumps(r["metadata"], sort_keys=True)} for r in rows]
+            meta = {b"cropi": json.dumps({"schema_version": SCHEMA_VERSION, "layout": layout}).encode()}
+            pq.write_table(pa.Table.from_pylist(rows).replace_schema_metadata(meta), tmp)
+    write_json(ids_path(out), {"ids": selection.ids, "ratio": selection.ratio, "pool_size": selection.pool_size,
+                               "layout": layout, "format": fmt, "scores": selection.scores_meta})
+    return Path(out)
