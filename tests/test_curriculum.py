@@ -111,13 +111,15 @@ def test_static_selectors_choose_once(micro_model_dir, tmp_path):
 def test_drift_control_and_reprobe_fire(micro_model_dir, tmp_path):
     from cropi.training.run import run_training
 
-    sets = _sets(micro_model_dir, steps=4, stages=2, **{"select.drift_ess_threshold": 1.01,
+    sets = _sets(micro_model_dir, steps=4, stages=2, **{"select.drift_ess_threshold": 1.01, "select.candidates": 30,
                                                           "select.reprobe_prompts": 6, "select.reprobe_samples": 4})
     run_training(load_config(None, sets), tmp_path / "d")
     rec = json.loads((tmp_path / "d" / "stages" / "stage-01" / "selection.json").read_text())
     assert rec["drift"]["fired"] and rec["drift"]["collect_seconds"] > 0  # ESS < 1.01 always holds off-policy
     assert rec["behaviour"]["pool"].endswith("stage-01/behaviour/pool")
     assert rec["reprobe"]["probed"] == 6 and 0 <= rec["reprobe"]["selected"] <= rec["reprobe"]["mixed"]
+    assert rec["ess"]["candidates"] == 30 and rec["ess"]["usable"] <= 30 + rec["reprobe"]["mixed"]
+    assert (tmp_path / "d" / "stages" / "stage-01" / "scores-after-drift.parquet").exists()
 
 
 _CHILD = textwrap.dedent("""

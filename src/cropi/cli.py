@@ -539,7 +539,7 @@ def pretrain(
     if steps is not None:
         cfg.steps = steps
     with _progress() as prog:
-        task = prog.add_task("SFT", total=cfg.steps, info="")
+        task = prog.add_task("SFT", total=cfg.steps + cfg.focus_steps, info="")
         info = pretrain_fn(cfg, out, progress=lambda s, loss: prog.update(task, completed=s, info=f"loss {loss:.3f}"))
     typer.echo(f"saved {out} ({info['params']:,} parameters, {info['train_seconds']:.0f} s, final loss {info['final_loss']:.3f})")
     typer.echo(f"evaluate it with: cropi eval --model {out}")

@@ -97,6 +97,9 @@ class SelectConfig:
     # ``reprobe_samples`` responses each, so they can enter the selection once they become learnable.
     reprobe_prompts: int = 0
     reprobe_samples: int = 8
+    # Score only a seeded random subset of this many pool prompts per stage (0 = the whole pool); stage 0's
+    # subset is the same for static influence and cropi.  Scoring cost decides whether cropi saves wall-clock.
+    candidates: int = 0
     # Optimizer state is carried across stages: a stage boundary changes the data, not the optimisation
     # problem, and resetting Adam's moments would give cropi a warm-restart that full data does not get.
     score: ScoreConfig = field(default_factory=ScoreConfig)

@@ -58,6 +58,16 @@ class PretrainConfig:
     # CPU float results depend on the thread count; the committed model was trained with two.
     threads: int = 2
     suite: SuiteConfig = field(default_factory=SuiteConfig)
+    # Phase 2, "focus": a short SFT phase from the phase-1 weights on a mixture that over-weights the targeted
+    # families (their carries and borrows are what a 0.65M-parameter model learns last) and teaches their
+    # misconception more often.  The result *can* carry on more problems but *prefers* the pupil's mistake on
+    # many of them: greedy accuracy stays low while sampled groups are mixed — headroom RL can use.
+    focus_steps: int = 600
+    focus_lr: float = 1e-3
+    focus_warmup: int = 20
+    focus_weight: float = 3.0  # weight of each targeted family in the phase-2 mixture (others 1)
+    focus_misconception_rate: float = 0.75
+    focus_threads: int = 1  # the committed model's phase 2 ran single-threaded
 
 
 def build_model(cfg: PretrainConfig, tokenizer):
@@ -102,7 +112,8 @@ def _batch(tokenizer, examples, device):
 
 
 def pretrain(cfg: PretrainConfig, out_dir: str | Path, progress: Callable[[int, float], None] | None = None) -> dict:
-    """Train the tiny policy from scratch with SFT and save it as an ordinary HF folder at ``out_dir``."""
+    """Train the tiny policy from scratch with SFT (phase 1, then the focus phase 2) and save it as an
+    ordinary HF folder at ``out_dir``.  ``progress(step, loss)`` counts both phases."""
     threads = torch.get_num_threads()
     try:
         return _pretrain(cfg, out_dir, progress)
@@ -110,27 +121,34 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, progress: Callable[[int, 
         torch.set_num_threads(threads)
 
 
-def _pretrain(cfg: PretrainConfig, out_dir: str | Path, progress: Callable[[int, float], None] | None) -> dict:
-    from cropi.io import atomic_path, write_json
+def _focus_examples(cfg: PretrainConfig, exclude: set[str]) -> list:
+    """Phase-2 data: drawn like phase 1's, then thinned so each targeted family weighs ``focus_weight``."""
+    n = cfg.examples
+    drawn = sft_examples(cfg.suite, int(n * 2.5), cfg.seed, exclude, cfg.focus_misconception_rate)
+    weight = {f: (cfg.focus_weight if f in cfg.suite.targeted else 1.0) for f in cfg.suite.families}
+    total = sum(weight.values())
+    out, count = [], {f: 0 for f in weight}
+    for p in drawn:
+        if count[p.family] < n * weight[p.family] / total:
+            out.append(p)
+            count[p.family] += 1
+    random.Random(cfg.seed).shuffle(out)
+    return out
 
-    torch.set_num_threads(cfg.threads)
+
+def _sft(model, tokenizer, data, steps: int, lr: float, warmup: int, cfg: PretrainConfig, threads: int,
+         progress: Callable[[int, float], None] | None, offset: int = 0) -> list[float]:
+    """AdamW with linear warm-up and cosine decay over consecutive batches of ``data``."""
+    torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    tokenizer = build_tokenizer()
-    model = build_model(cfg, tokenizer)
-    suite = build_suite(cfg.suite)
-    held_out = {p.metadata["canonical"] for p in suite.test_problems()}
-    held_out |= {p.metadata["canonical"] for v in suite.validation.values() for p in v}
-    data = sft_examples(cfg.suite, cfg.examples, cfg.seed, held_out, cfg.misconception_rate)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps))),
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))),
     )
     model.train()
-    t0 = time.time()
     losses = []
-    for step in range(cfg.steps):
+    for step in range(steps):
         start = (step * cfg.batch_size) % max(1, len(data) - cfg.batch_size)
         ids, att, lab = _batch(tokenizer, data[start : start + cfg.batch_size], "cpu")
         loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
@@ -141,8 +159,30 @@ def _pretrain(cfg: PretrainConfig, out_dir: str | Path, progress: Callable[[int,
         sched.step()
         losses.append(float(loss.detach()))
         if progress:
-            progress(step + 1, float(loss))
+            progress(offset + step + 1, losses[-1])
     model.eval()
+    return losses
+
+
+def _pretrain(cfg: PretrainConfig, out_dir: str | Path, progress: Callable[[int, float], None] | None) -> dict:
+    from cropi.io import write_json
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    tokenizer = build_tokenizer()
+    model = build_model(cfg, tokenizer)
+    suite = build_suite(cfg.suite)
+    held_out = {p.metadata["canonical"] for p in suite.test_problems()}
+    held_out |= {p.metadata["canonical"] for v in suite.validation.values() for p in v}
+    t0 = time.time()
+    data = sft_examples(cfg.suite, cfg.examples, cfg.seed, held_out, cfg.misconception_rate)
+    losses = _sft(model, tokenizer, data, cfg.steps, cfg.lr, cfg.warmup, cfg, cfg.threads, progress)
+    phase1_seconds = time.time() - t0
+    if cfg.focus_steps > 0:
+        focus = _focus_examples(cfg, held_out)
+        losses += _sft(model, tokenizer, focus, cfg.focus_steps, cfg.focus_lr, cfg.focus_warmup, cfg,
+                       cfg.focus_threads, progress, offset=cfg.steps)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -155,6 +195,7 @@ def _pretrain(cfg: PretrainConfig, out_dir: str | Path, progress: Callable[[int,
         "recipe": {k: v for k, v in asdict(cfg).items()},
         "params": sum(p.numel() for p in model.parameters()),
         "train_seconds": round(time.time() - t0, 1),
+        "phase1_seconds": round(phase1_seconds, 1),
         "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])),
     }
     write_json(tmp / "cropi_pretrain.json", info)

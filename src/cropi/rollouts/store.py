@@ -190,3 +190,25 @@ def collection_complete(folder: str | Path) -> bool:
     meta = store_meta(folder)
     n_chunks = (meta["num_prompts"] + meta["chunk_size"] - 1) // meta["chunk_size"]
     return all(_chunk_path(Path(folder), c).exists() for c in range(n_chunks))
+
+
+def subset_store(folder: str | Path, prompt_ids: Sequence[str], out_dir: str | Path) -> Path:
+    """A store holding only ``prompt_ids``' rows of ``folder`` (in ``folder``'s order), e.g. a seeded candidate
+    subset to score.  Same meta (fingerprints, sampling setup) with the new prompt count; one chunk."""
+    folder, out = Path(folder), Path(out_dir)
+    meta = store_meta(folder)
+    wanted = set(prompt_ids)
+    table = read_store(folder)
+    mask = pa.array([p in wanted for p in table.column("prompt_id").to_pylist()])
+    table = table.filter(mask)
+    n = len(set(table.column("prompt_id").to_pylist()))
+    import hashlib
+
+    sub_meta = {**meta, "num_prompts": n, "chunk_size": max(1, n), "subset_of": str(folder),
+                "prompt_order_hash": hashlib.sha256("\n".join(sorted(wanted)).encode()).hexdigest()[:16]}
+    out.mkdir(parents=True, exist_ok=True)
+    schema_meta = {b"cropi": json.dumps({**sub_meta, "schema_version": SCHEMA_VERSION}).encode()}
+    with atomic_path(_chunk_path(out, 0)) as tmp:
+        pq.write_table(table.replace_schema_metadata(schema_meta), tmp)
+    write_json(out / "meta.json", sub_meta)
+    return out

@@ -29,7 +29,7 @@ from cropi.config import RunConfig
 from cropi.errors import CropiError
 from cropi.io import read_json, write_json
 from cropi.policy import Policy
-from cropi.rollouts.store import CollectConfig, collect, collection_complete, pass_rates
+from cropi.rollouts.store import CollectConfig, collect, collection_complete, pass_rates, subset_store
 from cropi.scores.influence import reciprocal_rank_fusion, top_n
 from cropi.selection import SelectionContext, Selector
 from cropi.selection.baselines import select_learnability
@@ -149,7 +149,8 @@ class Curriculum:
         return pass_rates(self._active(stage)[0])
 
     # -- influence ---------------------------------------------------------------------------------------------
-    def _score(self, stage: int, pool: Path, validation: dict[str, Path], overlays: list[str]) -> tuple[list[str], dict]:
+    def _score(self, stage: int, pool: Path, validation: dict[str, Path], overlays: list[str],
+               tag: str = "") -> tuple[list[str], dict]:
         """Score the pool (and re-probed overlays, later ones overriding) with the current policy; fuse."""
         from cropi.scores.pipeline import score_pool
 
@@ -157,8 +158,12 @@ class Curriculum:
         per_set: dict[str, dict[str, float]] = {}
         ess: dict[str, float] = {}
         from_overlay: set[str] = set()
+        if self.cfg.select.candidates > 0:  # a seeded candidate subset (the same at stage 0 for every seed's
+            ids = sorted(p.id for p in self.suite.pool)  # static influence and cropi)
+            random.Random(f"candidates:{self.cfg.train.seed}:{stage}").shuffle(ids)
+            pool = subset_store(pool, ids[: self.cfg.select.candidates], self.stage_dir(stage) / f"candidates{tag}")
         for i, store in enumerate([pool, *map(Path, overlays)]):
-            out = self.stage_dir(stage) / ("scores.parquet" if i == 0 else f"scores-reprobe-{i}.parquet")
+            out = self.stage_dir(stage) / (f"scores{tag}.parquet" if i == 0 else f"scores{tag}-reprobe-{i}.parquet")
             table = score_pool(self.policy, store, validation, out, self.cfg.select.score).to_pylist()
             for row in table:
                 if not row["usable"]:
@@ -173,6 +178,7 @@ class Curriculum:
         ranking = reciprocal_rank_fusion(per_set, n) if per_set else []
         vals = sorted(ess.values())
         summary = {
+            "candidates": self.cfg.select.candidates or len(self.suite.pool),
             "usable": len(ess),
             "ess_median": statistics.median(vals) if vals else None,
             "ess_p10": vals[len(vals) // 10] if vals else None,
@@ -200,7 +206,7 @@ class Curriculum:
                                           self.on_event, tag=f"stage-{stage}")
                 pool, validation, overlays = stores.pool, stores.validation, []
                 info["drift"]["collect_seconds"] = time.perf_counter() - t0
-                ranking, info["ess"] = self._score(stage, pool, validation, overlays)
+                ranking, info["ess"] = self._score(stage, pool, validation, overlays, tag="-after-drift")
                 info["score_seconds"] += info["ess"]["score_seconds"]
         info["behaviour"] = {"pool": str(pool), "validation": {k: str(v) for k, v in validation.items()},
                              "overlays": overlays}
