@@ -46,9 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         sets.append(f"train.steps={args.steps}")
     cfg = load_config(None, sets)
     shutil.rmtree(run_dir, ignore_errors=True)
-    summary = run_training(cfg, run_dir, on_event=lambda r: print(
-        f"step {r['step']}: " + (f"targeted {r['targeted']:.3f} untargeted {r['untargeted']:.3f}" if r.get("event") == "eval"
-                                 else f"reward {r['reward_mean']:.3f}"), flush=True))
+    def show(r: dict) -> None:
+        if r.get("event") == "eval":
+            print(f"step {r['step']}: targeted {r['targeted']:.3f} untargeted {r['untargeted']:.3f}", flush=True)
+        elif r.get("event") == "step":
+            print(f"step {r['step']}: reward {r['reward_mean']:.3f}", flush=True)
+
+    summary = run_training(cfg, run_dir, on_event=show)
     rows = [r for r in map(__import__("json").loads, (run_dir / "metrics.jsonl").read_text().splitlines())
             if r.get("event") == "eval"]
     from cropi.tasks.loading import load_data

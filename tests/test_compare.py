@@ -71,7 +71,7 @@ def test_compare_cli_end_to_end(tmp_path):
     from cropi.cli import app
     from tests.conftest import small_suite_overrides
 
-    args = ["compare", "--selectors", "cropi,learnability", "--seeds", "0", "--steps", "4", "--stages", "2",
+    args = ["compare", "--selectors", "cropi", "--seeds", "0", "--steps", "4", "--stages", "2",
             "--out", str(tmp_path / "cmp"), "--select-ratio", "0.25"]
     for s in small_suite_overrides() + ["data.suite.val_size=16", "model.device=cpu", "train.prompts_per_step=4",
                                         "rollout.max_new_tokens=8", "eval.max_new_tokens=8", "train.eval_every=1",
@@ -80,7 +80,7 @@ def test_compare_cli_end_to_end(tmp_path):
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "cmp" / "results.json").read_text())
-    assert set(res["selectors"]) == {"full", "cropi", "learnability"}
+    assert set(res["selectors"]) == {"full", "cropi"}
     row = res["selectors"]["cropi"]["seeds"]["0"]
     assert len(row["curve"]) == 5 and row["collect_seconds"] > 0 and row["score_seconds"] > 0
     assert "paired_se_vs_full" in row
