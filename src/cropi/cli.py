@@ -246,7 +246,7 @@ def score(
     out: Path = typer.Option(..., "--out", "-o", help="Scores file (Parquet)."),
     model: str = typer.Option("tiny", help="The *current* policy: tiny, smollm2, an HF folder (e.g. RUN/final_model)."),
     kind: str = typer.Option("sjlt", help="Projector: sjlt, gaussian or rademacher."),
-    k: int = typer.Option(1024, help="Projection dimension."),
+    k: int = typer.Option(8192, help="Projection dimension (SJLT costs the same at any k)."),
     keep: float = typer.Option(1.0, help="Uniform keep fraction applied before projecting (1 = none)."),
     exclude: Optional[List[str]] = typer.Option(None, help="Parameter name globs to leave out, e.g. '*embed_tokens*'."),
     ratio: float = typer.Option(0.1, help="Selection ratio for the reciprocal-rank fusion."),

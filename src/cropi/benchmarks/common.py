@@ -226,10 +226,13 @@ def render_markdown(res: Mapping) -> str:
     if fid:
         lines += ["", "## Fidelity on real policy gradients", "",
                   "Against the exact cosines of full gradients; mean ± SD over projection seeds.", "",
-                  "| config | precision@10% | Spearman ρ | exact-cosine SD |", "| --- | ---: | ---: | ---: |"]
+                  "Error on real pairs: RMS of |<Pg, Pv̄> − <g, v̄>| / (‖g‖ ‖v̄‖) over training prompts and seeds.", "",
+                  "| config | precision@10% | Spearman ρ | exact-cosine SD | error on real pairs | s / projection |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
         for r in fid:
             lines.append(f"| `{r['config']}` | {r['precision_at_10']:.3f} ± {r['precision_at_10_sd']:.3f} "
-                         f"| {r['spearman']:.3f} ± {_f(r.get('spearman_sd'), '.3f')} | {r['exact_cosine_sd']:.3f} |")
+                         f"| {r['spearman']:.3f} ± {_f(r.get('spearman_sd'), '.3f')} | {r['exact_cosine_sd']:.3f} "
+                         f"| {_f(r.get('ip_rel_error_real'))} | {_f(r.get('projection_seconds'))} |")
     sc = res.get("scoring")
     if sc:
         lines += ["", "## Scoring cost on the embedded default", "",

@@ -49,6 +49,7 @@ Tracker = Callable[[str, int], Callable[[int], None]]
 class FidelityPlan:
     quick: bool = False
     model: str = "smollm2"
+    problems: str = "arith"  # arith: single-digit arithmetic (SmolLM2 half-solves it); suite: the embedded suite
     train_prompts: int = 200  # usable (mixed-reward) training prompts scored
     val_prompts: int = 60  # usable validation prompts in the exact mean (METHOD.md §4: up to 100)
     block: int = 128  # prompts collected per store; blocks are added until enough are usable
@@ -61,12 +62,13 @@ class FidelityPlan:
     threads: int = 1
     scoring: bool = True
     scoring_pool: int | None = None  # pool prompts scored for the cost ratio (None: the whole default pool)
+    scoring_val_prompts: int | None = None  # per validation set (None: the default sets whole)
     grpo_steps: int = 3
     notes: list = field(default_factory=list)
 
     @staticmethod
     def quick_plan(**kw) -> "FidelityPlan":
-        base = dict(quick=True, model="tiny", train_prompts=40, val_prompts=12, block=64, group_size=8,
+        base = dict(quick=True, model="tiny", problems="suite", train_prompts=40, val_prompts=12, block=64, group_size=8,
                     temperature=1.0, max_new_tokens=10, scoring_pool=128, grpo_steps=1)
         base.update(kw)
         return FidelityPlan(**base)
@@ -97,7 +99,7 @@ class FidelityPlan:
 # ----------------------------------------------------------------------------- problems and stores
 def _problems(plan: FidelityPlan):
     """(train, validation) problem lists in collection order."""
-    if plan.model == "tiny":
+    if plan.problems == "suite":
         from cropi.tasks.synthetic import SuiteConfig, build_suite
 
         suite = build_suite(SuiteConfig(pool_size=600, val_size=60, test_size_targeted=10, test_size_untargeted=5))
@@ -190,10 +192,13 @@ def fidelity_rows(records: Sequence[dict], plan: FidelityPlan) -> list[dict]:
             approx = [r["proj"][cfg.name][s] for r in records]
             prec.append(precision_at(ids, exact, approx))
             rho.append(spearman(exact, approx))
+        ip = [e for r in records for e in r["ip_err"][cfg.name]]
         rows.append({"config": cfg.name, "kind": cfg.kind, "keep": cfg.keep, "k": cfg.k,
                      "precision_at_10": statistics.fmean(prec), "precision_at_10_sd": _sd(prec),
                      "spearman": statistics.fmean(rho), "spearman_sd": _sd(rho), "exact_cosine_sd": exact_sd,
-                     "keep_rule": cfg.rule, "prompts": len(records), "seeds": plan.seeds})
+                     "keep_rule": cfg.rule, "prompts": len(records), "seeds": plan.seeds,
+                     # RMS |<Pg, Pv̄> − <g, v̄>| / (‖g‖ ‖v̄‖) over prompts and seeds: the speed section's error on real pairs
+                     "ip_rel_error_real": math.sqrt(statistics.fmean(e * e for e in ip))})
     return rows
 
 
@@ -298,16 +303,17 @@ def run_fidelity_section(plan: FidelityPlan, work: Path, track: Tracker, log: Ca
         t_grad = time.perf_counter()
         seconds["gradient"] += t_grad - t_prev
         g_norm = math.sqrt(_dot(pg.grads, pg.grads))
-        exact = _dot(pg.grads, vbar) / (g_norm * vbar_norm) if g_norm > 0 else 0.0
+        exact_dot = _dot(pg.grads, vbar)
+        exact = exact_dot / (g_norm * vbar_norm) if g_norm > 0 else 0.0
         sketches = {}
         for (name, s), p in projectors.items():
             t = time.perf_counter()
             sketches[(name, s)] = p.project(pg.grads)
             seconds[name] += time.perf_counter() - t
-        proj = {}
+        proj, ip_err = {}, {}
         for cfg in plan.reported_configs():
             src, k = source[cfg.name]
-            cos = []
+            cos, err = [], []
             for s in range(plan.seeds):
                 a, b = sketches[(src.name, s)], pv[(src.name, s)]
                 if k != src.k:
@@ -317,9 +323,11 @@ def run_fidelity_section(plan: FidelityPlan, work: Path, track: Tracker, log: Ca
                         if not torch.allclose(direct, a, rtol=1e-4, atol=1e-6 * float(a.abs().max()) + 1e-30):
                             raise RuntimeError(f"fold of {src.name} to k={k} differs from a direct projection")
                 cos.append(_cos(a, b))
+                err.append((float(a.double() @ b.double()) - exact_dot) / (g_norm * vbar_norm) if g_norm > 0 else 0.0)
             proj[cfg.name] = cos
+            ip_err[cfg.name] = err
         checked_folds = True
-        rec = {"prompt_id": pg.prompt_id, "exact": exact, "grad_norm": g_norm, "ess": pg.ess, "proj": proj}
+        rec = {"prompt_id": pg.prompt_id, "exact": exact, "grad_norm": g_norm, "ess": pg.ess, "proj": proj, "ip_err": ip_err}
         with open(records_path, "a", encoding="utf-8") as fh:  # one line per finished prompt: the resume point
             fh.write(json.dumps(rec) + "\n")
         records.append(rec)
@@ -329,7 +337,8 @@ def run_fidelity_section(plan: FidelityPlan, work: Path, track: Tracker, log: Ca
     order = {g.prompt_id: i for i, g in enumerate(groups)}
     records = sorted((r for r in records if r["prompt_id"] in order), key=lambda r: order[r["prompt_id"]])
     rows = fidelity_rows(records, plan)
-    per = {k: v / counted for k, v in seconds.items()} if counted else {}
+    # seconds per prompt for the gradient, per single projection (one seed) for each configuration
+    per = {k: v / (counted * (1 if k == "gradient" else plan.seeds)) for k, v in seconds.items()} if counted else {}
     for r in rows:
         src, _ = source[r["config"]]
         r["projection_seconds"] = per.get(src.name)
@@ -365,9 +374,11 @@ def scoring_cost(plan: FidelityPlan, work: Path, track: Tracker, log: Callable[[
     pool_store = collect(policy, pool, work / f"score-pool-{len(pool)}", ccfg,
                          on_prompts=track("collect scoring pool", len(pool)))
     collect_s = time.perf_counter() - t0
-    vals = {}
+    vals, vals_problems = {}, {}
     for fam, probs in suite.validation.items():
-        vals[fam] = collect(policy, probs, work / f"score-val-{fam}", ccfg, on_prompts=track(f"collect val {fam}", len(probs)))
+        probs = probs[:plan.scoring_val_prompts] if plan.scoring_val_prompts else probs
+        vals_problems[fam] = probs
+        vals[fam] = collect(policy, probs, work / f"score-val-{fam}-{len(probs)}", ccfg, on_prompts=track(f"collect val {fam}", len(probs)))
     cfg = ScoreConfig()
     advance = track("score pool (default config)", len(pool))
     stamps = []
@@ -411,7 +422,7 @@ def scoring_cost(plan: FidelityPlan, work: Path, track: Tracker, log: Callable[[
             "score_seconds_per_usable_prompt_pool_only": pool_only,
             "ratio_to_forward_backward": pool_only / (fb_s / max(1, len(groups))),
             "collect_seconds_per_prompt": collect_s / len(pool), "pool_prompts": len(pool),
-            "usable_pool_prompts": usable, "validation_sets": {k: len(v) for k, v in suite.validation.items()},
+            "usable_pool_prompts": usable, "validation_sets": {k: len(v) for k, v in vals_problems.items()},
             "score_config": cfg.__dict__, "grpo_prompts_per_step": run.train.prompts_per_step}
 
 
@@ -423,7 +434,7 @@ def run_fidelity(plan: FidelityPlan, out_dir: Path, work_dir: Path, track: Track
     track = track or (lambda desc, total: (lambda n: None))
     work_dir.mkdir(parents=True, exist_ok=True)
     plan_key = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in plan.__dict__.items()
-                if k in ("model", "group_size", "temperature", "max_new_tokens", "block", "val_prompts", "ks", "configs",
+                if k in ("model", "problems", "group_size", "temperature", "max_new_tokens", "block", "val_prompts", "ks", "configs",
                          "seeds")}
     key_path = work_dir / "fidelity-plan.json"
     if key_path.exists() and read_json(key_path).get("plan") != plan_key:
@@ -438,7 +449,7 @@ def run_fidelity(plan: FidelityPlan, out_dir: Path, work_dir: Path, track: Track
         f"collected: zero-variance share {100 * st['zero_variance_share_train']:.0f}%), validation mean over "
         f"{st['val_in_mean']} prompts (zero-variance share {100 * st['zero_variance_share_val']:.0f}%); "
         f"G = {plan.group_size}, T = {plan.temperature}, {plan.max_new_tokens} new tokens; {plan.seeds} projection seeds.",
-        "Per prompt in this run: gradient {:.2f} s; projections: {}.".format(
+        "Measured in this run: gradient {:.2f} s per prompt; one projection (one seed): {}.".format(
             st["seconds_per_prompt_this_run"].get("gradient", math.nan),
             ", ".join(f"{k} {v:.2f} s" for k, v in st["seconds_per_prompt_this_run"].items() if k != "gradient")),
     ]

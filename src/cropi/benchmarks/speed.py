@@ -61,11 +61,12 @@ class SpeedPlan:
     threads: int = 1
     fwd_bwd_responses: int = 8
     fwd_bwd_tokens: int = 96
+    stream_bytes: int = 1 << 30
     notes: list = field(default_factory=list)
 
     @staticmethod
     def quick_plan(**kw) -> "SpeedPlan":
-        return SpeedPlan(quick=True, d_flat=20_000, model="tiny", **kw)
+        return SpeedPlan(**{"quick": True, "d_flat": 20_000, "model": "tiny", "stream_bytes": 1 << 28, **kw})
 
     def model_configs(self) -> list[ProjConfig]:
         out = []
@@ -287,7 +288,7 @@ def run_speed(plan: SpeedPlan, out_dir: Path, work_dir: Path, track: Tracker | N
     track = track or (lambda desc, total: (lambda n: None))
     work_dir.mkdir(parents=True, exist_ok=True)
     key = f"{plan.model}-{plan.d_flat}-{plan.pairs_vectors}-{plan.seed}-{list(plan.ks)}"
-    gbps = _cached(work_dir, "stream_read_gbps", lambda: stream_read_gbps(1 << 28 if plan.quick else 1 << 30))
+    gbps = _cached(work_dir, "stream_read_gbps", lambda: stream_read_gbps(plan.stream_bytes))
     log(f"streaming read: {gbps:.2f} GB/s")
     bwd = _cached(work_dir, f"backward-{plan.model}", lambda: forward_backward_seconds(
         plan.model, plan.fwd_bwd_responses, plan.fwd_bwd_tokens))
