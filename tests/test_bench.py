@@ -86,6 +86,14 @@ def test_speed_and_fidelity_quick_paths(tmp_path):
     for r in res["fidelity"]:
         assert 0 <= r["precision_at_10"] <= 1 and -1 <= r["spearman"] <= 1 and r["exact_cosine_sd"] > 0
     assert res["scoring_cost_ratio"] > 0 and res["scoring"]["prompts_scored_per_second"] > 0
+    # an interrupted fidelity run resumes after its last finished prompt and gives the same rows
+    records = tmp_path / "work-fid" / "train_records.jsonl"
+    lines = records.read_text().splitlines()
+    records.write_text("\n".join(lines[:3]) + "\n")
+    again = run_fidelity(fid, out, tmp_path / "work-fid", track, log=lambda m: None)
+    assert len(records.read_text().splitlines()) == len(lines)
+    for a, b in zip(res["fidelity"], again["fidelity"]):
+        assert a["precision_at_10"] == pytest.approx(b["precision_at_10"]) and a["spearman"] == pytest.approx(b["spearman"])
     md = results_paths(out)[1].read_text()
     assert "## Targets" in md and "met" in md
     assert len(target_checks(read_json(results_paths(out)[0]))) == 4

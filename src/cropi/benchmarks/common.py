@@ -196,7 +196,8 @@ def render_markdown(res: Mapping) -> str:
     lines = ["# Projection benchmarks (issue 3 §5)", "",
              f"- machine: {res.get('machine')}",
              f"- streaming-read bandwidth: {_f(res.get('stream_read_gbps'))} GB/s (one fp32 sum over 1 GiB)",
-             f"- SmolLM2-135M forward+backward of one prompt (8 responses x 96 tokens, POPI loss): "
+             f"- {meta.get('backward_model', 'smollm2')} forward+backward of one prompt "
+             f"({' responses x '.join(map(str, meta.get('backward_shape', [8, 96])))} tokens, POPI loss): "
              f"{_f(res.get('backward_seconds'))} s",
              f"- default configuration (`ScoreConfig`): `{res.get('default_config')}`"]
     for key in ("speed_note", "fidelity_note", "scoring_note"):

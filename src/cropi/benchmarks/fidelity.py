@@ -52,7 +52,7 @@ class FidelityPlan:
     problems: str = "arith"  # arith: single-digit arithmetic (SmolLM2 half-solves it); suite: the embedded suite
     train_prompts: int = 200  # usable (mixed-reward) training prompts scored
     val_prompts: int = 60  # usable validation prompts in the exact mean (METHOD.md §4: up to 100)
-    block: int = 128  # prompts collected per store; blocks are added until enough are usable
+    block: int = 64  # prompts collected per store; blocks are added until enough are usable
     group_size: int = 4
     temperature: float = 0.8
     max_new_tokens: int = 16

@@ -186,7 +186,8 @@ def flat_section(plan: SpeedPlan, track: Tracker) -> list[dict]:
     d, m = plan.d_flat, plan.pairs_vectors
     shapes = {"x": (d,)}
     x = heavy_tailed_rows(plan.seed, "flat", d, list(range(m)))
-    gram = x.double() @ x.double().T
+    gram = torch.zeros(m, m, dtype=torch.float64)
+    _gram_add_(gram, x)
     rows = []
     advance = track(f"flat d={d:.0e}", 4 * len(plan.ks))
     for k in plan.ks:
@@ -238,30 +239,39 @@ def model_timing_section(plan: SpeedPlan, shapes, track: Tracker) -> dict:
     return out
 
 
-def model_error_section(plan: SpeedPlan, shapes, track: Tracker) -> dict:
-    """Pair errors of every configuration and of the naive SJLT on ``m`` model-shaped vectors, streamed tensor
-    by tensor (the projections are linear, so per-tensor projections sum to the whole)."""
-    configs = plan.model_configs()
+def _gram_add_(gram: torch.Tensor, x: torch.Tensor, chunk: int = 1 << 20) -> None:
+    # fp64 accumulation in column chunks: a whole [m, numel] fp64 copy of the embedding would be 4.8 GB
+    for c in range(0, x.shape[1], chunk):
+        xd = x[:, c:c + chunk].double()
+        gram += xd @ xd.T
+
+
+def model_error_section(plan: SpeedPlan, shapes, track: Tracker, configs: Sequence[ProjConfig],
+                        with_naive: bool) -> dict:
+    """Pair errors of ``configs`` (and of the naive SJLT) on ``m`` model-shaped vectors, streamed tensor by tensor
+    (the projections are linear, so per-tensor projections sum to the whole)."""
     m = plan.pairs_vectors
     names = list(shapes)
     d = sum(math.prod(s) for s in shapes.values())
     keep_cache: dict = {}
     projectors = {c.name: _make(c, shapes, plan.seed, keep_cache, m) for c in configs}
     acc = {c.name: torch.zeros(m, c.k) for c in configs}
-    naive = {k: NaiveSJLT(d, k, plan.seed) for k in plan.ks}
-    naive_acc = {k: torch.zeros(m, k) for k in plan.ks}
+    naive = {k: NaiveSJLT(d, k, plan.seed) for k in plan.ks} if with_naive else {}
+    naive_acc = {k: torch.zeros(m, k) for k in naive}
     gram = torch.zeros(m, m, dtype=torch.float64)
-    advance = track(f"errors d={d:.3g} ({m * (m - 1) // 2} pairs)", len(names))
+    kinds = "/".join(sorted({c.kind for c in configs}))
+    advance = track(f"errors {kinds} d={d:.3g} ({m * (m - 1) // 2} pairs)", len(names))
     offset = 0
     for n in names:
         numel = math.prod(shapes[n])
         x = heavy_tailed_rows(plan.seed, n, numel, list(range(m)))
-        gram += x.double() @ x.double().T
+        _gram_add_(gram, x)
         for c in configs:
             acc[c.name] += projectors[c.name].project_batch({n: x.view(m, *shapes[n])})
         for k, nv in naive.items():
-            rows, sign = nv.row[offset:offset + numel], nv.sign[offset:offset + numel]
-            naive_acc[k].index_add_(1, rows, x * sign)
+            for c0 in range(0, numel, 1 << 20):  # the same map as one flat index_add_, in slices
+                c1 = min(numel, c0 + (1 << 20))
+                naive_acc[k].index_add_(1, nv.row[offset + c0:offset + c1], x[:, c0:c1] * nv.sign[offset + c0:offset + c1])
         offset += numel
         advance(1)
     return {"d": d, "errors": {name: pair_errors(gram, a) for name, a in acc.items()},
@@ -297,7 +307,16 @@ def run_speed(plan: SpeedPlan, out_dir: Path, work_dir: Path, track: Tracker | N
     shapes = model_shapes(plan.model)
     cfg_key = f"{key}-{sorted(c.name for c in plan.model_configs())}"
     timing = _cached(work_dir, f"timing-{cfg_key}", lambda: model_timing_section(plan, shapes, track))
-    errors = _cached(work_dir, f"errors-{cfg_key}", lambda: model_error_section(plan, shapes, track))
+    # two resumable pieces: SJLT (with the naive baseline) and the dense kinds (minutes each at full size)
+    sjlt = [c for c in plan.model_configs() if c.kind == "sjlt"]
+    dense = [c for c in plan.model_configs() if c.kind != "sjlt"]
+    errors = {"errors": {}, "naive_errors": {}}
+    for part, cfgs, with_naive in (("sjlt", sjlt, True), ("dense", dense, False)):
+        if cfgs or with_naive:
+            e = _cached(work_dir, f"errors-{part}-{cfg_key}",
+                        lambda: model_error_section(plan, shapes, track, cfgs, with_naive))
+            errors["errors"].update(e["errors"])
+            errors["naive_errors"].update(e["naive_errors"])
     rows = list(flat)
     for cfg in plan.model_configs():
         rows.append({"config": cfg.name, "kind": cfg.kind, "keep": cfg.keep, "k": cfg.k, "d": timing["d"],
@@ -309,14 +328,15 @@ def run_speed(plan: SpeedPlan, out_dir: Path, work_dir: Path, track: Tracker | N
                      "top1pct_energy_share": timing["top1pct_energy_share"]})
     trak_ok = any(r["trak_seconds_per_gradient"] is not None for r in flat)
     notes = [f"Speed rows at d = {timing['d']:,} use {plan.model}'s parameter shapes; TRAK's BasicProjector is "
-             "null there (it allocates a d x 100 fp32 buffer: 54 GB at this d)."
+             f"null there (it allocates a d x 100 fp32 buffer: {400 * timing['d'] / 1e9:.2g} GB at this d)."
              + ("" if trak_ok else " TRAK is not installed (`pip install traker --no-deps`), so it is null everywhere."),
              f"Errors at every size are measured at that size on {plan.pairs_vectors * (plan.pairs_vectors - 1) // 2} "
              "pairs of heavy-tailed vectors (top 1% of coordinates: "
              f"{100 * timing['top1pct_energy_share']:.0f}% of the squared norm).",
              "Single-threaded timings (torch.set_num_threads(%d)) on a shared machine: best of three calls." % plan.threads]
     update = {"stream_read_gbps": gbps, "backward_seconds": bwd, "speed": rows,
-              "meta": {"speed_note": f"speed: {'QUICK (reduced) run' if plan.quick else 'full run'}; "
+              "meta": {"backward_model": plan.model, "backward_shape": [plan.fwd_bwd_responses, plan.fwd_bwd_tokens],
+                       "speed_note": f"speed: {'QUICK (reduced) run' if plan.quick else 'full run'}; "
                                      f"model layout {plan.model}, flat d = {plan.d_flat:,}",
                        "speed_notes": notes + list(plan.notes)}}
     return merge_results(out_dir, update)

@@ -31,13 +31,13 @@ from cropi.scores.influence import cosine_scores, mean_direction, reciprocal_ran
 
 @dataclass
 class ScoreConfig:
-    # Default from the projection benchmarks (benchmarks/results/projection.md): hashed SJLT without a sparsifier.
-    # Real SmolLM2 POPI gradients are heavy-tailed (1% of coordinates hold ~90% of the squared norm), so masks
-    # drop mass that carries the inner product: on real gradient pairs at k = 8192 the error grew from 0.011
-    # (keep 1) to 0.05 (calibrated 10%), 0.09 (uniform 10%) and 0.55 (uniform 1%) of ‖x‖‖y‖ — and on CPU the
-    # mask costs as much as SJLT itself (one hash per coordinate either way), so keep < 1 is not faster.
-    # SJLT's cost does not depend on k, so k = 8192 (cosine noise ~1/√k ≈ 0.011, under the ~0.09 SD of exact
-    # cosines) costs the same as 1024 and only k floats per prompt of memory.
+    # Default from the projection benchmarks (`cropi bench`, benchmarks/results/projection.md): hashed SJLT, no
+    # sparsifier, k = 8192.  Real SmolLM2 POPI gradients are heavy-tailed (top 1% of coordinates: ~90% of the
+    # squared norm), so masks drop mass that carries the inner product.  Probe at k = 8192, RMS error / (‖x‖‖y‖)
+    # on pairs of real gradients: keep 1 0.011, calibrated 10% 0.05, uniform 10% 0.09, uniform 1% 0.55.  On CPU a
+    # mask is not even cheaper (its hash per coordinate costs what SJLT's does): per SmolLM2-sized gradient keep 1
+    # 0.32 s, uniform 1% 0.56 s, calibrated 10% 1.1 s.  SJLT's cost does not depend on k, so k = 8192 (cosine
+    # noise ~1/√k ≈ 0.011, under the ~0.09 SD of exact cosines) costs what 1024 does, plus k floats per prompt.
     kind: str = "sjlt"
     k: int = 8192
     seed: int = 0
