@@ -13,7 +13,7 @@ from cropi.projection import make_projector
 
 
 def test_config_names_round_trip():
-    for name in ("sjlt-k8192-keep1", "sjlt-k1024-cal0.1", "gaussian-k1024-keep0.01"):
+    for name in ("sjlt-k8192-keep1", "sjlt-k1024-cal0.1", "gaussian-k1024-keep0.01", "sjlt-k8192-keep1-noembed"):
         assert parse_config(name).name == name
     assert parse_config("sjlt-k8192-cal0.1").rule == "calibrated"
     with pytest.raises(Exception, match="expected"):
@@ -61,7 +61,8 @@ def test_speed_and_fidelity_quick_paths(tmp_path):
         return lambda n: None
 
     speed = SpeedPlan.quick_plan(d_flat=2048, ks=(64, 128), pairs_vectors=5, stream_bytes=1 << 22,
-                                 configs=("sjlt-k{k}-keep1", "sjlt-k{k}-cal0.5", "gaussian-k{k}-keep0.1"),
+                                 configs=("sjlt-k{k}-keep1", "sjlt-k{k}-cal0.5", "gaussian-k{k}-keep0.1",
+                                          "sjlt-k{k}-keep1-noembed"),
                                  fwd_bwd_responses=2, fwd_bwd_tokens=8)
     res = run_speed(speed, out, tmp_path / "work-speed", track, log=lambda m: None)
     _check_schema(res)
@@ -76,13 +77,13 @@ def test_speed_and_fidelity_quick_paths(tmp_path):
     assert seen == []
 
     fid = FidelityPlan.quick_plan(train_prompts=8, val_prompts=4, block=48, ks=(64, 128), seeds=2,
-                                  configs=("sjlt-k{k}-keep1", "sjlt-k{k}-cal0.5"), scoring_pool=16,
+                                  configs=("sjlt-k{k}-keep1", "sjlt-k{k}-cal0.5-noembed"), scoring_pool=16,
                                   scoring_val_prompts=8)
     res = run_fidelity(fid, out, tmp_path / "work-fid", track, log=lambda m: None)
     _check_schema(res)
     assert res["speed"], "the fidelity command must keep the speed section (merge on write)"
-    assert {r["config"] for r in res["fidelity"]} == {"sjlt-k64-keep1", "sjlt-k128-keep1", "sjlt-k64-cal0.5",
-                                                       "sjlt-k128-cal0.5"}
+    assert {r["config"] for r in res["fidelity"]} == {"sjlt-k64-keep1", "sjlt-k128-keep1", "sjlt-k64-cal0.5-noembed",
+                                                       "sjlt-k128-cal0.5-noembed"}
     for r in res["fidelity"]:
         assert 0 <= r["precision_at_10"] <= 1 and -1 <= r["spearman"] <= 1 and r["exact_cosine_sd"] > 0
     assert res["scoring_cost_ratio"] > 0 and res["scoring"]["prompts_scored_per_second"] > 0

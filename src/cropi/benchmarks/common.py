@@ -49,28 +49,34 @@ class ProjConfig:
     k: int
     keep: float = 1.0
     rule: str = "uniform"
+    no_embed: bool = False  # the parameter filter: leave the token embedding (tied to the LM head) out
 
     @property
     def name(self) -> str:
         tag = "cal" if self.rule == "calibrated" else "keep"
-        return f"{self.kind}-k{self.k}-{tag}{self.keep:g}"
+        return f"{self.kind}-k{self.k}-{tag}{self.keep:g}" + ("-noembed" if self.no_embed else "")
 
     def with_k(self, k: int) -> "ProjConfig":
-        return ProjConfig(self.kind, k, self.keep, self.rule)
+        return ProjConfig(self.kind, k, self.keep, self.rule, self.no_embed)
+
+    def shapes(self, shapes: Mapping[str, tuple]) -> dict[str, tuple]:
+        """The parameters this configuration projects."""
+        return {n: s for n, s in shapes.items() if not (self.no_embed and ("embed_tokens" in n or "lm_head" in n))}
 
 
-_NAME = re.compile(r"^(sjlt|gaussian|rademacher)-k(\d+)-(keep|cal)([0-9.eE-]+)$")
+_NAME = re.compile(r"^(sjlt|gaussian|rademacher)-k(\d+)-(keep|cal)([0-9.eE]+)(-noembed)?$")
 
 
 def parse_config(name: str) -> ProjConfig:
     m = _NAME.match(name.strip())
     if not m:
-        raise ConfigError(f"projection configuration {name!r}: expected KIND-kK-keepQ or KIND-kK-calB, "
-                          "e.g. sjlt-k8192-keep1 or sjlt-k8192-cal0.1")
+        raise ConfigError(f"projection configuration {name!r}: expected KIND-kK-keepQ or KIND-kK-calB, optionally "
+                          "ending in -noembed, e.g. sjlt-k8192-keep1 or sjlt-k8192-cal0.1")
     keep = float(m.group(4))
     if not 0 < keep <= 1:
         raise ConfigError(f"projection configuration {name!r}: keep must be in (0, 1]")
-    return ProjConfig(m.group(1), int(m.group(2)), keep, "calibrated" if m.group(3) == "cal" else "uniform")
+    return ProjConfig(m.group(1), int(m.group(2)), keep, "calibrated" if m.group(3) == "cal" else "uniform",
+                      bool(m.group(5)))
 
 
 def default_config_name() -> str:

@@ -57,7 +57,7 @@ class FidelityPlan:
     temperature: float = 0.8
     max_new_tokens: int = 16
     ks: Sequence[int] = (1024, 8192)
-    configs: Sequence[str] = ("sjlt-k{k}-keep1", "sjlt-k{k}-keep0.01", "sjlt-k{k}-cal0.1")
+    configs: Sequence[str] = ("sjlt-k{k}-keep1", "sjlt-k{k}-keep1-noembed", "sjlt-k{k}-keep0.01", "sjlt-k{k}-cal0.1")
     seeds: int = 5
     threads: int = 1
     scoring: bool = True
@@ -265,27 +265,33 @@ def run_fidelity_section(plan: FidelityPlan, work: Path, track: Tracker, log: Ca
     val_s = time.perf_counter() - t0
     vbar_norm = math.sqrt(_dot(vbar, vbar))
 
-    keep_cache: dict[float, dict] = {}
+    keep_cache: dict[tuple, dict] = {}
 
     def keep_of(cfg: ProjConfig):
         if cfg.rule != "calibrated":
             return cfg.keep
-        if cfg.keep not in keep_cache:
+        own = cfg.shapes(shapes)
+        if (cfg.keep, cfg.no_embed) not in keep_cache:
             # calibrate_keep only uses each tensor's summed squared entries: hand it those sums directly
             # (calibration at θ = β from the validation gradients, computed anyway)
-            keep_cache[cfg.keep] = calibrate_keep([{n: torch.tensor([math.sqrt(e)]) for n, e in energy.items()}],
-                                                  shapes, cfg.keep)
-        return keep_cache[cfg.keep]
+            keep_cache[(cfg.keep, cfg.no_embed)] = calibrate_keep(
+                [{n: torch.tensor([math.sqrt(energy[n])]) for n in own}], own, cfg.keep)
+        return keep_cache[(cfg.keep, cfg.no_embed)]
+
+    def make(cfg: ProjConfig, seed: int):
+        return make_projector(cfg.kind, cfg.k, seed, cfg.shapes(shapes), keep=keep_of(cfg))
+
+    def own(p, grads: dict) -> dict:
+        return {n: grads[n] for n in p.names}
 
     projected = plan.projection_configs()
-    projectors = {(c.name, s): make_projector(c.kind, c.k, s, shapes, keep=keep_of(c))
-                  for c in projected for s in range(plan.seeds)}
-    pv = {key: p.project(vbar) for key, p in projectors.items()}
+    projectors = {(c.name, s): make(c, s) for c in projected for s in range(plan.seeds)}
+    pv = {key: p.project(own(p, vbar)) for key, p in projectors.items()}
     # which reported configuration comes from which projected one (itself, or a fold of the largest-k sketch)
     source = {}
     for cfg in plan.reported_configs():
-        src = next(c for c in projected if c.kind == cfg.kind and c.keep == cfg.keep and c.rule == cfg.rule
-                   and c.k % cfg.k == 0 and (c.k == cfg.k or c.kind == "sjlt"))
+        src = next(c for c in projected if c.with_k(cfg.k) == cfg and c.k % cfg.k == 0
+                   and (c.k == cfg.k or c.kind == "sjlt"))
         source[cfg.name] = (src, cfg.k)
 
     records_path = work / "train_records.jsonl"
@@ -308,7 +314,7 @@ def run_fidelity_section(plan: FidelityPlan, work: Path, track: Tracker, log: Ca
         sketches = {}
         for (name, s), p in projectors.items():
             t = time.perf_counter()
-            sketches[(name, s)] = p.project(pg.grads)
+            sketches[(name, s)] = p.project(own(p, pg.grads))
             seconds[name] += time.perf_counter() - t
         proj, ip_err = {}, {}
         for cfg in plan.reported_configs():
@@ -319,7 +325,8 @@ def run_fidelity_section(plan: FidelityPlan, work: Path, track: Tracker, log: Ca
                 if k != src.k:
                     a, b = _fold(a, k), _fold(b, k)
                     if not checked_folds and s == 0:
-                        direct = make_projector(cfg.kind, k, s, shapes, keep=keep_of(cfg)).project(pg.grads)
+                        direct_p = make(cfg, s)
+                        direct = direct_p.project(own(direct_p, pg.grads))
                         if not torch.allclose(direct, a, rtol=1e-4, atol=1e-6 * float(a.abs().max()) + 1e-30):
                             raise RuntimeError(f"fold of {src.name} to k={k} differs from a direct projection")
                 cos.append(_cos(a, b))

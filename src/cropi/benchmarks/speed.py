@@ -125,11 +125,13 @@ def _calibrated_keep(shapes, budget: float, seed: int, m: int) -> dict[str, floa
 
 
 def _make(cfg: ProjConfig, shapes, seed: int, keep_cache: dict, m: int):
+    shapes = cfg.shapes(shapes)
     keep: float | dict = cfg.keep
     if cfg.rule == "calibrated":
-        if cfg.keep not in keep_cache:
-            keep_cache[cfg.keep] = _calibrated_keep(shapes, cfg.keep, seed, m)
-        keep = keep_cache[cfg.keep]
+        key = (cfg.keep, cfg.no_embed)
+        if key not in keep_cache:
+            keep_cache[key] = _calibrated_keep(shapes, cfg.keep, seed, m)
+        keep = keep_cache[key]
     return make_projector(cfg.kind, cfg.k, seed, shapes, keep=keep)
 
 
@@ -233,8 +235,9 @@ def model_timing_section(plan: SpeedPlan, shapes, track: Tracker) -> dict:
     keep_cache: dict = {}
     for cfg in configs:
         p = _make(cfg, shapes, plan.seed, keep_cache, plan.pairs_vectors)
-        out["seconds"][cfg.name] = time_call(lambda: p.project(vec))
-        out.setdefault("kept_share", {})[cfg.name] = sum(p.keep_probs[n] * p.numel[n] for n in names) / d
+        own = {n: vec[n] for n in p.names}
+        out["seconds"][cfg.name] = time_call(lambda: p.project(own))
+        out.setdefault("kept_share", {})[cfg.name] = sum(p.keep_probs[n] * p.numel[n] for n in p.names) / d
         advance(1)
     return out
 
@@ -267,7 +270,8 @@ def model_error_section(plan: SpeedPlan, shapes, track: Tracker, configs: Sequen
         x = heavy_tailed_rows(plan.seed, n, numel, list(range(m)))
         _gram_add_(gram, x)
         for c in configs:
-            acc[c.name] += projectors[c.name].project_batch({n: x.view(m, *shapes[n])})
+            if n in projectors[c.name].param_shapes:
+                acc[c.name] += projectors[c.name].project_batch({n: x.view(m, *shapes[n])})
         for k, nv in naive.items():
             for c0 in range(0, numel, 1 << 20):  # the same map as one flat index_add_, in slices
                 c1 = min(numel, c0 + (1 << 20))
