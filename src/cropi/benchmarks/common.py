@@ -164,7 +164,7 @@ def target_checks(res: Mapping) -> list[tuple[str, bool | None, str]]:
         speedup = row["naive_sjlt_seconds_per_gradient"] / row["seconds_per_gradient"]
         ok = speedup >= NAIVE_SPEEDUP_TARGET and row["ip_rel_error"] <= 1.1 * row["naive_sjlt_ip_rel_error"]
         out.append((f"streaming SJLT >= {NAIVE_SPEEDUP_TARGET:g}x faster than the naive SJLT at keep = 1, k = 8192 "
-                    "(d = {:.3g}), no larger error".format(d_big), ok,
+                    "(d = {:.3g}), no larger error (within 10%: an RMS over ~200 pairs has ~5% sampling error)".format(d_big), ok,
                     f"{speedup:.2f}x ({_f(row['seconds_per_gradient'])} s vs {_f(row['naive_sjlt_seconds_per_gradient'])} s); "
                     f"error {_f(row['ip_rel_error'])} vs {_f(row['naive_sjlt_ip_rel_error'])}"))
     else:

@@ -295,7 +295,11 @@ def run_fidelity_section(plan: FidelityPlan, work: Path, track: Tracker, log: Ca
         source[cfg.name] = (src, cfg.k)
 
     records_path = work / "train_records.jsonl"
-    records = read_jsonl(records_path) if records_path.exists() else []
+    wanted = [c.name for c in plan.reported_configs()]
+    # a prompt is done when its last line has every requested configuration with enough seeds; a changed
+    # --config list recomputes the gradients of the prompts that lack one (collection and v̄ are kept)
+    latest = {r["prompt_id"]: r for r in (read_jsonl(records_path) if records_path.exists() else [])}
+    records = [r for r in latest.values() if all(len(r["proj"].get(c, ())) >= plan.seeds for c in wanted)]
     done = {r["prompt_id"] for r in records}
     groups = _usable_groups(train_stores, plan.train_prompts)
     todo = [g for g in groups if g.prompt_id not in done]
@@ -327,7 +331,8 @@ def run_fidelity_section(plan: FidelityPlan, work: Path, track: Tracker, log: Ca
                     if not checked_folds and s == 0:
                         direct_p = make(cfg, s)
                         direct = direct_p.project(own(direct_p, pg.grads))
-                        if not torch.allclose(direct, a, rtol=1e-4, atol=1e-6 * float(a.abs().max()) + 1e-30):
+                        # fp32 sums in another order differ by ~1e-5 of a bucket; another map would differ by O(1)
+                        if not torch.allclose(direct, a, rtol=1e-3, atol=1e-4 * float(a.abs().max()) + 1e-30):
                             raise RuntimeError(f"fold of {src.name} to k={k} differs from a direct projection")
                 cos.append(_cos(a, b))
                 err.append((float(a.double() @ b.double()) - exact_dot) / (g_norm * vbar_norm) if g_norm > 0 else 0.0)
@@ -441,8 +446,7 @@ def run_fidelity(plan: FidelityPlan, out_dir: Path, work_dir: Path, track: Track
     track = track or (lambda desc, total: (lambda n: None))
     work_dir.mkdir(parents=True, exist_ok=True)
     plan_key = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in plan.__dict__.items()
-                if k in ("model", "problems", "group_size", "temperature", "max_new_tokens", "block", "val_prompts", "ks", "configs",
-                         "seeds")}
+                if k in ("model", "problems", "group_size", "temperature", "max_new_tokens", "block", "val_prompts")}
     key_path = work_dir / "fidelity-plan.json"
     if key_path.exists() and read_json(key_path).get("plan") != plan_key:
         raise CropiError(f"{work_dir}: holds a fidelity run with another setup ({read_json(key_path)['plan']}); "
