@@ -440,7 +440,7 @@ def bench_fidelity(
 def _print_targets(res: dict, out: Path) -> None:
     from cropi.benchmarks.common import results_paths, target_checks
 
-    for name, ok, measured in target_checks(res):
+    for _, name, ok, measured in target_checks(res):
         verdict = "n/a" if ok is None else ("met" if ok else "NOT met")
         typer.echo(f"{verdict:>8s}  {name}: {measured}")
     typer.echo(f"wrote {results_paths(out)[0]} and {results_paths(out)[1]}")
