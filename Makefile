@@ -24,5 +24,11 @@ test: $(BIN)/cropi
 test-all: $(BIN)/cropi
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
+# Both projection benchmarks at reduced size (tiny model), written under runs/bench-quick/ (never over
+# benchmarks/results/); the full runs are `cropi bench projection` and `cropi bench fidelity`.
+bench-quick: $(BIN)/cropi
+	OMP_NUM_THREADS=1 $(BIN)/cropi bench projection --quick
+	OMP_NUM_THREADS=1 $(BIN)/cropi bench fidelity --quick
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache

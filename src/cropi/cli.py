@@ -26,6 +26,9 @@ app = typer.Typer(
 )
 model_app = typer.Typer(help="Fetch and inspect models.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+bench_app = typer.Typer(help="Projection benchmarks: speed, fidelity on real gradients, scoring cost (issue 3 §5).",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 console = Console(stderr=True)
 
 
@@ -417,7 +420,7 @@ def score(
     shard: Optional[str] = typer.Option(None, help="Only project pool shard I/N (contiguous whole chunks) into GRADIENTS; score later without it."),
     prange: Optional[str] = typer.Option(None, "--range", help="Only project pool prompts START:END (START a multiple of --chunk-size) into GRADIENTS."),
     kind: str = typer.Option("sjlt", help="Projector: sjlt, gaussian or rademacher."),
-    k: int = typer.Option(1024, help="Projection dimension."),
+    k: int = typer.Option(8192, help="Projection dimension (SJLT costs the same at any k)."),
     keep: float = typer.Option(1.0, help="Uniform keep fraction applied before projecting (1 = none)."),
     exclude: Optional[List[str]] = typer.Option(None, help="Parameter name globs to leave out, e.g. '*embed_tokens*'."),
     ratio: float = typer.Option(0.1, help="Selection ratio for the reciprocal-rank fusion."),
@@ -571,6 +574,96 @@ def model_fetch(
 
     path = fetch_smollm2(force=force, progress=lambda msg: console.print(msg))
     typer.echo(str(path))
+
+
+def _bench_dirs(quick: bool, out: Optional[Path], work: Optional[Path], name: str) -> tuple[Path, Path]:
+    """Full runs write benchmarks/results/ and keep resumable state in runs/bench-NAME/; quick runs write
+    runs/bench-quick/ only (never over the committed results) and start fresh each time."""
+    import shutil
+
+    if quick:
+        out = out or Path("runs/bench-quick")
+        work = work or out / f"work-{name}"
+        shutil.rmtree(work, ignore_errors=True)
+    return out or Path("benchmarks/results"), work or Path(f"runs/bench-{name}")
+
+
+def _tracker(prog: Progress):
+    def track(desc: str, total: int):
+        task = prog.add_task(desc, total=total, info="")
+        return lambda n: prog.advance(task, n)
+
+    return track
+
+
+@bench_app.command("projection")
+@handles_errors
+def bench_projection(
+    quick: bool = typer.Option(False, help="Reduced run (tiny-model shapes, d = 2e4 flat) written under runs/bench-quick/."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default benchmarks/results, or runs/bench-quick)."),
+    work: Optional[Path] = typer.Option(None, help="Resumable state (default runs/bench-projection)."),
+    config: Optional[List[str]] = typer.Option(None, "--config", help="Model-layout configuration, {k} for each --k "
+                                               "(repeatable), e.g. 'sjlt-k{k}-keep1', 'sjlt-k{k}-cal0.1'."),
+    k: Optional[List[int]] = typer.Option(None, "--k", help="Projection dimensions (default 1024 and 8192)."),
+    threads: int = typer.Option(1, help="torch threads (timings in the results are single-threaded)."),
+):
+    """Projector speed and inner-product error: TRAK and dense Gaussian at d = 1e6; every sparse configuration at
+    SmolLM2-135M's parameter shapes (d = 1.35e8) next to a naive SJLT; streaming-read bandwidth and one SmolLM2
+    forward+backward in the same run.  Writes projection.json / projection.md (merged with `bench fidelity`).
+    Rerun the same command after an interruption: finished sections are kept in --work."""
+    from cropi.benchmarks.speed import SpeedPlan, run_speed
+
+    kw = {"threads": threads}
+    if config:
+        kw["configs"] = tuple(config)
+    if k:
+        kw["ks"] = tuple(k)
+    plan = SpeedPlan.quick_plan(**kw) if quick else SpeedPlan(**kw)
+    out, work = _bench_dirs(quick, out, work, "projection")
+    with _progress() as prog:
+        res = run_speed(plan, out, work, _tracker(prog), log=lambda m: console.print(m, highlight=False))
+    _print_targets(res, out)
+
+
+@bench_app.command("fidelity")
+@handles_errors
+def bench_fidelity(
+    quick: bool = typer.Option(False, help="Reduced run (embedded tiny model, 40 prompts) written under runs/bench-quick/."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default benchmarks/results, or runs/bench-quick)."),
+    work: Optional[Path] = typer.Option(None, help="Stores, exact validation mean and per-prompt results (default "
+                                        "runs/bench-fidelity); rerun to resume."),
+    train_prompts: Optional[int] = typer.Option(None, help="Usable training prompts to score (default 200)."),
+    config: Optional[List[str]] = typer.Option(None, "--config", help="Configuration with {k} (repeatable)."),
+    seeds: Optional[int] = typer.Option(None, help="Projection seeds (default 5)."),
+    scoring: bool = typer.Option(True, help="Also measure the scoring cost ratio on the embedded default."),
+    threads: int = typer.Option(1, help="torch threads."),
+):
+    """Precision@10% and Spearman of projected vs exact influence cosines on real SmolLM2 POPI gradients, and the
+    scoring cost ratio on the embedded default.  Writes projection.json / projection.md (merged with
+    `bench projection`)."""
+    from cropi.benchmarks.fidelity import FidelityPlan, run_fidelity
+
+    kw: dict = {"threads": threads, "scoring": scoring}
+    if train_prompts:
+        kw["train_prompts"] = train_prompts
+    if config:
+        kw["configs"] = tuple(config)
+    if seeds:
+        kw["seeds"] = seeds
+    plan = FidelityPlan.quick_plan(**kw) if quick else FidelityPlan(**kw)
+    out, work = _bench_dirs(quick, out, work, "fidelity")
+    with _progress() as prog:
+        res = run_fidelity(plan, out, work, _tracker(prog), log=lambda m: console.print(m, highlight=False))
+    _print_targets(res, out)
+
+
+def _print_targets(res: dict, out: Path) -> None:
+    from cropi.benchmarks.common import results_paths, target_checks
+
+    for _, name, ok, measured in target_checks(res):
+        verdict = "n/a" if ok is None else ("met" if ok else "NOT met")
+        typer.echo(f"{verdict:>8s}  {name}: {measured}")
+    typer.echo(f"wrote {results_paths(out)[0]} and {results_paths(out)[1]}")
 
 
 @app.command("config")

@@ -68,8 +68,17 @@ class TrainConfig:
 class ScoreConfig:
     """Influence scoring (issue 3): projector, what to score, and how many validation prompts to use."""
 
+    # Default from the projection benchmarks (`cropi bench`, benchmarks/results/projection.md): hashed SJLT, no
+    # sparsifier, k = 8192.  Real SmolLM2 POPI gradients are heavy-tailed (top 1% of coordinates: ~90% of the
+    # squared norm), so masks drop mass that carries the inner product.  Probe at k = 8192, RMS error / (‖x‖‖y‖)
+    # on pairs of real gradients: keep 1 0.011, calibrated 10% 0.05, uniform 10% 0.09, uniform 1% 0.55; Spearman ρ
+    # of projected vs exact influence cosines (30 SmolLM2 prompts, 3 seeds): keep 1 0.990 ± 0.007 (k = 1024:
+    # 0.944), calibrated 10% 0.944 ± 0.033, uniform 1% 0.81 ± 0.17.  On CPU a mask is not even cheaper (its hash
+    # per coordinate costs what SJLT's does): per SmolLM2 gradient keep 1 0.36 s, uniform 1% 0.63 s, calibrated
+    # 10% 1.4 s.  SJLT's cost does not depend on k, so k = 8192 (cosine noise ~1/√k ≈ 0.011, under the 0.09-0.14
+    # SD of exact cosines) costs what 1024 does, plus k floats per prompt.
     kind: str = "sjlt"
-    k: int = 1024
+    k: int = 8192
     seed: int = 0
     keep: float = 1.0
     exclude: list[str] = field(default_factory=list)  # parameter globs left out of scoring

@@ -1,0 +1,100 @@
+"""The benchmark code paths of `cropi bench projection` / `cropi bench fidelity` at toy sizes (seconds), so the
+benchmark code stays alive: results schema of issue 3 §5, merging, markdown verdicts, metrics and the SJLT fold."""
+
+import math
+
+import pytest
+import torch
+
+from cropi.benchmarks.common import (FIDELITY_KEYS, SPEED_KEYS, TOP_KEYS, parse_config, results_paths,
+                                     target_checks)
+from cropi.io import read_json
+from cropi.projection import make_projector
+
+
+def test_config_names_round_trip():
+    for name in ("sjlt-k8192-keep1", "sjlt-k1024-cal0.1", "gaussian-k1024-keep0.01", "sjlt-k8192-keep1-noembed"):
+        assert parse_config(name).name == name
+    assert parse_config("sjlt-k8192-cal0.1").rule == "calibrated"
+    with pytest.raises(Exception, match="expected"):
+        parse_config("dense-8192")
+
+
+def test_metrics():
+    from cropi.benchmarks.fidelity import precision_at, spearman
+
+    ids = [f"p{i}" for i in range(20)]
+    exact = [float(i) for i in range(20)]
+    assert precision_at(ids, exact, exact) == 1.0
+    assert precision_at(ids, exact, [-x for x in exact]) == 0.0
+    assert spearman(exact, [x ** 3 for x in exact]) == pytest.approx(1.0)
+    assert spearman(exact, [-x for x in exact]) == pytest.approx(-1.0)
+
+
+@pytest.mark.parametrize("keep", [1.0, 0.3])
+def test_sjlt_smaller_k_is_a_fold_of_larger_k(keep):
+    # the fidelity benchmark derives k = 1024 sketches from k = 8192 ones (fidelity.py docstring)
+    shapes = {"a": (40, 700), "b": (64,), "c": (30000,)}
+    g = {n: torch.randn(*s) for n, s in shapes.items()}
+    big = make_projector("sjlt", 512, 3, shapes, keep=keep).project(g)
+    small = make_projector("sjlt", 64, 3, shapes, keep=keep).project(g)
+    torch.testing.assert_close(big.view(-1, 64).sum(0), small, rtol=1e-4, atol=1e-4)
+
+
+def _check_schema(res):
+    assert set(TOP_KEYS) <= set(res)
+    for row in res["speed"]:
+        assert set(SPEED_KEYS) <= set(row)
+    for row in res["fidelity"]:
+        assert set(FIDELITY_KEYS) <= set(row)
+
+
+def test_speed_and_fidelity_quick_paths(tmp_path):
+    from cropi.benchmarks.fidelity import FidelityPlan, run_fidelity
+    from cropi.benchmarks.speed import SpeedPlan, run_speed
+
+    out = tmp_path / "results"
+    seen = []
+
+    def track(desc, total):
+        seen.append(desc)
+        return lambda n: None
+
+    speed = SpeedPlan.quick_plan(d_flat=2048, ks=(64, 128), pairs_vectors=5, stream_bytes=1 << 22,
+                                 configs=("sjlt-k{k}-keep1", "sjlt-k{k}-cal0.5", "gaussian-k{k}-keep0.1",
+                                          "sjlt-k{k}-keep1-noembed"),
+                                 fwd_bwd_responses=2, fwd_bwd_tokens=8)
+    res = run_speed(speed, out, tmp_path / "work-speed", track, log=lambda m: None)
+    _check_schema(res)
+    assert res["fidelity"] == [] and res["stream_read_gbps"] > 0 and res["backward_seconds"] > 0
+    assert {r["d"] for r in res["speed"]} == {2048, sum(math.prod(s) for s in
+                                                        __import__("cropi.benchmarks.speed", fromlist=["x"]).model_shapes("tiny").values())}
+    for r in res["speed"]:
+        assert r["seconds_per_gradient"] > 0 and 0 < r["ip_rel_error"] < 5 and r["naive_sjlt_ip_rel_error"] > 0
+    # a rerun resumes from the finished sections (nothing is measured again)
+    seen.clear()
+    run_speed(speed, out, tmp_path / "work-speed", track, log=lambda m: None)
+    assert seen == []
+
+    fid = FidelityPlan.quick_plan(train_prompts=8, val_prompts=4, block=48, ks=(64, 128), seeds=2,
+                                  configs=("sjlt-k{k}-keep1", "sjlt-k{k}-cal0.5-noembed"), scoring_pool=16,
+                                  scoring_val_prompts=8)
+    res = run_fidelity(fid, out, tmp_path / "work-fid", track, log=lambda m: None)
+    _check_schema(res)
+    assert res["speed"], "the fidelity command must keep the speed section (merge on write)"
+    assert {r["config"] for r in res["fidelity"]} == {"sjlt-k64-keep1", "sjlt-k128-keep1", "sjlt-k64-cal0.5-noembed",
+                                                       "sjlt-k128-cal0.5-noembed"}
+    for r in res["fidelity"]:
+        assert 0 <= r["precision_at_10"] <= 1 and -1 <= r["spearman"] <= 1 and r["exact_cosine_sd"] > 0
+    assert res["scoring_cost_ratio"] > 0 and res["scoring"]["prompts_scored_per_second"] > 0
+    # an interrupted fidelity run resumes after its last finished prompt and gives the same rows
+    records = tmp_path / "work-fid" / "train_records.jsonl"
+    lines = records.read_text().splitlines()
+    records.write_text("\n".join(lines[:3]) + "\n")
+    again = run_fidelity(fid, out, tmp_path / "work-fid", track, log=lambda m: None)
+    assert len(records.read_text().splitlines()) == len(lines)
+    for a, b in zip(res["fidelity"], again["fidelity"]):
+        assert a["precision_at_10"] == pytest.approx(b["precision_at_10"]) and a["spearman"] == pytest.approx(b["spearman"])
+    md = results_paths(out)[1].read_text()
+    assert "## Targets" in md and "met" in md
+    assert len(target_checks(read_json(results_paths(out)[0]))) == 4
