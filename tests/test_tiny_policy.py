@@ -22,7 +22,7 @@ def test_char_tokenizer_round_trips_every_suite_prompt():
 
 
 def test_pretrain_is_deterministic(tmp_path):
-    cfg = PretrainConfig(hidden_size=32, layers=1, heads=2, intermediate_size=64, steps=4, batch_size=16,
+    cfg = PretrainConfig(hidden_size=32, layers=1, heads=2, intermediate_size=64, steps=4, focus_steps=3, batch_size=16,
                          examples=256, suite=SuiteConfig(pool_size=80, val_size=10, test_size_targeted=10,
                                                          test_size_untargeted=5))
     a = pretrain(cfg, tmp_path / "a")
