@@ -89,3 +89,18 @@ def test_store_refuses_another_policy_or_setup(micro_policy, problems, tmp_path)
         next(micro_policy.model.parameters()).add_(0.01)
     with pytest.raises(CropiError, match="model_fingerprint"):
         collect(micro_policy, problems[:8], tmp_path / "s", cfg)
+
+
+def test_subset_store_keeps_only_the_chosen_prompts(micro_policy, problems, tmp_path):
+    from cropi.rollouts.store import collection_complete, store_meta, subset_store
+
+    full = collect(micro_policy, problems[:6], tmp_path / "full", CollectConfig(group_size=2, max_new_tokens=3, chunk_size=4))
+    keep = [problems[4].id, problems[1].id]
+    sub = subset_store(full, keep, tmp_path / "sub")
+    rows = read_store(sub).to_pylist()
+    assert [r["prompt_id"] for r in rows] == [problems[1].id] * 2 + [problems[4].id] * 2  # the store's order
+    whole = {(r["prompt_id"], r["sample_index"]): r for r in read_store(full).to_pylist()}
+    assert all(whole[(r["prompt_id"], r["sample_index"])] == r for r in rows)
+    assert collection_complete(sub) and store_meta(sub)["num_prompts"] == 2
+    assert store_meta(sub)["tokenizer_fingerprint"] == store_meta(full)["tokenizer_fingerprint"]
+    assert pass_rates(sub) == {k: v for k, v in pass_rates(full).items() if k in keep}
