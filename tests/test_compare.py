@@ -91,3 +91,16 @@ def test_compare_cli_end_to_end(tmp_path):
     # rerunning resumes: nothing is redone
     r2 = CliRunner().invoke(app, args)
     assert r2.exit_code == 0, r2.output
+
+
+def test_selector_variants_switch_on_our_departures():
+    from cropi.errors import ConfigError
+    from cropi.evaluation.compare import parse_selector
+
+    assert parse_selector("cropi") == ("cropi", {})
+    base, settings = parse_selector("cropi+drift+reprobe")
+    assert base == "cropi" and settings["drift_ess_threshold"] > 0 and settings["reprobe_prompts"] > 0
+    with pytest.raises(ConfigError):
+        parse_selector("cropi+bogus")
+    with pytest.raises(ConfigError):
+        parse_selector("random+drift")

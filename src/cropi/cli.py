@@ -258,7 +258,9 @@ def _print_compare(results: dict, out: Path) -> None:
 @app.command()
 @handles_errors
 def compare(
-    selectors: str = typer.Option(COMPARE_SELECTORS, help="Comma-separated selectors (full is always run: it sets the threshold)."),
+    selectors: str = typer.Option(COMPARE_SELECTORS, help="Comma-separated selectors (full is always run: it sets the "
+                                  "threshold).  cropi+drift, cropi+reprobe, cropi+drift+reprobe switch on our departures "
+                                  "from the paper (drift control, blind-spot re-probe)."),
     seeds: str = typer.Option("0,1,2", help="Comma-separated training seeds."),
     out: Path = typer.Option(Path("runs/compare"), "--out", "-o", help="Comparison folder (results.json, report.md, plots, runs/)."),
     config: Optional[Path] = ConfigOpt,

@@ -30,6 +30,25 @@ from cropi.io import read_json, write_json, write_text
 
 SMOOTH = 3
 
+# Variants of the cropi selector with our departures from the paper switched on: ``cropi+drift``,
+# ``cropi+reprobe``, ``cropi+drift+reprobe``.  Their settings are conventional, not tuned on results: re-collect
+# when the median ESS falls below half (the usual resampling rule for importance weights), and re-probe 200
+# zero-variance prompts per stage with G responses each.
+VARIANT_SETTINGS = {"drift": {"drift_ess_threshold": 0.5}, "reprobe": {"reprobe_prompts": 200}}
+
+
+def parse_selector(spec: str) -> tuple[str, dict]:
+    """``"cropi+drift+reprobe"`` -> (``"cropi"``, the ``select`` settings it switches on)."""
+    base, *flags = spec.split("+")
+    settings: dict = {}
+    for flag in flags:
+        if flag not in VARIANT_SETTINGS:
+            raise ConfigError(f"selector {spec!r}: unknown variant {flag!r} (known: {', '.join(VARIANT_SETTINGS)})")
+        settings.update(VARIANT_SETTINGS[flag])
+    if flags and base != "cropi":
+        raise ConfigError(f"selector {spec!r}: variants apply to cropi only")
+    return base, settings
+
 
 def smooth(values: Sequence[float], window: int = SMOOTH) -> list[float]:
     """Centred moving average over ``window`` evaluations (shorter at the ends)."""
@@ -146,7 +165,7 @@ def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], 
 
     out = Path(out)
     for name in selectors:
-        make_selector(name)
+        make_selector(parse_selector(name)[0])
     order = ["full"] + [s for s in selectors if s != "full"]
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", dump_config(cfg))
@@ -156,7 +175,10 @@ def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], 
         for seed in seeds:
             run_dir = out / "runs" / f"{name}-s{seed}"
             c = copy.deepcopy(cfg)
-            c.train.selector, c.train.seed = name, seed
+            base, settings = parse_selector(name)
+            c.train.selector, c.train.seed = base, seed
+            for key, value in settings.items():
+                setattr(c.select, key, value)
             c.select.stores = str(out / "stores")
             if (run_dir / "summary.json").exists():
                 summary = read_json(run_dir / "summary.json")
