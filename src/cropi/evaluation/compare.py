@@ -208,6 +208,10 @@ def _fmt(x, pct=False, digits=2):
     return f"{100 * x:.1f}" if pct else f"{x:.{digits}f}"
 
 
+def _x(factor) -> str:
+    return "never" if factor is None else f"{factor:.2f}×"
+
+
 def plot_comparison(results: dict, out: Path) -> list[str]:
     """Accuracy vs steps and vs seconds, targeted and untargeted: seed mean (line) and min-max (band)."""
     import matplotlib
@@ -264,7 +268,7 @@ def write_report(results: dict, out: Path) -> None:
     for name, block in sel.items():
         m = block["median"]
         reach = sum(r["steps_to_threshold"] is not None for r in block["seeds"].values())
-        lines.append(f"| {name} | {_fmt(m['step_acceleration'])}× | {_fmt(m['wall_acceleration'])}× | "
+        lines.append(f"| {name} | {_x(m['step_acceleration'])} | {_x(m['wall_acceleration'])} | "
                      f"{_fmt(m['final_targeted'], pct=True)} | {_fmt(m['best_targeted'], pct=True)} | "
                      f"{_fmt(m['best_untargeted'], pct=True)} | {reach}/{len(block['seeds'])} |")
     lines += ["", "Per seed:", "", "| selector | seed | steps to threshold | seconds to threshold | final targeted | "
