@@ -104,3 +104,12 @@ def test_selector_variants_switch_on_our_departures():
         parse_selector("cropi+bogus")
     with pytest.raises(ConfigError):
         parse_selector("random+drift")
+
+
+def test_run_lock_claims_once_and_takes_over_stale_locks(tmp_path):
+    from cropi.evaluation.compare import _claim
+
+    run = tmp_path / "r"
+    assert _claim(run) and not _claim(run)  # held by this (live) process
+    (run / ".lock").write_text("999999999")  # a pid that cannot exist: a crashed run
+    assert _claim(run) and (run / ".lock").read_text() == str(__import__("os").getpid())

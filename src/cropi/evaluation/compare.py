@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import time
 import statistics
 from pathlib import Path
 from typing import Callable, Sequence
@@ -154,6 +156,38 @@ def _median(vals: list) -> float | None:
     return mid
 
 
+def _claim(run_dir: Path) -> bool:
+    """Create ``run_dir/.lock`` holding this pid; False while another live process holds it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / ".lock"
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _alive(pid):
+                return False
+            lock.unlink(missing_ok=True)  # its process died: the run resumes here
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], out: str | Path,
                 on_run: Callable[[str, int, dict | None], None] | None = None,
                 on_event: Callable[[dict], None] | None = None) -> dict:
@@ -171,26 +205,44 @@ def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], 
     write_text(out / "config.yaml", dump_config(cfg))
     summaries: dict[str, dict[int, dict]] = {}
     items: dict[str, dict[int, dict]] = {}
-    for name in order:
-        for seed in seeds:
+    def config_for(name: str, seed: int) -> RunConfig:
+        c = copy.deepcopy(cfg)
+        base, settings = parse_selector(name)
+        c.train.selector, c.train.seed = base, seed
+        for key, value in settings.items():
+            setattr(c.select, key, value)
+        c.select.stores = str(out / "stores")
+        return c
+
+    # Several `cropi compare` processes may share one folder (e.g. one per core): each run is claimed with a
+    # lock file, runs claimed elsewhere are deferred, and every process ends with the whole result.
+    pending = [(name, seed) for name in order for seed in seeds]
+    while pending:
+        deferred = []
+        for name, seed in pending:
             run_dir = out / "runs" / f"{name}-s{seed}"
-            c = copy.deepcopy(cfg)
-            base, settings = parse_selector(name)
-            c.train.selector, c.train.seed = base, seed
-            for key, value in settings.items():
-                setattr(c.select, key, value)
-            c.select.stores = str(out / "stores")
-            if (run_dir / "summary.json").exists():
-                summary = read_json(run_dir / "summary.json")
-            else:
-                if on_run:
-                    on_run(name, seed, None)
-                summary = run_training(c, run_dir, resume=(run_dir / "config.yaml").exists(), on_event=on_event)
+            if not (run_dir / "summary.json").exists():
+                if not _claim(run_dir):
+                    deferred.append((name, seed))
+                    continue
+                try:
+                    if not (run_dir / "summary.json").exists():
+                        if on_run:
+                            on_run(name, seed, None)
+                        run_training(config_for(name, seed), run_dir, resume=(run_dir / "config.yaml").exists(),
+                                     on_event=on_event)
+                finally:
+                    (run_dir / ".lock").unlink(missing_ok=True)
+            summary = read_json(run_dir / "summary.json")
             if on_run:
                 on_run(name, seed, summary)
             summaries.setdefault(name, {})[seed] = summary
             if (run_dir / "final_eval_items.json").exists():
                 items.setdefault(name, {})[seed] = read_json(run_dir / "final_eval_items.json")["items"]
+        if deferred and len(deferred) == len(pending):
+            time.sleep(10)  # everything left is running in another process
+        pending = deferred
+    summaries = {name: dict(sorted(summaries[name].items())) for name in order if name in summaries}
     suite = load_data(cfg.data)
     targeted_ids = {f: [p.id for p in suite.test[f]] for f in suite.targeted}
     results = compute_results(summaries, machine_description(), cfg.train.steps, items, targeted_ids)
