@@ -82,3 +82,15 @@ def test_score_missing_store_exit_2(tmp_path):
     r = runner.invoke(app, ["score", "--pool-store", str(tmp_path / "nope"), "--val-store", f"a={tmp_path}",
                             "--out", str(tmp_path / "s.parquet")])
     assert r.exit_code == 2 and "no trajectory store" in r.output and not (tmp_path / "s.parquet").exists()
+
+
+def test_curriculum_options_map_to_config():
+    from cropi.cli import _selection_sets
+    from cropi.config import load_config
+    from cropi.errors import CropiError
+
+    cfg = load_config(None, _selection_sets("cropi", None, 4, 50, 0.2, 7))
+    assert (cfg.train.selector, cfg.select.stages, cfg.train.steps, cfg.select.ratio, cfg.data.suite.pool_seed) == \
+        ("cropi", 4, 200, 0.2, 7)
+    with pytest.raises(CropiError):
+        _selection_sets(None, 100, 4, 50)
