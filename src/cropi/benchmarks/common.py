@@ -124,6 +124,17 @@ def results_paths(out_dir: Path) -> tuple[Path, Path]:
     return out_dir / f"{RESULTS_NAME}.json", out_dir / f"{RESULTS_NAME}.md"
 
 
+def _finite(obj):
+    """NaN / inf -> null: strict JSON has no such numbers."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def merge_results(out_dir: Path, update: Mapping) -> dict:
     """Merge ``update`` into ``out_dir/projection.json`` (sections replace sections), rewrite the markdown."""
     from cropi.evaluation.report import machine_description
@@ -140,7 +151,7 @@ def merge_results(out_dir: Path, update: Mapping) -> dict:
     for key in ("speed", "fidelity"):
         merged[key] = merged.get(key) or []
     merged.pop("schema_version", None)
-    write_json(json_path, merged)
+    write_json(json_path, _finite(merged))
     write_text(md_path, render_markdown(read_json(json_path)))
     return read_json(json_path)
 

@@ -406,10 +406,13 @@ def scoring_cost(plan: FidelityPlan, work: Path, track: Tracker, log: Callable[[
     table = score_pool(policy, pool_store, vals, work / "scores.parquet", cfg, on_prompt=on_prompt)
     score_s = time.perf_counter() - t0
     usable = sum(table.column("usable").to_pylist())
-    # the pool phase alone (validation gradients come first and are amortised over a real pool): seconds
-    # between the first and last usable pool prompts' callbacks
-    marks = [t for t, n in stamps if n == 1]
-    pool_only = (marks[-1] - marks[0]) / (len(marks) - 1) if len(marks) > 1 else math.nan
+    # the pool phase alone (validation gradients come first and are amortised over a real pool): the store
+    # reports once per chunk, so time the chunks after the first and spread it over their usable prompts
+    # (zero-variance groups cost almost nothing next to a gradient)
+    after_first = sum(n for _, n in stamps[1:])
+    usable_share = usable / max(1, table.num_rows)
+    pool_only = ((stamps[-1][0] - stamps[0][0]) / (after_first * usable_share)
+                 if len(stamps) > 1 and after_first and usable_share else None)
     # forward+backward alone on the same pool trajectories (no projection, no cosine)
     groups = [g for g in groups_from_rows(read_store(pool_store).to_pylist()) if not g.zero_variance]
     adv = track("forward+backward only", len(groups))
@@ -435,7 +438,7 @@ def scoring_cost(plan: FidelityPlan, work: Path, track: Tracker, log: Callable[[
             "ratio": score_per_prompt / train_per_prompt,
             "forward_backward_seconds_per_usable_prompt": fb_s / max(1, len(groups)),
             "score_seconds_per_usable_prompt_pool_only": pool_only,
-            "ratio_to_forward_backward": pool_only / (fb_s / max(1, len(groups))),
+            "ratio_to_forward_backward": None if pool_only is None else pool_only / (fb_s / max(1, len(groups))),
             "collect_seconds_per_prompt": collect_s / len(pool), "pool_prompts": len(pool),
             "usable_pool_prompts": usable, "validation_sets": {k: len(v) for k, v in vals_problems.items()},
             "score_config": cfg.__dict__, "grpo_prompts_per_step": run.train.prompts_per_step}
