@@ -113,3 +113,15 @@ def test_run_lock_claims_once_and_takes_over_stale_locks(tmp_path):
     assert _claim(run) and not _claim(run)  # held by this (live) process
     (run / ".lock").write_text("999999999")  # a pid that cannot exist: a crashed run
     assert _claim(run) and (run / ".lock").read_text() == str(__import__("os").getpid())
+
+
+def test_partial_gain_accelerations():
+    full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]
+    fast = [0.30, 0.40, 0.44, 0.45, 0.45, 0.45, 0.45]
+    r = compute_results({"full": {0: {"curve": _curve(full)}}, "cropi": {0: {"curve": _curve(fast)}}}, "m", 60)
+    half = r["partial_gain"]["0.5"]
+    # start 0.30, threshold 0.42 -> level 0.36; full smoothed [.315,.33,.36,...] reaches it at step 20;
+    # cropi smoothed [.35,.38,...] between steps 0 and 10: 0 + (0.36-0.35)/(0.38-0.35)*10 = 3.33
+    assert half["level"] == pytest.approx(0.36) and half["full_steps"] == pytest.approx(20.0)
+    assert half["selectors"]["cropi"]["median_step_acceleration"] == pytest.approx(20 / (10 / 3))
+    assert half["selectors"]["full"]["median_step_acceleration"] == pytest.approx(1.0)

@@ -140,6 +140,31 @@ def compute_results(summaries: dict[str, dict[int, dict]], machine: str, budget_
             "median": {k: med(k) for k in ("step_acceleration", "wall_acceleration", "final_targeted",
                                            "best_targeted", "best_untargeted")},
         }
+    out["partial_gain"] = _partial_gain(summaries, steps, sm, mean_t[0], threshold)
+    return out
+
+
+PARTIAL_GAIN_FRACTIONS = (0.5, 0.75, 0.9)
+
+
+def _partial_gain(summaries: dict, steps: list[float], full_smoothed: list[float], start: float,
+                  threshold: float) -> dict:
+    """Step-level acceleration to *fractions* of the full-data gain (start + f · (threshold − start)): where the
+    full-data curve is still rising at the end of the budget, the best-point threshold alone says little about
+    how much earlier a selector gets most of the way."""
+    out = {}
+    for f in PARTIAL_GAIN_FRACTIONS:
+        level = start + f * (threshold - start)
+        s_full = first_crossing(steps, full_smoothed, level)
+        per = {}
+        for name, runs in summaries.items():
+            vals = []
+            for s in runs.values():
+                curve = s["curve"]
+                s_run = first_crossing([c["step"] for c in curve], smooth([c["targeted"] for c in curve]), level)
+                vals.append(s_full / s_run if (s_run and s_full) else None)
+            per[name] = {"median_step_acceleration": _median(vals), "seeds": vals}
+        out[str(f)] = {"level": level, "full_steps": s_full, "selectors": per}
     return out
 
 
@@ -332,6 +357,16 @@ def write_report(results: dict, out: Path) -> None:
                          f"{_fmt(r['seconds_to_threshold'], digits=0)} | {_fmt(r['final_targeted'], pct=True)} | "
                          f"{r['collect_seconds']:.0f} | {r['score_seconds']:.0f} | {r['train_seconds']:.0f} | "
                          f"{'' if se is None else f'{100 * se:.2f}'} |")
+    partial = results.get("partial_gain")
+    if partial:
+        fr = list(partial)
+        lines += ["", "Step-level acceleration (median over seeds) to fractions of the full-data gain — the level "
+                  "start + f × (threshold − start), each run's smoothed curve against the seed-mean full-data one:", "",
+                  "| selector | " + " | ".join(f"f = {f} ({100 * partial[f]['level']:.1f}%)" for f in fr) + " |",
+                  "| --- | " + " | ".join("---:" for _ in fr) + " |"]
+        for name in sel:
+            lines.append(f"| {name} | " + " | ".join(_x(partial[f]["selectors"][name]["median_step_acceleration"])
+                                                     for f in fr) + " |")
     if "cropi" in sel and results.get("full_seconds_to_threshold"):
         rows = list(sel["cropi"]["seeds"].values())
         overhead = statistics.fmean(r["collect_seconds"] + r["score_seconds"] for r in rows)
