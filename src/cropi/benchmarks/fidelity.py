@@ -352,8 +352,19 @@ def run_fidelity_section(plan: FidelityPlan, work: Path, track: Tracker, log: Ca
     order = {g.prompt_id: i for i, g in enumerate(groups)}
     records = sorted((r for r in records if r["prompt_id"] in order), key=lambda r: order[r["prompt_id"]])
     rows = fidelity_rows(records, plan)
-    # seconds per prompt for the gradient, per single projection (one seed) for each configuration
+    # seconds per prompt for the gradient, per single projection (one seed) for each configuration; a resumed
+    # run that had nothing left to compute reports the timings of the invocation that did the work
     per = {k: v / (counted * (1 if k == "gradient" else plan.seeds)) for k, v in seconds.items()} if counted else {}
+    timing_path = work / "fidelity-timing.json"
+    timing = read_json(timing_path) if timing_path.exists() else {}
+    if counted:
+        timing.update(seconds_per_prompt=per, prompts_timed=counted)
+    timing["collect_seconds"] = max(collect_s, timing.get("collect_seconds", 0.0))  # a resumed collection is shorter
+    timing["val_mean_seconds"] = max(val_s, timing.get("val_mean_seconds", 0.0))
+    write_json(timing_path, timing)
+    per = timing.get("seconds_per_prompt", {})
+    counted = timing.get("prompts_timed", 0)
+    collect_s, val_s = timing["collect_seconds"], timing["val_mean_seconds"]
     for r in rows:
         src, _ = source[r["config"]]
         r["projection_seconds"] = per.get(src.name)
