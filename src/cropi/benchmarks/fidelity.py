@@ -477,7 +477,7 @@ def run_fidelity(plan: FidelityPlan, out_dir: Path, work_dir: Path, track: Track
         f"collected: zero-variance share {100 * st['zero_variance_share_train']:.0f}%), validation mean over "
         f"{st['val_in_mean']} prompts (zero-variance share {100 * st['zero_variance_share_val']:.0f}%); "
         f"G = {plan.group_size}, T = {plan.temperature}, {plan.max_new_tokens} new tokens; {plan.seeds} projection seeds.",
-        "Measured in this run: gradient {:.2f} s per prompt; one projection (one seed): {}.".format(
+        "Measured while the prompts were computed: gradient {:.2f} s per prompt; one projection (one seed): {}.".format(
             st["seconds_per_prompt_this_run"].get("gradient", math.nan),
             ", ".join(f"{k} {v:.2f} s" for k, v in st["seconds_per_prompt_this_run"].items() if k != "gradient")),
     ]
