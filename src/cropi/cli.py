@@ -61,6 +61,7 @@ PoolOpt = typer.Option(None, "--pool", help="Your own training pool (JSONL/Parqu
 ValOpt = typer.Option(None, "--val", help="Validation set NAME=PATH (repeatable); its NAME marks a test split as targeted.")
 TestOpt = typer.Option(None, "--test", help="Test split NAME=PATH (repeatable).")
 FieldOpt = typer.Option(None, "--field", help="Column mapping FIELD=COLUMN for your files, e.g. --field prompt=question.")
+ModelOpt = typer.Option(None, help="tiny (embedded), smollm2 (fetched), an HF folder or hub id.")
 AnswerFmtOpt = typer.Option(None, "--answer-format", help="How to read gold answers from your files: plain, gsm8k (after ####), boxed.")
 
 
@@ -152,7 +153,7 @@ def train(
     select_ratio: Optional[float] = RatioOpt,
     pool_seed: Optional[int] = PoolSeedOpt,
     seed: Optional[int] = typer.Option(None, help="Seed for prompt order and sampling."),
-    model: Optional[str] = typer.Option(None, help="tiny (embedded), smollm2 (fetched), an HF folder or hub id."),
+    model: Optional[str] = ModelOpt,
     pool: Optional[str] = PoolOpt,
     val: Optional[List[str]] = ValOpt,
     test: Optional[List[str]] = TestOpt,
@@ -270,7 +271,7 @@ def compare(
     steps_per_stage: Optional[int] = StepsPerStageOpt,
     select_ratio: Optional[float] = RatioOpt,
     pool_seed: Optional[int] = PoolSeedOpt,
-    model: Optional[str] = typer.Option(None, help="tiny (embedded), smollm2 (fetched), an HF folder or hub id."),
+    model: Optional[str] = ModelOpt,
     pool: Optional[str] = PoolOpt,
     val: Optional[List[str]] = ValOpt,
     test: Optional[List[str]] = TestOpt,
