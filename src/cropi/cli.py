@@ -317,8 +317,6 @@ def demo(
     The same task suite and hyper-parameters as `cropi compare` (only the budget may be smaller; it is
     printed).  Ends with the report path and a three-line summary.  Rerun to resume.
     """
-    from cropi.config import load_config
-
     cfg = _build_config(None, None, extra=_compare_sets(steps, stages, None) + _selection_sets(None, steps, stages))
     typer.echo(f"cropi demo: cropi vs full-data GRPO, {steps} steps in {stages} stages per run, seed 0, embedded "
                f"tiny policy, {cfg.data.suite.pool_size}-prompt pool, selection ratio {cfg.select.ratio}")
