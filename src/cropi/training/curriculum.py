@@ -158,8 +158,9 @@ class Curriculum:
         per_set: dict[str, dict[str, float]] = {}
         ess: dict[str, float] = {}
         from_overlay: set[str] = set()
-        if self.cfg.select.candidates > 0:  # a seeded candidate subset (the same at stage 0 for every seed's
-            ids = sorted(p.id for p in self.suite.pool)  # static influence and cropi)
+        if self.cfg.select.candidates > 0:
+            # A seeded candidate subset; at stage 0 static influence and cropi of one seed score the same one.
+            ids = sorted(p.id for p in self.suite.pool)
             random.Random(f"candidates:{self.cfg.train.seed}:{stage}").shuffle(ids)
             pool = subset_store(pool, ids[: self.cfg.select.candidates], self.stage_dir(stage) / f"candidates{tag}")
         for i, store in enumerate([pool, *map(Path, overlays)]):
@@ -169,8 +170,9 @@ class Curriculum:
                 if not row["usable"]:
                     continue
                 pid = row["prompt_id"]
-                ess[pid] = row["ess"]
-                if i > 0:
+                if i == 0:  # drift is judged on β's pool groups; re-probed groups are on-policy (ESS = 1)
+                    ess[pid] = row["ess"]
+                else:
                     from_overlay.add(pid)
                 for name in validation:
                     per_set.setdefault(name, {})[pid] = row[f"score_{name}"]
@@ -179,7 +181,7 @@ class Curriculum:
         vals = sorted(ess.values())
         summary = {
             "candidates": self.cfg.select.candidates or len(self.suite.pool),
-            "usable": len(ess),
+            "usable": len(ess) + len(from_overlay),
             "ess_median": statistics.median(vals) if vals else None,
             "ess_p10": vals[len(vals) // 10] if vals else None,
             "score_seconds": time.perf_counter() - t0,
