@@ -1,7 +1,5 @@
 """End-to-end scoring on the micro model: stores -> POPI -> projection -> cosine -> RRF."""
 
-import math
-
 import pytest
 import torch
 

@@ -209,7 +209,7 @@ def target_checks(res: Mapping) -> list[tuple[str, str, bool | None, str]]:
                     share <= BACKWARD_SHARE_TARGET,
                     f"{100 * share:.1f}% ({_f(drow['seconds_per_gradient'])} s / {_f(bwd)} s)"))
     else:
-        out.append(("share", f"default projection <= 5% of one forward+backward", None, "—"))
+        out.append(("share", "default projection <= 5% of one forward+backward", None, "—"))
     # the default configuration's kind and sparsifier at k = 8192 (the k the target names)
     dcfg = parse_config(default).with_k(8192).name if default else None
     frow = next((r for r in res.get("fidelity") or [] if r["config"] == dcfg), None)
