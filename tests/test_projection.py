@@ -10,6 +10,7 @@ from cropi.errors import ConfigError
 from cropi.projection import (Projector, calibrate_keep, hash64, hash_range, make_projector,
                               param_shapes_of, ref_hash64, resolve_keep, select_params, tensor_salt)
 from cropi.projection.hashing import STREAM_KEEP, MASK64, to_unsigned
+from cropi.projection.kernels import BACKEND_ENV, backend_name
 from cropi.projection.naive import naive_sjlt
 from cropi.projection.reference import (dense_matrix, ref_gaussian, ref_keep, ref_project,
                                         ref_rademacher, ref_sjlt_column)
@@ -23,6 +24,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+try:
+    import numba  # noqa: F401
+    HAVE_NUMBA = True
+except ImportError:
+    HAVE_NUMBA = False
+BACKENDS = ["torch", pytest.param("numba", marks=pytest.mark.skipif(not HAVE_NUMBA, reason="numba not installed"))]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    """Run a test with the torch path and with the fused numba kernel (cropi.projection.kernels)."""
+    monkeypatch.setenv(BACKEND_ENV, request.param)
+    assert backend_name() == request.param
+    return request.param
 
 
 def _grads(shapes, gen, batch=None, dtype=torch.float32):
@@ -89,7 +106,7 @@ SHAPES = {"a.weight": (7, 13), "b.bias": (5,), "c.weight": (3, 43), "d.weight": 
     ("rademacher", 70, 1, 1.0),
     ("rademacher", 5, 1, 0.4),
 ])
-def test_per_parameter_streaming_equals_flat_projection(kind, k, s, keep):
+def test_per_parameter_streaming_equals_flat_projection(kind, k, s, keep, backend):
     gen = torch.Generator().manual_seed(1)
     p = make_projector(kind, k, 3, SHAPES, keep=keep, block_size=64, s=s, small_numel=1, min_kept=1)
     grads = _grads(SHAPES, gen)
@@ -104,6 +121,38 @@ def test_per_parameter_streaming_equals_flat_projection(kind, k, s, keep):
     if keep != 1.0:  # the sparsifier really dropped coordinates
         kept = sum(ref_keep(3, n, i, p.keep_probs[n]) for n in p.names for i in range(p.numel[n]))
         assert 5 < kept < p.dim - 5
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba not installed")
+@pytest.mark.parametrize("bits", [16, 32])
+def test_fused_kernel_matches_reference_beyond_2_40(bits, monkeypatch):
+    from cropi.projection.kernels import sjlt_accumulate
+
+    monkeypatch.setenv(BACKEND_ENV, "numba")
+    per, mask, salt = 64 // bits, (1 << 12) - 1, tensor_salt(9, "w", 16)
+    for word0 in (0, 2**31 // per + 3, 2**40 // per + 5, 2**62 // per):
+        x = torch.arange(1, 15, dtype=torch.float32)  # 14 coordinates: whole words plus a partial one
+        acc = torch.zeros(mask + 1)
+        sjlt_accumulate(x.numpy(), salt, word0, bits, mask, acc.numpy())
+        expected = torch.zeros(mask + 1)
+        for t in range(x.numel()):
+            i = word0 * per + t
+            expected[(ref_hash64(salt, i // per) >> (bits * (i % per))) & mask] += x[t]
+        assert torch.equal(acc, expected)
+
+
+def test_backends_agree_on_a_large_tensor(monkeypatch):
+    if not HAVE_NUMBA:
+        pytest.skip("numba not installed")
+    gen = torch.Generator().manual_seed(8)
+    shapes = {"w": (1000, 700), "b": (333,)}
+    grads = _grads(shapes, gen)
+    outs = {}
+    for be in ("torch", "numba"):
+        monkeypatch.setenv(BACKEND_ENV, be)
+        outs[be] = make_projector("sjlt", 1024, 2, shapes).project(grads)
+    scale = outs["torch"].abs().max().item()
+    assert torch.allclose(outs["torch"], outs["numba"], atol=1e-5 * scale)  # fp32 summation order only
 
 
 def test_keep_rule_on_ties_of_the_high_bits():
@@ -128,7 +177,7 @@ def test_keep_rule_on_ties_of_the_high_bits():
 # ------------------------------------------------------------------- batch, determinism, linearity
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("keep", [1.0, 0.5])
-def test_batched_equals_single_calls_bitwise(kind, keep):
+def test_batched_equals_single_calls_bitwise(kind, keep, backend):
     gen = torch.Generator().manual_seed(2)
     p = make_projector(kind, 32, 5, SHAPES, keep=keep, block_size=64, small_numel=1, min_kept=1)
     for dtype in (torch.float32, torch.bfloat16):
@@ -157,7 +206,7 @@ def test_deterministic_from_keys_and_seeds_differ(kind):
                        .project(dict(reversed(list(grads.items())))))
 
 
-def test_sjlt_map_does_not_depend_on_block_size():
+def test_sjlt_map_does_not_depend_on_block_size(backend):
     gen = torch.Generator().manual_seed(4)
     shapes = {"w": (300, 37), "v": (1000,)}
     grads = _grads(shapes, gen)

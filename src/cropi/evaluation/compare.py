@@ -35,8 +35,10 @@ SMOOTH = 3
 # Variants of the cropi selector with our departures from the paper switched on: ``cropi+drift``,
 # ``cropi+reprobe``, ``cropi+drift+reprobe``.  Their settings are conventional, not tuned on results: re-collect
 # when the median ESS falls below half (the usual resampling rule for importance weights), and re-probe 200
-# zero-variance prompts per stage with G responses each.
-VARIANT_SETTINGS = {"drift": {"drift_ess_threshold": 0.5}, "reprobe": {"reprobe_prompts": 200}}
+# zero-variance prompts per stage with G responses each; ``refresh`` re-collects the trajectories with the
+# current policy at every stage (its setting was chosen on validation: benchmarks/results/probe-validation.md).
+VARIANT_SETTINGS = {"drift": {"drift_ess_threshold": 0.5}, "reprobe": {"reprobe_prompts": 200},
+                    "refresh": {"refresh_every": 1}}
 
 
 def parse_selector(spec: str) -> tuple[str, dict]:

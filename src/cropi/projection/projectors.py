@@ -32,6 +32,7 @@ import torch
 from ..errors import ConfigError
 from .hashing import (GOLDEN, STREAM_GAUSSIAN, STREAM_KEEP, STREAM_KEEP_LO, STREAM_RADEMACHER, STREAM_SJLT,
                       CounterCache, hash64, lsr, mix64_, tensor_salt, to_signed)
+from .kernels import numba_kernels, sjlt_accumulate
 from .sparsify import MIN_KEPT, SMALL_NUMEL, keep_threshold, resolve_keep
 
 KINDS = ("gaussian", "rademacher", "sjlt")
@@ -294,6 +295,14 @@ class SJLTProjector(HashProjector):
 
     def _add_range(self, acc, state, name, st, xb) -> None:
         w = 2 * self.m
+        if self.pow2 and xb.device.type == "cpu" and numba_kernels() is not None:
+            # fused hash + scatter (cropi.projection.kernels): the same map, no int64 temporaries
+            for b in range(xb.shape[0]):
+                row = xb[b].contiguous().numpy()
+                for j, salt in enumerate(self._salts[name]):
+                    sjlt_accumulate(row, salt, st // self.per_word, self.bits, w - 1,
+                                    acc[b, j * w:(j + 1) * w].numpy())
+            return
         for j, salt in enumerate(self._salts[name]):
             b2 = self._b2_range(salt, st, xb.shape[1], state, xb.device)
             self._scatter(acc[:, j * w:(j + 1) * w], b2, xb)

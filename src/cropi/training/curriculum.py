@@ -10,6 +10,8 @@ Beyond the paper (each off by default, switched in ``select``):
   moved far from β the sequence-level ESS collapses and the estimate is unreliable.  When the pool's median
   ESS falls below the threshold, the pool and validation trajectories are re-collected with the current
   policy (which becomes the new β) and the stage is scored again.
+- **Scheduled refresh** (``refresh_every``): the same re-collection on a fixed schedule, before scoring, so
+  the stored rewards (which decide which groups have a gradient at all) are the current policy's.
 - **Blind-spot re-probe** (``reprobe_prompts``): a prompt whose behaviour group had equal rewards has zero
   gradient at every later stage, so the authors' code can never select it, even after the policy has learned
   enough to make it useful.  Each stage re-samples a seeded subset of such prompts with the current policy;
@@ -192,6 +194,12 @@ class Curriculum:
     def _influence(self, stage: int, info: dict) -> list[str]:
         sel = self.cfg.select
         pool, validation, overlays = self._active(stage)
+        if stage > 0 and sel.refresh_every > 0 and stage % sel.refresh_every == 0:
+            t0 = time.perf_counter()
+            stores = behaviour_stores(self.policy, self.suite, self.cfg, self.stage_dir(stage) / "behaviour",
+                                      self.on_event, tag=f"stage-{stage}")
+            pool, validation, overlays = stores.pool, stores.validation, []
+            info["refresh"] = {"collect_seconds": time.perf_counter() - t0}
         if stage > 0 and sel.reprobe_prompts > 0:
             overlay, info["reprobe"] = self._reprobe(stage, pool, overlays)
             if overlay is not None:
@@ -199,7 +207,7 @@ class Curriculum:
         ranking, info["ess"] = self._score(stage, pool, validation, overlays)
         info["score_seconds"] = info["ess"]["score_seconds"]
         median = info["ess"]["ess_median"]
-        if stage > 0 and sel.drift_ess_threshold > 0:
+        if stage > 0 and sel.drift_ess_threshold > 0 and "refresh" not in info:
             fired = median is not None and median < sel.drift_ess_threshold
             info["drift"] = {"fired": fired, "ess_median": median, "threshold": sel.drift_ess_threshold}
             if fired:

@@ -90,7 +90,10 @@ def run_training(
         raise ConfigError(f"select.stages: {cfg.select.stages} must be between 1 and train.steps ({cfg.train.steps})")
     if not 0 < cfg.select.ratio <= 1:
         raise ConfigError(f"select.ratio: {cfg.select.ratio} must be in (0, 1]")
+    if cfg.eval.split not in ("test", "validation"):
+        raise ConfigError(f"eval.split: {cfg.eval.split!r} must be 'test' or 'validation'")
     suite = load_data(cfg.data)
+    eval_sets = suite.test if cfg.eval.split == "test" else suite.validation
     policy = load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype)
     done = _prepare_run_dir(run_dir, cfg, resume)
     metrics_path = run_dir / "metrics.jsonl"
@@ -98,7 +101,7 @@ def run_training(
     last_items: dict = {}
 
     def evaluate_fn(pol, step: int) -> dict:
-        r = evaluate(pol, suite.test, suite.targeted, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+        r = evaluate(pol, eval_sets, suite.targeted, cfg.eval.max_new_tokens, cfg.eval.batch_size)
         last_items.update(step=step, items=r.items)
         return r.to_dict()
 
