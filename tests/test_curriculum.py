@@ -122,6 +122,20 @@ def test_drift_control_and_reprobe_fire(micro_model_dir, tmp_path):
     assert (tmp_path / "d" / "stages" / "stage-01" / "scores-after-drift.parquet").exists()
 
 
+def test_scheduled_refresh_recollects_before_scoring(micro_model_dir, tmp_path):
+    from cropi.training.run import run_training
+
+    sets = _sets(micro_model_dir, steps=3, stages=3, **{"select.refresh_every": 2, "select.candidates": 30,
+                                                          "select.drift_ess_threshold": 1.01})
+    run_training(load_config(None, sets), tmp_path / "r")
+    recs = [json.loads((tmp_path / "r" / "stages" / f"stage-{s:02d}" / "selection.json").read_text()) for s in range(3)]
+    assert "refresh" not in recs[1] and recs[1]["drift"]["fired"]  # drift still guards the stages in between
+    assert recs[2]["refresh"]["collect_seconds"] > 0 and "drift" not in recs[2]  # scored once, on fresh rollouts
+    assert recs[2]["behaviour"]["pool"].endswith("stage-02/behaviour/pool")
+    assert recs[2]["ess"]["ess_median"] == pytest.approx(1.0)  # the current policy is the behaviour policy
+    assert not (tmp_path / "r" / "stages" / "stage-02" / "scores-after-drift.parquet").exists()
+
+
 _CHILD = textwrap.dedent("""
     import os, signal, sys, torch
     torch.set_num_threads(1)
