@@ -29,6 +29,7 @@ from cropi import SCHEMA_VERSION
 from cropi.config import RunConfig, dump_config
 from cropi.errors import ConfigError
 from cropi.io import read_json, write_json, write_text
+from cropi.training.curriculum import recollect_seconds
 
 SMOOTH = 3
 
@@ -125,7 +126,8 @@ def compute_results(summaries: dict[str, dict[int, dict]], machine: str, budget_
                 "best_untargeted": max(unt) if unt else None,
                 "final_targeted": statistics.fmean(tgt[-3:]),
                 "final_untargeted": statistics.fmean(unt[-3:]) if unt else None,
-                "collect_seconds": s.get("collect_seconds") or 0.0,
+                # the first collection plus every later one (drift, refresh, re-probe)
+                "collect_seconds": (s.get("collect_seconds") or 0.0) + recollect_seconds(s.get("stage_summaries", [])),
                 "score_seconds": s.get("score_seconds") or 0.0,
                 "select_seconds": s.get("select_seconds") or 0.0,
                 "train_seconds": s.get("train_seconds", s.get("wall_seconds", 0.0)) or 0.0,

@@ -81,6 +81,13 @@ def behaviour_stores(policy: Policy, suite: Suite, cfg: RunConfig, folder: Path,
                            sum(timing.values()))
 
 
+def recollect_seconds(stage_summaries: list[dict]) -> float:
+    """Seconds spent sampling with the current policy after the first collection: drift control, scheduled
+    refresh and blind-spot re-probes (part of each stage's selection seconds)."""
+    return sum(s.get("drift", {}).get("collect_seconds", 0.0) + s.get("refresh", {}).get("collect_seconds", 0.0)
+               + s.get("reprobe", {}).get("seconds", 0.0) for s in stage_summaries)
+
+
 class Curriculum:
     """Per-stage selection for one run.  ``selection(stage)`` returns the stage's record (selected ids,
     diagnostics, seconds), computing and writing it on first use."""

@@ -27,7 +27,7 @@ from cropi.policy import load_policy
 from cropi.tasks.loading import load_data
 from cropi.training import checkpoint
 from cropi.selection import make_selector
-from cropi.training.curriculum import Curriculum, behaviour_stores
+from cropi.training.curriculum import Curriculum, behaviour_stores, recollect_seconds
 from cropi.training.grpo import start_session, train_grpo
 
 
@@ -152,6 +152,7 @@ def run_training(
         "wall_seconds": round(state.train_seconds, 2),
         "train_seconds": round(state.train_seconds, 2),
         "collect_seconds": round(stores.collect_seconds, 2) if stores else 0.0,
+        "recollect_seconds": round(recollect_seconds(stage_info), 2),
         "select_seconds": round(state.select_seconds, 2),
         "score_seconds": round(sum(s.get("score_seconds", 0.0) for s in stage_info), 2),
         "curve": curve,
