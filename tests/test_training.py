@@ -77,3 +77,17 @@ def test_step_prompts_cover_each_epoch_once():
     epoch0 = [p.id for s in range(5) for p in step_prompts(probs, s, 2, seed=3)]
     assert sorted(epoch0) == sorted(p.id for p in probs)
     assert [p.id for p in step_prompts(probs, 7, 4, 3)] == [p.id for p in step_prompts(probs, 7, 4, 3)]
+
+
+def test_validation_split_evaluation_for_choosing_settings(micro_model_dir, tmp_path):
+    import pytest
+
+    from cropi.errors import ConfigError
+
+    s = run_training(_cfg(micro_model_dir, steps=2, **{"eval.split": "validation"}), tmp_path / "v")
+    # validation holds the targeted families only: no untargeted accuracy, and its sizes are the validation sets'
+    assert all(c["untargeted"] is None for c in s["curve"])
+    assert set(s["per_family_final"]) == {"add", "sub"} and s["eval_n"] == {"add": 8, "sub": 8}
+    with pytest.raises(ConfigError, match="eval.split"):
+        run_training(_cfg(micro_model_dir, steps=2, **{"eval.split": "tests"}), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()  # refused before anything is written

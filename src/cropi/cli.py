@@ -180,7 +180,8 @@ def train(
 def _print_summary(summary: dict, out: Path) -> None:
     c0 = summary["curve"][0]
     typer.echo(f"report: {out / 'report.md'}")
-    typer.echo(f"targeted test accuracy: {100 * c0['targeted']:.1f}% at step 0 -> {100 * summary['final_targeted']:.1f}% "
+    split = summary.get("config", {}).get("eval", {}).get("split", "test")
+    typer.echo(f"targeted {split} accuracy: {100 * c0['targeted']:.1f}% at step 0 -> {100 * summary['final_targeted']:.1f}% "
                f"(mean of last 3 evals), best {100 * summary['best_targeted']:.1f}%")
     if c0.get("untargeted") is not None:
         typer.echo(f"untargeted test accuracy: {100 * c0['untargeted']:.1f}% -> {100 * summary['final_untargeted']:.1f}%")

@@ -277,6 +277,7 @@ def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], 
     results = compute_results(summaries, machine_description(), cfg.train.steps, items, targeted_ids)
     results["stages"] = cfg.select.stages
     results["select_ratio"] = cfg.select.ratio
+    results["eval_split"] = cfg.eval.split  # "validation" when settings are being chosen
     results["test_n_targeted"] = sum(len(v) for v in targeted_ids.values())
     write_json(out / "results.json", results)
     write_report(results, out)
@@ -315,7 +316,7 @@ def plot_comparison(results: dict, out: Path) -> list[str]:
                 ax.fill_between(xs, [100 * min(v) for v in vals], [100 * max(v) for v in vals], alpha=0.15)
             if key == "targeted":
                 ax.axhline(100 * results["threshold_targeted"], color="k", ls=":", lw=1, label="full-data best")
-            ax.set_title(f"{key} test accuracy")
+            ax.set_title(f"{key} {results.get('eval_split', 'test')} accuracy")
             ax.set_xlabel("GRPO step" if xkey == "step" else "collection + scoring + training seconds")
             ax.set_ylabel("accuracy (%)")
             ax.grid(alpha=0.3)

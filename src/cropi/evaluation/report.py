@@ -32,8 +32,8 @@ def machine_description() -> str:
             f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
 
 
-def plot_curves(curves: dict[str, list[dict]], path: Path, title: str = "") -> None:
-    """Targeted and untargeted test accuracy against GRPO steps, one line per run."""
+def plot_curves(curves: dict[str, list[dict]], path: Path, title: str = "", split: str = "test") -> None:
+    """Targeted and untargeted accuracy on ``split`` against GRPO steps, one line per run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,11 +45,12 @@ def plot_curves(curves: dict[str, list[dict]], path: Path, title: str = "") -> N
             pts = [(c["step"], c[key]) for c in curve if c.get(key) is not None]
             if pts:
                 ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", ms=3, label=name)
-        ax.set_title(f"{key} test accuracy (macro over families)")
+        ax.set_title(f"{key} {split} accuracy (macro over families)")
         ax.set_xlabel("GRPO step")
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_lines():
+            ax.legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -64,8 +65,9 @@ def write_run_report(run_dir: Path, summary: dict) -> None:
     """``summary.json``, ``accuracy.png`` and ``report.md`` for one training run."""
     run_dir = Path(run_dir)
     write_json(run_dir / "summary.json", summary)
+    split = summary.get("config", {}).get("eval", {}).get("split", "test")
     plot_curves({summary["selector"]: summary["curve"]}, run_dir / "accuracy.png",
-                f"{summary['selector']} · model {summary.get('model')} · seed {summary['seed']}")
+                f"{summary['selector']} · model {summary.get('model')} · seed {summary['seed']}", split=split)
     curve = summary["curve"]
     lines = [
         f"# cropi run: {summary['selector']} (seed {summary['seed']})",
@@ -75,7 +77,7 @@ def write_run_report(run_dir: Path, summary: dict) -> None:
         f"- machine: {summary.get('machine')}",
         f"- training wall time (rollouts + updates, evaluation excluded): {summary['wall_seconds']:.1f} s; "
         f"{summary.get('steps_per_minute', 0):.2f} GRPO steps/min; rollout {summary.get('rollout_tokens_per_second', 0):.0f} tokens/s",
-        f"- targeted test accuracy: step 0 {100 * curve[0]['targeted']:.1f}% -> best {100 * summary['best_targeted']:.1f}% "
+        f"- targeted {split} accuracy: step 0 {100 * curve[0]['targeted']:.1f}% -> best {100 * summary['best_targeted']:.1f}% "
         f"(last-3 mean {100 * summary.get('final_targeted', 0):.1f}%)",
         "",
         "![accuracy](accuracy.png)",
