@@ -251,10 +251,11 @@ def _print_compare(results: dict, out: Path) -> None:
                 else f"{m['wall_acceleration']:.2f}x the wall-clock speed")
         typer.echo(f"{name}: reached {target} with {m['step_acceleration']:.2f}x fewer steps than full data, {wall}")
     f, c = sel["full"]["median"], sel.get("cropi", sel["full"])["median"]
-    typer.echo(f"final targeted accuracy: full {100 * f['final_targeted']:.1f}%"
-               + (f", cropi {100 * c['final_targeted']:.1f}%" if "cropi" in sel else "")
-               + f"; best untargeted: full {100 * f['best_untargeted']:.1f}%"
-               + (f", cropi {100 * c['best_untargeted']:.1f}%" if "cropi" in sel else ""))
+    pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # no untargeted families on the validation split
+    typer.echo(f"final targeted accuracy: full {pct(f['final_targeted'])}"
+               + (f", cropi {pct(c['final_targeted'])}" if "cropi" in sel else "")
+               + f"; best untargeted: full {pct(f['best_untargeted'])}"
+               + (f", cropi {pct(c['best_untargeted'])}" if "cropi" in sel else ""))
 
 
 @app.command()
