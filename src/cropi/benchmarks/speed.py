@@ -35,6 +35,7 @@ from cropi.benchmarks.common import (ProjConfig, best_time, merge_results, parse
                                      stream_read_gbps)
 from cropi.io import read_json, write_json
 from cropi.projection import calibrate_keep, make_projector, param_shapes_of
+from cropi.projection.kernels import backend_name
 from cropi.projection.naive import NaiveSJLT
 
 Tracker = Callable[[str, int], Callable[[int], None]]
@@ -337,7 +338,9 @@ def run_speed(plan: SpeedPlan, out_dir: Path, work_dir: Path, track: Tracker | N
              f"Errors at every size are measured at that size on {plan.pairs_vectors * (plan.pairs_vectors - 1) // 2} "
              "pairs of heavy-tailed vectors (top 1% of coordinates: "
              f"{100 * timing['top1pct_energy_share']:.0f}% of the squared norm).",
-             "Single-threaded timings (torch.set_num_threads(%d)) on a shared machine: best of three calls." % plan.threads]
+             "Single-threaded timings (torch.set_num_threads(%d)): best of three calls." % plan.threads,
+             f"SJLT backend: {backend_name()} (`cropi.projection.kernels`; the sparsified configurations use the "
+             "torch path for their kept coordinates)."]
     update = {"stream_read_gbps": gbps, "backward_seconds": bwd, "speed": rows,
               "meta": {"backward_model": plan.model, "backward_shape": [plan.fwd_bwd_responses, plan.fwd_bwd_tokens],
                        "speed_note": f"speed: {'QUICK (reduced) run' if plan.quick else 'full run'}; "
