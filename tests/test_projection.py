@@ -101,6 +101,7 @@ SHAPES = {"a.weight": (7, 13), "b.bias": (5,), "c.weight": (3, 43), "d.weight": 
     ("sjlt", 16, 4, 0.5),            # s > 1, sparsified
     ("sjlt", 12, 2, 1.0),            # k/s not a power of two: 32-bit lanes, multiply-shift rows
     ("sjlt", 2**16, 1, 0.6),         # power of two above the 16-bit lane range
+    ("sjlt", 2**16, 1, 1.0),         # ... kept whole: the 32-bit lanes of the fused kernel
     ("gaussian", 9, 1, 1.0),
     ("gaussian", 8, 1, {"a.weight": 0.3, "b.bias": 0.5, "c.weight": 1.0, "d.weight": 0.7}),
     ("rademacher", 70, 1, 1.0),
