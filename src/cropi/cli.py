@@ -184,7 +184,7 @@ def _print_summary(summary: dict, out: Path) -> None:
     typer.echo(f"targeted {split} accuracy: {100 * c0['targeted']:.1f}% at step 0 -> {100 * summary['final_targeted']:.1f}% "
                f"(mean of last 3 evals), best {100 * summary['best_targeted']:.1f}%")
     if c0.get("untargeted") is not None:
-        typer.echo(f"untargeted test accuracy: {100 * c0['untargeted']:.1f}% -> {100 * summary['final_untargeted']:.1f}%")
+        typer.echo(f"untargeted {split} accuracy: {100 * c0['untargeted']:.1f}% -> {100 * summary['final_untargeted']:.1f}%")
     typer.echo(f"{summary['steps']} GRPO steps in {summary['wall_seconds']:.0f} s of training "
                f"({summary['steps_per_minute']:.1f} steps/min, {summary['rollout_tokens_per_second']:.0f} rollout tokens/s)")
 

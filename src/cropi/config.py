@@ -102,8 +102,8 @@ class SelectConfig:
     # Re-collect the pool with the current policy when the median sequence-level ESS falls below this
     # (0 = never): the off-policy estimate is unreliable once β and π_θ drift apart.
     drift_ess_threshold: float = 0.0
-    # Re-collect the pool and validation trajectories with the current policy every this many stages, before
-    # scoring (0 = never).  The stored rewards then say which prompts are learnable *now*: with β's rewards
+    # cropi only: re-collect the pool and validation trajectories with the current policy every this many
+    # stages, before scoring (0 = never).  The stored rewards then say which prompts are learnable *now*: with β's rewards
     # a prompt the policy has since mastered still looks mixed, and training on it gives all-correct groups.
     refresh_every: int = 0
     # Re-sample this many zero-variance ("blind-spot") prompts per stage with the current policy (0 = off),
@@ -123,7 +123,9 @@ class EvalConfig:
     max_new_tokens: int = 10
     batch_size: int = 512
     # "test" (the reported curves) or "validation": choose settings (a selector's stages, drift threshold, ...)
-    # on the validation sets without looking at the test splits.  Validation has targeted families only.
+    # on the validation sets without looking at the test splits.  The embedded validation sets hold targeted
+    # families only, and they also drive the influence scores, so they favour the influence selectors: use
+    # them to rank variants of one selector, not to compare selectors.
     split: str = "test"
 
 

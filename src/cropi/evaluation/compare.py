@@ -273,7 +273,8 @@ def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], 
         pending = deferred
     summaries = {name: dict(sorted(summaries[name].items())) for name in order if name in summaries}
     suite = load_data(cfg.data)
-    targeted_ids = {f: [p.id for p in suite.test[f]] for f in suite.targeted}
+    eval_sets = suite.test if cfg.eval.split == "test" else suite.validation
+    targeted_ids = {f: [p.id for p in eval_sets[f]] for f in suite.targeted}
     results = compute_results(summaries, machine_description(), cfg.train.steps, items, targeted_ids)
     results["stages"] = cfg.select.stages
     results["select_ratio"] = cfg.select.ratio
@@ -339,7 +340,7 @@ def write_report(results: dict, out: Path) -> None:
         "",
         f"- machine: {results['machine']}",
         f"- budget: {results['budget_steps']} GRPO steps per run; {results.get('stages', '?')} stages; "
-        f"selection ratio {results.get('select_ratio', '?')}; targeted test n = {results.get('test_n_targeted', '?')}",
+        f"selection ratio {results.get('select_ratio', '?')}; targeted {results.get('eval_split', 'test')} n = {results.get('test_n_targeted', '?')}",
         f"- threshold (best of the seed-mean full-data targeted curve, smoothed over {SMOOTH} evaluations): "
         f"{_fmt(results['threshold_targeted'], pct=True)}%, reached by full data at step "
         f"{_fmt(results['full_steps_to_threshold'], digits=0)} / {_fmt(results['full_seconds_to_threshold'], digits=0)} s",

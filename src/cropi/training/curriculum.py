@@ -130,7 +130,9 @@ class Curriculum:
             selected = self.selector.select(ctx)
         if not selected:
             raise CropiError(f"stage {stage}: selector {self.selector.name!r} chose no prompts")
-        rates = self._pass_rates(stage) if self.stores else None
+        # the rollouts in force for this stage: a refresh or drift re-collection above replaced the older ones
+        rates = (pass_rates(info["behaviour"]["pool"]) if "behaviour" in info
+                 else self._pass_rates(stage) if self.stores else None)
         previous = self._record(stage - 1)["selected"] if stage > 0 else None
         learn = select_learnability(rates, self.cfg.select.ratio) if rates else None
         info["diagnostics"] = selection_diagnostics(selected, self.suite.pool, rates, previous, learn)
@@ -202,12 +204,13 @@ class Curriculum:
         sel = self.cfg.select
         pool, validation, overlays = self._active(stage)
         if stage > 0 and sel.refresh_every > 0 and stage % sel.refresh_every == 0:
-            t0 = time.perf_counter()
             stores = behaviour_stores(self.policy, self.suite, self.cfg, self.stage_dir(stage) / "behaviour",
                                       self.on_event, tag=f"stage-{stage}")
             pool, validation, overlays = stores.pool, stores.validation, []
-            info["refresh"] = {"collect_seconds": time.perf_counter() - t0}
-        if stage > 0 and sel.reprobe_prompts > 0:
+            # timing.json's total, so a collection interrupted and resumed is charged in full
+            info["refresh"] = {"collect_seconds": stores.collect_seconds}
+        # after a refresh every pool prompt was just sampled by this policy: nothing left to re-probe
+        if stage > 0 and sel.reprobe_prompts > 0 and "refresh" not in info:
             overlay, info["reprobe"] = self._reprobe(stage, pool, overlays)
             if overlay is not None:
                 overlays.append(str(overlay))
@@ -218,11 +221,10 @@ class Curriculum:
             fired = median is not None and median < sel.drift_ess_threshold
             info["drift"] = {"fired": fired, "ess_median": median, "threshold": sel.drift_ess_threshold}
             if fired:
-                t0 = time.perf_counter()
                 stores = behaviour_stores(self.policy, self.suite, self.cfg, self.stage_dir(stage) / "behaviour",
                                           self.on_event, tag=f"stage-{stage}")
                 pool, validation, overlays = stores.pool, stores.validation, []
-                info["drift"]["collect_seconds"] = time.perf_counter() - t0
+                info["drift"]["collect_seconds"] = stores.collect_seconds
                 ranking, info["ess"] = self._score(stage, pool, validation, overlays, tag="-after-drift")
                 info["score_seconds"] += info["ess"]["score_seconds"]
         info["behaviour"] = {"pool": str(pool), "validation": {k: str(v) for k, v in validation.items()},

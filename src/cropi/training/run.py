@@ -88,6 +88,8 @@ def run_training(
     selector = make_selector(cfg.train.selector)
     if cfg.select.stages < 1 or cfg.select.stages > cfg.train.steps:
         raise ConfigError(f"select.stages: {cfg.select.stages} must be between 1 and train.steps ({cfg.train.steps})")
+    if cfg.select.refresh_every < 0:
+        raise ConfigError(f"select.refresh_every: {cfg.select.refresh_every} must be >= 0 (0 = never)")
     if not 0 < cfg.select.ratio <= 1:
         raise ConfigError(f"select.ratio: {cfg.select.ratio} must be in (0, 1]")
     if cfg.eval.split not in ("test", "validation"):
