@@ -47,6 +47,15 @@ def test_accelerations_match_hand_computation():
         assert key in r
 
 
+def test_later_collections_are_charged_as_collection():
+    stages = [{"stage": 0}, {"stage": 1, "refresh": {"collect_seconds": 7.0}},
+              {"stage": 2, "drift": {"fired": True, "collect_seconds": 3.0}, "reprobe": {"seconds": 2.0}}]
+    summaries = {"full": {0: {"curve": _curve([0.3, 0.4, 0.5])}},
+                 "cropi": {0: {"curve": _curve([0.3, 0.45, 0.5]), "collect_seconds": 20.0, "stage_summaries": stages}}}
+    row = compute_results(summaries, "m", 20)["selectors"]["cropi"]["seeds"]["0"]
+    assert row["collect_seconds"] == pytest.approx(20.0 + 7.0 + 3.0 + 2.0)
+
+
 def test_paired_se():
     a = {"a1": 1.0, "a2": 0.0, "a3": 1.0, "a4": 1.0}
     b = {"a1": 1.0, "a2": 0.0, "a3": 0.0, "a4": 1.0}
