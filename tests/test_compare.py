@@ -71,7 +71,30 @@ def test_report_from_a_small_results_file(tmp_path):
     write_report(r, tmp_path)
     text = (tmp_path / "report.md").read_text()
     assert "| cropi |" in text and "Break-even" in text and "accuracy_vs_steps.png" in text
+    assert "## Targets" in text and "step-level acceleration >= 3.0x" in text
     assert (tmp_path / "accuracy_vs_steps.png").stat().st_size > 0 and (tmp_path / "accuracy_vs_seconds.png").exists()
+
+
+def test_target_verdicts_against_hand_computed_values():
+    from cropi.evaluation.compare import target_verdicts
+
+    full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]
+    summaries = {
+        "full": {0: {"curve": _curve(full)}},
+        # smoothed [.35,.38,.43,...] crosses .42 at step 18: 50/18 = 2.78x (< 3); seconds 30 + step: 50/48 < 2
+        "cropi": {0: {"curve": _curve([0.30, 0.40, 0.44, 0.45, 0.45, 0.45, 0.45], t0=30.0)}},
+        # smoothed [.40,.433,.50,...] crosses .42 at step 6: 50/6 steps and 50/6 wall (seconds = step)
+        "cropi+refresh": {0: {"curve": _curve([0.30, 0.50, 0.50, 0.50, 0.50, 0.50, 0.50])}},
+        "random": {0: {"curve": _curve([0.30] * 7)}},
+    }
+    v = {(x["selector"], x["target"].split(" >=")[0].split(" not")[0]): x for x in target_verdicts(compute_results(summaries, "m", 60))}
+    assert not v[("cropi", "step-level acceleration")]["met"] and "2.78x" in v[("cropi", "step-level acceleration")]["measured"]
+    assert not v[("cropi", "wall-clock acceleration")]["met"]
+    assert v[("cropi", "final targeted")]["met"]  # 0.45 >= full 0.42 and random 0.30
+    assert v[("cropi+refresh", "step-level acceleration")]["met"] and v[("cropi+refresh", "wall-clock acceleration")]["met"]
+    assert "8.33x" in v[("cropi+refresh", "step-level acceleration")]["measured"]
+    assert v[("cropi", "best untargeted")]["met"]  # 0.5 everywhere: equal is not below
+    assert not any(x["selector"] == "random" for x in target_verdicts(compute_results(summaries, "m", 60)))
 
 
 def test_compare_cli_end_to_end(tmp_path):
