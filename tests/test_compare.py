@@ -157,3 +157,19 @@ def test_partial_gain_accelerations():
     assert half["level"] == pytest.approx(0.36) and half["full_steps"] == pytest.approx(20.0)
     assert half["selectors"]["cropi"]["median_step_acceleration"] == pytest.approx(20 / (10 / 3))
     assert half["selectors"]["full"]["median_step_acceleration"] == pytest.approx(1.0)
+
+
+def test_worker_runs_only_unclaimed_runs_and_writes_no_results(tmp_path):
+    import os
+
+    from cropi.config import load_config
+    from cropi.evaluation.compare import run_compare
+    from tests.conftest import small_suite_overrides
+
+    out = tmp_path / "cmp"
+    run = out / "runs" / "full-s0"
+    run.mkdir(parents=True)
+    (run / ".lock").write_text(str(os.getpid()))  # claimed by a live process (this one): the worker leaves it
+    cfg = load_config(None, small_suite_overrides() + ["model.device=cpu", "train.steps=2"])
+    assert run_compare(cfg, ["full"], [0], out, worker=True) is None
+    assert not (out / "results.json").exists() and not (run / "config.yaml").exists()

@@ -219,8 +219,11 @@ def _alive(pid: int) -> bool:
 
 def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], out: str | Path,
                 on_run: Callable[[str, int, dict | None], None] | None = None,
-                on_event: Callable[[dict], None] | None = None) -> dict:
-    """Run (or resume) every selector × seed with ``cfg`` and write ``out/results.json`` and ``out/report.md``."""
+                on_event: Callable[[dict], None] | None = None, worker: bool = False) -> dict | None:
+    """Run (or resume) every selector × seed with ``cfg`` and write ``out/results.json`` and ``out/report.md``.
+
+    ``worker=True``: only run the runs no other process has claimed, then return None without waiting for the
+    others or writing the results (a helper process beside the one that reports)."""
     from cropi.evaluation.report import machine_description
     from cropi.selection import make_selector
     from cropi.tasks.loading import load_data
@@ -268,6 +271,8 @@ def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], 
             summaries.setdefault(name, {})[seed] = summary
             if (run_dir / "final_eval_items.json").exists():
                 items.setdefault(name, {})[seed] = read_json(run_dir / "final_eval_items.json")["items"]
+        if worker:
+            return None
         if deferred and len(deferred) == len(pending):
             time.sleep(10)  # everything left is running in another process
         pending = deferred
