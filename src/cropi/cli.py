@@ -709,4 +709,4 @@ def main() -> None:  # pragma: no cover
 
 
 if __name__ == "__main__":  # `python -m cropi.cli` (the demo's helper process)
-    app()
+    main()

@@ -27,12 +27,13 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError
 from .hashing import (GOLDEN, STREAM_GAUSSIAN, STREAM_KEEP, STREAM_KEEP_LO, STREAM_RADEMACHER, STREAM_SJLT,
                       CounterCache, hash64, lsr, mix64_, tensor_salt, to_signed)
-from .kernels import numba_kernels, sjlt_accumulate
+from .kernels import numba_kernels
 from .sparsify import MIN_KEPT, SMALL_NUMEL, keep_threshold, resolve_keep
 
 KINDS = ("gaussian", "rademacher", "sjlt")
@@ -259,8 +260,12 @@ class SJLTProjector(HashProjector):
         return 2 * self.k
 
     def _start(self, device: torch.device) -> dict:
+        # the fused CPU kernel, looked up once per call of project_batch (not once per block)
+        kernels = numba_kernels() if self.pow2 and device.type == "cpu" else None
+        if kernels is not None:
+            return {"kernel": kernels["sjlt_accumulate"]}
         words = self.block_size // self.per_word
-        return {"buf": torch.empty(words, dtype=torch.int64, device=device),
+        return {"kernel": None, "buf": torch.empty(words, dtype=torch.int64, device=device),
                 "tmp": torch.empty(words, dtype=torch.int64, device=device)}
 
     def _b2_range(self, salt: int, st: int, n: int, state: dict, device) -> torch.Tensor:
@@ -295,13 +300,14 @@ class SJLTProjector(HashProjector):
 
     def _add_range(self, acc, state, name, st, xb) -> None:
         w = 2 * self.m
-        if self.pow2 and xb.device.type == "cpu" and numba_kernels() is not None:
+        kernel = state["kernel"]
+        if kernel is not None:
             # fused hash + scatter (cropi.projection.kernels): the same map, no int64 temporaries
+            word0, mask = np.uint64(st // self.per_word), np.uint64(w - 1)
             for b in range(xb.shape[0]):
                 row = xb[b].contiguous().numpy()
                 for j, salt in enumerate(self._salts[name]):
-                    sjlt_accumulate(row, salt, st // self.per_word, self.bits, w - 1,
-                                    acc[b, j * w:(j + 1) * w].numpy())
+                    kernel(row, np.uint64(salt), word0, self.bits, mask, acc[b, j * w:(j + 1) * w].numpy())
             return
         for j, salt in enumerate(self._salts[name]):
             b2 = self._b2_range(salt, st, xb.shape[1], state, xb.device)

@@ -204,11 +204,8 @@ class Curriculum:
         sel = self.cfg.select
         pool, validation, overlays = self._active(stage)
         if stage > 0 and sel.refresh_every > 0 and stage % sel.refresh_every == 0:
-            stores = behaviour_stores(self.policy, self.suite, self.cfg, self.stage_dir(stage) / "behaviour",
-                                      self.on_event, tag=f"stage-{stage}")
-            pool, validation, overlays = stores.pool, stores.validation, []
-            # timing.json's total, so a collection interrupted and resumed is charged in full
-            info["refresh"] = {"collect_seconds": stores.collect_seconds}
+            pool, validation, overlays, seconds = self._recollect(stage)
+            info["refresh"] = {"collect_seconds": seconds}
         # after a refresh every pool prompt was just sampled by this policy: nothing left to re-probe
         if stage > 0 and sel.reprobe_prompts > 0 and "refresh" not in info:
             overlay, info["reprobe"] = self._reprobe(stage, pool, overlays)
@@ -221,15 +218,20 @@ class Curriculum:
             fired = median is not None and median < sel.drift_ess_threshold
             info["drift"] = {"fired": fired, "ess_median": median, "threshold": sel.drift_ess_threshold}
             if fired:
-                stores = behaviour_stores(self.policy, self.suite, self.cfg, self.stage_dir(stage) / "behaviour",
-                                          self.on_event, tag=f"stage-{stage}")
-                pool, validation, overlays = stores.pool, stores.validation, []
-                info["drift"]["collect_seconds"] = stores.collect_seconds
+                pool, validation, overlays, info["drift"]["collect_seconds"] = self._recollect(stage)
                 ranking, info["ess"] = self._score(stage, pool, validation, overlays, tag="-after-drift")
                 info["score_seconds"] += info["ess"]["score_seconds"]
         info["behaviour"] = {"pool": str(pool), "validation": {k: str(v) for k, v in validation.items()},
                              "overlays": overlays}
         return ranking
+
+    def _recollect(self, stage: int) -> tuple[Path, dict[str, Path], list[str], float]:
+        """Pool and validation trajectories of the current policy for ``stage`` (refresh or drift control): the
+        stores, no overlays, and the seconds spent (timing.json's total, so an interrupted and resumed
+        collection is charged in full)."""
+        stores = behaviour_stores(self.policy, self.suite, self.cfg, self.stage_dir(stage) / "behaviour",
+                                  self.on_event, tag=f"stage-{stage}")
+        return stores.pool, dict(stores.validation), [], stores.collect_seconds
 
     def _reprobe(self, stage: int, pool: Path, overlays: list[str]) -> tuple[Path | None, dict]:
         """Re-sample a seeded subset of zero-variance prompts with the current policy (METHOD.md departures)."""
