@@ -75,6 +75,26 @@ def test_report_from_a_small_results_file(tmp_path):
     assert (tmp_path / "accuracy_vs_steps.png").stat().st_size > 0 and (tmp_path / "accuracy_vs_seconds.png").exists()
 
 
+def test_training_signal_per_stage_and_its_report_table(tmp_path):
+    from cropi.evaluation.compare import training_signal
+
+    metrics = tmp_path / "metrics.jsonl"
+    rows = [{"event": "step", "step": t, "reward_mean": 0.1 * t, "mixed_groups": 1.0 if t <= 2 else 0.5}
+            for t in range(1, 5)] + [{"event": "eval", "step": 4, "targeted": 0.4}]
+    metrics.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    sig = training_signal(metrics, stages=2, steps=4)  # stage 0: steps 1-2, stage 1: steps 3-4
+    assert [s["stage"] for s in sig] == [0, 1]
+    assert sig[0]["reward_mean"] == pytest.approx(0.15) and sig[1]["reward_mean"] == pytest.approx(0.35)
+    assert sig[0]["mixed_groups"] == 1.0 and sig[1]["mixed_groups"] == 0.5
+    summaries = {"full": {0: {"curve": _curve([0.3, 0.35, 0.4])}}}
+    r = compute_results(summaries, "m", 20)
+    r["selectors"]["full"]["seeds"]["0"]["training_signal"] = sig
+    write_report(r, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    # stage 0 ends at step 10 (accuracy 35%), stage 1 at step 20 (40%)
+    assert "| full | 0.15 / 1.00 / 35.0 | 0.35 / 0.50 / 40.0 |" in text
+
+
 def test_target_verdicts_against_hand_computed_values():
     from cropi.evaluation.compare import target_verdicts
 
@@ -136,6 +156,11 @@ def test_selector_variants_switch_on_our_departures():
         parse_selector("cropi+bogus")
     with pytest.raises(ConfigError):
         parse_selector("random+drift")
+    assert parse_selector("cropi+refresh+candidates2000") == ("cropi", {"refresh_every": 1, "candidates": 2000})
+    assert parse_selector("static_influence+candidates30") == ("static_influence", {"candidates": 30})
+    for bad in ("random+candidates30", "cropi+candidates0", "static_influence+refresh"):
+        with pytest.raises(ConfigError):
+            parse_selector(bad)
 
 
 def test_run_lock_claims_once_and_takes_over_stale_locks(tmp_path):

@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -125,15 +126,28 @@ def test_drift_control_and_reprobe_fire(micro_model_dir, tmp_path):
 def test_scheduled_refresh_recollects_before_scoring(micro_model_dir, tmp_path):
     from cropi.training.run import run_training
 
-    sets = _sets(micro_model_dir, steps=3, stages=3, **{"select.refresh_every": 2, "select.candidates": 30,
+    from cropi.rollouts.store import pass_rates, store_meta
+
+    sets = _sets(micro_model_dir, steps=4, stages=4, **{"select.refresh_every": 2, "select.candidates": 20,
                                                           "select.drift_ess_threshold": 1.01})
     run_training(load_config(None, sets), tmp_path / "r")
-    recs = [json.loads((tmp_path / "r" / "stages" / f"stage-{s:02d}" / "selection.json").read_text()) for s in range(3)]
+    recs = [json.loads((tmp_path / "r" / "stages" / f"stage-{s:02d}" / "selection.json").read_text()) for s in range(4)]
     assert "refresh" not in recs[1] and recs[1]["drift"]["fired"]  # drift still guards the stages in between
     assert recs[2]["refresh"]["collect_seconds"] > 0 and "drift" not in recs[2]  # scored once, on fresh rollouts
     assert recs[2]["behaviour"]["pool"].endswith("stage-02/behaviour/pool")
     assert recs[2]["ess"]["ess_median"] == pytest.approx(1.0)  # the current policy is the behaviour policy
     assert not (tmp_path / "r" / "stages" / "stage-02" / "scores-after-drift.parquet").exists()
+    # diagnostics read the refreshed rollouts: every chosen prompt has mixed rewards in them
+    hist = recs[2]["diagnostics"]["pass_rate_hist"]
+    assert hist["0"] == hist["1"] == 0 and sum(hist.values()) == len(recs[2]["selected"])
+    # with a candidate subset the refresh samples only the candidates of the stages it serves (2 and 3) ...
+    stage3 = tmp_path / "r" / "stages" / "stage-03"
+    served = set(pass_rates(tmp_path / "r" / "stages" / "stage-02" / "candidates")) | set(pass_rates(stage3 / "candidates"))
+    assert len(served) > 20 and recs[2]["refresh"]["pool_prompts"] == len(served)
+    assert store_meta(recs[2]["behaviour"]["pool"])["num_prompts"] == len(served) < 40  # the pool holds 40
+    # ... so stage 3 scores its own candidates on the refreshed rollouts before drift control re-collects
+    assert (stage3 / "scores.parquet").exists() and recs[3]["drift"]["fired"]
+    assert pq.read_table(stage3 / "scores.parquet").num_rows == 20
 
 
 _CHILD = textwrap.dedent("""

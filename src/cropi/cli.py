@@ -263,8 +263,10 @@ def _print_compare(results: dict, out: Path) -> None:
 @handles_errors
 def compare(
     selectors: str = typer.Option(COMPARE_SELECTORS, help="Comma-separated selectors (full is always run: it sets the "
-                                  "threshold).  cropi+drift, cropi+reprobe, cropi+drift+reprobe switch on our departures "
-                                  "from the paper (drift control, blind-spot re-probe)."),
+                                  "threshold).  cropi+drift, cropi+reprobe, cropi+refresh (and their combinations) switch on "
+                                  "our departures from the paper (drift control, blind-spot re-probe, re-collection "
+                                  "every stage); +candidatesN (cropi, static_influence) scores a seeded subset of N "
+                                  "pool prompts per stage."),
     seeds: str = typer.Option("0,1,2", help="Comma-separated training seeds."),
     out: Path = typer.Option(Path("runs/compare"), "--out", "-o", help="Comparison folder (results.json, report.md, plots, runs/)."),
     config: Optional[Path] = ConfigOpt,

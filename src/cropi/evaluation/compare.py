@@ -18,8 +18,10 @@ finished run is never redone.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
+import re
 import time
 import statistics
 from pathlib import Path
@@ -38,8 +40,11 @@ SMOOTH = 3
 # when the median ESS falls below half (the usual resampling rule for importance weights), and re-probe 200
 # zero-variance prompts per stage with G responses each; ``refresh`` re-collects the trajectories with the
 # current policy at every stage (its setting was chosen on validation: benchmarks/results/probe-validation.md).
+# ``candidatesN`` (cropi and static_influence) scores, and refreshes, only a seeded subset of N pool prompts per
+# stage, the same subset for both selectors at stage 0.
 VARIANT_SETTINGS = {"drift": {"drift_ess_threshold": 0.5}, "reprobe": {"reprobe_prompts": 200},
                     "refresh": {"refresh_every": 1}}
+CANDIDATES_FLAG = re.compile(r"candidates(\d+)")
 
 
 def parse_selector(spec: str) -> tuple[str, dict]:
@@ -47,11 +52,17 @@ def parse_selector(spec: str) -> tuple[str, dict]:
     base, *flags = spec.split("+")
     settings: dict = {}
     for flag in flags:
-        if flag not in VARIANT_SETTINGS:
-            raise ConfigError(f"selector {spec!r}: unknown variant {flag!r} (known: {', '.join(VARIANT_SETTINGS)})")
+        m = CANDIDATES_FLAG.fullmatch(flag)
+        if m and base in ("cropi", "static_influence") and int(m.group(1)) > 0:
+            settings["candidates"] = int(m.group(1))
+            continue
+        if flag not in VARIANT_SETTINGS and not m:
+            raise ConfigError(f"selector {spec!r}: unknown variant {flag!r} "
+                              f"(known: {', '.join(VARIANT_SETTINGS)}, candidatesN)")
+        if base != "cropi" or m:
+            raise ConfigError(f"selector {spec!r}: {flag!r} applies to "
+                              + ("cropi and static_influence, with N > 0" if m else "cropi only"))
         settings.update(VARIANT_SETTINGS[flag])
-    if flags and base != "cropi":
-        raise ConfigError(f"selector {spec!r}: variants apply to cropi only")
     return base, settings
 
 
@@ -172,6 +183,21 @@ def _partial_gain(summaries: dict, steps: list[float], full_smoothed: list[float
     return out
 
 
+def training_signal(metrics_path: str | Path, stages: int, steps: int) -> list[dict]:
+    """Per stage, the means over its GRPO steps of the batch's reward and of the share of its groups with mixed
+    rewards (the groups that give a gradient), from a run's ``metrics.jsonl``.  A subset that is being learned
+    without the test accuracy moving shows as a rising reward: the policy memorises the chosen prompts."""
+    per: dict[int, list[tuple[float, float]]] = {}
+    span = max(1, steps // max(1, stages))
+    for line in Path(metrics_path).read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("event") == "step":
+            per.setdefault(min(stages - 1, (int(rec["step"]) - 1) // span), []).append(
+                (float(rec["reward_mean"]), float(rec["mixed_groups"])))
+    return [{"stage": st, "reward_mean": statistics.fmean(r for r, _ in per[st]),
+             "mixed_groups": statistics.fmean(m for _, m in per[st])} for st in sorted(per)]
+
+
 def _median(vals: list) -> float | None:
     """Median with never-reached (None) counted as worse than any number."""
     if not vals:
@@ -281,6 +307,12 @@ def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], 
     eval_sets = suite.test if cfg.eval.split == "test" else suite.validation
     targeted_ids = {f: [p.id for p in eval_sets[f]] for f in suite.targeted}
     results = compute_results(summaries, machine_description(), cfg.train.steps, items, targeted_ids)
+    for name, runs in summaries.items():
+        for seed in runs:
+            metrics = out / "runs" / f"{name}-s{seed}" / "metrics.jsonl"
+            if metrics.exists():
+                results["selectors"][name]["seeds"][str(seed)]["training_signal"] = training_signal(
+                    metrics, cfg.select.stages, cfg.train.steps)
     results["stages"] = cfg.select.stages
     results["select_ratio"] = cfg.select.ratio
     results["eval_split"] = cfg.eval.split  # "validation" when settings are being chosen
@@ -370,6 +402,38 @@ def target_verdicts(results: dict) -> list[dict]:
     return out
 
 
+def _signal_lines(results: dict) -> list[str]:
+    """Per stage (seed means): the trained batches' reward and mixed-group share, and the targeted accuracy at
+    the stage's end, so one can see whether what a selector trains on is learned and whether that carries over."""
+    sel = results["selectors"]
+    rows = []
+    for name, block in sel.items():
+        runs = [r for r in block["seeds"].values() if r.get("training_signal")]
+        if not runs:
+            continue
+        n = min(len(r["training_signal"]) for r in runs)
+        cells = []
+        for st in range(n):
+            reward = statistics.fmean(r["training_signal"][st]["reward_mean"] for r in runs)
+            mixed = statistics.fmean(r["training_signal"][st]["mixed_groups"] for r in runs)
+            end = (st + 1) * results["budget_steps"] / n
+            acc = [next((c["targeted"] for c in r["curve"] if c["step"] >= end - 1e-9), None) for r in runs]
+            acc_txt = f"{100 * statistics.fmean(acc):.1f}" if None not in acc else "—"
+            cells.append(f"{reward:.2f} / {mixed:.2f} / {acc_txt}")
+        rows.append((name, n, cells))
+    if not rows:
+        return []
+    n = max(k for _, k, _ in rows)
+    lines = ["", "## What each stage trained on", "",
+             "Per stage, seed means: the reward of the trained batches / the share of their groups with mixed "
+             "rewards (the ones with a gradient) / targeted accuracy (%) at the stage's end. A reward that rises "
+             "while the accuracy stays flat means the chosen prompts are being learned without carrying over.", "",
+             "| selector | " + " | ".join(f"stage {s}" for s in range(n)) + " |",
+             "| --- | " + " | ".join("---:" for _ in range(n)) + " |"]
+    lines += [f"| {name} | " + " | ".join(cells + [""] * (n - len(cells))) + " |" for name, _, cells in rows]
+    return lines
+
+
 def write_report(results: dict, out: Path) -> None:
     out = Path(out)
     plots = plot_comparison(results, out)
@@ -420,6 +484,7 @@ def write_report(results: dict, out: Path) -> None:
         for name in sel:
             lines.append(f"| {name} | " + " | ".join(_x(partial[f]["selectors"][name]["median_step_acceleration"])
                                                      for f in fr) + " |")
+    lines += _signal_lines(results)
     variants = [n for n in sel if n.startswith("cropi")] if results.get("full_seconds_to_threshold") else []
     if variants:
         lines += ["", "## Break-even"]

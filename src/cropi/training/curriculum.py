@@ -31,7 +31,7 @@ from cropi.config import RunConfig
 from cropi.errors import CropiError
 from cropi.io import read_json, write_json
 from cropi.policy import Policy
-from cropi.rollouts.store import CollectConfig, collect, collection_complete, pass_rates, subset_store
+from cropi.rollouts.store import CollectConfig, collect, collection_complete, pass_rates, store_meta, subset_store
 from cropi.scores.influence import reciprocal_rank_fusion, top_n
 from cropi.selection import SelectionContext, Selector
 from cropi.selection.baselines import select_learnability
@@ -55,15 +55,18 @@ def _collect_config(cfg: RunConfig, group_size: int | None = None, seed: int = B
 
 
 def behaviour_stores(policy: Policy, suite: Suite, cfg: RunConfig, folder: Path,
-                     on_event: Callable[[dict], None] | None = None, tag: str = "base") -> BehaviourStores:
-    """Collect (or reuse) G responses per pool and validation prompt with ``policy``.
+                     on_event: Callable[[dict], None] | None = None, tag: str = "base",
+                     pool_ids: set[str] | None = None) -> BehaviourStores:
+    """Collect (or reuse) G responses per pool and validation prompt with ``policy`` (only the pool prompts in
+    ``pool_ids`` when given, in pool order).
 
     The seconds spent are recorded in ``folder/timing.json``, so a run reusing the stores is still charged
     for them (a comparison collects once for all its runs)."""
     folder.mkdir(parents=True, exist_ok=True)
     timing_path = folder / "timing.json"
     timing = read_json(timing_path).get("seconds", {}) if timing_path.exists() else {}
-    jobs = [("pool", suite.pool, folder / "pool")]
+    pool = suite.pool if pool_ids is None else [p for p in suite.pool if p.id in pool_ids]
+    jobs = [("pool", pool, folder / "pool")]
     jobs += [(f"val-{name}", probs, folder / f"val-{name}") for name, probs in suite.validation.items()]
     if not suite.validation:
         raise CropiError("influence selection needs at least one validation set (data.validation_files or the "
@@ -170,10 +173,11 @@ class Curriculum:
         ess: dict[str, float] = {}
         from_overlay: set[str] = set()
         if self.cfg.select.candidates > 0:
-            # A seeded candidate subset; at stage 0 static influence and cropi of one seed score the same one.
-            ids = sorted(p.id for p in self.suite.pool)
-            random.Random(f"candidates:{self.cfg.train.seed}:{stage}").shuffle(ids)
-            pool = subset_store(pool, ids[: self.cfg.select.candidates], self.stage_dir(stage) / f"candidates{tag}")
+            ids = self._candidate_ids(stage)
+            pool = subset_store(pool, ids, self.stage_dir(stage) / f"candidates{tag}")
+            held = int(store_meta(pool)["num_prompts"])
+            if held != len(ids):  # a partial (refreshed) store must hold every candidate it is scored on
+                raise CropiError(f"{pool}: holds {held} of the stage's {len(ids)} candidates")
         for i, store in enumerate([pool, *map(Path, overlays)]):
             out = self.stage_dir(stage) / (f"scores{tag}.parquet" if i == 0 else f"scores{tag}-reprobe-{i}.parquet")
             table = score_pool(self.policy, store, validation, out, self.cfg.select.score).to_pylist()
@@ -200,12 +204,24 @@ class Curriculum:
         }
         return ranking, summary
 
+    def _candidate_ids(self, stage: int) -> list[str]:
+        """The stage's seeded candidate subset (``select.candidates`` pool ids); at stage 0 static influence
+        and cropi of one seed score the same one.  A pure function of (seed, stage), so a refresh can sample
+        exactly the candidates of the stages it serves."""
+        ids = sorted(p.id for p in self.suite.pool)
+        random.Random(f"candidates:{self.cfg.train.seed}:{stage}").shuffle(ids)
+        return ids[: self.cfg.select.candidates]
+
     def _influence(self, stage: int, info: dict) -> list[str]:
         sel = self.cfg.select
         pool, validation, overlays = self._active(stage)
         if stage > 0 and sel.refresh_every > 0 and stage % sel.refresh_every == 0:
-            pool, validation, overlays, seconds = self._recollect(stage)
-            info["refresh"] = {"collect_seconds": seconds}
+            # with a candidate subset, sample only the candidates of the stages until the next refresh
+            served = range(stage, min(stage + sel.refresh_every, sel.stages))
+            wanted = {p for s in served for p in self._candidate_ids(s)} if sel.candidates > 0 else None
+            pool, validation, overlays, seconds = self._recollect(stage, wanted)
+            info["refresh"] = {"collect_seconds": seconds, "pool_prompts": (len(wanted) if wanted is not None
+                                                                            else len(self.suite.pool))}
         # after a refresh every pool prompt was just sampled by this policy: nothing left to re-probe
         if stage > 0 and sel.reprobe_prompts > 0 and "refresh" not in info:
             overlay, info["reprobe"] = self._reprobe(stage, pool, overlays)
@@ -225,12 +241,12 @@ class Curriculum:
                              "overlays": overlays}
         return ranking
 
-    def _recollect(self, stage: int) -> tuple[Path, dict[str, Path], list[str], float]:
-        """Pool and validation trajectories of the current policy for ``stage`` (refresh or drift control): the
-        stores, no overlays, and the seconds spent (timing.json's total, so an interrupted and resumed
-        collection is charged in full)."""
+    def _recollect(self, stage: int, pool_ids: set[str] | None = None) -> tuple[Path, dict[str, Path], list[str], float]:
+        """Pool (or only ``pool_ids``) and validation trajectories of the current policy for ``stage`` (refresh
+        or drift control): the stores, no overlays, and the seconds spent (timing.json's total, so an
+        interrupted and resumed collection is charged in full)."""
         stores = behaviour_stores(self.policy, self.suite, self.cfg, self.stage_dir(stage) / "behaviour",
-                                  self.on_event, tag=f"stage-{stage}")
+                                  self.on_event, tag=f"stage-{stage}", pool_ids=pool_ids)
         return stores.pool, dict(stores.validation), [], stores.collect_seconds
 
     def _reprobe(self, stage: int, pool: Path, overlays: list[str]) -> tuple[Path | None, dict]:
