@@ -341,7 +341,7 @@ def plot_comparison(results: dict, out: Path) -> list[str]:
 
     names = []
     for xkey, fname in (("step", "accuracy_vs_steps.png"), ("seconds", "accuracy_vs_seconds.png")):
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        fig, axes = plt.subplots(1, 2, figsize=(13.5, 4.2))
         for ax, key in zip(axes, ("targeted", "untargeted")):
             for sel, block in results["selectors"].items():
                 curves = [r["curve"] for r in block["seeds"].values()]
@@ -358,8 +358,10 @@ def plot_comparison(results: dict, out: Path) -> list[str]:
             ax.set_xlabel("GRPO step" if xkey == "step" else "collection + scoring + training seconds")
             ax.set_ylabel("accuracy (%)")
             ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=8)
-        fig.tight_layout()
+        # one legend beside the panels: with many selectors it would hide the curves inside them
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="center right", fontsize=8)
+        fig.tight_layout(rect=(0, 0, 0.8, 1))
         tmp = out / f".{fname}.tmp.png"
         fig.savefig(tmp, dpi=110)
         plt.close(fig)
