@@ -158,7 +158,9 @@ def test_selector_variants_switch_on_our_departures():
         parse_selector("random+drift")
     assert parse_selector("cropi+refresh+candidates2000") == ("cropi", {"refresh_every": 1, "candidates": 2000})
     assert parse_selector("static_influence+candidates30") == ("static_influence", {"candidates": 30})
-    for bad in ("random+candidates30", "cropi+candidates0", "static_influence+refresh"):
+    assert parse_selector("cropi+refresh+stages8") == ("cropi", {"refresh_every": 1, "stages": 8})
+    for bad in ("random+candidates30", "cropi+candidates0", "static_influence+refresh", "cropi+stages2",
+                "static_influence+stages8"):
         with pytest.raises(ConfigError):
             parse_selector(bad)
 

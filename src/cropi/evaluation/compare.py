@@ -41,10 +41,12 @@ SMOOTH = 3
 # zero-variance prompts per stage with G responses each; ``refresh`` re-collects the trajectories with the
 # current policy at every stage (its setting was chosen on validation: benchmarks/results/probe-validation.md).
 # ``candidatesN`` (cropi and static_influence) scores, and refreshes, only a seeded subset of N pool prompts per
-# stage, the same subset for both selectors at stage 0.
+# stage, the same subset for both selectors at stage 0; ``stagesN`` (cropi) re-selects N times in the same
+# budget instead of the comparison's stage count.
 VARIANT_SETTINGS = {"drift": {"drift_ess_threshold": 0.5}, "reprobe": {"reprobe_prompts": 200},
                     "refresh": {"refresh_every": 1}}
 CANDIDATES_FLAG = re.compile(r"candidates(\d+)")
+STAGES_FLAG = re.compile(r"stages(\d+)")
 
 
 def parse_selector(spec: str) -> tuple[str, dict]:
@@ -56,12 +58,17 @@ def parse_selector(spec: str) -> tuple[str, dict]:
         if m and base in ("cropi", "static_influence") and int(m.group(1)) > 0:
             settings["candidates"] = int(m.group(1))
             continue
-        if flag not in VARIANT_SETTINGS and not m:
+        st = STAGES_FLAG.fullmatch(flag)
+        if st and base == "cropi" and int(st.group(1)) >= 3:  # with M < 3 cropi is (nearly) static influence
+            settings["stages"] = int(st.group(1))
+            continue
+        if flag not in VARIANT_SETTINGS and not m and not st:
             raise ConfigError(f"selector {spec!r}: unknown variant {flag!r} "
-                              f"(known: {', '.join(VARIANT_SETTINGS)}, candidatesN)")
-        if base != "cropi" or m:
+                              f"(known: {', '.join(VARIANT_SETTINGS)}, candidatesN, stagesN)")
+        if base != "cropi" or m or st:
             raise ConfigError(f"selector {spec!r}: {flag!r} applies to "
-                              + ("cropi and static_influence, with N > 0" if m else "cropi only"))
+                              + ("cropi and static_influence, with N > 0" if m else
+                                 "cropi only, with N >= 3" if st else "cropi only"))
         settings.update(VARIANT_SETTINGS[flag])
     return base, settings
 
@@ -312,7 +319,7 @@ def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], 
             metrics = out / "runs" / f"{name}-s{seed}" / "metrics.jsonl"
             if metrics.exists():
                 results["selectors"][name]["seeds"][str(seed)]["training_signal"] = training_signal(
-                    metrics, cfg.select.stages, cfg.train.steps)
+                    metrics, config_for(name, seed).select.stages, cfg.train.steps)
     results["stages"] = cfg.select.stages
     results["select_ratio"] = cfg.select.ratio
     results["eval_split"] = cfg.eval.split  # "validation" when settings are being chosen
