@@ -83,16 +83,22 @@ def test_training_signal_per_stage_and_its_report_table(tmp_path):
             for t in range(1, 5)] + [{"event": "eval", "step": 4, "targeted": 0.4}]
     metrics.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     sig = training_signal(metrics, stages=2, steps=4)  # stage 0: steps 1-2, stage 1: steps 3-4
-    assert [s["stage"] for s in sig] == [0, 1]
+    assert [s["stage"] for s in sig] == [0, 1] and [s["end_step"] for s in sig] == [2, 4]
+    # stages that do not divide the budget follow the trainer's bounds (round(i * steps / stages)): 0, 2, 3, 5
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text("\n".join(json.dumps({"event": "step", "step": t, "reward_mean": float(t), "mixed_groups": 1.0})
+                             for t in range(1, 6)) + "\n")
+    assert [(s["end_step"], s["reward_mean"]) for s in training_signal(odd, stages=3, steps=5)] == \
+        [(2, 1.5), (3, 3.0), (5, 4.5)]
     assert sig[0]["reward_mean"] == pytest.approx(0.15) and sig[1]["reward_mean"] == pytest.approx(0.35)
     assert sig[0]["mixed_groups"] == 1.0 and sig[1]["mixed_groups"] == 0.5
     summaries = {"full": {0: {"curve": _curve([0.3, 0.35, 0.4])}}}
     r = compute_results(summaries, "m", 20)
-    r["selectors"]["full"]["seeds"]["0"]["training_signal"] = sig
+    r["selectors"]["full"]["seeds"]["0"]["training_signal"] = [{**s, "end_step": 10 * (i + 1)} for i, s in enumerate(sig)]
     write_report(r, tmp_path)
     text = (tmp_path / "report.md").read_text()
     # stage 0 ends at step 10 (accuracy 35%), stage 1 at step 20 (40%)
-    assert "| full | 0.15 / 1.00 / 35.0 | 0.35 / 0.50 / 40.0 |" in text
+    assert "| full | 0.15 / 1.00 / 35.0 @ 10 | 0.35 / 0.50 / 40.0 @ 20 |" in text
 
 
 def test_target_verdicts_against_hand_computed_values():

@@ -120,6 +120,13 @@ def test_drift_control_and_reprobe_fire(micro_model_dir, tmp_path):
     assert rec["behaviour"]["pool"].endswith("stage-01/behaviour/pool")
     assert rec["reprobe"]["probed"] == 6 and 0 <= rec["reprobe"]["selected"] <= rec["reprobe"]["mixed"]
     assert rec["ess"]["candidates"] == 30 and rec["ess"]["usable"] <= 30 + rec["reprobe"]["mixed"]
+    # only the stage's candidates are re-probed (others could never be selected), and drift re-collects only them
+    from cropi.rollouts.store import pass_rates, store_meta
+
+    stage1 = tmp_path / "d" / "stages" / "stage-01"
+    candidates = set(pass_rates(stage1 / "candidates"))
+    assert set(pass_rates(stage1 / "reprobe")) <= candidates
+    assert set(pass_rates(rec["behaviour"]["pool"])) == candidates and store_meta(rec["behaviour"]["pool"])["num_prompts"] == 30
     assert (tmp_path / "d" / "stages" / "stage-01" / "scores-after-drift.parquet").exists()
 
 
@@ -148,6 +155,15 @@ def test_scheduled_refresh_recollects_before_scoring(micro_model_dir, tmp_path):
     # ... so stage 3 scores its own candidates on the refreshed rollouts before drift control re-collects
     assert (stage3 / "scores.parquet").exists() and recs[3]["drift"]["fired"]
     assert pq.read_table(stage3 / "scores.parquet").num_rows == 20
+    # drift control at stage 3 re-collects only what the stages until the next refresh score: stage 3's candidates
+    assert set(pass_rates(recs[3]["behaviour"]["pool"])) == set(pass_rates(stage3 / "candidates-after-drift"))
+    # learnability overlap is measured against a full-size learnability choice (top 10 = 0.25 x the 40-prompt
+    # pool, from the 20-odd refreshed prompts), not the top quarter of the refreshed store
+    from cropi.selection.baselines import select_learnability
+
+    learn = select_learnability(pass_rates(recs[2]["behaviour"]["pool"]), 0.25, n=10)
+    chosen = set(recs[2]["selected"])
+    assert recs[2]["diagnostics"]["overlap_learnability"] == pytest.approx(len(chosen & set(learn)) / len(chosen))
 
 
 _CHILD = textwrap.dedent("""

@@ -191,17 +191,22 @@ def _partial_gain(summaries: dict, steps: list[float], full_smoothed: list[float
 
 
 def training_signal(metrics_path: str | Path, stages: int, steps: int) -> list[dict]:
-    """Per stage, the means over its GRPO steps of the batch's reward and of the share of its groups with mixed
-    rewards (the groups that give a gradient), from a run's ``metrics.jsonl``.  A subset that is being learned
-    without the test accuracy moving shows as a rising reward: the policy memorises the chosen prompts."""
+    """Per stage (the run's own stage bounds), the means over its GRPO steps of the batch's reward and of the
+    share of its groups with mixed rewards (the groups that give a gradient), from a run's ``metrics.jsonl``;
+    ``end_step`` is the step count at the stage's end.  A subset that is being learned without the test accuracy
+    moving shows as a rising reward: the policy memorises the chosen prompts."""
+    from bisect import bisect_right
+
+    from cropi.training.run import stage_bounds
+
+    bounds = stage_bounds(steps, stages)
     per: dict[int, list[tuple[float, float]]] = {}
-    span = max(1, steps // max(1, stages))
     for line in Path(metrics_path).read_text().splitlines():
         rec = json.loads(line)
-        if rec.get("event") == "step":
-            per.setdefault(min(stages - 1, (int(rec["step"]) - 1) // span), []).append(
-                (float(rec["reward_mean"]), float(rec["mixed_groups"])))
-    return [{"stage": st, "reward_mean": statistics.fmean(r for r, _ in per[st]),
+        if rec.get("event") == "step":  # logged step t is the t-th update, global step index t - 1
+            stage = min(stages - 1, bisect_right(bounds, int(rec["step"]) - 1) - 1)
+            per.setdefault(stage, []).append((float(rec["reward_mean"]), float(rec["mixed_groups"])))
+    return [{"stage": st, "end_step": bounds[st + 1], "reward_mean": statistics.fmean(r for r, _ in per[st]),
              "mixed_groups": statistics.fmean(m for _, m in per[st])} for st in sorted(per)]
 
 
@@ -350,6 +355,8 @@ def plot_comparison(results: dict, out: Path) -> list[str]:
     for xkey, fname in (("step", "accuracy_vs_steps.png"), ("seconds", "accuracy_vs_seconds.png")):
         fig, axes = plt.subplots(1, 2, figsize=(13.5, 4.2))
         for ax, key in zip(axes, ("targeted", "untargeted")):
+            if len(results["selectors"]) > 10:  # the default cycle repeats after 10 colours
+                ax.set_prop_cycle(color=plt.cm.tab20.colors)
             for sel, block in results["selectors"].items():
                 curves = [r["curve"] for r in block["seeds"].values()]
                 n = min(len(c) for c in curves)
@@ -414,32 +421,31 @@ def target_verdicts(results: dict) -> list[dict]:
 def _signal_lines(results: dict) -> list[str]:
     """Per stage (seed means): the trained batches' reward and mixed-group share, and the targeted accuracy at
     the stage's end, so one can see whether what a selector trains on is learned and whether that carries over."""
-    sel = results["selectors"]
     rows = []
-    for name, block in sel.items():
+    for name, block in results["selectors"].items():
         runs = [r for r in block["seeds"].values() if r.get("training_signal")]
         if not runs:
             continue
-        n = min(len(r["training_signal"]) for r in runs)
         cells = []
-        for st in range(n):
-            reward = statistics.fmean(r["training_signal"][st]["reward_mean"] for r in runs)
-            mixed = statistics.fmean(r["training_signal"][st]["mixed_groups"] for r in runs)
-            end = (st + 1) * results["budget_steps"] / n
-            acc = [next((c["targeted"] for c in r["curve"] if c["step"] >= end - 1e-9), None) for r in runs]
-            acc_txt = f"{100 * statistics.fmean(acc):.1f}" if None not in acc else "—"
-            cells.append(f"{reward:.2f} / {mixed:.2f} / {acc_txt}")
-        rows.append((name, n, cells))
+        for st in range(min(len(r["training_signal"]) for r in runs)):
+            sig = [r["training_signal"][st] for r in runs]
+            end = sig[0].get("end_step")
+            acc = [next((c["targeted"] for c in r["curve"] if end is not None and c["step"] >= end), None) for r in runs]
+            acc_txt = f"{100 * statistics.fmean(acc):.1f} @ {end}" if None not in acc else "—"
+            cells.append(f"{statistics.fmean(x['reward_mean'] for x in sig):.2f} / "
+                         f"{statistics.fmean(x['mixed_groups'] for x in sig):.2f} / {acc_txt}")
+        rows.append((name, cells))
     if not rows:
         return []
-    n = max(k for _, k, _ in rows)
+    n = max(len(cells) for _, cells in rows)
     lines = ["", "## What each stage trained on", "",
              "Per stage, seed means: the reward of the trained batches / the share of their groups with mixed "
-             "rewards (the ones with a gradient) / targeted accuracy (%) at the stage's end. A reward that rises "
-             "while the accuracy stays flat means the chosen prompts are being learned without carrying over.", "",
+             "rewards (the ones with a gradient) / targeted accuracy (%) @ the step that ends the stage (the first "
+             "evaluation at or after it). A reward that rises while the accuracy stays flat means the chosen prompts "
+             "are being learned without carrying over.", "",
              "| selector | " + " | ".join(f"stage {s}" for s in range(n)) + " |",
              "| --- | " + " | ".join("---:" for _ in range(n)) + " |"]
-    lines += [f"| {name} | " + " | ".join(cells + [""] * (n - len(cells))) + " |" for name, _, cells in rows]
+    lines += [f"| {name} | " + " | ".join(cells + [""] * (n - len(cells))) + " |" for name, cells in rows]
     return lines
 
 

@@ -20,9 +20,9 @@ def select_random(ids: Sequence[str], ratio: float, seed: int) -> list[str]:
     return pool[: top_n(len(pool), ratio)]
 
 
-def select_learnability(pass_rates: Mapping[str, float], ratio: float) -> list[str]:
-    """Top fraction by p(1 − p): prompts the policy solves about half the time first."""
-    return ranked({k: p * (1 - p) for k, p in pass_rates.items()})[: top_n(len(pass_rates), ratio)]
+def select_learnability(pass_rates: Mapping[str, float], ratio: float, n: int | None = None) -> list[str]:
+    """Top fraction (or the top ``n``) by p(1 − p): prompts the policy solves about half the time first."""
+    return ranked({k: p * (1 - p) for k, p in pass_rates.items()})[: n or top_n(len(pass_rates), ratio)]
 
 
 def select_pass_rate(pass_rates: Mapping[str, float], ratio: float, seed: int) -> list[str]:

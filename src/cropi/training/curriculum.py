@@ -137,7 +137,9 @@ class Curriculum:
         rates = (pass_rates(info["behaviour"]["pool"]) if "behaviour" in info
                  else self._pass_rates(stage) if self.stores else None)
         previous = self._record(stage - 1)["selected"] if stage > 0 else None
-        learn = select_learnability(rates, self.cfg.select.ratio) if rates else None
+        # as many as a stage selects, also when a candidate refresh left rollouts for only part of the pool
+        learn = (select_learnability(rates, self.cfg.select.ratio, n=top_n(len(self.suite.pool), self.cfg.select.ratio))
+                 if rates else None)
         info["diagnostics"] = selection_diagnostics(selected, self.suite.pool, rates, previous, learn)
         if "reprobe" in info:
             info["reprobe"]["selected"] = len(set(selected) & set(info["reprobe"].get("mixed_ids", [])))
@@ -212,17 +214,25 @@ class Curriculum:
         random.Random(f"candidates:{self.cfg.train.seed}:{stage}").shuffle(ids)
         return ids[: self.cfg.select.candidates]
 
+    def _served_candidates(self, stage: int) -> set[str] | None:
+        """What a re-collection at ``stage`` must sample: with a candidate subset, the candidates of the stages
+        until the next scheduled refresh (or the end), since those stages score from this store; else the whole
+        pool (None)."""
+        sel = self.cfg.select
+        if sel.candidates <= 0:
+            return None
+        nxt = (stage // sel.refresh_every + 1) * sel.refresh_every if sel.refresh_every > 0 else sel.stages
+        return {p for s in range(stage, min(nxt, sel.stages)) for p in self._candidate_ids(s)}
+
     def _influence(self, stage: int, info: dict) -> list[str]:
         sel = self.cfg.select
         pool, validation, overlays = self._active(stage)
         if stage > 0 and sel.refresh_every > 0 and stage % sel.refresh_every == 0:
-            # with a candidate subset, sample only the candidates of the stages until the next refresh
-            served = range(stage, min(stage + sel.refresh_every, sel.stages))
-            wanted = {p for s in served for p in self._candidate_ids(s)} if sel.candidates > 0 else None
+            wanted = self._served_candidates(stage)
             pool, validation, overlays, seconds = self._recollect(stage, wanted)
             info["refresh"] = {"collect_seconds": seconds, "pool_prompts": (len(wanted) if wanted is not None
                                                                             else len(self.suite.pool))}
-        # after a refresh every pool prompt was just sampled by this policy: nothing left to re-probe
+        # after a refresh every prompt this stage can score was just sampled by this policy: nothing to re-probe
         if stage > 0 and sel.reprobe_prompts > 0 and "refresh" not in info:
             overlay, info["reprobe"] = self._reprobe(stage, pool, overlays)
             if overlay is not None:
@@ -234,7 +244,8 @@ class Curriculum:
             fired = median is not None and median < sel.drift_ess_threshold
             info["drift"] = {"fired": fired, "ess_median": median, "threshold": sel.drift_ess_threshold}
             if fired:
-                pool, validation, overlays, info["drift"]["collect_seconds"] = self._recollect(stage)
+                pool, validation, overlays, info["drift"]["collect_seconds"] = self._recollect(
+                    stage, self._served_candidates(stage))
                 ranking, info["ess"] = self._score(stage, pool, validation, overlays, tag="-after-drift")
                 info["score_seconds"] += info["ess"]["score_seconds"]
         info["behaviour"] = {"pool": str(pool), "validation": {k: str(v) for k, v in validation.items()},
@@ -256,6 +267,9 @@ class Curriculum:
         for o in overlays:
             done |= set(pass_rates(o))
         blind = sorted(pid for pid, p in pass_rates(pool).items() if p in (0.0, 1.0) and pid not in done)
+        if self.cfg.select.candidates > 0:  # only prompts this stage scores can be selected
+            allowed = set(self._candidate_ids(stage))
+            blind = [pid for pid in blind if pid in allowed]
         random.Random(f"reprobe:{self.cfg.train.seed}:{stage}").shuffle(blind)
         chosen = set(blind[: self.cfg.select.reprobe_prompts])
         if not chosen:

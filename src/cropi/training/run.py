@@ -66,7 +66,7 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> int:
     return done
 
 
-def _stage_bounds(steps: int, stages: int) -> list[int]:
+def stage_bounds(steps: int, stages: int) -> list[int]:
     """Global step at which each stage starts, plus the budget: stage s trains steps [b[s], b[s+1])."""
     return [round(i * steps / stages) for i in range(stages + 1)]
 
@@ -123,7 +123,7 @@ def run_training(
     if state.step == 0 and stores is not None:
         state.select_seconds = stores.collect_seconds  # charged even when the stores were reused
     curriculum = Curriculum(cfg, selector, suite, policy, run_dir, stores, on_event)
-    bounds = _stage_bounds(cfg.train.steps, cfg.select.stages)
+    bounds = stage_bounds(cfg.train.steps, cfg.select.stages)
     for stage in range(cfg.select.stages):
         start, end = bounds[stage], bounds[stage + 1]
         if state.step >= end:
