@@ -266,7 +266,8 @@ def compare(
                                   "threshold).  cropi+drift, cropi+reprobe, cropi+refresh (and their combinations) switch on "
                                   "our departures from the paper (drift control, blind-spot re-probe, re-collection "
                                   "every stage); +candidatesN (cropi, static_influence) scores a seeded subset of N "
-                                  "pool prompts per stage (the selection stays ratio x the whole pool); +stagesN (cropi) re-selects N times in the budget."),
+                                  "pool prompts per stage (the selection stays ratio x the whole pool); +stagesN (cropi) "
+                                  "re-selects N times in the budget."),
     seeds: str = typer.Option("0,1,2", help="Comma-separated training seeds."),
     out: Path = typer.Option(Path("runs/compare"), "--out", "-o", help="Comparison folder (results.json, report.md, plots, runs/)."),
     config: Optional[Path] = ConfigOpt,

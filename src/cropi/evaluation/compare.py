@@ -45,8 +45,9 @@ SMOOTH = 3
 # budget instead of the comparison's stage count.
 VARIANT_SETTINGS = {"drift": {"drift_ess_threshold": 0.5}, "reprobe": {"reprobe_prompts": 200},
                     "refresh": {"refresh_every": 1}}
-CANDIDATES_FLAG = re.compile(r"candidates(\d+)")
-STAGES_FLAG = re.compile(r"stages(\d+)")
+# Flags with a number: flag name -> (the ``select`` key it sets, the selectors it applies to, the least N).
+# With fewer than 3 stages cropi is (nearly) static influence.
+NUMBERED_FLAGS = {"candidates": ("candidates", ("cropi", "static_influence"), 1), "stages": ("stages", ("cropi",), 3)}
 
 
 def parse_selector(spec: str) -> tuple[str, dict]:
@@ -54,22 +55,19 @@ def parse_selector(spec: str) -> tuple[str, dict]:
     base, *flags = spec.split("+")
     settings: dict = {}
     for flag in flags:
-        m = CANDIDATES_FLAG.fullmatch(flag)
-        if m and base in ("cropi", "static_influence") and int(m.group(1)) > 0:
-            settings["candidates"] = int(m.group(1))
-            continue
-        st = STAGES_FLAG.fullmatch(flag)
-        if st and base == "cropi" and int(st.group(1)) >= 3:  # with M < 3 cropi is (nearly) static influence
-            settings["stages"] = int(st.group(1))
-            continue
-        if flag not in VARIANT_SETTINGS and not m and not st:
+        numbered = re.fullmatch(r"([a-z]+)(\d+)", flag)
+        if numbered and numbered.group(1) in NUMBERED_FLAGS:
+            key, bases, least = NUMBERED_FLAGS[numbered.group(1)]
+            if base not in bases or int(numbered.group(2)) < least:
+                raise ConfigError(f"selector {spec!r}: {flag!r} applies to {' and '.join(bases)}, with N >= {least}")
+            settings[key] = int(numbered.group(2))
+        elif flag not in VARIANT_SETTINGS:
             raise ConfigError(f"selector {spec!r}: unknown variant {flag!r} "
-                              f"(known: {', '.join(VARIANT_SETTINGS)}, candidatesN, stagesN)")
-        if base != "cropi" or m or st:
-            raise ConfigError(f"selector {spec!r}: {flag!r} applies to "
-                              + ("cropi and static_influence, with N > 0" if m else
-                                 "cropi only, with N >= 3" if st else "cropi only"))
-        settings.update(VARIANT_SETTINGS[flag])
+                              f"(known: {', '.join(VARIANT_SETTINGS)}, {', '.join(f + 'N' for f in NUMBERED_FLAGS)})")
+        elif base != "cropi":
+            raise ConfigError(f"selector {spec!r}: {flag!r} applies to cropi only")
+        else:
+            settings.update(VARIANT_SETTINGS[flag])
     return base, settings
 
 
