@@ -7,8 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cropi.cli import app
-from cropi.rollouts.store import CollectConfig, collect
-from cropi.selection.influence import influence_ranking, read_scores
+from cropi.rollouts.trajectory_store import CollectConfig, collect
+from cropi.selection.export import influence_ranking, read_scores
 from cropi.tasks.problem import Problem
 
 runner = CliRunner()

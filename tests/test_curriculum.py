@@ -121,7 +121,7 @@ def test_drift_control_and_reprobe_fire(micro_model_dir, tmp_path):
     assert rec["reprobe"]["probed"] == 6 and 0 <= rec["reprobe"]["selected"] <= rec["reprobe"]["mixed"]
     assert rec["ess"]["candidates"] == 30 and rec["ess"]["usable"] <= 30 + rec["reprobe"]["mixed"]
     # only the stage's candidates are re-probed (others could never be selected), and drift re-collects only them
-    from cropi.rollouts.store import pass_rates, store_meta
+    from cropi.rollouts.trajectory_store import pass_rates, store_meta
 
     stage1 = tmp_path / "d" / "stages" / "stage-01"
     candidates = set(pass_rates(stage1 / "candidates"))
@@ -133,7 +133,7 @@ def test_drift_control_and_reprobe_fire(micro_model_dir, tmp_path):
 def test_scheduled_refresh_recollects_before_scoring(micro_model_dir, tmp_path):
     from cropi.training.run import run_training
 
-    from cropi.rollouts.store import pass_rates, store_meta
+    from cropi.rollouts.trajectory_store import pass_rates, store_meta
 
     sets = _sets(micro_model_dir, steps=4, stages=4, **{"select.refresh_every": 2, "select.candidates": 20,
                                                           "select.drift_ess_threshold": 1.01})

@@ -54,7 +54,7 @@ def test_smollm2_collect_and_one_grpo_step(tmp_path):
 
     from cropi.config import load_config
     from cropi.policy import load_policy
-    from cropi.rollouts.store import CollectConfig, collect, read_store
+    from cropi.rollouts.trajectory_store import CollectConfig, collect, read_store
     from cropi.tasks.problem import Problem
     from cropi.training.grpo import grpo_step, make_optimizer
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from cropi.rollouts.store import CollectConfig, collect
-from cropi.scores.pipeline import ScoreConfig, score_pool
-from cropi.scores.store import read_gradient_store
+from cropi.rollouts.trajectory_store import CollectConfig, collect
+from cropi.scores.engine import ScoreConfig, score_pool
+from cropi.scores.gradient_store import read_gradient_store
 from cropi.tasks.problem import Problem
 
 GOLDEN = Path(__file__).parent / "golden" / "scoring"

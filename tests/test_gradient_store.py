@@ -10,9 +10,9 @@ import torch
 from cropi.errors import CropiError
 from cropi.gradients.popi import groups_from_rows, prompt_gradients
 from cropi.projection import make_projector, param_shapes_of
-from cropi.rollouts.store import CollectConfig, collect, read_store
-from cropi.scores.pipeline import ScoreConfig, project_pool_range, score_pool
-from cropi.scores.store import (StoreOptions, gradient_store_meta, read_gradient_store, shard_range,
+from cropi.rollouts.trajectory_store import CollectConfig, collect, read_store
+from cropi.scores.engine import ScoreConfig, project_pool_range, score_pool
+from cropi.scores.gradient_store import (StoreOptions, gradient_store_meta, read_gradient_store, shard_range,
                                 write_gradient_store)
 from cropi.tasks.problem import Problem
 

@@ -8,7 +8,7 @@ from cropi.errors import CropiError
 from cropi.objective import response_logprobs
 from cropi.rollouts.batch import pack
 from cropi.rollouts.sampler import SamplingParams, generate
-from cropi.rollouts.store import CollectConfig, collect, pass_rates, read_store
+from cropi.rollouts.trajectory_store import CollectConfig, collect, pass_rates, read_store
 from cropi.tasks.synthetic import SuiteConfig, build_suite
 
 
@@ -92,7 +92,7 @@ def test_store_refuses_another_policy_or_setup(micro_policy, problems, tmp_path)
 
 
 def test_subset_store_keeps_only_the_chosen_prompts(micro_policy, problems, tmp_path):
-    from cropi.rollouts.store import collection_complete, store_meta, subset_store
+    from cropi.rollouts.trajectory_store import collection_complete, store_meta, subset_store
 
     full = collect(micro_policy, problems[:6], tmp_path / "full", CollectConfig(group_size=2, max_new_tokens=3, chunk_size=4))
     keep = [problems[4].id, problems[1].id]

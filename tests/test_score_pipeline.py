@@ -5,8 +5,8 @@ import torch
 
 from cropi.errors import CropiError
 from cropi.gradients.popi import groups_from_rows, prompt_gradients
-from cropi.rollouts.store import CollectConfig, collect, read_store
-from cropi.scores.pipeline import ScoreConfig, score_pool, selected_ids
+from cropi.rollouts.trajectory_store import CollectConfig, collect, read_store
+from cropi.scores.engine import ScoreConfig, score_pool, selected_ids
 from cropi.tasks.problem import Problem
 
 

@@ -1,6 +1,6 @@
 import torch
 
-from cropi.scores.influence import cosine_scores, mean_direction, reciprocal_rank_fusion, top_n
+from cropi.scores.ranking import cosine_scores, mean_direction, reciprocal_rank_fusion, top_n
 
 
 def test_cosine_matches_definition_and_zero_rows():

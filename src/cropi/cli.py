@@ -382,7 +382,7 @@ def collect(
     Resumable: rerunning the same command skips chunks already stored.
     """
     from cropi.policy import load_policy
-    from cropi.rollouts.store import CollectConfig, collect as collect_fn
+    from cropi.rollouts.trajectory_store import CollectConfig, collect as collect_fn
     from cropi.tasks.loading import load_data
 
     extra = []
@@ -415,7 +415,7 @@ def collect(
         task = prog.add_task(f"collect {split}", total=len(problems), info=f"G={r.group_size} T={r.temperature}")
         collect_fn(policy, problems, out, ccfg, shard_index=i, num_shards=n,
                    on_prompts=lambda k: prog.advance(task, k))
-    from cropi.rollouts.store import pass_rates
+    from cropi.rollouts.trajectory_store import pass_rates
 
     rates = list(pass_rates(out).values())
     mixed = sum(0 < p < 1 for p in rates)
@@ -472,8 +472,8 @@ def score(
     import time
 
     from cropi.policy import load_policy
-    from cropi.rollouts.store import store_meta
-    from cropi.scores.pipeline import ScoreConfig, project_pool_range, score_pool
+    from cropi.rollouts.trajectory_store import store_meta
+    from cropi.scores.engine import ScoreConfig, project_pool_range, score_pool
 
     part, span = _shard_or_range(shard, prange)
     if (part or span) and gradients is None:
@@ -525,7 +525,7 @@ def select_cmd(
 ):
     """Keep the top fraction of the pool by influence (reciprocal-rank fusion over the validation sets) and write
     the chosen problems for training here or elsewhere (e.g. verl)."""
-    from cropi.selection.influence import ids_path, select_from_scores, write_selection
+    from cropi.selection.export import ids_path, select_from_scores, write_selection
     from cropi.tasks.loading import load_data
 
     cfg = _build_config(config, overrides, pool=pool, fields=field, answer_format=answer_format)

@@ -116,7 +116,7 @@ def _collect_until(policy, problems, work: Path, tag: str, plan: FidelityPlan, n
                    track: Tracker) -> tuple[list[Path], int, int]:
     """Collect blocks of ``plan.block`` problems into ``work/tag-NNN`` until ``need`` prompts have mixed reward
     groups (or the problems run out).  Returns (stores, prompts collected, usable prompts)."""
-    from cropi.rollouts.store import CollectConfig, collect, pass_rates
+    from cropi.rollouts.trajectory_store import CollectConfig, collect, pass_rates
 
     cfg = CollectConfig(group_size=plan.group_size, temperature=plan.temperature, max_new_tokens=plan.max_new_tokens,
                         seed=0, chunk_size=32, batch_size=64)
@@ -137,7 +137,7 @@ def _collect_until(policy, problems, work: Path, tag: str, plan: FidelityPlan, n
 
 def _usable_groups(stores: Sequence[Path], limit: int):
     from cropi.gradients.popi import groups_from_rows
-    from cropi.rollouts.store import read_store
+    from cropi.rollouts.trajectory_store import read_store
 
     out = []
     for s in stores:
@@ -384,8 +384,8 @@ def scoring_cost(plan: FidelityPlan, work: Path, track: Tracker, log: Callable[[
     from cropi.config import RunConfig
     from cropi.gradients.popi import groups_from_rows, prompt_gradients
     from cropi.policy import load_policy
-    from cropi.rollouts.store import CollectConfig, collect, read_store
-    from cropi.scores.pipeline import ScoreConfig, score_pool
+    from cropi.rollouts.trajectory_store import CollectConfig, collect, read_store
+    from cropi.scores.engine import ScoreConfig, score_pool
     from cropi.tasks.synthetic import build_suite
     from cropi.training.grpo import grpo_step, make_optimizer, step_prompts
 

@@ -11,7 +11,7 @@ from cropi.evaluation.evaluate import evaluate
 from cropi.policy import Policy
 from cropi.rollouts.sampler import SamplingParams, generate
 from cropi.tasks import grade_many
-from cropi.tasks.synthetic import Suite
+from cropi.tasks.suite import Suite
 
 
 def pool_pass_rates(policy: Policy, problems, group_size: int = 8, temperature: float = 1.0,

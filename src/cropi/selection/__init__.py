@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Protocol, Sequence
 
 from cropi.selection.baselines import select_full, select_learnability, select_pass_rate, select_random
-from cropi.scores.influence import top_n
+from cropi.scores.ranking import top_n
 from cropi.tasks.problem import Problem
 
 

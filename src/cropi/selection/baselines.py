@@ -1,13 +1,13 @@
 """Data-selection baselines that need no gradients (METHOD.md §6).  Each returns prompt ids.
 
-``pass_rates`` are the behaviour policy's stored pass rates (``rollouts.store.pass_rates``)."""
+``pass_rates`` are the behaviour policy's stored pass rates (``rollouts.trajectory_store.pass_rates``)."""
 
 from __future__ import annotations
 
 import random
 from typing import Mapping, Sequence
 
-from cropi.scores.influence import ranked, top_n
+from cropi.scores.ranking import ranked, top_n
 
 
 def select_full(ids: Sequence[str]) -> list[str]:

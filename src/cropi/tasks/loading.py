@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from cropi.errors import ConfigError
-from cropi.tasks.synthetic import Suite, build_suite
+from cropi.tasks.suite import Suite
+from cropi.tasks.synthetic import build_suite
 
 
 def _named(spec: str) -> tuple[str, str]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from cropi.tasks.problem import Problem
+from cropi.tasks.suite import Suite
 
 MAX_DIFFICULTY = 5
 
@@ -171,18 +172,6 @@ class SuiteConfig:
     val_size: int = 200  # per targeted family
     test_size_targeted: int = 500  # per targeted family
     test_size_untargeted: int = 200  # per untargeted family
-
-
-@dataclass
-class Suite:
-    pool: list[Problem]
-    validation: dict[str, list[Problem]]  # targeted family -> its validation set
-    test: dict[str, list[Problem]]  # family -> its test split
-    targeted: list[str]
-    untargeted: list[str]
-
-    def test_problems(self) -> list[Problem]:
-        return [p for fam in self.test for p in self.test[fam]]
 
 
 def _seed_for(*parts: object) -> int:

@@ -31,12 +31,12 @@ from cropi.config import RunConfig
 from cropi.errors import CropiError
 from cropi.io import read_json, write_json
 from cropi.policy import Policy
-from cropi.rollouts.store import CollectConfig, collect, collection_complete, pass_rates, store_meta, subset_store
-from cropi.scores.influence import reciprocal_rank_fusion, top_n
+from cropi.rollouts.trajectory_store import CollectConfig, collect, collection_complete, pass_rates, store_meta, subset_store
+from cropi.scores.ranking import reciprocal_rank_fusion, top_n
 from cropi.selection import SelectionContext, Selector
 from cropi.selection.baselines import select_learnability
 from cropi.selection.diagnostics import selection_diagnostics
-from cropi.tasks.synthetic import Suite
+from cropi.tasks.suite import Suite
 
 BEHAVIOUR_SEED = 0  # behaviour trajectories are sampled once and shared by every training seed
 
@@ -168,7 +168,7 @@ class Curriculum:
     def _score(self, stage: int, pool: Path, validation: dict[str, Path], overlays: list[str],
                tag: str = "") -> tuple[list[str], dict]:
         """Score the pool (and re-probed overlays, later ones overriding) with the current policy; fuse."""
-        from cropi.scores.pipeline import score_pool
+        from cropi.scores.engine import score_pool
 
         t0 = time.perf_counter()
         per_set: dict[str, dict[str, float]] = {}

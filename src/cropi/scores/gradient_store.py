@@ -37,7 +37,7 @@ from cropi.gradients.popi import PromptGroup, gradient_batches, groups_from_rows
 from cropi.io import atomic_path, read_json, write_json
 from cropi.policy import Policy, model_fingerprint, tokenizer_fingerprint
 from cropi.projection import HashProjector
-from cropi.rollouts.store import store_meta
+from cropi.rollouts.trajectory_store import store_meta
 
 FORMAT = "cropi-gradient-store"
 IDENTITY = ("format", "projector", "model_fingerprint", "tokenizer_fingerprint", "stage", "popi",

@@ -1,6 +1,6 @@
 """Score a pool with the current policy: POPI gradients -> sparse projection -> gradient store -> cosine to each
 validation set's mean direction -> reciprocal-rank fusion.  Gradients are projected as they are computed and
-streamed to gradient stores (``scores.store``), so no full gradient outlives its micro-batch and only one chunk
+streamed to gradient stores (``scores.gradient_store``), so no full gradient outlives its micro-batch and only one chunk
 of k-vectors is in memory; a rerun resumes the stores.
 
 Output (Parquet, one row per pool prompt): prompt_id, usable (False for zero-variance groups), ess,
@@ -28,9 +28,9 @@ from cropi.errors import CropiError
 from cropi.io import atomic_path
 from cropi.policy import Policy, model_fingerprint, tokenizer_fingerprint
 from cropi.projection import HashProjector, make_projector, param_shapes_of
-from cropi.rollouts.store import store_meta
-from cropi.scores.influence import cosine_scores, mean_direction, reciprocal_rank_fusion, top_n
-from cropi.scores.store import (StoreOptions, check_same_run, iter_gradient_chunks, read_gradient_store, shard_range,
+from cropi.rollouts.trajectory_store import store_meta
+from cropi.scores.ranking import cosine_scores, mean_direction, reciprocal_rank_fusion, top_n
+from cropi.scores.gradient_store import (StoreOptions, check_same_run, iter_gradient_chunks, read_gradient_store, shard_range,
                                 store_identity, usable_prefix_end, write_gradient_store)
 
 

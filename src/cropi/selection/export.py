@@ -1,5 +1,5 @@
 """Influence-guided selection (METHOD.md §4): the top ⌊ratio·|pool|⌋ prompts of a scores file (``cropi score``)
-by reciprocal-rank fusion over its validation sets, ties broken as ``scores.influence`` does; written as the
+by reciprocal-rank fusion over its validation sets, ties broken as ``scores.ranking`` does; written as the
 chosen problems (JSONL or Parquet, cropi's own layout or verl's RL dataset layout) plus their ids.
 
 verl layout, one row per chosen problem (verl's documented RL Parquet schema)::
@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from cropi import SCHEMA_VERSION
 from cropi.errors import CropiError
 from cropi.io import atomic_path, write_json
-from cropi.scores.influence import reciprocal_rank_fusion, top_n
+from cropi.scores.ranking import reciprocal_rank_fusion, top_n
 from cropi.tasks.problem import Problem
 
 FORMATS = ("jsonl", "parquet")
