@@ -17,9 +17,28 @@ prompts with equal G, L is the mean of the per-prompt losses.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 ADVANTAGE_EPS = 1e-4
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """The settings that decide the value of ``policy_loss``: the trainer builds it from its config with
+    ``loss_spec`` and the influence estimator receives the same object, so both use one loss."""
+
+    aggregation: str = "grpo"  # grpo (per-sequence token mean) | dr_grpo (constant normaliser max_len)
+    clip_eps: float | None = None  # PPO clip ε; None = unclipped surrogate
+    max_len: int | None = None  # dr_grpo's normaliser: the longest response the sampler may write
+    max_log_ratio: float | None = None  # cap on a per-token log-ratio's value (gradient kept); None = no cap
+
+
+def loss_spec(train, rollout, clip_eps: float | None = None, max_log_ratio: float | None = None) -> LossSpec:
+    """The trainer's loss settings from a run's ``train`` and ``rollout`` config sections.  The estimator
+    passes its own ``clip_eps`` and ``max_log_ratio`` (see ``gradients.popi``) and keeps the rest."""
+    return LossSpec(train.aggregation, clip_eps, rollout.max_new_tokens, max_log_ratio)
 
 
 def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
