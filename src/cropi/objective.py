@@ -35,10 +35,10 @@ class LossSpec:
     max_log_ratio: float | None = None  # cap on a per-token log-ratio's value (gradient kept); None = no cap
 
 
-def loss_spec(train, rollout, clip_eps: float | None = None, max_log_ratio: float | None = None) -> LossSpec:
-    """The trainer's loss settings from a run's ``train`` and ``rollout`` config sections.  The estimator
-    passes its own ``clip_eps`` and ``max_log_ratio`` (see ``gradients.popi``) and keeps the rest."""
-    return LossSpec(train.aggregation, clip_eps, rollout.max_new_tokens, max_log_ratio)
+def loss_spec(train, rollout) -> LossSpec:
+    """The trainer's loss settings from a run's ``train`` and ``rollout`` config sections.  The influence
+    estimator starts from the same object and replaces only what scoring sets itself (``gradients.popi``)."""
+    return LossSpec(train.aggregation, train.clip_eps, rollout.max_new_tokens)
 
 
 def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
