@@ -53,7 +53,6 @@ def test_random_full_and_influence_selectors():
     for name in ("static_influence", "cropi"):
         assert make_selector(name).select(_ctx(ratio=0.2)) == INFLUENCE[:4]
     assert SELECTORS["cropi"].every_stage and not SELECTORS["static_influence"].every_stage
-    assert {n for n, s in SELECTORS.items() if s.needs_scores} == {"static_influence", "cropi"}
 
 
 def test_unknown_selector_is_a_config_error():

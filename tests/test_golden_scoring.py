@@ -13,8 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from cropi.config import RunConfig, ScoreConfig
 from cropi.rollouts.trajectory_store import CollectConfig, collect
-from cropi.scores.engine import ScoreConfig, score_pool
+from cropi.scores.engine import score_pool
 from cropi.scores.gradient_store import read_gradient_store
 from cropi.tasks.problem import Problem
 
@@ -33,10 +34,12 @@ def _run(policy, tmp: Path) -> tuple[dict[str, torch.Tensor], dict]:
     val_b = collect(policy, _problems("vb", 8), tmp / "val-b", cfg)
     tensors, columns = {}, {}
     for tag, batch in (("loop", 1), ("batched", 3)):
-        score = ScoreConfig(k=64, ratio=0.3, chunk_size=4, batch_size=batch)
+        run = RunConfig()
+        run.select.ratio = 0.3
+        run.select.score = ScoreConfig(k=64, chunk_size=4, batch_size=batch, mode="projected")
         grads = tmp / f"grads-{tag}"
-        table = score_pool(policy, pool, {"a": val_a, "b": val_b}, tmp / f"scores-{tag}.parquet", score,
-                           gradients=grads)
+        table = score_pool(policy, pool, {"a": val_a, "b": val_b}, tmp / f"scores-{tag}.parquet", run,
+                           gradients=grads).table
         cols = table.to_pydict()
         columns[tag] = {k: v for k, v in cols.items() if k in ("prompt_id", "usable", "fused_rank")}
         for name in ("ess", "max_abs_log_ratio", "grad_norm", "score_a", "score_b"):

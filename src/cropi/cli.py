@@ -473,7 +473,8 @@ def score(
 
     from cropi.policy import load_policy
     from cropi.rollouts.trajectory_store import store_meta
-    from cropi.scores.engine import ScoreConfig, project_pool_range, score_pool
+    from cropi.config import ScoreConfig, load_config
+    from cropi.scores.engine import project_pool_range, score_pool
 
     part, span = _shard_or_range(shard, prange)
     if (part or span) and gradients is None:
@@ -488,8 +489,9 @@ def score(
         vals[name] = path
     n = store_meta(pool_store)["num_prompts"]
     policy = load_policy(model, device)
-    cfg = ScoreConfig(kind=kind, k=k, seed=seed, keep=keep, exclude=list(exclude or []), ratio=ratio, stage=stage,
-                      batch_size=batch_size, chunk_size=chunk_size)
+    cfg = load_config(None, [f"select.ratio={ratio}"])
+    cfg.select.score = ScoreConfig(kind=kind, k=k, seed=seed, keep=keep, exclude=list(exclude or []), stage=stage,
+                                   batch_size=batch_size, chunk_size=chunk_size)
     t0 = time.perf_counter()
     if part or span:
         with _progress() as prog:
@@ -502,7 +504,7 @@ def score(
     with _progress() as prog:
         task = prog.add_task("score pool", total=n, info=f"{kind} k={k}")
         table = score_pool(policy, pool_store, vals, out, cfg, on_prompt=lambda i: prog.advance(task, i),
-                           gradients=gradients)
+                           gradients=gradients).table
     secs = time.perf_counter() - t0
     usable = sum(table.column("usable").to_pylist())
     typer.echo(f"scored {usable} of {table.num_rows} prompts ({table.num_rows - usable} zero-variance groups skipped) "
@@ -514,7 +516,7 @@ def score(
 def select_cmd(
     scores: Path = typer.Option(..., help="Scores file from `cropi score`."),
     out: Path = typer.Option(..., "--out", "-o", help="Chosen problems, .jsonl or .parquet (ids go next to it, OUT.ids.json)."),
-    ratio: float = typer.Option(0.1, help="Fraction of the pool to keep (top by fused influence rank)."),
+    ratio: Optional[float] = typer.Option(None, help="Fraction of the pool to keep (default: the ratio the scores were fused at)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="jsonl or parquet (default: from OUT's extension)."),
     layout: str = typer.Option("plain", help="plain (cropi problem fields, readable back with --pool) or verl (verl's RL dataset layout)."),
     config: Optional[Path] = ConfigOpt,
@@ -531,7 +533,7 @@ def select_cmd(
     cfg = _build_config(config, overrides, pool=pool, fields=field, answer_format=answer_format)
     sel = select_from_scores(scores, load_data(cfg.data).pool, ratio)
     write_selection(sel, out, fmt, layout)
-    typer.echo(f"selected {len(sel.ids)} of {sel.pool_size} prompts (ratio {ratio}); wrote {out} and {ids_path(out)}")
+    typer.echo(f"selected {len(sel.ids)} of {sel.pool_size} prompts (ratio {sel.ratio}); wrote {out} and {ids_path(out)}")
 
 
 @app.command("eval")

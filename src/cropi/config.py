@@ -43,6 +43,7 @@ class RolloutConfig:
     top_p: float = 1.0
     max_new_tokens: int = 10  # the embedded suite's answers are at most 7 characters
     batch_size: int = 512
+    seed: int = 0  # seed of the behaviour rollouts (collect, and the curriculum's behaviour stores)
 
 
 @dataclass
@@ -82,7 +83,12 @@ class ScoreConfig:
     seed: int = 0
     keep: float = 1.0
     exclude: list[str] = field(default_factory=list)  # parameter globs left out of scoring
-    ratio: float = 0.1
+    # projected (sparse projection to k dims) | exact (full gradients against exact validation means) | auto
+    mode: str = "projected"
+    exact_memory_gb: float = 2.0  # auto: exact when the validation means fit in this much memory
+    # PPO clip on the off-policy ratios when scoring; None differentiates the unclipped surrogate (the
+    # trainer's clip never acts at ppo_epochs = 1, where its ratio is exactly 1)
+    clip_eps: float | None = None
     max_val_prompts: int = 100  # per validation set (METHOD.md §4)
     stage: int = 0  # curriculum stage, recorded in the gradient stores
     batch_size: int = 1  # prompts per backward pass (1: one per prompt; batched was not faster on the tiny policy)

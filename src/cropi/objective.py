@@ -81,31 +81,29 @@ def policy_loss(
     behavior_logprobs: torch.Tensor,
     advantages: torch.Tensor,
     mask: torch.Tensor,
-    clip_eps: float | None = None,
-    aggregation: str = "grpo",
-    max_len: int | None = None,
-    max_log_ratio: float | None = None,
+    spec: LossSpec = LossSpec(),
 ) -> torch.Tensor:
-    """L = −mean_i (1/T_i) Σ_t surrogate_{i,t}, surrogate = ρ A (or the PPO-clipped form).
+    """L = −mean_i (1/T_i) Σ_t surrogate_{i,t}, surrogate = ρ A (or the PPO-clipped form), as ``spec`` says.
 
     Shapes: ``logprobs``/``behavior_logprobs``/``mask`` [N, L] over N sequences (all groups of a batch,
     flattened), ``advantages`` [N].  ``mask`` is 1 on response tokens.  Returns a scalar."""
     mask = mask.to(logprobs.dtype)
     log_ratio = (logprobs - behavior_logprobs) * mask
-    if max_log_ratio is not None:  # cap the value, keep the gradient (truncated importance weight)
-        log_ratio = torch.where(log_ratio > max_log_ratio, max_log_ratio + (log_ratio - log_ratio.detach()), log_ratio)
+    if spec.max_log_ratio is not None:  # cap the value, keep the gradient (truncated importance weight)
+        c = spec.max_log_ratio
+        log_ratio = torch.where(log_ratio > c, c + (log_ratio - log_ratio.detach()), log_ratio)
     ratio = torch.exp(log_ratio)
     adv = advantages.to(logprobs.dtype).unsqueeze(-1)
     surrogate = ratio * adv
-    if clip_eps is not None and clip_eps > 0:
-        surrogate = torch.minimum(surrogate, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv)
+    if spec.clip_eps is not None and spec.clip_eps > 0:
+        surrogate = torch.minimum(surrogate, torch.clamp(ratio, 1 - spec.clip_eps, 1 + spec.clip_eps) * adv)
     per_token = -surrogate * mask
-    if aggregation == "grpo":
+    if spec.aggregation == "grpo":
         per_seq = per_token.sum(-1) / mask.sum(-1).clamp_min(1)
-    elif aggregation == "dr_grpo":
-        per_seq = per_token.sum(-1) / float(max_len or mask.shape[-1])
+    elif spec.aggregation == "dr_grpo":
+        per_seq = per_token.sum(-1) / float(spec.max_len or mask.shape[-1])
     else:
-        raise ValueError(f"unknown aggregation {aggregation!r} (grpo or dr_grpo)")
+        raise ValueError(f"unknown aggregation {spec.aggregation!r} (grpo or dr_grpo)")
     return per_seq.mean()
 
 

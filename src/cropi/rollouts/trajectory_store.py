@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -45,6 +45,37 @@ SCHEMA = pa.schema(
 )
 
 
+@dataclass
+class PromptGroup:
+    """One prompt's stored responses: the rows of the store with the same prompt id, in sample order."""
+
+    prompt_id: str
+    prompt_ids: list[int]
+    response_ids: list[list[int]]
+    behavior_logprobs: list[list[float]]
+    rewards: list[float]
+    temperature: float
+
+    @property
+    def zero_variance(self) -> bool:
+        """All rewards equal: every advantage is 0, so the group carries no policy gradient."""
+        return max(self.rewards) == min(self.rewards)
+
+
+def prompt_groups(rows: Iterable[dict]) -> list[PromptGroup]:
+    """Group store rows (``read_store(...).to_pylist()``) by prompt id, in first-seen order."""
+    groups: dict[str, PromptGroup] = {}
+    for r in rows:
+        g = groups.get(r["prompt_id"])
+        if g is None:
+            g = groups[r["prompt_id"]] = PromptGroup(r["prompt_id"], list(r["prompt_ids"]), [], [], [],
+                                                     float(r["temperature"]))
+        g.response_ids.append(list(r["response_ids"]))
+        g.behavior_logprobs.append(list(r["behavior_logprobs"]))
+        g.rewards.append(float(r["reward"]))
+    return list(groups.values())
+
+
 @dataclass(frozen=True)
 class CollectConfig:
     group_size: int = 8
@@ -54,6 +85,13 @@ class CollectConfig:
     seed: int = 0
     chunk_size: int = 64  # prompts per Parquet chunk (and per resume unit)
     batch_size: int = 512  # rows per generation batch
+
+    @classmethod
+    def from_rollout(cls, rollout, group_size: int | None = None, seed: int | None = None) -> "CollectConfig":
+        """A run's ``rollout`` config section as a collection setup (``group_size`` / ``seed`` overridden)."""
+        return cls(group_size=group_size or rollout.group_size, temperature=rollout.temperature,
+                   top_p=rollout.top_p, max_new_tokens=rollout.max_new_tokens,
+                   seed=rollout.seed if seed is None else seed, batch_size=rollout.batch_size)
 
 
 def _chunk_path(folder: Path, chunk: int) -> Path:
@@ -165,6 +203,40 @@ def store_meta(folder: str | Path) -> dict:
     if not path.exists():
         raise CropiError(f"{path}: no trajectory store here (run `cropi collect` first)")
     return read_json(path)
+
+
+def iter_prompt_groups(folder: str | Path, start: int = 0, end: int | None = None) -> Iterator[tuple[int, PromptGroup]]:
+    """(position, group) for prompts [start, end) of the store's prompt order, one part in memory at a time."""
+    folder = Path(folder)
+    meta = store_meta(folder)
+    n, per_part = int(meta["num_prompts"]), int(meta["chunk_size"])
+    end = n if end is None else end
+    for part in range(start // per_part, -(-end // per_part)):
+        path = _chunk_path(folder, part)
+        if not path.exists():
+            raise CropiError(f"{path}: trajectory store is incomplete (part {part} missing); "
+                             "finish `cropi collect` (rerun it to resume) before scoring")
+        groups = prompt_groups(pq.read_table(path).to_pylist())
+        first = part * per_part
+        expected = min(per_part, n - first)
+        if len(groups) != expected:
+            raise CropiError(f"{path}: holds {len(groups)} prompts, expected {expected}")
+        for i, g in enumerate(groups):
+            if start <= first + i < end:
+                yield first + i, g
+
+
+def usable_prefix_end(folder: str | Path, max_usable: int) -> int:
+    """The smallest end such that prompts [0, end) hold ``max_usable`` groups with mixed rewards (or the store's
+    size): from the stored rewards alone, so no gradient is computed for prompts that would not be used."""
+    seen = end = 0
+    for pos, g in iter_prompt_groups(folder):
+        end = pos + 1
+        if not g.zero_variance:
+            seen += 1
+            if seen >= max_usable:
+                break
+    return end
 
 
 def read_store(folder: str | Path) -> pa.Table:

@@ -1,43 +1,172 @@
-"""Score a pool with the current policy: POPI gradients -> sparse projection -> gradient store -> cosine to each
-validation set's mean direction -> reciprocal-rank fusion.  Gradients are projected as they are computed and
-streamed to gradient stores (``scores.gradient_store``), so no full gradient outlives its micro-batch and only one chunk
-of k-vectors is in memory; a rerun resumes the stores.
+"""The influence engine: score a pool with the current policy.
+
+Four parts, each behind one small interface, wired together by ``score_pool``:
+
+    estimator        gradients.popi.GradientEstimator   g_x of each usable prompt group (one batch type)
+    projector        projection.Projector               g_x -> k numbers, linearly (sparse JL)
+    gradient store   scores.gradient_store              the k numbers on disk, chunked, resumable, shardable
+    scorer           scores.ranking                     cosine to each validation mean -> one fused Ranking
+
+Two modes (``select.score.mode``):
+- ``projected``: the validation means and the pool gradients are projected to k dims, and the cosine is taken
+  there (error ≈ 1/√k; benchmarks/results/projection.md).
+- ``exact``: each validation set's mean gradient ḡ_v is kept whole (one d-vector per set), and each prompt's
+  gradient is streamed against it: ⟨g, ḡ_v⟩ and ‖g‖ exactly, so cos(g, ḡ_v) has no projection error.  The
+  "projector" is then the linear map g ↦ (⟨g, ḡ_v⟩)_v, stored like any other projection, so exact scoring
+  resumes and shards the same way.  Projected gradients are still written when a ``gradients`` folder is
+  given, for later reuse (another validation set, static influence).
+- ``auto``: exact when the means fit in ``select.score.exact_memory_gb``, else projected.
 
 Output (Parquet, one row per pool prompt): prompt_id, usable (False for zero-variance groups), ess,
-max_abs_log_ratio, grad_norm, score_<validation set> for each set, fused_rank (1 = best; null when not selected
-by RRF at ``ratio``).  File metadata carries the projector spec, the score config, the gradient stores and the
-pool store's meta (with its model and tokenizer fingerprints).
+max_abs_log_ratio, grad_norm, score_<validation set> for each set, fused_rank (1 = best; null when not chosen),
+and with re-probe overlays a ``reprobed`` column.  File metadata carries the mode, projector spec, score config,
+selection size, gradient stores and the pool store's meta.
 
-Gradient folder layout: ``pool/`` (or shards ``pool-START-END/`` from ``project_pool_range``) and one
-``val-<name>/`` per validation set.
+Gradient folder layout: ``pool/`` (or shards ``pool-START-END/``) and ``val-<name>/`` for projected gradients;
+``pool-exact/`` (or ``pool-exact-START-END/``) for exact mode's inner products; ``overlay-<i>/`` for overlays.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import asdict
+import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from cropi import SCHEMA_VERSION
-from cropi.config import ScoreConfig
-from cropi.errors import CropiError
+from cropi.config import RunConfig, ScoreConfig
+from cropi.errors import ConfigError, CropiError
+from cropi.gradients.popi import GradientBatch, GradientEstimator, make_estimator, scoring_loss
 from cropi.io import atomic_path
+from cropi.objective import loss_spec
 from cropi.policy import Policy, model_fingerprint, tokenizer_fingerprint
-from cropi.projection import HashProjector, make_projector, param_shapes_of
-from cropi.rollouts.trajectory_store import store_meta
-from cropi.scores.ranking import cosine_scores, mean_direction, reciprocal_rank_fusion, top_n
-from cropi.scores.gradient_store import (StoreOptions, check_same_run, iter_gradient_chunks, read_gradient_store, shard_range,
-                                store_identity, usable_prefix_end, write_gradient_store)
+from cropi.projection import Projector, make_projector, param_shapes_of
+from cropi.rollouts.trajectory_store import PromptGroup, iter_prompt_groups, store_meta, usable_prefix_end
+from cropi.scores.gradient_store import (FORMAT, ChunkRows, GradientStoreWriter, check_same_run, chunks_of,
+                                         iter_gradient_chunks, read_gradient_store, shard_range)
+from cropi.scores.ranking import Ranking, cosine_scores, mean_direction, rank, top_n
+
+MODES = ("projected", "exact", "auto")
 
 
-def _store_options(cfg: ScoreConfig) -> StoreOptions:
-    return StoreOptions(stage=cfg.stage, chunk_size=cfg.chunk_size, batch_size=cfg.batch_size)
+# ----------------------------------------------------------------------------- the parts
+def make_score_projector(policy: Policy, cfg: ScoreConfig) -> Projector:
+    shapes = param_shapes_of(policy.model, exclude=cfg.exclude or None)
+    return make_projector(cfg.kind, cfg.k, cfg.seed, shapes, keep=cfg.keep)
 
 
+def make_score_estimator(policy: Policy, cfg: RunConfig) -> GradientEstimator:
+    """POPI on the trainer's own loss (aggregation and normaliser from ``train`` / ``rollout``)."""
+    score = cfg.select.score
+    names = list(param_shapes_of(policy.model, exclude=score.exclude or None))
+    return make_estimator(policy.model, policy.pad_token_id, scoring_loss(loss_spec(cfg.train, cfg.rollout),
+                                                                          score.clip_eps),
+                          param_names=names, batch_size=score.batch_size)
+
+
+class MeanDots:
+    """The exact-mode map g ↦ (⟨g, ḡ_v⟩)_v over the validation means (a Projector with k = number of sets)."""
+
+    def __init__(self, means: Mapping[str, dict[str, torch.Tensor]], identity: dict):
+        self.sets = list(means)
+        self.means = means
+        self.k = len(self.sets)
+        self.norms = {v: math.sqrt(sum(float(t.double().pow(2).sum()) for t in m.values())) for v, m in means.items()}
+        self._spec = {"kind": "validation-means", "k": self.k, "sets": identity,
+                      "norms": self.norms}
+
+    def spec(self) -> dict:
+        return self._spec
+
+    def project_batch(self, grads: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        B = next(iter(grads.values())).shape[0]
+        out = torch.zeros(B, self.k, dtype=torch.float64)
+        for j, v in enumerate(self.sets):
+            for name, m in self.means[v].items():  # fp32 dot per tensor, summed in fp64
+                out[:, j] += (grads[name].reshape(B, -1) @ m.reshape(-1)).double().cpu()
+        return out.float()
+
+    def project(self, grads: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.project_batch({n: g.unsqueeze(0) for n, g in grads.items()})[0]
+
+
+@dataclass
+class StoreSink:
+    """A projector and the gradient store its vectors go to."""
+
+    projector: Projector
+    writer: GradientStoreWriter
+
+
+def featurize(estimator: GradientEstimator, trajectories: str | Path, sinks: Sequence[StoreSink], start: int = 0,
+              end: int | None = None, chunk_size: int = 64, stage: int = 0,
+              on_batch: Callable[[GradientBatch], None] | None = None,
+              on_prompts: Callable[[int], None] | None = None) -> None:
+    """Compute g_x once for every usable prompt of [start, end) in each grid chunk that some sink still lacks
+    (every chunk when ``on_batch`` is given), and hand each gradient batch to every sink.
+
+    Micro-batches never cross a chunk, and within a chunk usable groups are ordered by packed width (less
+    padding) — a fixed function of the chunk's own prompts, so a chunk's bits do not depend on what else is
+    computed (resumed and sharded stores equal whole ones)."""
+    n = int(store_meta(trajectories)["num_prompts"])
+    end = n if end is None else end
+    pending: list[tuple[int, PromptGroup]] = []
+
+    def flush(chunk: int) -> None:
+        todo = [s for s in sinks if not s.writer.has_chunk(chunk)]
+        if todo or on_batch is not None:
+            _featurize_chunk(estimator, pending, chunk, todo, stage, on_batch)
+        if on_prompts:
+            on_prompts(len(pending))
+        pending.clear()
+
+    current = None
+    for pos, group in iter_prompt_groups(trajectories, start, end):
+        if current is not None and pos // chunk_size != current:
+            flush(current)
+        current = pos // chunk_size
+        pending.append((pos, group))
+    if pending:
+        flush(current)
+    for s in sinks:
+        s.writer.finish()
+
+
+def _featurize_chunk(estimator, members, chunk, sinks, stage, on_batch) -> None:
+    usable = [g for _, g in members if not g.zero_variance]
+    usable.sort(key=lambda g: len(g.prompt_ids) + max(map(len, g.response_ids)))  # stable: ties keep order
+    results: list[dict[str, tuple]] = [{} for _ in sinks]
+    for gb in estimator.gradients(usable).batches:
+        if on_batch is not None:
+            on_batch(gb)
+        if not sinks:
+            continue
+        sq = torch.zeros(len(gb), dtype=torch.float64)
+        for g in gb.grads.values():
+            sq += g.reshape(len(gb), -1).pow(2).sum(1, dtype=torch.float64).cpu()
+        for sink, res in zip(sinks, results):
+            vecs = sink.projector.project_batch(gb.grads)
+            for b, pid in enumerate(gb.prompt_ids):
+                res[pid] = (vecs[b].cpu().numpy(), float(sq[b].sqrt()), gb.ess[b], gb.max_abs_log_ratio[b])
+    for sink, res in zip(sinks, results):
+        rows = ChunkRows([p for p, _ in members], [g.prompt_id for _, g in members], [], [], [], [], stage)
+        for _, g in members:
+            r = res.get(g.prompt_id)
+            rows.vectors.append(None if r is None else r[0])
+            rows.grad_norm.append(None if r is None else r[1])
+            rows.ess.append(None if r is None else r[2])
+            rows.max_abs_log_ratio.append(None if r is None else r[3])
+        sink.writer.write_chunk(chunk, rows)
+
+
+# ----------------------------------------------------------------------------- identities and checks
 def _check_store(path: Path, policy: Policy) -> dict:
     meta = store_meta(path)
     tok = tokenizer_fingerprint(policy.tokenizer)  # the weights may differ from β: that is the point
@@ -47,43 +176,109 @@ def _check_store(path: Path, policy: Policy) -> dict:
     return meta
 
 
+def _identity(policy: Policy, fingerprint: str, trajectories: str | Path, projector: Projector, cfg: RunConfig,
+              start: int = 0, end: int | None = None) -> dict:
+    """The meta.json a gradient store of these inputs has (``IDENTITY`` keys decide whether two may mix)."""
+    traj_meta = store_meta(trajectories)
+    n = int(traj_meta["num_prompts"])
+    score = cfg.select.score
+    return {
+        "format": FORMAT,
+        "projector": projector.spec(),
+        "model": policy.name,
+        "model_fingerprint": fingerprint,
+        "tokenizer_fingerprint": tokenizer_fingerprint(policy.tokenizer),
+        "stage": score.stage,
+        "popi": {"loss": asdict(scoring_loss(loss_spec(cfg.train, cfg.rollout), score.clip_eps)), "acg": False},
+        "trajectory_store": traj_meta,
+        "trajectory_store_path": str(trajectories),
+        "num_prompts": n,
+        "start": start,
+        "end": n if end is None else end,
+        "chunk_size": score.chunk_size,
+        "k": projector.k,
+    }
+
+
+def _writer(policy, fp, trajectories, folder: Path, projector, cfg, start=0, end=None) -> GradientStoreWriter:
+    meta = _identity(policy, fp, trajectories, projector, cfg, start, end)
+    if not (folder / "meta.json").exists() and meta["tokenizer_fingerprint"] != meta["trajectory_store"].get(
+            "tokenizer_fingerprint"):
+        raise CropiError(f"{Path(trajectories) / 'meta.json'}: trajectory store was made with another tokenizer "
+                         f"({meta['trajectory_store'].get('tokenizer_fingerprint')} != {meta['tokenizer_fingerprint']})")
+    return GradientStoreWriter(folder, meta)
+
+
+def resolve_mode(policy: Policy, cfg: ScoreConfig, n_sets: int) -> str:
+    """``projected`` or ``exact``; ``auto`` is exact when the n_sets fp32 means fit in ``exact_memory_gb``."""
+    if cfg.mode not in MODES:
+        raise ConfigError(f"select.score.mode: {cfg.mode!r} must be one of {', '.join(MODES)}")
+    if cfg.mode != "auto":
+        return cfg.mode
+    d = sum(math.prod(s) for s in param_shapes_of(policy.model, exclude=cfg.exclude or None).values())
+    return "exact" if n_sets * d * 4 <= cfg.exact_memory_gb * 2 ** 30 else "projected"
+
+
 def default_gradients_dir(out: str | Path) -> Path:
-    """Where ``score_pool`` keeps its gradient stores unless told: next to the scores file."""
+    """Where ``score_pool`` keeps its stores unless told: next to the scores file."""
     out = Path(out)
     return out.with_name(out.stem + ".gradients")
 
 
-def make_score_projector(policy: Policy, cfg: ScoreConfig) -> HashProjector:
-    shapes = param_shapes_of(policy.model, exclude=cfg.exclude or None)
-    return make_projector(cfg.kind, cfg.k, cfg.seed, shapes, keep=cfg.keep)
+# ----------------------------------------------------------------------------- validation means
+def _projected_means(policy, fp, estimator, val_stores, root, projector, cfg) -> tuple[dict, dict]:
+    score = cfg.select.score
+    means, folders = {}, {}
+    for name, path in val_stores.items():
+        end = usable_prefix_end(path, score.max_val_prompts)
+        writer = _writer(policy, fp, path, root / f"val-{name}", projector, cfg, 0, end)
+        featurize(estimator, path, [StoreSink(projector, writer)], 0, end, score.chunk_size, score.stage)
+        val = read_gradient_store(writer.folder)
+        _require_usable(path, name, val.vectors.shape[0])
+        means[name] = mean_direction(val.vectors[:score.max_val_prompts])
+        folders[name] = writer.folder
+    return means, folders
 
 
-def project_pool_range(policy: Policy, pool_store: str | Path, gradients: str | Path, cfg: ScoreConfig = ScoreConfig(),
-                       start: int = 0, end: int | None = None, shard: tuple[int, int] | None = None,
-                       on_prompt: Callable[[int], None] | None = None) -> Path:
-    """Project pool prompts [start, end) (or chunk-aligned shard ``(i, n)``) into ``gradients/pool-START-END``,
-    resumable; ``score_pool`` with the same ``gradients`` folder then reads the shards as one store."""
-    _check_store(Path(pool_store), policy)
-    n = int(store_meta(pool_store)["num_prompts"])
-    if shard is not None:
-        start, end = shard_range(n, cfg.chunk_size, *shard)
-    end = n if end is None else end
-    folder = Path(gradients) / f"pool-{start:09d}-{end:09d}"
-    return write_gradient_store(policy, pool_store, folder, make_score_projector(policy, cfg), _store_options(cfg),
-                                start, end, on_prompts=on_prompt)
+def _exact_means(policy, fp, estimator, val_stores, root, projector, cfg) -> tuple[dict, dict]:
+    """ḡ_v = the mean full gradient of each set's first ``max_val_prompts`` usable prompts, one fp32 dict per set;
+    with ``projector`` the same pass also writes the projected validation stores."""
+    score = cfg.select.score
+    means, folders = {}, {}
+    for name, path in val_stores.items():
+        end = usable_prefix_end(path, score.max_val_prompts)
+        total: dict[str, torch.Tensor] = {}
+        count = [0]
+
+        def add(gb: GradientBatch) -> None:
+            for pname, g in gb.grads.items():
+                s = g.sum(0)
+                total[pname] = s if pname not in total else total[pname].add_(s)
+            count[0] += len(gb)
+
+        sinks = []
+        if projector is not None:
+            sinks = [StoreSink(projector, _writer(policy, fp, path, root / f"val-{name}", projector, cfg, 0, end))]
+            folders[name] = sinks[0].writer.folder
+        featurize(estimator, path, sinks, 0, end, score.chunk_size, score.stage, on_batch=add)
+        _require_usable(path, name, count[0])
+        means[name] = {p: t / count[0] for p, t in total.items()}
+    return means, folders
 
 
-def _pool_stores(policy, pool_store, root: Path, projector, cfg, fp, on_prompt) -> list[Path]:
-    shards = sorted(p for p in root.glob("pool-*") if (p / "meta.json").exists())
-    if shards:  # made by project_pool_range; iter_gradient_chunks checks that they cover the pool
-        expected = store_identity(policy, pool_store, projector, _store_options(cfg), fingerprint=fp)
-        for shard in shards:
-            check_same_run(shard, expected)
-        if on_prompt:
-            on_prompt(int(store_meta(pool_store)["num_prompts"]))
-        return shards
-    return [write_gradient_store(policy, pool_store, root / "pool", projector, _store_options(cfg),
-                                 fingerprint=fp, on_prompts=on_prompt)]
+def _require_usable(path, name, usable: int) -> None:
+    if usable == 0:
+        raise CropiError(f"{path}: validation set {name!r} has no usable gradient "
+                         "(every reward group has zero variance); sample more responses or easier prompts")
+
+
+# ----------------------------------------------------------------------------- the driver
+@dataclass
+class ScoringResult:
+    table: pa.Table  # the scores file's rows
+    ranking: Ranking  # the fused selection, best first (the file's fused_rank column)
+    mode: str  # "projected" or "exact"
+    meta: dict  # the scores file's metadata
 
 
 def score_pool(
@@ -91,60 +286,164 @@ def score_pool(
     pool_store: str | Path,
     val_stores: Mapping[str, str | Path],
     out: str | Path,
-    cfg: ScoreConfig = ScoreConfig(),
+    cfg: RunConfig,
     on_prompt: Callable[[int], None] | None = None,
     gradients: str | Path | None = None,
-) -> pa.Table:
-    """Influence scores of every pool prompt for ``policy``; writes ``out`` (Parquet) and returns the table.
+    overlays: Sequence[str | Path] = (),
+    select_n: int | None = None,
+) -> ScoringResult:
+    """Influence scores of every pool prompt for ``policy``: writes ``out`` (Parquet) and returns the table and
+    its one fused ranking of ``select_n`` prompts (default ⌊select.ratio · pool rows⌋).
 
-    Projected gradients go to gradient stores under ``gradients`` (default: ``default_gradients_dir(out)``);
-    rerunning after an interruption resumes them.  A store made with another model, tokenizer or projector
-    is refused with a ``CropiError``."""
+    ``overlays``: trajectory stores of some pool prompts re-sampled by the current policy; their usable groups
+    replace the pool's rows for the same prompts.  Stores go under ``gradients`` (default: next to ``out``);
+    rerunning after an interruption resumes them, and a store made with another model, tokenizer, loss or
+    projector is refused with a ``CropiError``."""
     if not val_stores:
         raise CropiError("scoring needs at least one validation store")
+    score = cfg.select.score
     pool_meta = _check_store(Path(pool_store), policy)
-    root = Path(gradients) if gradients is not None else default_gradients_dir(out)
-    projector = make_score_projector(policy, cfg)
-    fp = model_fingerprint(policy.model)  # once per run: every store of this run is checked against it
-    directions = {}
-    val_dirs = {}
-    for name, path in val_stores.items():
+    for path in val_stores.values():
         _check_store(Path(path), policy)
-        end = usable_prefix_end(path, cfg.max_val_prompts)
-        val_dirs[name] = write_gradient_store(policy, path, root / f"val-{name}", projector, _store_options(cfg),
-                                              end=end, fingerprint=fp)
-        val = read_gradient_store(val_dirs[name])
-        if val.vectors.shape[0] == 0:
-            raise CropiError(f"{path}: validation set {name!r} has no usable gradient "
-                             "(every reward group has zero variance); sample more responses or easier prompts")
-        directions[name] = mean_direction(val.vectors[:cfg.max_val_prompts])
-    pool_dirs = _pool_stores(policy, pool_store, root, projector, cfg, fp, on_prompt)
+    mode = resolve_mode(policy, score, len(val_stores))
+    root = Path(gradients) if gradients is not None else default_gradients_dir(out)
+    fp = model_fingerprint(policy.model)  # once per run: every store of this run is checked against it
+    estimator = make_score_estimator(policy, cfg)
+    keep_projected = mode == "projected" or gradients is not None
+    projector = make_score_projector(policy, score) if keep_projected else None
+    if mode == "projected":
+        means, val_dirs = _projected_means(policy, fp, estimator, val_stores, root, projector, cfg)
+        scorer = projector
+    else:
+        means, val_dirs = _exact_means(policy, fp, estimator, val_stores, root, projector, cfg)
+        scorer = MeanDots(means, {name: {"trajectory_store": store_meta(p), "max_val_prompts": score.max_val_prompts}
+                                  for name, p in val_stores.items()})
+    pool_dirs = _pool_stores(policy, fp, estimator, pool_store, root, projector, scorer, mode, cfg, on_prompt)
     columns: dict[str, list] = {"prompt_id": [], "usable": [], "ess": [], "max_abs_log_ratio": [], "grad_norm": []}
-    per_set: dict[str, dict[str, float]] = {name: {} for name in directions}
+    per_set: dict[str, dict[str, float]] = {name: {} for name in val_stores}
     for index, vectors in iter_gradient_chunks(pool_dirs, require_whole=True):
         for key in columns:
             columns[key] += index.column(key).to_pylist()
-        ids = index.filter(index.column("usable")).column("prompt_id").to_pylist()
-        for name, d in directions.items():
-            per_set[name].update(zip(ids, cosine_scores(vectors, d).tolist() if ids else []))
+        _chunk_scores(index, vectors, mode, means, scorer, per_set)
+    reprobed = None
+    if overlays:
+        reprobed = _apply_overlays(policy, fp, estimator, overlays, root, projector, scorer, mode, means, cfg,
+                                   columns, per_set)
     all_ids = columns["prompt_id"]
-    for name in directions:
+    for name in val_stores:
         columns[f"score_{name}"] = [per_set[name].get(p) for p in all_ids]
-    fused = reciprocal_rank_fusion(per_set, top_n(len(all_ids), cfg.ratio))
-    rank = {p: i + 1 for i, p in enumerate(fused)}
-    columns["fused_rank"] = [rank.get(p) for p in all_ids]
+    n = select_n if select_n is not None else top_n(len(all_ids), cfg.select.ratio)
+    ranking = rank(per_set, n)
+    fused = ranking.rank_of()
+    columns["fused_rank"] = [fused.get(p) for p in all_ids]
+    if reprobed is not None:
+        columns["reprobed"] = reprobed
     table = pa.table(columns)
-    meta = {"schema_version": SCHEMA_VERSION, "projector": projector.spec(), "score_config": asdict(cfg),
+    meta = {"schema_version": SCHEMA_VERSION, "mode": mode, "projector": scorer.spec() if mode == "projected" else
+            {"kind": "validation-means", "sets": list(val_stores)}, "score_config": asdict(score),
+            "loss": asdict(scoring_loss(loss_spec(cfg.train, cfg.rollout), score.clip_eps)),
+            "select_ratio": cfg.select.ratio, "select_n": n,
             "pool_store": pool_meta, "policy": policy.name, "model_fingerprint": fp,
             "tokenizer_fingerprint": tokenizer_fingerprint(policy.tokenizer),
             "gradients": {"pool": [str(p) for p in pool_dirs], **{f"val-{k}": str(v) for k, v in val_dirs.items()}}}
     with atomic_path(out) as tmp:
         pq.write_table(table.replace_schema_metadata({b"cropi": json.dumps(meta, default=str).encode()}), tmp)
-    return table
+    return ScoringResult(table, ranking, mode, meta)
 
 
-def selected_ids(scores: pa.Table) -> list[str]:
-    """The ids chosen by reciprocal-rank fusion, best first."""
-    rows = [(r, p) for p, r in zip(scores.column("prompt_id").to_pylist(), scores.column("fused_rank").to_pylist())
-            if r is not None]
-    return [p for _, p in sorted(rows)]
+def _chunk_scores(index: pa.Table, vectors: torch.Tensor, mode: str, means, scorer, per_set) -> None:
+    """Add one chunk's per-set cosines to ``per_set``."""
+    ids = index.filter(index.column("usable")).column("prompt_id").to_pylist()
+    if not ids:
+        return
+    if mode == "projected":
+        for name, d in means.items():
+            per_set[name].update(zip(ids, cosine_scores(vectors, d).tolist()))
+        return
+    norms = np.array([x for x in index.column("grad_norm").to_pylist() if x is not None], dtype=np.float64)
+    for j, name in enumerate(scorer.sets):
+        den = norms * scorer.norms[name]
+        cos = np.where(den > 1e-12, vectors[:, j].double().numpy() / np.maximum(den, 1e-300), 0.0)
+        per_set[name].update(zip(ids, cos.tolist()))
+
+
+def _pool_stores(policy, fp, estimator, pool_store, root: Path, projector, scorer, mode, cfg, on_prompt) -> list[Path]:
+    """The stores the pool is scored from (made here, or shards made by ``project_pool_range``)."""
+    prefix = "pool" if mode == "projected" else "pool-exact"
+    shards = sorted(p for p in root.glob(f"{prefix}-*") if (p / "meta.json").exists()
+                    and (mode == "exact" or not p.name.startswith("pool-exact")))
+    if shards:  # iter_gradient_chunks checks that they cover the pool
+        expected = _identity(policy, fp, pool_store, scorer, cfg)
+        for shard in shards:
+            check_same_run(shard, expected)
+        if on_prompt:
+            on_prompt(int(store_meta(pool_store)["num_prompts"]))
+        return shards
+    sinks = [StoreSink(scorer, _writer(policy, fp, pool_store, root / prefix, scorer, cfg))]
+    if mode == "exact" and projector is not None:
+        sinks.append(StoreSink(projector, _writer(policy, fp, pool_store, root / "pool", projector, cfg)))
+    featurize(estimator, pool_store, sinks, 0, None, cfg.select.score.chunk_size, cfg.select.score.stage,
+              on_prompts=on_prompt)
+    return [sinks[0].writer.folder]
+
+
+def _apply_overlays(policy, fp, estimator, overlays, root, projector, scorer, mode, means, cfg, columns,
+                    per_set) -> list[bool]:
+    """Score each overlay store and let its usable rows replace the pool's rows of the same prompts (later
+    overlays win); returns the ``reprobed`` column."""
+    position = {p: i for i, p in enumerate(columns["prompt_id"])}
+    reprobed = [False] * len(position)
+    for i, store in enumerate(overlays, start=1):
+        _check_store(Path(store), policy)
+        writer = _writer(policy, fp, store, root / f"overlay-{i}", scorer, cfg)
+        featurize(estimator, store, [StoreSink(scorer, writer)], 0, None, cfg.select.score.chunk_size,
+                  cfg.select.score.stage)
+        for index, vectors in iter_gradient_chunks([writer.folder], require_whole=True):
+            extra: dict[str, dict[str, float]] = {name: {} for name in per_set}
+            _chunk_scores(index, vectors, mode, means, scorer, extra)
+            for row in index.filter(index.column("usable")).to_pylist():
+                at = position.get(row["prompt_id"])
+                if at is None:
+                    raise CropiError(f"{store}: prompt {row['prompt_id']!r} is not in the pool store")
+                for key in ("usable", "ess", "max_abs_log_ratio", "grad_norm"):
+                    columns[key][at] = row[key]
+                reprobed[at] = True
+            for name in per_set:
+                per_set[name].update(extra[name])
+    return reprobed
+
+
+def project_pool_range(policy: Policy, pool_store: str | Path, gradients: str | Path, cfg: RunConfig,
+                       start: int = 0, end: int | None = None, shard: tuple[int, int] | None = None,
+                       val_stores: Mapping[str, str | Path] | None = None,
+                       on_prompt: Callable[[int], None] | None = None) -> Path:
+    """Project pool prompts [start, end) (or chunk-aligned shard ``(i, n)``) into ``gradients/pool-START-END``
+    (exact mode: ``pool-exact-START-END``, which needs ``val_stores`` for the means), resumable;
+    ``score_pool`` with the same ``gradients`` folder then reads the shards as one store."""
+    _check_store(Path(pool_store), policy)
+    score = cfg.select.score
+    n = int(store_meta(pool_store)["num_prompts"])
+    if shard is not None:
+        start, end = shard_range(n, score.chunk_size, *shard)
+    end = n if end is None else end
+    fp = model_fingerprint(policy.model)
+    estimator = make_score_estimator(policy, cfg)
+    mode = resolve_mode(policy, score, len(val_stores or {}) or 1)
+    root = Path(gradients)
+    if mode == "projected":
+        scorer, prefix = make_score_projector(policy, score), "pool"
+    else:
+        if not val_stores:
+            raise CropiError("exact scoring of a pool shard needs the validation stores (--val-store)")
+        means, _ = _exact_means(policy, fp, estimator, val_stores, root, None, cfg)
+        scorer = MeanDots(means, {name: {"trajectory_store": store_meta(p), "max_val_prompts": score.max_val_prompts}
+                                  for name, p in val_stores.items()})
+        prefix = "pool-exact"
+    writer = _writer(policy, fp, pool_store, root / f"{prefix}-{start:09d}-{end:09d}", scorer, cfg, start, end)
+    featurize(estimator, pool_store, [StoreSink(scorer, writer)], start, end, score.chunk_size, score.stage,
+              on_prompts=on_prompt)
+    return writer.folder
+
+
+__all__ = ["MODES", "ScoringResult", "score_pool", "project_pool_range", "featurize", "default_gradients_dir",
+           "make_score_projector", "make_score_estimator", "resolve_mode", "StoreSink", "MeanDots"]

@@ -1,5 +1,6 @@
 """The gradient store: projected POPI gradients (k fp32 numbers per prompt) of one policy on one trajectory
-store, on disk, chunked, resumable and shardable by prompt ranges (METHOD.md §2–3).
+store, on disk, chunked, resumable and shardable by prompt ranges (METHOD.md §2–3).  This module only
+persists: ``scores.engine`` computes the vectors and hands them over chunk by chunk.
 
 Layout of a store folder::
 
@@ -14,7 +15,7 @@ projected vector), grad_norm (exact ‖g_x‖ over the projected parameters), es
 zero vectors).
 
 Chunks sit on a grid fixed by the chunk size (not by the range), each written under a temporary name and
-renamed, and a chunk's result depends only on its own prompts (micro-batches are formed inside a chunk).  So a
+renamed, and a chunk's result depends only on its own prompts (the engine forms micro-batches inside a chunk).  So a
 rerun after an interruption keeps the finished chunks and computes the rest, and shards [0, a), [a, b), [b, n)
 with chunk-aligned a, b hold exactly the chunks of one whole store — bit for bit, at a fixed thread count and
 batch size.  Only one chunk of vectors and one trajectory part are in memory at a time.
@@ -22,9 +23,9 @@ batch size.  Only one chunk of vectors and one trajectory part are in memory at 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -33,11 +34,7 @@ import pyarrow.parquet as pq
 import torch
 
 from cropi.errors import CropiError
-from cropi.gradients.popi import PromptGroup, gradient_batches, groups_from_rows
 from cropi.io import atomic_path, read_json, write_json
-from cropi.policy import Policy, model_fingerprint, tokenizer_fingerprint
-from cropi.projection import HashProjector
-from cropi.rollouts.trajectory_store import store_meta
 
 FORMAT = "cropi-gradient-store"
 IDENTITY = ("format", "projector", "model_fingerprint", "tokenizer_fingerprint", "stage", "popi",
@@ -63,56 +60,9 @@ def _chunk_path(folder: Path, chunk: int) -> Path:
     return folder / f"chunk-{chunk:06d}.parquet"
 
 
-# ---------------------------------------------------------------------------- the trajectory store, lazily
-def iter_groups(trajectories: str | Path, start: int = 0, end: int | None = None) -> Iterator[tuple[int, PromptGroup]]:
-    """(position, group) for prompts [start, end) of a trajectory store, one Parquet part in memory at a time."""
-    folder = Path(trajectories)
-    meta = store_meta(folder)
-    n, per_part = int(meta["num_prompts"]), int(meta["chunk_size"])
-    end = n if end is None else end
-    for part in range(start // per_part, -(-end // per_part)):
-        path = folder / f"part-{part:06d}.parquet"
-        if not path.exists():
-            raise CropiError(f"{path}: trajectory store is incomplete (part {part} missing); "
-                             "finish `cropi collect` (rerun it to resume) before scoring")
-        groups = groups_from_rows(pq.read_table(path).to_pylist())
-        first = part * per_part
-        expected = min(per_part, n - first)
-        if len(groups) != expected:
-            raise CropiError(f"{path}: holds {len(groups)} prompts, expected {expected}")
-        for i, g in enumerate(groups):
-            if start <= first + i < end:
-                yield first + i, g
-
-
-def _zero_variance(rewards: Sequence[float]) -> bool:
-    return max(rewards) == min(rewards)
-
-
-def usable_prefix_end(trajectories: str | Path, max_usable: int) -> int:
-    """The smallest end such that prompts [0, end) hold ``max_usable`` usable groups (or the store's size);
-    from the stored rewards alone, so no gradient is computed for prompts that would not be used."""
-    seen = 0
-    end = 0
-    for pos, g in iter_groups(trajectories):
-        end = pos + 1
-        if not _zero_variance(g.rewards):
-            seen += 1
-            if seen >= max_usable:
-                break
-    return end
-
-
-# ---------------------------------------------------------------------------- writing
-@dataclass(frozen=True)
-class StoreOptions:
-    stage: int = 0
-    chunk_size: int = 64  # prompts per chunk file (resume unit; shard boundaries are multiples of it)
-    # prompts per backward pass.  1 (the loop) by default: on the embedded tiny policy at one CPU thread batching
-    # measured 0.96-0.99x the loop, on the micro test model 1.5x (benchmarks/results/per_example_grads.json)
-    batch_size: int = 1
-    clip_eps: float | None = None
-    acg: bool = False
+def chunks_of(start: int, end: int, chunk_size: int) -> range:
+    """Indices of the grid chunks that prompts [start, end) touch."""
+    return range(start // chunk_size, -(-end // chunk_size)) if end > start else range(0)
 
 
 def shard_range(num_prompts: int, chunk_size: int, index: int, num_shards: int) -> tuple[int, int]:
@@ -143,147 +93,94 @@ def _identity_mismatch(folder: Path, old: dict, new: dict, skip: Sequence[str] =
                          "use another gradients folder or delete this one")
 
 
-def store_identity(policy: Policy, trajectories: str | Path, projector: HashProjector,
-                   options: StoreOptions = StoreOptions(), start: int = 0, end: int | None = None,
-                   fingerprint: str | None = None) -> dict:
-    """The meta.json a store of these inputs has (``IDENTITY`` keys decide whether two stores may mix)."""
-    traj_meta = store_meta(trajectories)
-    n = int(traj_meta["num_prompts"])
-    return {
-        "format": FORMAT,
-        "projector": projector.spec(),
-        "model": policy.name,
-        "model_fingerprint": fingerprint or model_fingerprint(policy.model),
-        "tokenizer_fingerprint": tokenizer_fingerprint(policy.tokenizer),
-        "stage": options.stage,
-        "popi": {"clip_eps": options.clip_eps, "acg": options.acg},
-        "trajectory_store": traj_meta,
-        "trajectory_store_path": str(trajectories),
-        "num_prompts": n,
-        "start": start,
-        "end": n if end is None else end,
-        "chunk_size": options.chunk_size,
-        "k": projector.k,
-    }
+@dataclass
+class ChunkRows:
+    """One chunk's rows as the engine computed them: every member prompt, in position order, with a vector
+    (and its statistics) for the usable ones and None for the zero-variance ones."""
+
+    positions: list[int]
+    prompt_ids: list[str]
+    vectors: list[np.ndarray | None]  # [k] float32, or None (g_x = 0: never stored as a zero vector)
+    grad_norm: list[float | None]
+    ess: list[float | None]
+    max_abs_log_ratio: list[float | None]
+    stage: int = 0
+
+
+@dataclass
+class GradientStoreWriter:
+    """A store folder open for writing: ``identity`` (see ``IDENTITY``) is checked against an existing
+    ``meta.json`` (resume) or written as a new one.  ``has_chunk`` tells what is already done."""
+
+    folder: Path
+    identity: dict
+    _meta: dict = field(init=False)
+
+    def __post_init__(self):
+        self.folder = Path(self.folder)
+        meta = self.identity
+        n, start, end, C = meta["num_prompts"], meta["start"], meta["end"], meta["chunk_size"]
+        if not (0 <= start <= end <= n) or start % C:
+            raise CropiError(f"prompt range {start}:{end}: expected 0 <= START <= END <= {n} with START a multiple "
+                             f"of the chunk size {C}")
+        path = self.folder / "meta.json"
+        if path.exists():
+            old = read_json(path)
+            _identity_mismatch(self.folder, old, meta)
+            meta = {**old, **{k: meta[k] for k in ("model", "trajectory_store_path")}}
+        else:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_json(path, meta)
+        self._meta = meta
+
+    @property
+    def k(self) -> int:
+        return int(self.identity["k"])
+
+    def has_chunk(self, chunk: int) -> bool:
+        return _chunk_path(self.folder, chunk).exists()
+
+    def write_chunk(self, chunk: int, rows: ChunkRows) -> None:
+        k = self.k
+        flat = np.zeros((len(rows.positions), k), dtype=np.float32)
+        norm: list[float | None] = []
+        for i, v in enumerate(rows.vectors):
+            if v is not None:
+                flat[i] = v
+            norm.append(None if v is None else float(torch.from_numpy(flat[i]).norm()))
+        mask = pa.array([v is None for v in rows.vectors])
+        vector = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), k, mask=mask)
+        table = pa.table({
+            "position": rows.positions,
+            "prompt_id": rows.prompt_ids,
+            "stage": [rows.stage] * len(rows.positions),
+            "usable": [v is not None for v in rows.vectors],
+            "norm": norm,
+            "grad_norm": rows.grad_norm,
+            "ess": rows.ess,
+            "max_abs_log_ratio": rows.max_abs_log_ratio,
+            "vector": vector,
+        }, schema=index_schema(k))
+        with atomic_path(_chunk_path(self.folder, chunk)) as tmp:
+            pq.write_table(table, tmp)
+
+    def finish(self) -> Path:
+        """Mark the store complete, with its usable / zero-variance counts."""
+        meta = self._meta
+        usable = total = 0
+        for c in chunks_of(meta["start"], meta["end"], meta["chunk_size"]):
+            col = pq.read_table(_chunk_path(self.folder, c), columns=["usable"]).column("usable")
+            usable += int(pc.sum(col).as_py() or 0)
+            total += len(col)
+        write_json(self.folder / "meta.json", {**{k: v for k, v in meta.items() if k != "schema_version"},
+                                               "complete": True, "usable": usable, "zero_variance": total - usable})
+        return self.folder
 
 
 def check_same_run(folder: str | Path, expected: dict) -> None:
     """Refuse (``CropiError``) a store at ``folder`` whose model, tokenizer, projector, stage, POPI options or
     trajectory store differ from ``expected`` (its prompt range may differ: shards)."""
     _identity_mismatch(Path(folder), gradient_store_meta(folder), expected, skip=("start", "end"))
-
-
-def write_gradient_store(
-    policy: Policy,
-    trajectories: str | Path,
-    out_dir: str | Path,
-    projector: HashProjector,
-    options: StoreOptions = StoreOptions(),
-    start: int = 0,
-    end: int | None = None,
-    fingerprint: str | None = None,
-    on_prompts: Callable[[int], None] | None = None,
-) -> Path:
-    """Project g_x of prompts [start, end) of ``trajectories`` into the store ``out_dir`` (resumable).
-
-    ``start`` must lie on the chunk grid (a multiple of ``options.chunk_size``) so that shards line up with a
-    whole store; ``fingerprint`` is the policy's ``model_fingerprint`` when the caller already has it."""
-    folder = Path(out_dir)
-    meta = store_identity(policy, trajectories, projector, options, start, end, fingerprint)
-    traj_meta, n, end, C = meta["trajectory_store"], meta["num_prompts"], meta["end"], options.chunk_size
-    if not (0 <= start <= end <= n) or start % C:
-        raise CropiError(f"prompt range {start}:{end}: expected 0 <= START <= END <= {n} with START a multiple "
-                         f"of the chunk size {C}")
-    path = folder / "meta.json"
-    if path.exists():
-        old = read_json(path)
-        _identity_mismatch(folder, old, meta)
-        meta = {**old, **{k: meta[k] for k in ("model", "trajectory_store_path")}}
-    else:
-        if meta["tokenizer_fingerprint"] != traj_meta.get("tokenizer_fingerprint"):
-            raise CropiError(f"{Path(trajectories) / 'meta.json'}: trajectory store was made with another tokenizer "
-                             f"({traj_meta.get('tokenizer_fingerprint')} != {meta['tokenizer_fingerprint']})")
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json(path, meta)
-    names = list(projector.param_shapes)
-    schema = index_schema(projector.k)
-    pending: list[tuple[int, PromptGroup]] = []
-    current = None
-
-    def flush():
-        chunk_file = _chunk_path(folder, current)
-        if not chunk_file.exists():
-            table = _project_chunk(policy, pending, projector, names, options, schema)
-            with atomic_path(chunk_file) as tmp:
-                pq.write_table(table, tmp)
-        if on_prompts:
-            on_prompts(len(pending))
-        pending.clear()
-
-    for pos, group in iter_groups(trajectories, start, end):
-        if current is not None and pos // C != current:
-            flush()
-        current = pos // C
-        pending.append((pos, group))
-    if pending:
-        flush()
-    counts = _counts(folder, start, end, C)
-    write_json(path, {**{k: v for k, v in meta.items() if k != "schema_version"}, "complete": True, **counts})
-    return folder
-
-
-def _project_chunk(policy: Policy, members: list[tuple[int, PromptGroup]], projector: HashProjector,
-                   names: list[str], options: StoreOptions, schema: pa.Schema) -> pa.Table:
-    """One chunk's rows.  Usable groups are batched by packed width (less padding), a fixed function of the
-    chunk's own prompts, so the chunk's bits do not depend on what else is being computed."""
-    usable = [g for _, g in members if not g.zero_variance]
-    usable.sort(key=lambda g: len(g.prompt_ids) + max(map(len, g.response_ids)))  # stable: ties keep order
-    k = projector.k
-    results: dict[str, tuple] = {}
-    for gb in gradient_batches(policy.model, usable, policy.pad_token_id, names, options.clip_eps, options.acg,
-                               batch_size=options.batch_size):
-        vecs = projector.project_batch(gb.grads)
-        sq = torch.zeros(len(gb), dtype=torch.float64)
-        for g in gb.grads.values():
-            sq += g.reshape(len(gb), -1).pow(2).sum(1, dtype=torch.float64).cpu()
-        for b, pid in enumerate(gb.prompt_ids):
-            results[pid] = (vecs[b].cpu(), float(sq[b].sqrt()), gb.ess[b], gb.max_abs_log_ratio[b])
-    flat = np.zeros((len(members), k), dtype=np.float32)
-    cols: dict[str, list] = {"norm": [], "grad_norm": [], "ess": [], "max_abs_log_ratio": []}
-    for i, (_, g) in enumerate(members):
-        r = results.get(g.prompt_id)
-        if r is None:
-            for c in cols.values():
-                c.append(None)
-            continue
-        flat[i] = r[0].numpy()
-        cols["norm"].append(float(r[0].norm()))
-        cols["grad_norm"].append(r[1])
-        cols["ess"].append(r[2])
-        cols["max_abs_log_ratio"].append(r[3])
-    mask = pa.array([g.prompt_id not in results for _, g in members])
-    vector = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), k, mask=mask)
-    return pa.table({
-        "position": [p for p, _ in members],
-        "prompt_id": [g.prompt_id for _, g in members],
-        "stage": [options.stage] * len(members),
-        "usable": [g.prompt_id in results for _, g in members],
-        **cols,
-        "vector": vector,
-    }, schema=schema)
-
-
-def _counts(folder: Path, start: int, end: int, C: int) -> dict:
-    usable = total = 0
-    for c in _chunks_of(start, end, C):
-        col = pq.read_table(_chunk_path(folder, c), columns=["usable"]).column("usable")
-        usable += int(pc.sum(col).as_py() or 0)
-        total += len(col)
-    return {"usable": usable, "zero_variance": total - usable}
-
-
-def _chunks_of(start: int, end: int, C: int) -> range:
-    return range(start // C, -(-end // C)) if end > start else range(0)
 
 
 # ---------------------------------------------------------------------------- reading
@@ -309,7 +206,7 @@ def open_gradient_stores(folders: str | Path | Sequence[str | Path], require_who
         for key in IDENTITY:
             if key not in ("start", "end") and meta.get(key) != first.get(key):
                 raise CropiError(f"{folder}: shard differs from {first_dir} in {key}; shards must come from one run")
-        missing = [c for c in _chunks_of(meta["start"], meta["end"], meta["chunk_size"])
+        missing = [c for c in chunks_of(meta["start"], meta["end"], meta["chunk_size"])
                    if not _chunk_path(folder, c).exists()]
         if missing:
             raise CropiError(f"{_chunk_path(folder, missing[0])}: gradient store is incomplete ({len(missing)} chunks "
@@ -335,7 +232,7 @@ def iter_gradient_chunks(folders: str | Path | Sequence[str | Path],
     """(index rows of one chunk without the vectors, [usable rows, k] vectors) in prompt order: scoring streams
     through a pool with one chunk in memory."""
     for folder, meta in open_gradient_stores(folders, require_whole):
-        for c in _chunks_of(meta["start"], meta["end"], meta["chunk_size"]):
+        for c in chunks_of(meta["start"], meta["end"], meta["chunk_size"]):
             table = pq.read_table(_chunk_path(folder, c))
             yield table.drop_columns(["vector"]), _vectors(table, meta["k"])
 

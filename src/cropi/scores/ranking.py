@@ -1,4 +1,4 @@
-"""Influence scores and their fusion (METHOD.md §4).
+"""Influence scores and their fusion (METHOD.md §4): the one place where prompts are ranked.
 
 s_v(x) = cos(g̃_x, ḡ_v): the cosine between a training prompt's projected gradient and the mean projected
 gradient of validation set v.  Several validation sets are fused by reciprocal rank: with N = ⌊ratio·|pool|⌋,
@@ -9,7 +9,8 @@ broken by the best single rank, then by prompt id, so the selection is determini
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 
@@ -50,5 +51,22 @@ def reciprocal_rank_fusion(scores_by_set: Mapping[str, Mapping[str, float]], n: 
     return sorted(fused, key=lambda i: (-fused[i], best[i], i))[:n]
 
 
-def select_top(ids: Sequence[str], scores: Sequence[float], n: int) -> list[str]:
-    return ranked(dict(zip(ids, scores)))[:n]
+@dataclass
+class Ranking:
+    """The fused selection of one scoring pass: ``ids`` best first (at most ``n``), and the per-set scores it
+    came from.  The scores file's ``fused_rank`` column and the curriculum's choice are both this object."""
+
+    ids: list[str]
+    n: int
+    scores: dict[str, dict[str, float]]  # validation set -> prompt id -> cosine (usable prompts only)
+
+    def rank_of(self) -> dict[str, int]:
+        """prompt id -> fused rank (1 = best) for the chosen ids."""
+        return {p: i + 1 for i, p in enumerate(self.ids)}
+
+
+def rank(scores_by_set: Mapping[str, Mapping[str, float]], n: int) -> Ranking:
+    """Reciprocal-rank fusion of the per-set scores into the top ``n``."""
+    per_set = {name: dict(s) for name, s in scores_by_set.items()}
+    return Ranking(reciprocal_rank_fusion(per_set, n) if per_set else [], n, per_set)
+

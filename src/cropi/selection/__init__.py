@@ -10,9 +10,9 @@ ids (``full`` returns all), so every run trains with the same step size and budg
     static_influence  top ``ratio`` by POPI influence at θ = β (one scoring pass), fixed
     cropi             re-scored with the current policy at every stage (same stored trajectories)
 
-A selector declares what it needs — behaviour rollouts (their collection is charged to its wall-clock) and
-influence scores — and whether it chooses again at every stage; the curriculum driver
-(``cropi.training.run``) supplies those lazily through a ``SelectionContext``.
+A selector declares whether it needs behaviour rollouts (their collection is charged to its wall-clock) and
+whether it chooses again at every stage; the curriculum (``cropi.training.curriculum``) supplies pass rates
+and influence rankings lazily through a ``SelectionContext``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ class SelectionContext:
 class Selector(Protocol):
     name: str
     needs_rollouts: bool  # uses the behaviour store (its collection time counts for this selector)
-    needs_scores: bool  # uses influence scores
     every_stage: bool  # chooses again at every stage (otherwise the stage-0 choice is kept)
 
     def select(self, ctx: SelectionContext) -> list[str]: ...
@@ -54,7 +53,6 @@ class Selector(Protocol):
 class _Simple:
     name: str
     needs_rollouts: bool
-    needs_scores: bool
     every_stage: bool
     fn: Callable[[SelectionContext], list[str]]
 
@@ -69,12 +67,12 @@ def _influence_top(ctx: SelectionContext) -> list[str]:
 SELECTORS: dict[str, Selector] = {
     s.name: s
     for s in (
-        _Simple("full", False, False, False, lambda c: select_full([p.id for p in c.pool])),
-        _Simple("random", False, False, False, lambda c: select_random([p.id for p in c.pool], c.ratio, c.seed)),
-        _Simple("learnability", True, False, False, lambda c: select_learnability(c.pass_rates(), c.ratio)),
-        _Simple("pass_rate", True, False, False, lambda c: select_pass_rate(c.pass_rates(), c.ratio, c.seed)),
-        _Simple("static_influence", True, True, False, _influence_top),
-        _Simple("cropi", True, True, True, _influence_top),
+        _Simple("full", False, False, lambda c: select_full([p.id for p in c.pool])),
+        _Simple("random", False, False, lambda c: select_random([p.id for p in c.pool], c.ratio, c.seed)),
+        _Simple("learnability", True, False, lambda c: select_learnability(c.pass_rates(), c.ratio)),
+        _Simple("pass_rate", True, False, lambda c: select_pass_rate(c.pass_rates(), c.ratio, c.seed)),
+        _Simple("static_influence", True, False, _influence_top),
+        _Simple("cropi", True, True, _influence_top),
     )
 }
 

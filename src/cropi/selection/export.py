@@ -1,6 +1,6 @@
-"""Influence-guided selection (METHOD.md §4): the top ⌊ratio·|pool|⌋ prompts of a scores file (``cropi score``)
-by reciprocal-rank fusion over its validation sets, ties broken as ``scores.ranking`` does; written as the
-chosen problems (JSONL or Parquet, cropi's own layout or verl's RL dataset layout) plus their ids.
+"""Influence-guided selection written out (METHOD.md §4): the prompts a scores file (``cropi score``) ranked by
+reciprocal-rank fusion — its ``fused_rank`` column, or the same fusion (``scores.ranking.rank``) at another
+ratio — as the chosen problems (JSONL or Parquet, cropi's own layout or verl's RL dataset layout) plus their ids.
 
 verl layout, one row per chosen problem (verl's documented RL Parquet schema)::
 
@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from cropi import SCHEMA_VERSION
 from cropi.errors import CropiError
 from cropi.io import atomic_path, write_json
-from cropi.scores.ranking import reciprocal_rank_fusion, top_n
+from cropi.scores.ranking import rank, top_n
 from cropi.tasks.problem import Problem
 
 FORMATS = ("jsonl", "parquet")
@@ -51,37 +51,44 @@ def score_columns(scores: pa.Table) -> list[str]:
     return [c for c in scores.column_names if c.startswith("score_")]
 
 
-def influence_ranking(scores: pa.Table, ratio: float = 0.1) -> list[str]:
-    """The chosen ids, best first: reciprocal-rank fusion of each score_<set> column's top ⌊ratio·rows⌋."""
-    if not 0 < ratio <= 1:
+def influence_ranking(scores: pa.Table, meta: dict, ratio: float | None = None) -> list[str]:
+    """The chosen ids, best first: the file's ``fused_rank`` column when ``ratio`` is None or the one it was
+    scored with, else the same fusion of each score_<set> column's top ⌊ratio·rows⌋."""
+    if ratio is not None and not 0 < ratio <= 1:
         raise CropiError(f"ratio {ratio}: expected 0 < ratio <= 1")
     ids = scores.column("prompt_id").to_pylist()
+    if ratio is None or ratio == meta.get("select_ratio"):
+        if "fused_rank" not in scores.column_names:
+            raise CropiError("scores file has no fused_rank column; pass --ratio")
+        ranked_rows = sorted((r, p) for p, r in zip(ids, scores.column("fused_rank").to_pylist()) if r is not None)
+        return [p for _, p in ranked_rows]
     per_set = {}
     for col in score_columns(scores):
         per_set[col[len("score_"):]] = {p: s for p, s in zip(ids, scores.column(col).to_pylist()) if s is not None}
-    return reciprocal_rank_fusion(per_set, top_n(len(ids), ratio))
+    return rank(per_set, top_n(len(ids), ratio)).ids
 
 
 @dataclass
 class Selection:
     ids: list[str]  # best first
     problems: list[Problem]  # in the same order
-    ratio: float
+    ratio: float | None  # the selection ratio the ranking was fused at
     pool_size: int
     scores_meta: dict
 
 
-def select_from_scores(scores_path: str | Path, pool: Sequence[Problem], ratio: float = 0.1) -> Selection:
-    """The top ``ratio`` of the pool by fused influence rank, as problems of ``pool`` (the pool the scores were
-    computed on)."""
+def select_from_scores(scores_path: str | Path, pool: Sequence[Problem], ratio: float | None = None) -> Selection:
+    """The prompts the scores file chose (or the top ``ratio`` of the pool by the same fusion), as problems of
+    ``pool`` (the pool the scores were computed on)."""
     table, meta = read_scores(scores_path)
-    ids = influence_ranking(table, ratio)
+    ids = influence_ranking(table, meta, ratio)
     by_id = {p.id: p for p in pool}
     missing = [i for i in ids if i not in by_id]
     if missing:
         raise CropiError(f"{scores_path}: {len(missing)} chosen prompt ids are not in the pool (e.g. {missing[0]!r}); "
                          "pass the pool the scores were computed on (--pool and its --field options)")
-    return Selection(ids, [by_id[i] for i in ids], ratio, table.num_rows, meta)
+    used = meta.get("select_ratio") if ratio is None else ratio
+    return Selection(ids, [by_id[i] for i in ids], used, table.num_rows, meta)
 
 
 def plain_row(problem: Problem, rank: int) -> dict:

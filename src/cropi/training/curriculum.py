@@ -32,26 +32,18 @@ from cropi.errors import CropiError
 from cropi.io import read_json, write_json
 from cropi.policy import Policy
 from cropi.rollouts.trajectory_store import CollectConfig, collect, collection_complete, pass_rates, store_meta, subset_store
-from cropi.scores.ranking import reciprocal_rank_fusion, top_n
+from cropi.scores.engine import score_pool
+from cropi.scores.ranking import top_n
 from cropi.selection import SelectionContext, Selector
 from cropi.selection.baselines import select_learnability
 from cropi.selection.diagnostics import selection_diagnostics
 from cropi.tasks.suite import Suite
-
-BEHAVIOUR_SEED = 0  # behaviour trajectories are sampled once and shared by every training seed
-
 
 @dataclass
 class BehaviourStores:
     pool: Path
     validation: dict[str, Path]
     collect_seconds: float
-
-
-def _collect_config(cfg: RunConfig, group_size: int | None = None, seed: int = BEHAVIOUR_SEED) -> CollectConfig:
-    r = cfg.rollout
-    return CollectConfig(group_size=group_size or r.group_size, temperature=r.temperature, top_p=r.top_p,
-                         max_new_tokens=r.max_new_tokens, seed=seed, batch_size=r.batch_size)
 
 
 def behaviour_stores(policy: Policy, suite: Suite, cfg: RunConfig, folder: Path,
@@ -77,7 +69,8 @@ def behaviour_stores(policy: Policy, suite: Suite, cfg: RunConfig, folder: Path,
         if on_event:
             on_event({"event": "collect", "store": name, "prompts": len(problems)})
         t0 = time.perf_counter()
-        collect(policy, problems, path, _collect_config(cfg), policy_tag=tag)
+        # rollout.seed, not train.seed: the behaviour stores are sampled once and shared by every training seed
+        collect(policy, problems, path, CollectConfig.from_rollout(cfg.rollout), policy_tag=tag)
         timing[name] = timing.get(name, 0.0) + time.perf_counter() - t0
         write_json(timing_path, {"seconds": timing})
     return BehaviourStores(folder / "pool", {n: folder / f"val-{n}" for n in suite.validation},
@@ -167,44 +160,30 @@ class Curriculum:
     # -- influence ---------------------------------------------------------------------------------------------
     def _score(self, stage: int, pool: Path, validation: dict[str, Path], overlays: list[str],
                tag: str = "") -> tuple[list[str], dict]:
-        """Score the pool (and re-probed overlays, later ones overriding) with the current policy; fuse."""
-        from cropi.scores.engine import score_pool
-
+        """Score the pool (with re-probed overlays replacing their prompts' rows) with the current policy: the
+        stage's scores file and its fused ranking, which is what the stage trains on."""
         t0 = time.perf_counter()
-        per_set: dict[str, dict[str, float]] = {}
-        ess: dict[str, float] = {}
-        from_overlay: set[str] = set()
         if self.cfg.select.candidates > 0:
             ids = self._candidate_ids(stage)
             pool = subset_store(pool, ids, self.stage_dir(stage) / f"candidates{tag}")
             held = int(store_meta(pool)["num_prompts"])
             if held != len(ids):  # a partial (refreshed) store must hold every candidate it is scored on
                 raise CropiError(f"{pool}: holds {held} of the stage's {len(ids)} candidates")
-        for i, store in enumerate([pool, *map(Path, overlays)]):
-            out = self.stage_dir(stage) / (f"scores{tag}.parquet" if i == 0 else f"scores{tag}-reprobe-{i}.parquet")
-            table = score_pool(self.policy, store, validation, out, self.cfg.select.score).to_pylist()
-            for row in table:
-                if not row["usable"]:
-                    continue
-                pid = row["prompt_id"]
-                if i == 0:  # drift is judged on β's pool groups; re-probed groups are on-policy (ESS = 1)
-                    ess[pid] = row["ess"]
-                else:
-                    from_overlay.add(pid)
-                for name in validation:
-                    per_set.setdefault(name, {})[pid] = row[f"score_{name}"]
-        n = top_n(len(self.suite.pool), self.cfg.select.ratio)
-        ranking = reciprocal_rank_fusion(per_set, n) if per_set else []
-        vals = sorted(ess.values())
+        result = score_pool(self.policy, pool, validation, self.stage_dir(stage) / f"scores{tag}.parquet", self.cfg,
+                            overlays=overlays, select_n=top_n(len(self.suite.pool), self.cfg.select.ratio))
+        rows = result.table.to_pylist()
+        # drift is judged on β's pool groups; re-probed groups are on-policy (ESS = 1)
+        vals = sorted(r["ess"] for r in rows if r["usable"] and not r.get("reprobed"))
         summary = {
             "candidates": self.cfg.select.candidates or len(self.suite.pool),
-            "usable": len(ess) + len(from_overlay),
+            "usable": sum(r["usable"] for r in rows),
             "ess_median": statistics.median(vals) if vals else None,
             "ess_p10": vals[len(vals) // 10] if vals else None,
             "score_seconds": time.perf_counter() - t0,
-            "from_reprobe": len(from_overlay),
+            "from_reprobe": sum(bool(r.get("reprobed")) for r in rows),
+            "mode": result.mode,
         }
-        return ranking, summary
+        return result.ranking.ids, summary
 
     def _candidate_ids(self, stage: int) -> list[str]:
         """The stage's seeded candidate subset (``select.candidates`` pool ids); at stage 0 static influence
@@ -277,7 +256,8 @@ class Curriculum:
         problems = [p for p in self.suite.pool if p.id in chosen]
         folder = self.stage_dir(stage) / "reprobe"
         collect(self.policy, problems, folder,
-                _collect_config(self.cfg, self.cfg.select.reprobe_samples, seed=1000 + stage), policy_tag=f"stage-{stage}")
+                CollectConfig.from_rollout(self.cfg.rollout, self.cfg.select.reprobe_samples, seed=1000 + stage),
+                policy_tag=f"stage-{stage}")
         mixed = sorted(pid for pid, p in pass_rates(folder).items() if 0 < p < 1)
         return (folder if mixed else None), {"probed": len(problems), "mixed": len(mixed), "mixed_ids": mixed,
                                              "seconds": time.perf_counter() - t0}

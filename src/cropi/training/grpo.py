@@ -21,7 +21,6 @@ continues exactly as the uninterrupted run would.
 from __future__ import annotations
 
 import functools
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from cropi.objective import group_advantages, kl_penalty, policy_loss, response_logprobs
+from cropi.objective import group_advantages, kl_penalty, loss_spec, policy_loss, response_logprobs
 from cropi.policy import Policy
 from cropi.rollouts.batch import pack
 from cropi.rollouts.sampler import SamplingParams, generate
@@ -97,6 +96,7 @@ def grpo_step(
     batch = pack([x.prompt_ids for x in gens], [x.response_ids for x in gens],
                  [x.behavior_logprobs for x in gens], policy.pad_token_id)
     n = len(gens)
+    spec = loss_spec(train, rollout)
     loss_total, grad_norm = 0.0, 0.0
     for _ in range(train.ppo_epochs):
         optimizer.zero_grad(set_to_none=True)
@@ -108,8 +108,7 @@ def grpo_step(
             first = int(att.any(0).float().argmax())
             ids, att, resp, blp = ids[:, first:], att[:, first:], resp[:, first:], blp[:, first:]
             lp = response_logprobs(model, ids, att, resp, rollout.temperature)
-            loss = policy_loss(lp, blp, advantages[sl].to(dev), resp, train.clip_eps, train.aggregation,
-                               max_len=rollout.max_new_tokens)
+            loss = policy_loss(lp, blp, advantages[sl].to(dev), resp, spec)
             if ref_model is not None and train.kl_coef > 0:
                 with torch.no_grad():
                     ref_lp = response_logprobs(ref_model, ids, att, resp, rollout.temperature)
@@ -231,6 +230,3 @@ def train_grpo(
             checkpoint.save(ckpt_dir, state.step, policy.model, optimizer, state)
     return state
 
-
-def steps_per_minute(state: TrainState) -> float:
-    return 60.0 * state.step / state.train_seconds if state.train_seconds > 0 else math.nan
