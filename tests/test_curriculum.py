@@ -100,6 +100,28 @@ def test_cropi_stages_write_artefacts(micro_model_dir, tmp_path):
     assert len(summary["stage_summaries"]) == 3
 
 
+def test_each_stage_trains_on_its_scores_files_fused_ranking_made_with_the_trained_policy(micro_model_dir, tmp_path):
+    from cropi.policy import load_policy, model_fingerprint
+    from cropi.training.run import run_training
+
+    run_training(load_config(None, _sets(micro_model_dir)), tmp_path / "run")
+    # the policy after the first 2 steps, from a run that stops there (same seed, same stage-0 choice)
+    run_training(load_config(None, _sets(micro_model_dir, steps=2, stages=1)), tmp_path / "two")
+    after_stage0 = model_fingerprint(load_policy(str(tmp_path / "two" / "final_model"), device="cpu").model)
+    base = model_fingerprint(load_policy("tiny", device="cpu").model)
+    prints = []
+    for s in range(3):
+        stage = tmp_path / "run" / "stages" / f"stage-{s:02d}"
+        table = pq.read_table(stage / "scores.parquet")
+        meta = json.loads(table.schema.metadata[b"cropi"])
+        ranked = sorted((r, p) for p, r in zip(table.column("prompt_id").to_pylist(),
+                                               table.column("fused_rank").to_pylist()) if r is not None)
+        selected = json.loads((stage / "selection.json").read_text())["selected"]
+        assert [p for _, p in ranked] == selected and meta["select_n"] == 10 and meta["mode"] == "projected"
+        prints.append(meta["model_fingerprint"])
+    assert prints[0] == base and prints[1] == after_stage0 and len(set(prints)) == 3
+
+
 def test_static_selectors_choose_once(micro_model_dir, tmp_path):
     from cropi.training.run import run_training
 
@@ -108,25 +130,34 @@ def test_static_selectors_choose_once(micro_model_dir, tmp_path):
     assert a["selected"] == b["selected"] and b["reused_from_stage"] == 0 and b["seconds"] < a["seconds"]
 
 
-def test_drift_control_and_reprobe_fire(micro_model_dir, tmp_path):
+def test_drift_control_fires_exactly_when_the_median_ess_is_below_the_threshold(micro_model_dir, tmp_path):
+    from cropi.rollouts.trajectory_store import pass_rates, store_meta
     from cropi.training.run import run_training
 
-    sets = _sets(micro_model_dir, steps=4, stages=2, **{"select.drift_ess_threshold": 1.01, "select.candidates": 30,
-                                                          "select.reprobe_prompts": 6, "select.reprobe_samples": 4})
-    run_training(load_config(None, sets), tmp_path / "d")
-    rec = json.loads((tmp_path / "d" / "stages" / "stage-01" / "selection.json").read_text())
-    assert rec["drift"]["fired"] and rec["drift"]["collect_seconds"] > 0  # ESS < 1.01 always holds off-policy
+    extra = {"select.candidates": 30, "select.reprobe_prompts": 6, "select.reprobe_samples": 4}
+    recs = {}
+    for name, threshold in (("never", 1e-9), ("always", 1.0)):
+        sets = _sets(micro_model_dir, steps=4, stages=2, **{"select.drift_ess_threshold": threshold, **extra})
+        run_training(load_config(None, sets), tmp_path / name)
+        recs[name] = json.loads((tmp_path / name / "stages" / "stage-01" / "selection.json").read_text())
+    for name, rec in recs.items():  # the median drift control judged is the one of the stage's scores file
+        table = pq.read_table(tmp_path / name / "stages" / "stage-01" / "scores.parquet").to_pylist()
+        ess = sorted(r["ess"] for r in table if r["usable"] and not r.get("reprobed"))
+        median = (ess[len(ess) // 2] if len(ess) % 2 else (ess[len(ess) // 2 - 1] + ess[len(ess) // 2]) / 2)
+        assert rec["drift"]["ess_median"] == pytest.approx(median) and 0 < median < 1
+    assert not recs["never"]["drift"]["fired"] and "collect_seconds" not in recs["never"]["drift"]
+    assert not (tmp_path / "never" / "stages" / "stage-01" / "behaviour").exists()
+    rec = recs["always"]
+    assert rec["drift"]["fired"] and rec["drift"]["collect_seconds"] > 0
     assert rec["behaviour"]["pool"].endswith("stage-01/behaviour/pool")
     assert rec["reprobe"]["probed"] == 6 and 0 <= rec["reprobe"]["selected"] <= rec["reprobe"]["mixed"]
     assert rec["ess"]["candidates"] == 30 and rec["ess"]["usable"] <= 30 + rec["reprobe"]["mixed"]
     # only the stage's candidates are re-probed (others could never be selected), and drift re-collects only them
-    from cropi.rollouts.trajectory_store import pass_rates, store_meta
-
-    stage1 = tmp_path / "d" / "stages" / "stage-01"
+    stage1 = tmp_path / "always" / "stages" / "stage-01"
     candidates = set(pass_rates(stage1 / "candidates"))
     assert set(pass_rates(stage1 / "reprobe")) <= candidates
     assert set(pass_rates(rec["behaviour"]["pool"])) == candidates and store_meta(rec["behaviour"]["pool"])["num_prompts"] == 30
-    assert (tmp_path / "d" / "stages" / "stage-01" / "scores-after-drift.parquet").exists()
+    assert (stage1 / "scores-after-drift.parquet").exists()
 
 
 def test_scheduled_refresh_recollects_before_scoring(micro_model_dir, tmp_path):
@@ -135,7 +166,7 @@ def test_scheduled_refresh_recollects_before_scoring(micro_model_dir, tmp_path):
     from cropi.rollouts.trajectory_store import pass_rates, store_meta
 
     sets = _sets(micro_model_dir, steps=4, stages=4, **{"select.refresh_every": 2, "select.candidates": 20,
-                                                          "select.drift_ess_threshold": 1.01})
+                                                          "select.drift_ess_threshold": 1.0})
     run_training(load_config(None, sets), tmp_path / "r")
     recs = [json.loads((tmp_path / "r" / "stages" / f"stage-{s:02d}" / "selection.json").read_text()) for s in range(4)]
     assert "refresh" not in recs[1] and recs[1]["drift"]["fired"]  # drift still guards the stages in between

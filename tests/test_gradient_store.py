@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from cropi.errors import CropiError
-from cropi.gradients.popi import groups_from_rows, prompt_gradients
+from cropi.config import RunConfig, ScoreConfig
 from cropi.projection import make_projector, param_shapes_of
 from cropi.rollouts.trajectory_store import CollectConfig, collect, read_store
-from cropi.scores.engine import ScoreConfig, project_pool_range, score_pool
-from cropi.scores.gradient_store import (StoreOptions, gradient_store_meta, read_gradient_store, shard_range,
-                                write_gradient_store)
+from cropi.rollouts.trajectory_store import prompt_groups
+from cropi.scores.engine import project_pool_range, project_store, score_pool
+from cropi.scores.gradient_store import gradient_store_meta, read_gradient_store, shard_range
+from tests.popi_reference import prompt_gradients
 from cropi.tasks.problem import Problem
 
 N = 18
@@ -38,7 +39,18 @@ def _projector(policy, k=64, seed=0):
     return make_projector("sjlt", k, seed, param_shapes_of(policy.model))
 
 
-OPTS = StoreOptions(chunk_size=4, batch_size=3)
+def run_config(ratio=0.1, **score) -> RunConfig:
+    cfg = RunConfig()
+    cfg.select.ratio = ratio
+    cfg.select.score = ScoreConfig(**score)
+    return cfg
+
+
+OPTS = run_config(chunk_size=4, batch_size=3)
+
+
+def write_gradient_store(policy, pool, folder, proj, cfg, start=0, end=None, on_prompts=None):
+    return project_store(policy, pool, folder, proj, cfg, start, end, on_prompts=on_prompts)
 
 
 def _same(a, b):
@@ -52,8 +64,8 @@ def test_three_shards_equal_one_whole_store_bitwise(micro_policy, stores, tmp_pa
     whole = write_gradient_store(micro_policy, pool, tmp_path / "whole", proj, OPTS)
     shards = []
     for i in range(3):
-        start, end = shard_range(N, OPTS.chunk_size, i, 3)
-        assert start % OPTS.chunk_size == 0
+        start, end = shard_range(N, OPTS.select.score.chunk_size, i, 3)
+        assert start % OPTS.select.score.chunk_size == 0
         shards.append(write_gradient_store(micro_policy, pool, tmp_path / f"s{i}", proj, OPTS, start, end))
     a, b = read_gradient_store(whole), read_gradient_store(list(reversed(shards)))  # any order: sorted by range
     _same(a, b)
@@ -99,7 +111,7 @@ def test_refuses_other_projector_tokenizer_or_model(micro_policy, stores, tmp_pa
     with pytest.raises(CropiError, match="another projector"):
         write_gradient_store(micro_policy, pool, out, _projector(micro_policy, k=32), OPTS)
     with pytest.raises(CropiError, match="stage"):
-        write_gradient_store(micro_policy, pool, out, _projector(micro_policy), StoreOptions(chunk_size=4, stage=1))
+        write_gradient_store(micro_policy, pool, out, _projector(micro_policy), run_config(chunk_size=4, stage=1))
     meta = json.loads((out / "meta.json").read_text())
     (out / "meta.json").write_text(json.dumps({**meta, "tokenizer_fingerprint": "0" * 16}))
     with pytest.raises(CropiError, match="another tokenizer"):
@@ -123,7 +135,7 @@ def test_index_rows_and_vectors_match_the_per_prompt_loop(micro_policy, stores, 
     meta = gradient_store_meta(tmp_path / "g")
     assert meta["zero_variance"] == len(skipped) and meta["usable"] == store.vectors.shape[0] >= 3
     assert meta["projector"] == proj.spec() and meta["trajectory_store"]["num_prompts"] == N
-    groups = groups_from_rows(read_store(pool).to_pylist())
+    groups = prompt_groups(read_store(pool).to_pylist())
     loop = {g.prompt_id: g for g in prompt_gradients(micro_policy.model, groups, micro_policy.pad_token_id)}
     usable = [r for r in rows if r["usable"]]
     assert [r["prompt_id"] for r in usable] == list(loop)
@@ -139,13 +151,13 @@ def test_index_rows_and_vectors_match_the_per_prompt_loop(micro_policy, stores, 
 
 def test_score_pool_from_shards_equals_whole(micro_policy, stores, tmp_path):
     pool, val = stores
-    cfg = ScoreConfig(k=64, ratio=0.3, chunk_size=4, batch_size=3)
+    cfg = run_config(0.3, k=64, chunk_size=4, batch_size=3)
     whole = score_pool(micro_policy, pool, {"v": val}, tmp_path / "whole.parquet", cfg)
     assert (tmp_path / "whole.gradients" / "pool" / "meta.json").exists()
     for i in range(3):
         project_pool_range(micro_policy, pool, tmp_path / "g", cfg, shard=(i, 3))
     sharded = score_pool(micro_policy, pool, {"v": val}, tmp_path / "sharded.parquet", cfg, gradients=tmp_path / "g")
-    assert whole.equals(sharded)
+    assert whole.table.equals(sharded.table)
     with pytest.raises(CropiError, match="another projector"):
-        score_pool(micro_policy, pool, {"v": val}, tmp_path / "x.parquet", ScoreConfig(k=32, chunk_size=4),
+        score_pool(micro_policy, pool, {"v": val}, tmp_path / "x.parquet", run_config(k=32, chunk_size=4),
                    gradients=tmp_path / "g")

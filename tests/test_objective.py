@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from cropi.objective import group_advantages, kl_penalty, policy_loss, token_logprobs
+from cropi.objective import LossSpec, group_advantages, kl_penalty, policy_loss, token_logprobs
 
 
 def test_advantages_match_formula_and_zero_variance_groups_are_zero():
@@ -24,11 +24,11 @@ def test_loss_at_ratio_one_is_minus_mean_of_sequence_means():
     lp = torch.randn(g, length)
     mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0]], dtype=torch.float)
     adv = torch.tensor([0.5, -1.0, 2.0, 0.1])
-    loss = policy_loss(lp, lp.clone(), adv, mask, clip_eps=0.2)
+    loss = policy_loss(lp, lp.clone(), adv, mask, LossSpec(clip_eps=0.2))
     # every ρ = 1, so each sequence contributes −A_i
     assert torch.isclose(loss, -adv.mean())
     lens = mask.sum(-1)
-    dr = policy_loss(lp, lp.clone(), adv, mask, aggregation="dr_grpo", max_len=length)
+    dr = policy_loss(lp, lp.clone(), adv, mask, LossSpec("dr_grpo", max_len=length))
     assert torch.isclose(dr, -(adv * lens / length).mean())
 
 
@@ -52,10 +52,10 @@ def test_clip_limits_ratio_in_the_direction_of_the_advantage():
     blp = torch.zeros(2, 1)
     mask = torch.ones(2, 1)
     # A > 0, ratio 2 -> clipped to 1.2; A < 0, ratio 0.5 -> clipped to 0.8
-    assert torch.isclose(policy_loss(lp[:1], blp[:1], torch.tensor([1.0]), mask[:1], 0.2), torch.tensor(-1.2))
-    assert torch.isclose(policy_loss(lp[1:], blp[1:], torch.tensor([-1.0]), mask[1:], 0.2), torch.tensor(0.8))
+    assert torch.isclose(policy_loss(lp[:1], blp[:1], torch.tensor([1.0]), mask[:1], LossSpec(clip_eps=0.2)), torch.tensor(-1.2))
+    assert torch.isclose(policy_loss(lp[1:], blp[1:], torch.tensor([-1.0]), mask[1:], LossSpec(clip_eps=0.2)), torch.tensor(0.8))
     with pytest.raises(ValueError):
-        policy_loss(lp, blp, torch.ones(2), mask, aggregation="nope")
+        policy_loss(lp, blp, torch.ones(2), mask, LossSpec("nope"))
 
 
 def test_token_logprobs_apply_temperature_and_kl_is_nonnegative():

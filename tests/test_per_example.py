@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 from cropi.gradients.per_example import per_example_grads
-from cropi.gradients.popi import PromptGroup, gradient_batches
+from cropi.gradients.popi import make_estimator
+from cropi.rollouts.trajectory_store import PromptGroup
 from cropi.rollouts.sampler import SamplingParams, generate
 
 
@@ -29,7 +30,7 @@ def _groups(policy, n=6, g=4):
 
 def _by_id(policy, groups, batch_size):
     out = {}
-    for gb in gradient_batches(policy.model, groups, policy.pad_token_id, batch_size=batch_size):
+    for gb in make_estimator(policy.model, policy.pad_token_id, batch_size=batch_size).gradients(groups).batches:
         for b, pid in enumerate(gb.prompt_ids):
             out[pid] = ({n: t[b] for n, t in gb.grads.items()}, gb.ess[b], gb.max_abs_log_ratio[b])
     return out
@@ -49,10 +50,9 @@ def test_prompt_gradient_independent_of_batch_mates_size_and_padding(micro_polic
 def test_zero_variance_groups_are_skipped_in_batches(micro_policy):
     groups = _groups(micro_policy, n=4)
     groups[1].rewards = [1.0] * len(groups[1].rewards)
-    skipped = []
-    got = [pid for gb in gradient_batches(micro_policy.model, groups, micro_policy.pad_token_id, batch_size=3,
-                                          skipped=skipped) for pid in gb.prompt_ids]
-    assert got == ["q0", "q2", "q3"] and skipped == ["q1"]
+    out = make_estimator(micro_policy.model, micro_policy.pad_token_id, batch_size=3).gradients(groups)
+    got = [pid for gb in out.batches for pid in gb.prompt_ids]
+    assert got == ["q0", "q2", "q3"] and out.skipped == ["q1"]
 
 
 class _Toy(nn.Module):

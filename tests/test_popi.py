@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from cropi.gradients.popi import PromptGroup, groups_from_rows, log_ess, popi_loss, prompt_gradients
+from cropi.gradients.popi import log_ess, make_estimator
+from cropi.rollouts.trajectory_store import PromptGroup, prompt_groups
+from tests.popi_reference import one_loss, prompt_gradients
 from cropi.rollouts.sampler import SamplingParams, generate
 
 
@@ -46,12 +48,12 @@ def test_on_policy_equals_reinforce_form(micro_policy):
 
 def test_off_policy_uses_token_ratios_and_ess_drops(micro_policy):
     group = _group(micro_policy)
-    at_beta = popi_loss(micro_policy.model, group, micro_policy.pad_token_id)
+    at_beta = one_loss(micro_policy.model, group, micro_policy.pad_token_id)
     assert abs(at_beta.ess - 1.0) < 1e-5 and at_beta.max_abs_log_ratio < 1e-4
     with torch.no_grad():
         for p in micro_policy.model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    drift = popi_loss(micro_policy.model, group, micro_policy.pad_token_id)
+    drift = one_loss(micro_policy.model, group, micro_policy.pad_token_id)
     assert 1 / 4 - 1e-6 <= drift.ess < 1.0 and drift.max_abs_log_ratio > 1e-3
 
 
@@ -84,9 +86,8 @@ def test_gradient_does_not_depend_on_padding(micro_policy):
 def test_zero_variance_groups_are_skipped(micro_policy):
     flat = _group(micro_policy, rewards=[1.0, 1.0, 1.0, 1.0])
     mixed = _group(micro_policy, prompt="9+9=")
-    skipped = []
-    out = list(prompt_gradients(micro_policy.model, [flat, mixed], micro_policy.pad_token_id, skipped=skipped))
-    assert skipped == [flat.prompt_id] and [o.prompt_id for o in out] == [mixed.prompt_id]
+    out = make_estimator(micro_policy.model, micro_policy.pad_token_id).gradients([flat, mixed])
+    assert out.skipped == [flat.prompt_id] and [gb.prompt_ids for gb in out.batches] == [[mixed.prompt_id]]
 
 
 @pytest.mark.parametrize("low", [-80.0, -100.0, -1e4])
@@ -103,7 +104,7 @@ def test_extreme_log_ratios_stay_finite(micro_policy, low):
         for p in params:
             p.mul_(30.0)
     for kw in ({}, {"acg": True}, {"clip_eps": 0.2}):
-        out = popi_loss(micro_policy.model, group, micro_policy.pad_token_id, **kw)
+        out = one_loss(micro_policy.model, group, micro_policy.pad_token_id, **kw)
         grads = torch.autograd.grad(out.loss, params, allow_unused=True)
         assert torch.isfinite(out.loss), kw
         assert all(gr is None or torch.isfinite(gr).all() for gr in grads), kw
@@ -121,27 +122,27 @@ def test_log_ratio_cap_only_acts_past_the_cap(micro_policy):
         for p in micro_policy.model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     params = list(micro_policy.model.parameters())
-    a = torch.autograd.grad(popi_loss(micro_policy.model, group, micro_policy.pad_token_id).loss, params)
-    b = torch.autograd.grad(popi_loss(micro_policy.model, group, micro_policy.pad_token_id,
+    a = torch.autograd.grad(one_loss(micro_policy.model, group, micro_policy.pad_token_id).loss, params)
+    b = torch.autograd.grad(one_loss(micro_policy.model, group, micro_policy.pad_token_id,
                                       max_log_ratio=None).loss, params)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
-    from cropi.objective import policy_loss
+    from cropi.objective import LossSpec, policy_loss
 
     lp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
     blp = torch.tensor([[-200.0, -2.5]])
-    loss = policy_loss(lp, blp, torch.tensor([2.0]), torch.ones(1, 2), max_log_ratio=50.0)
+    loss = policy_loss(lp, blp, torch.tensor([2.0]), torch.ones(1, 2), LossSpec(max_log_ratio=50.0))
     (grad,) = torch.autograd.grad(loss, lp)
     rho = torch.tensor([math.exp(50.0), math.exp(0.5)])
     assert torch.isclose(loss, -(2.0 * rho).sum() / 2, rtol=1e-5)
     assert torch.allclose(grad[0], -2.0 * rho / 2, rtol=1e-5)
 
 
-def test_log_ess_bounds_and_groups_from_rows():
+def test_log_ess_bounds_and_prompt_groups():
     assert abs(float(log_ess(torch.zeros(8, dtype=torch.float64)))) < 1e-9
     assert abs(float(log_ess(torch.tensor([0.0] + [-1e4] * 7, dtype=torch.float64))) - math.log(1 / 8)) < 1e-9
     rows = [{"prompt_id": "a", "prompt_ids": [1], "response_ids": [2], "behavior_logprobs": [-1.0], "reward": r,
              "temperature": 1.0} for r in (0.0, 1.0)]
-    (g,) = groups_from_rows(rows)
+    (g,) = prompt_groups(rows)
     assert g.rewards == [0.0, 1.0] and not g.zero_variance
 
 

@@ -1,13 +1,18 @@
-"""End-to-end scoring on the micro model: stores -> POPI -> projection -> cosine -> RRF."""
+"""End-to-end scoring on the micro model: stores -> POPI -> (projection | exact means) -> cosine -> RRF."""
 
+import math
+
+import pyarrow.parquet as pq
 import pytest
 import torch
 
+from cropi.config import RunConfig, ScoreConfig
 from cropi.errors import CropiError
-from cropi.gradients.popi import groups_from_rows, prompt_gradients
-from cropi.rollouts.trajectory_store import CollectConfig, collect, read_store
-from cropi.scores.engine import ScoreConfig, score_pool, selected_ids
+from cropi.rollouts.trajectory_store import CollectConfig, collect, prompt_groups, read_store
+from cropi.scores.engine import project_pool_range, score_pool
+from cropi.scores.gradient_store import read_gradient_store
 from cropi.tasks.problem import Problem
+from tests.popi_reference import prompt_gradients
 
 
 def _problems(prefix, n):
@@ -15,29 +20,98 @@ def _problems(prefix, n):
     return [Problem(f"{prefix}{i}", f"count a {'ab' * (i % 3 + 1)}=", str(i % 3 + 1), "count") for i in range(n)]
 
 
-def test_scores_match_exact_cosines_at_large_k(micro_policy, tmp_path):
+def _cfg(ratio=0.25, **score) -> RunConfig:
+    cfg = RunConfig()
+    cfg.select.ratio = ratio
+    cfg.select.score = ScoreConfig(**score)
+    return cfg
+
+
+@pytest.fixture()
+def stores(micro_policy, tmp_path):
     cfg = CollectConfig(group_size=32, max_new_tokens=1, chunk_size=8, temperature=3.0)
     pool = collect(micro_policy, _problems("p", 16), tmp_path / "pool", cfg)
     val = collect(micro_policy, _problems("v", 8), tmp_path / "val", cfg)
-    table = score_pool(micro_policy, pool, {"count": val}, tmp_path / "scores.parquet",
-                       ScoreConfig(k=8192, ratio=0.25))
-    assert (tmp_path / "scores.parquet").exists()
-    rows = table.to_pylist()
-    usable = [r for r in rows if r["usable"]]
-    assert usable and all(-1 <= r["score_count"] <= 1 for r in usable)
-    assert all(r["score_count"] is None for r in rows if not r["usable"])
-    # exact cosines from flat gradients
-    def flat(groups):
-        return {g.prompt_id: torch.cat([v.flatten() for v in g.grads.values()])
-                for g in prompt_gradients(micro_policy.model, groups, micro_policy.pad_token_id)}
-    vg = flat(groups_from_rows(read_store(val).to_pylist()))
-    d = torch.stack(list(vg.values())).mean(0)
-    pg = flat(groups_from_rows(read_store(pool).to_pylist()))
-    for r in usable:
-        exact = float(torch.dot(pg[r["prompt_id"]], d) / (pg[r["prompt_id"]].norm() * d.norm()))
-        assert abs(exact - r["score_count"]) < 0.1
-    chosen = selected_ids(table)
-    assert 1 <= len(chosen) <= 4 and all(c in {r["prompt_id"] for r in usable} for c in chosen)
+    return pool, val
+
+
+def _reference_cosines(policy, pool, val) -> dict[str, float]:
+    """cos(g_x, mean_v g_v) in pure Python floats over the flattened full gradients (no torch reductions)."""
+    def flat(store):
+        return {g.prompt_id: [float(x) for t in g.grads.values() for x in t.flatten().tolist()]
+                for g in prompt_gradients(policy.model, prompt_groups(read_store(store).to_pylist()), policy.pad_token_id)}
+    vg = list(flat(val).values())
+    mean = [sum(col) / len(vg) for col in zip(*vg)]
+    norm_m = math.sqrt(sum(x * x for x in mean))
+    out = {}
+    for pid, g in flat(pool).items():
+        dot = sum(a * b for a, b in zip(g, mean))
+        out[pid] = dot / (math.sqrt(sum(a * a for a in g)) * norm_m)
+    return out
+
+
+def test_exact_mode_equals_the_pure_python_cosines_and_projected_mode_is_within_jl_noise(micro_policy, stores, tmp_path):
+    pool, val = stores
+    ref = _reference_cosines(micro_policy, pool, val)
+    exact = score_pool(micro_policy, pool, {"count": val}, tmp_path / "exact.parquet", _cfg(mode="exact"))
+    projected = score_pool(micro_policy, pool, {"count": val}, tmp_path / "proj.parquet", _cfg(k=8192))
+    assert exact.mode == "exact" and projected.mode == "projected"
+    assert pq.read_table(tmp_path / "exact.parquet").schema.metadata[b"cropi"].find(b'"mode": "exact"') >= 0
+    rows = {r["prompt_id"]: r for r in exact.table.to_pylist()}
+    assert set(ref) == {p for p, r in rows.items() if r["usable"]} and len(ref) >= 4
+    for pid, c in ref.items():
+        assert abs(rows[pid]["score_count"] - c) < 1e-6, pid
+    # projection noise in a cosine is about 1/sqrt(k) = 0.011 at k = 8192: 4 sigma
+    for r in projected.table.to_pylist():
+        if r["usable"]:
+            assert abs(r["score_count"] - ref[r["prompt_id"]]) < 4 / math.sqrt(8192), r["prompt_id"]
+    # the fused ranking is the exact top 4 (ratio 0.25 of 16 rows) by the reference cosine
+    assert exact.ranking.ids == sorted(ref, key=lambda p: (-ref[p], p))[:4]
+    assert [r["fused_rank"] for r in exact.table.to_pylist() if r["prompt_id"] == exact.ranking.ids[0]] == [1]
+
+
+def test_exact_mode_still_stores_projected_gradients_when_asked_and_shards_like_a_whole_run(micro_policy, stores,
+                                                                                           tmp_path):
+    pool, val = stores
+    cfg = _cfg(mode="exact", k=64, chunk_size=4)
+    whole = score_pool(micro_policy, pool, {"count": val}, tmp_path / "w.parquet", cfg, gradients=tmp_path / "g")
+    assert not (tmp_path / "w.gradients").exists()
+    stored = read_gradient_store(tmp_path / "g" / "pool")
+    assert stored.vectors.shape == (sum(whole.table.column("usable").to_pylist()), 64)
+    assert read_gradient_store(tmp_path / "g" / "val-count").vectors.shape[1] == 64
+    for i in range(2):
+        project_pool_range(micro_policy, pool, tmp_path / "s", cfg, shard=(i, 2), val_stores={"count": val})
+    sharded = score_pool(micro_policy, pool, {"count": val}, tmp_path / "s.parquet", cfg, gradients=tmp_path / "s")
+    assert whole.table.equals(sharded.table)
+
+
+def test_auto_mode_picks_exact_only_when_the_means_fit(micro_policy, stores, tmp_path):
+    pool, val = stores
+    fits = score_pool(micro_policy, pool, {"count": val}, tmp_path / "a.parquet", _cfg(mode="auto", k=64))
+    tight = score_pool(micro_policy, pool, {"count": val}, tmp_path / "b.parquet",
+                       _cfg(mode="auto", k=64, exact_memory_gb=1e-9))
+    assert fits.mode == "exact" and tight.mode == "projected"
+
+
+def test_scoring_differentiates_the_trainers_aggregation(micro_policy, stores, tmp_path):
+    pool, val = stores
+    grpo = score_pool(micro_policy, pool, {"count": val}, tmp_path / "a.parquet", _cfg(mode="exact"))
+    cfg = _cfg(mode="exact")
+    cfg.train.aggregation = "dr_grpo"
+    dr = score_pool(micro_policy, pool, {"count": val}, tmp_path / "b.parquet", cfg)
+    # with one-token responses every sequence has T_i = 1 = max_len only when max_new_tokens is 1: compare
+    # against the reference computed with the same loss instead
+    ref = {g.prompt_id: g for g in prompt_gradients(micro_policy.model, prompt_groups(read_store(pool).to_pylist()),
+                                                    micro_policy.pad_token_id, aggregation="dr_grpo",
+                                                    max_len=cfg.rollout.max_new_tokens)}
+    norms = {r["prompt_id"]: r["grad_norm"] for r in dr.table.to_pylist() if r["usable"]}
+    for pid, g in ref.items():
+        exact = math.sqrt(sum(float((t.double() ** 2).sum()) for t in g.grads.values()))
+        assert norms[pid] == pytest.approx(exact, rel=1e-6)
+    gn = {r["prompt_id"]: r["grad_norm"] for r in grpo.table.to_pylist() if r["usable"]}
+    # dr_grpo divides by max_len (10) instead of the response length (1): the gradient is 10x smaller
+    assert all(gn[p] == pytest.approx(10 * norms[p], rel=1e-5) for p in norms)
+    assert dr.meta["loss"]["aggregation"] == "dr_grpo" and grpo.meta["loss"]["aggregation"] == "grpo"
 
 
 def test_validation_without_gradient_is_a_clear_error(micro_policy, tmp_path):
@@ -45,8 +119,9 @@ def test_validation_without_gradient_is_a_clear_error(micro_policy, tmp_path):
     pool = collect(micro_policy, _problems("p", 4), tmp_path / "pool", cfg)
     impossible = [Problem("v0", "1+1=", "999999", "add")]
     val = collect(micro_policy, impossible, tmp_path / "val", cfg)
-    with pytest.raises(CropiError, match="no usable gradient"):
-        score_pool(micro_policy, pool, {"add": val}, tmp_path / "s.parquet")
-    assert not (tmp_path / "s.parquet").exists()
+    for mode in ("projected", "exact"):
+        with pytest.raises(CropiError, match="no usable gradient"):
+            score_pool(micro_policy, pool, {"add": val}, tmp_path / "s.parquet", _cfg(mode=mode))
+        assert not (tmp_path / "s.parquet").exists()
     with pytest.raises(CropiError, match="no trajectory store"):
-        score_pool(micro_policy, tmp_path / "missing", {"add": val}, tmp_path / "s.parquet")
+        score_pool(micro_policy, tmp_path / "missing", {"add": val}, tmp_path / "s.parquet", _cfg())

@@ -209,6 +209,19 @@ def _writer(policy, fp, trajectories, folder: Path, projector, cfg, start=0, end
     return GradientStoreWriter(folder, meta)
 
 
+def project_store(policy: Policy, trajectories: str | Path, folder: str | Path, projector: Projector, cfg: RunConfig,
+                  start: int = 0, end: int | None = None, fingerprint: str | None = None,
+                  on_prompts: Callable[[int], None] | None = None) -> Path:
+    """Write (or resume) the gradient store of prompts [start, end) of ``trajectories`` at ``folder``: POPI
+    gradients of ``policy`` projected by ``projector``.  ``start`` must lie on the chunk grid."""
+    fp = fingerprint or model_fingerprint(policy.model)
+    writer = _writer(policy, fp, trajectories, Path(folder), projector, cfg, start, end)
+    score = cfg.select.score
+    featurize(make_score_estimator(policy, cfg), trajectories, [StoreSink(projector, writer)], start,
+              writer.identity["end"], score.chunk_size, score.stage, on_prompts=on_prompts)
+    return writer.folder
+
+
 def resolve_mode(policy: Policy, cfg: ScoreConfig, n_sets: int) -> str:
     """``projected`` or ``exact``; ``auto`` is exact when the n_sets fp32 means fit in ``exact_memory_gb``."""
     if cfg.mode not in MODES:
