@@ -20,7 +20,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 from cropi.evaluation.report import machine_description  # noqa: E402
-from cropi.gradients.popi import PromptGroup, gradient_batches  # noqa: E402
+from cropi.gradients.popi import make_estimator  # noqa: E402
+from cropi.rollouts.trajectory_store import PromptGroup  # noqa: E402
 from cropi.io import write_json  # noqa: E402
 from cropi.policy import load_policy  # noqa: E402
 from cropi.rollouts.sampler import SamplingParams, generate  # noqa: E402
@@ -53,7 +54,7 @@ def run(policy, groups, batch_size: int, by_length: bool = False):
     if by_length:  # what the gradient store does inside a chunk: similar widths share a batch (less padding)
         groups = sorted(groups, key=lambda g: len(g.prompt_ids) + max(map(len, g.response_ids)))
     out = {}
-    for gb in gradient_batches(policy.model, groups, policy.pad_token_id, batch_size=batch_size):
+    for gb in make_estimator(policy.model, policy.pad_token_id, batch_size=batch_size).gradients(groups).batches:
         for b, pid in enumerate(gb.prompt_ids):
             out[pid] = torch.cat([g[b].flatten() for g in gb.grads.values()])
     return len(groups) / (time.perf_counter() - t0), out

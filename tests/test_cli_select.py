@@ -48,8 +48,8 @@ def test_score_shards_then_select_jsonl_and_verl(setup):
     assert r.exit_code == 0, r.output
     scores, meta = read_scores(tmp / "s.parquet")
     assert meta["schema_version"] == 1 and scores.num_rows == 20
-    expected = influence_ranking(scores, 0.2)
-    assert 1 <= len(expected) <= 4
+    expected = influence_ranking(scores, {}, 0.2)  # fused again from the score columns
+    assert 1 <= len(expected) <= 4 and influence_ranking(scores, meta) == expected  # = the file's fused_rank
 
     r = runner.invoke(app, ["select", "--scores", str(tmp / "s.parquet"), "--pool", str(pool_file), "--ratio", "0.2",
                             "--out", str(tmp / "chosen.jsonl")])

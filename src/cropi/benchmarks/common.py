@@ -81,7 +81,7 @@ def parse_config(name: str) -> ProjConfig:
 
 def default_config_name() -> str:
     """The configuration ``cropi score`` uses by default (``ScoreConfig``), in benchmark naming."""
-    from cropi.scores.engine import ScoreConfig
+    from cropi.config import ScoreConfig
 
     cfg = ScoreConfig()
     return ProjConfig(cfg.kind, cfg.k, cfg.keep, "uniform").name

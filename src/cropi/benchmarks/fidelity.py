@@ -33,6 +33,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Sequence
 
 import torch
@@ -136,12 +137,11 @@ def _collect_until(policy, problems, work: Path, tag: str, plan: FidelityPlan, n
 
 
 def _usable_groups(stores: Sequence[Path], limit: int):
-    from cropi.gradients.popi import groups_from_rows
-    from cropi.rollouts.trajectory_store import read_store
+    from cropi.rollouts.trajectory_store import prompt_groups, read_store
 
     out = []
     for s in stores:
-        for g in groups_from_rows(read_store(s).to_pylist()):
+        for g in prompt_groups(read_store(s).to_pylist()):
             if not g.zero_variance:
                 out.append(g)
                 if len(out) >= limit:
@@ -210,9 +210,16 @@ def _dot(a: dict, b: dict) -> float:
     return float(sum(torch.dot(a[n].flatten().double(), b[n].flatten().double()) for n in a))
 
 
+def _per_prompt(policy, groups, names=None):
+    """g_x per usable group (prompt_id, grads, ess), one backward pass each."""
+    from cropi.gradients.popi import make_estimator
+
+    for gb in make_estimator(policy.model, policy.pad_token_id, param_names=names).gradients(groups).batches:
+        yield SimpleNamespace(prompt_id=gb.prompt_ids[0], grads=gb.prompt(0), ess=gb.ess[0])
+
+
 def exact_validation_mean(policy, groups, names, work: Path, track: Tracker) -> tuple[dict, dict]:
     """(v̄, per-tensor squared-norm sums) over ``groups``; cached as safetensors + JSON."""
-    from cropi.gradients.popi import prompt_gradients
 
     path, meta_path = work / "val_mean.safetensors", work / "val_mean.json"
     ids = [g.prompt_id for g in groups]
@@ -221,7 +228,7 @@ def exact_validation_mean(policy, groups, names, work: Path, track: Tracker) -> 
     total = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in policy.model.named_parameters() if n in names}
     energy = {n: 0.0 for n in names}
     advance = track("exact validation mean", len(groups))
-    for pg in prompt_gradients(policy.model, groups, policy.pad_token_id, names):
+    for pg in _per_prompt(policy, groups, names):
         for n, g in pg.grads.items():
             total[n].add_(g)
             energy[n] += float(g.double().pow(2).sum())
@@ -244,7 +251,6 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def run_fidelity_section(plan: FidelityPlan, work: Path, track: Tracker, log: Callable[[str], None]) -> dict:
-    from cropi.gradients.popi import prompt_gradients
     from cropi.policy import load_policy
     from cropi.projection import calibrate_keep, make_projector, param_shapes_of
 
@@ -312,7 +318,7 @@ def run_fidelity_section(plan: FidelityPlan, work: Path, track: Tracker, log: Ca
     advance(len(groups) - len(todo))
     checked_folds = False
     t_prev = time.perf_counter()
-    for pg in prompt_gradients(policy.model, todo, policy.pad_token_id, names):
+    for pg in _per_prompt(policy, todo, names):
         t_grad = time.perf_counter()
         seconds["gradient"] += t_grad - t_prev
         g_norm = math.sqrt(_dot(pg.grads, pg.grads))
@@ -382,10 +388,9 @@ def run_fidelity_section(plan: FidelityPlan, work: Path, track: Tracker, log: Ca
 def scoring_cost(plan: FidelityPlan, work: Path, track: Tracker, log: Callable[[str], None]) -> dict:
     """Scoring vs training seconds per prompt on the embedded default (tiny model, default suite and config)."""
     from cropi.config import RunConfig
-    from cropi.gradients.popi import groups_from_rows, prompt_gradients
     from cropi.policy import load_policy
-    from cropi.rollouts.trajectory_store import CollectConfig, collect, read_store
-    from cropi.scores.engine import ScoreConfig, score_pool
+    from cropi.rollouts.trajectory_store import CollectConfig, collect, prompt_groups, read_store
+    from cropi.scores.engine import score_pool
     from cropi.tasks.synthetic import build_suite
     from cropi.training.grpo import grpo_step, make_optimizer, step_prompts
 
@@ -393,8 +398,7 @@ def scoring_cost(plan: FidelityPlan, work: Path, track: Tracker, log: Callable[[
     suite = build_suite(run.data.suite)
     pool = suite.pool[:plan.scoring_pool] if plan.scoring_pool else suite.pool
     r = run.rollout
-    ccfg = CollectConfig(group_size=r.group_size, temperature=r.temperature, top_p=r.top_p,
-                         max_new_tokens=r.max_new_tokens, seed=0, batch_size=r.batch_size)
+    ccfg = CollectConfig.from_rollout(r)
     policy = load_policy(run.model.name, "cpu")
     t0 = time.perf_counter()
     pool_store = collect(policy, pool, work / f"score-pool-{len(pool)}", ccfg,
@@ -405,7 +409,6 @@ def scoring_cost(plan: FidelityPlan, work: Path, track: Tracker, log: Callable[[
         probs = probs[:plan.scoring_val_prompts] if plan.scoring_val_prompts else probs
         vals_problems[fam] = probs
         vals[fam] = collect(policy, probs, work / f"score-val-{fam}-{len(probs)}", ccfg, on_prompts=track(f"collect val {fam}", len(probs)))
-    cfg = ScoreConfig()
     advance = track("score pool (default config)", len(pool))
     stamps = []
 
@@ -414,7 +417,7 @@ def scoring_cost(plan: FidelityPlan, work: Path, track: Tracker, log: Callable[[
         advance(n)
 
     t0 = time.perf_counter()
-    table = score_pool(policy, pool_store, vals, work / "scores.parquet", cfg, on_prompt=on_prompt)
+    table = score_pool(policy, pool_store, vals, work / "scores.parquet", run, on_prompt=on_prompt).table
     score_s = time.perf_counter() - t0
     usable = sum(table.column("usable").to_pylist())
     # the pool phase alone (validation gradients come first and are amortised over a real pool): the store
@@ -425,10 +428,10 @@ def scoring_cost(plan: FidelityPlan, work: Path, track: Tracker, log: Callable[[
     pool_only = ((stamps[-1][0] - stamps[0][0]) / (after_first * usable_share)
                  if len(stamps) > 1 and after_first and usable_share else None)
     # forward+backward alone on the same pool trajectories (no projection, no cosine)
-    groups = [g for g in groups_from_rows(read_store(pool_store).to_pylist()) if not g.zero_variance]
+    groups = [g for g in prompt_groups(read_store(pool_store).to_pylist()) if not g.zero_variance]
     adv = track("forward+backward only", len(groups))
     t0 = time.perf_counter()
-    for _ in prompt_gradients(policy.model, groups, policy.pad_token_id):
+    for _ in _per_prompt(policy, groups):
         adv(1)
     fb_s = time.perf_counter() - t0
     # GRPO: default config, generation included

@@ -157,7 +157,8 @@ def pair_errors(gram: torch.Tensor, proj: torch.Tensor) -> float:
 # ----------------------------------------------------------------------------- pieces
 def forward_backward_seconds(model: str, responses: int = 8, tokens: int = 96, prompt_tokens: int = 32) -> float:
     """One prompt's POPI forward+backward (``responses`` x ``tokens`` response tokens): best of three."""
-    from cropi.gradients.popi import PromptGroup, popi_loss
+    from cropi.gradients.popi import popi_loss
+    from cropi.rollouts.trajectory_store import PromptGroup
     from cropi.policy import load_policy
 
     policy = load_policy(model, "cpu")
@@ -169,8 +170,8 @@ def forward_backward_seconds(model: str, responses: int = 8, tokens: int = 96, p
     params = [p for p in policy.model.parameters() if p.requires_grad]
 
     def step():
-        out = popi_loss(policy.model, group, policy.pad_token_id)
-        torch.autograd.grad(out.loss, params)
+        out = popi_loss(policy.model, [group], policy.pad_token_id)
+        torch.autograd.grad(out.losses[0], params)
 
     return best_time(step, repeat=3, warmup=1)
 
