@@ -455,7 +455,7 @@ def scoring_cost(plan: FidelityPlan, work: Path, track: Tracker, log: Callable[[
             "ratio_to_forward_backward": None if pool_only is None else pool_only / (fb_s / max(1, len(groups))),
             "collect_seconds_per_prompt": collect_s / len(pool), "pool_prompts": len(pool),
             "usable_pool_prompts": usable, "validation_sets": {k: len(v) for k, v in vals_problems.items()},
-            "score_config": cfg.__dict__, "grpo_prompts_per_step": run.train.prompts_per_step}
+            "score_config": run.select.score.__dict__, "grpo_prompts_per_step": run.train.prompts_per_step}
 
 
 # ----------------------------------------------------------------------------- driver

@@ -87,11 +87,11 @@ class MeanDots:
 
     def project_batch(self, grads: Mapping[str, torch.Tensor]) -> torch.Tensor:
         B = next(iter(grads.values())).shape[0]
-        out = torch.zeros(B, self.k, dtype=torch.float64)
+        out = torch.zeros(self.k, B, dtype=torch.float64)
         for j, v in enumerate(self.sets):
-            for name, m in self.means[v].items():  # fp32 dot per tensor, summed in fp64
-                out[:, j] += (grads[name].reshape(B, -1) @ m.reshape(-1)).double().cpu()
-        return out.float()
+            for name, m in self.means[v].items():  # fp32 dot per tensor (memory-bound), summed in fp64
+                out[j] += torch.mv(grads[name].reshape(B, -1), m.reshape(-1)).double().cpu()
+        return out.T.contiguous().float()
 
     def project(self, grads: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return self.project_batch({n: g.unsqueeze(0) for n, g in grads.items()})[0]
