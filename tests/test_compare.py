@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from cropi.evaluation.compare import compute_results, first_crossing, paired_se, smooth, write_report
+from cropi.io import read_jsonl
+from cropi.experiments.metrics import compute_results, first_crossing, paired_se, smooth
+from cropi.experiments.report import write_comparison_report
 
 
 def _curve(ys, dt=10.0, t0=0.0):
@@ -68,7 +70,7 @@ def test_report_from_a_small_results_file(tmp_path):
     summaries = {"full": {0: {"curve": _curve([0.3, 0.35, 0.4])}},
                  "cropi": {0: {"curve": _curve([0.3, 0.42, 0.45]), "collect_seconds": 5.0, "score_seconds": 2.0}}}
     r = compute_results(summaries, "m", 20)
-    write_report(r, tmp_path)
+    write_comparison_report(r, tmp_path)
     text = (tmp_path / "report.md").read_text()
     assert "| cropi |" in text and "Break-even" in text and "accuracy_vs_steps.png" in text
     assert "## Targets" in text and "step-level acceleration >= 3.0x" in text
@@ -76,33 +78,33 @@ def test_report_from_a_small_results_file(tmp_path):
 
 
 def test_training_signal_per_stage_and_its_report_table(tmp_path):
-    from cropi.evaluation.compare import training_signal
+    from cropi.experiments.metrics import training_signal
 
     metrics = tmp_path / "metrics.jsonl"
     rows = [{"event": "step", "step": t, "reward_mean": 0.1 * t, "mixed_groups": 1.0 if t <= 2 else 0.5}
             for t in range(1, 5)] + [{"event": "eval", "step": 4, "targeted": 0.4}]
     metrics.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    sig = training_signal(metrics, stages=2, steps=4)  # stage 0: steps 1-2, stage 1: steps 3-4
+    sig = training_signal(read_jsonl(metrics), stages=2, steps=4)  # stage 0: steps 1-2, stage 1: steps 3-4
     assert [s["stage"] for s in sig] == [0, 1] and [s["end_step"] for s in sig] == [2, 4]
     # stages that do not divide the budget follow the trainer's bounds (round(i * steps / stages)): 0, 2, 3, 5
     odd = tmp_path / "odd.jsonl"
     odd.write_text("\n".join(json.dumps({"event": "step", "step": t, "reward_mean": float(t), "mixed_groups": 1.0})
                              for t in range(1, 6)) + "\n")
-    assert [(s["end_step"], s["reward_mean"]) for s in training_signal(odd, stages=3, steps=5)] == \
+    assert [(s["end_step"], s["reward_mean"]) for s in training_signal(read_jsonl(odd), stages=3, steps=5)] == \
         [(2, 1.5), (3, 3.0), (5, 4.5)]
     assert sig[0]["reward_mean"] == pytest.approx(0.15) and sig[1]["reward_mean"] == pytest.approx(0.35)
     assert sig[0]["mixed_groups"] == 1.0 and sig[1]["mixed_groups"] == 0.5
     summaries = {"full": {0: {"curve": _curve([0.3, 0.35, 0.4])}}}
     r = compute_results(summaries, "m", 20)
     r["selectors"]["full"]["seeds"]["0"]["training_signal"] = [{**s, "end_step": 10 * (i + 1)} for i, s in enumerate(sig)]
-    write_report(r, tmp_path)
+    write_comparison_report(r, tmp_path)
     text = (tmp_path / "report.md").read_text()
     # stage 0 ends at step 10 (accuracy 35%), stage 1 at step 20 (40%)
     assert "| full | 0.15 / 1.00 / 35.0 @ 10 | 0.35 / 0.50 / 40.0 @ 20 |" in text
 
 
 def test_target_verdicts_against_hand_computed_values():
-    from cropi.evaluation.compare import target_verdicts
+    from cropi.experiments.report import target_verdicts
 
     full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]
     summaries = {
@@ -153,7 +155,7 @@ def test_compare_cli_end_to_end(tmp_path):
 
 def test_selector_variants_switch_on_our_departures():
     from cropi.errors import ConfigError
-    from cropi.evaluation.compare import parse_selector
+    from cropi.selection.variants import parse_selector
 
     assert parse_selector("cropi") == ("cropi", {})
     base, settings = parse_selector("cropi+drift+reprobe")
@@ -172,12 +174,14 @@ def test_selector_variants_switch_on_our_departures():
 
 
 def test_run_lock_claims_once_and_takes_over_stale_locks(tmp_path):
-    from cropi.evaluation.compare import _claim
+    from cropi.experiments.locks import claim, release
 
     run = tmp_path / "r"
-    assert _claim(run) and not _claim(run)  # held by this (live) process
+    assert claim(run) and not claim(run)  # held by this (live) process
     (run / ".lock").write_text("999999999")  # a pid that cannot exist: a crashed run
-    assert _claim(run) and (run / ".lock").read_text() == str(__import__("os").getpid())
+    assert claim(run) and (run / ".lock").read_text() == str(__import__("os").getpid())
+    release(run)
+    assert claim(run)
 
 
 def test_partial_gain_accelerations():
@@ -196,7 +200,7 @@ def test_worker_runs_only_unclaimed_runs_and_writes_no_results(tmp_path):
     import os
 
     from cropi.config import load_config
-    from cropi.evaluation.compare import run_compare
+    from cropi.experiments.compare import run_compare
     from tests.conftest import small_suite_overrides
 
     out = tmp_path / "cmp"

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from cropi.config import load_config
-from cropi.training.run import run_training
+from cropi.experiments.run import run_training
 from tests.conftest import small_suite_overrides
 
 
@@ -26,7 +26,7 @@ def test_run_folder_summary_and_report(micro_model_dir, tmp_path):
         assert (run / name).exists(), name
     s = json.loads((run / "summary.json").read_text())
     assert s["schema_version"] == 1
-    for key in ("selector", "seed", "steps", "wall_seconds", "curve", "best_targeted"):
+    for key in ("selector", "seed", "steps", "train_seconds", "curve", "best_targeted"):
         assert key in s
     assert [c["step"] for c in s["curve"]] == [0, 2, 4]
     assert all(0 <= c["targeted"] <= 1 and 0 <= c["untargeted"] <= 1 for c in s["curve"])
