@@ -49,6 +49,36 @@ def test_accelerations_match_hand_computation():
         assert key in r
 
 
+def test_run_at_threshold_from_its_first_evaluation_is_reached_not_never():
+    """A crossing at step 0 is a real value: a run already at the threshold at its first evaluation must not be
+    reported as never reaching it (0.0 is falsy), and its acceleration, with no steps to divide by, is the
+    documented lower bound over the first evaluation interval."""
+    full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]
+    summaries = {"full": {0: {"curve": _curve(full)}},
+                 "cropi": {0: {"curve": _curve([0.45] * 7)}}}  # smoothed 0.45 >= 0.42 at step 0, t = 0 s
+    row = compute_results(summaries, "m", 60)["selectors"]["cropi"]["seeds"]["0"]
+    assert row["steps_to_threshold"] == 0.0 and row["seconds_to_threshold"] == 0.0
+    # full data reaches 0.42 at step 50 / 50 s; the first evaluation interval is 10 steps / 10 s
+    assert row["step_acceleration"] == pytest.approx(5.0) and row["step_acceleration_is_lower_bound"]
+    assert row["wall_acceleration"] == pytest.approx(5.0) and row["wall_acceleration_is_lower_bound"]
+
+
+def test_full_data_at_threshold_from_the_start_gives_zero_or_equal_acceleration(tmp_path):
+    """Full data already at its best at step 0 (S_full = 0): a run that needs steps is 0x as fast, a run there
+    from the start too is as fast (1x) — neither is "never"."""
+    flat = [0.42, 0.42, 0.40, 0.38]  # smoothed [.42, .413, .40, .39]: threshold .42 at step 0
+    summaries = {"full": {0: {"curve": _curve(flat)}}, "cropi": {0: {"curve": _curve([0.30, 0.50, 0.50, 0.50])}}}
+    r = compute_results(summaries, "m", 30)
+    assert r["full_steps_to_threshold"] == 0.0
+    cropi, full = r["selectors"]["cropi"]["seeds"]["0"], r["selectors"]["full"]["seeds"]["0"]
+    assert cropi["steps_to_threshold"] is not None and cropi["step_acceleration"] == 0.0
+    assert full["step_acceleration"] == 1.0 and not full["step_acceleration_is_lower_bound"]
+    assert r["partial_gain"]["0.5"]["selectors"]["full"]["median_step_acceleration"] == 1.0
+    write_comparison_report(r, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "| full | 1.00× | 1.00× |" in text and "Break-even" in text
+
+
 def test_later_collections_are_charged_as_collection():
     stages = [{"stage": 0}, {"stage": 1, "refresh": {"collect_seconds": 7.0}},
               {"stage": 2, "drift": {"fired": True, "collect_seconds": 3.0}, "reprobe": {"seconds": 2.0}}]

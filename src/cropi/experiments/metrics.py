@@ -6,6 +6,10 @@ Definitions (as in the paper's Table 1, but measured on test splits the scores n
 - S(run): the first step at which the run's smoothed targeted curve reaches the threshold, interpolated
   linearly between evaluations; null if it never does within the budget.  S_full is the same crossing on
   the seed-mean full-data curve.  Step-level acceleration = S_full / S(run).
+- A run already at the threshold at its first evaluation, at x = 0, has no cost to divide by.  If full data
+  is there at 0 too, the two are equal (acceleration 1).  Otherwise the crossing is charged the first
+  evaluation interval (it happened within it), so the acceleration is a lower bound, flagged
+  ``*_acceleration_is_lower_bound``.  It is never reported as "never reached".
 - Wall-clock acceleration: the same with the runs' cumulative collection + scoring + training seconds
   (evaluation excluded; collection is charged to every run that uses the behaviour stores, although the
   comparison collects them once).
@@ -51,7 +55,8 @@ def smooth(values: Sequence[float], window: int = SMOOTH) -> list[float]:
 
 
 def first_crossing(xs: Sequence[float], ys: Sequence[float], threshold: float) -> float | None:
-    """The first x at which the piecewise-linear curve (xs, ys) reaches ``threshold``; None if never."""
+    """The first x at which the piecewise-linear curve (xs, ys) reaches ``threshold``; None if never.
+    A curve already there at its first point crosses at ``xs[0]`` (0.0 for steps: a real value, not "never")."""
     for i, (x, y) in enumerate(zip(xs, ys)):
         if y >= threshold - 1e-12:
             if i == 0:
@@ -59,6 +64,26 @@ def first_crossing(xs: Sequence[float], ys: Sequence[float], threshold: float) -
             x0, y0 = xs[i - 1], ys[i - 1]
             return float(x0 + (threshold - y0) / (y - y0) * (x - x0))
     return None
+
+
+def acceleration(reference: float | None, run: float | None, first_interval: float | None) -> tuple[float | None, bool]:
+    """(reference / run, whether that is a lower bound); None when either curve never reaches the level.
+
+    ``run == 0`` (at the level from its first evaluation, at x = 0): 1.0 when ``reference`` is 0 as well,
+    else ``reference / first_interval`` as a lower bound; None when there is no interval (one evaluation)."""
+    if reference is None or run is None:
+        return None, False
+    if run != 0:
+        return reference / run, False
+    if reference == 0:
+        return 1.0, False
+    if not first_interval:
+        return None, False
+    return reference / first_interval, True
+
+
+def _first_interval(xs: Sequence[float]) -> float | None:
+    return xs[1] - xs[0] if len(xs) > 1 else None
 
 
 def mean_curve(curves: list[list[dict]], key: str) -> tuple[list[float], list[float], list[float]]:
@@ -114,14 +139,19 @@ def compute_results(summaries: dict[str, dict[int, dict]], machine: str, budget_
         seeds = {}
         for seed, s in sorted(runs.items()):
             curve = s["curve"]
+            xs, secs = [c["step"] for c in curve], [c["seconds"] for c in curve]
             ys = smooth([c["targeted"] for c in curve])
-            s_run = first_crossing([c["step"] for c in curve], ys, threshold)
-            w_run = first_crossing([c["seconds"] for c in curve], ys, threshold)
+            s_run = first_crossing(xs, ys, threshold)
+            w_run = first_crossing(secs, ys, threshold)
+            step_acc, step_bound = acceleration(s_full, s_run, _first_interval(xs))
+            wall_acc, wall_bound = acceleration(w_full, w_run, _first_interval(secs))
             tgt = [c["targeted"] for c in curve]
             unt = [c["untargeted"] for c in curve if c.get("untargeted") is not None]
             row = {
-                "step_acceleration": (s_full / s_run) if (s_run and s_full) else None,
-                "wall_acceleration": (w_full / w_run) if (w_run and w_full) else None,
+                "step_acceleration": step_acc,
+                "step_acceleration_is_lower_bound": step_bound,
+                "wall_acceleration": wall_acc,
+                "wall_acceleration_is_lower_bound": wall_bound,
                 "steps_to_threshold": s_run,
                 "seconds_to_threshold": w_run,
                 "best_targeted": max(tgt),
@@ -160,12 +190,14 @@ def partial_gain(summaries: dict, steps: list[float], full_smoothed: list[float]
         s_full = first_crossing(steps, full_smoothed, level)
         per = {}
         for name, runs in summaries.items():
-            vals = []
+            vals, bounds = [], []
             for s in runs.values():
-                curve = s["curve"]
-                s_run = first_crossing([c["step"] for c in curve], smooth([c["targeted"] for c in curve]), level)
-                vals.append(s_full / s_run if (s_run and s_full) else None)
-            per[name] = {"median_step_acceleration": median(vals), "seeds": vals}
+                xs = [c["step"] for c in s["curve"]]
+                s_run = first_crossing(xs, smooth([c["targeted"] for c in s["curve"]]), level)
+                value, is_bound = acceleration(s_full, s_run, _first_interval(xs))
+                vals.append(value)
+                bounds.append(is_bound)
+            per[name] = {"median_step_acceleration": median(vals), "seeds": vals, "seeds_lower_bound": bounds}
         out[str(f)] = {"level": level, "full_steps": s_full, "selectors": per}
     return out
 
