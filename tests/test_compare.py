@@ -178,9 +178,19 @@ def test_compare_cli_end_to_end(tmp_path):
     # the stores were collected once and shared
     assert (tmp_path / "cmp" / "stores" / "pool" / "meta.json").exists()
     assert not (tmp_path / "cmp" / "runs" / "cropi-s0" / "stores").exists()
-    # rerunning resumes: nothing is redone
+    # rerunning resumes: nothing is redone — no run starts, and no finished run's files are rewritten
+    runs = tmp_path / "cmp" / "runs"
+    finished = sorted(p for p in runs.rglob("*") if p.is_file() and p.name in ("summary.json", "metrics.jsonl")
+                      or p.parent.name == "final_model")
+    assert {p.relative_to(runs).as_posix() for p in finished} >= {"full-s0/summary.json", "cropi-s0/metrics.jsonl"}
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in finished}
+    folders = sorted(p.name for p in runs.iterdir())
     r2 = CliRunner().invoke(app, args)
     assert r2.exit_code == 0, r2.output
+    assert sorted(p.name for p in runs.iterdir()) == folders
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in finished} == before
+    assert not any(runs.glob("*/.lock"))
+    assert json.loads((tmp_path / "cmp" / "results.json").read_text())["selectors"] == res["selectors"]
 
 
 def test_selector_variants_switch_on_our_departures():
