@@ -1,13 +1,13 @@
 """The benchmark code paths of `cropi bench projection` / `cropi bench fidelity` at toy sizes (seconds), so the
-benchmark code stays alive: results schema of issue 3 §5, merging, markdown verdicts, metrics and the SJLT fold."""
+benchmark code stays alive: the results schema, merging, markdown verdicts, metrics and the SJLT fold."""
 
 import math
 
 import pytest
 import torch
 
-from cropi.benchmarks.common import (FIDELITY_KEYS, SPEED_KEYS, TOP_KEYS, parse_config, results_paths,
-                                     target_checks)
+from cropi.experiments.benchmarks.common import (FIDELITY_KEYS, SPEED_KEYS, TOP_KEYS, parse_config,
+                                                 results_paths, target_checks)
 from cropi.io import read_json
 from cropi.projection import make_projector
 
@@ -21,7 +21,7 @@ def test_config_names_round_trip():
 
 
 def test_metrics():
-    from cropi.benchmarks.fidelity import precision_at, spearman
+    from cropi.experiments.benchmarks.fidelity import precision_at, spearman
 
     ids = [f"p{i}" for i in range(20)]
     exact = [float(i) for i in range(20)]
@@ -50,8 +50,8 @@ def _check_schema(res):
 
 
 def test_speed_and_fidelity_quick_paths(tmp_path):
-    from cropi.benchmarks.fidelity import FidelityPlan, run_fidelity
-    from cropi.benchmarks.speed import SpeedPlan, run_speed
+    from cropi.experiments.benchmarks.fidelity import FidelityPlan, run_fidelity
+    from cropi.experiments.benchmarks.speed import SpeedPlan, model_shapes, run_speed
 
     out = tmp_path / "results"
     seen = []
@@ -67,10 +67,17 @@ def test_speed_and_fidelity_quick_paths(tmp_path):
     res = run_speed(speed, out, tmp_path / "work-speed", track, log=lambda m: None)
     _check_schema(res)
     assert res["fidelity"] == [] and res["stream_read_gbps"] > 0 and res["backward_seconds"] > 0
-    assert {r["d"] for r in res["speed"]} == {2048, sum(math.prod(s) for s in
-                                                        __import__("cropi.benchmarks.speed", fromlist=["x"]).model_shapes("tiny").values())}
+    assert {r["d"] for r in res["speed"]} == {2048, sum(math.prod(s) for s in model_shapes("tiny").values())}
     for r in res["speed"]:
-        assert r["seconds_per_gradient"] > 0 and 0 < r["ip_rel_error"] < 5 and r["naive_sjlt_ip_rel_error"] > 0
+        # JL: <Px, Py> / (|x||y|) has SD sqrt((1 + cos^2) / k) <= sqrt(2 / k) for a dense or sparse JL map.  Over
+        # these 10 pairs the RMS reached 1.23 x sqrt(2 / k) at worst (measured, every row, k = 64 and 128);
+        # 3 x leaves room for sampling noise and still fails for a mis-scaled or broken projector.
+        jl = 3 * math.sqrt(2 / r["k"])
+        assert r["seconds_per_gradient"] > 0 and 0 < r["naive_sjlt_ip_rel_error"] < jl, r
+        if r["keep"] == 1 or r.get("keep_rule") == "calibrated":
+            assert 0 < r["ip_rel_error"] < jl, r
+        else:  # uniform sparsifier on heavy-tailed vectors: far worse than JL, which is why calibration exists
+            assert math.isfinite(r["ip_rel_error"]) and r["ip_rel_error"] > jl, r
     # a rerun resumes from the finished sections (nothing is measured again)
     seen.clear()
     run_speed(speed, out, tmp_path / "work-speed", track, log=lambda m: None)

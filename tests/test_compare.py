@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from cropi.evaluation.compare import compute_results, first_crossing, paired_se, smooth, write_report
+from cropi.io import read_jsonl
+from cropi.experiments.metrics import compute_results, first_crossing, paired_se, smooth
+from cropi.experiments.report import write_comparison_report
 
 
 def _curve(ys, dt=10.0, t0=0.0):
@@ -47,6 +49,36 @@ def test_accelerations_match_hand_computation():
         assert key in r
 
 
+def test_run_at_threshold_from_its_first_evaluation_is_reached_not_never():
+    """A crossing at step 0 is a real value: a run already at the threshold at its first evaluation must not be
+    reported as never reaching it (0.0 is falsy), and its acceleration, with no steps to divide by, is the
+    documented lower bound over the first evaluation interval."""
+    full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]
+    summaries = {"full": {0: {"curve": _curve(full)}},
+                 "cropi": {0: {"curve": _curve([0.45] * 7)}}}  # smoothed 0.45 >= 0.42 at step 0, t = 0 s
+    row = compute_results(summaries, "m", 60)["selectors"]["cropi"]["seeds"]["0"]
+    assert row["steps_to_threshold"] == 0.0 and row["seconds_to_threshold"] == 0.0
+    # full data reaches 0.42 at step 50 / 50 s; the first evaluation interval is 10 steps / 10 s
+    assert row["step_acceleration"] == pytest.approx(5.0) and row["step_acceleration_is_lower_bound"]
+    assert row["wall_acceleration"] == pytest.approx(5.0) and row["wall_acceleration_is_lower_bound"]
+
+
+def test_full_data_at_threshold_from_the_start_gives_zero_or_equal_acceleration(tmp_path):
+    """Full data already at its best at step 0 (S_full = 0): a run that needs steps is 0x as fast, a run there
+    from the start too is as fast (1x) — neither is "never"."""
+    flat = [0.42, 0.42, 0.40, 0.38]  # smoothed [.42, .413, .40, .39]: threshold .42 at step 0
+    summaries = {"full": {0: {"curve": _curve(flat)}}, "cropi": {0: {"curve": _curve([0.30, 0.50, 0.50, 0.50])}}}
+    r = compute_results(summaries, "m", 30)
+    assert r["full_steps_to_threshold"] == 0.0
+    cropi, full = r["selectors"]["cropi"]["seeds"]["0"], r["selectors"]["full"]["seeds"]["0"]
+    assert cropi["steps_to_threshold"] is not None and cropi["step_acceleration"] == 0.0
+    assert full["step_acceleration"] == 1.0 and not full["step_acceleration_is_lower_bound"]
+    assert r["partial_gain"]["0.5"]["selectors"]["full"]["median_step_acceleration"] == 1.0
+    write_comparison_report(r, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "| full | 1.00× | 1.00× |" in text and "Break-even" in text
+
+
 def test_later_collections_are_charged_as_collection():
     stages = [{"stage": 0}, {"stage": 1, "refresh": {"collect_seconds": 7.0}},
               {"stage": 2, "drift": {"fired": True, "collect_seconds": 3.0}, "reprobe": {"seconds": 2.0}}]
@@ -68,7 +100,7 @@ def test_report_from_a_small_results_file(tmp_path):
     summaries = {"full": {0: {"curve": _curve([0.3, 0.35, 0.4])}},
                  "cropi": {0: {"curve": _curve([0.3, 0.42, 0.45]), "collect_seconds": 5.0, "score_seconds": 2.0}}}
     r = compute_results(summaries, "m", 20)
-    write_report(r, tmp_path)
+    write_comparison_report(r, tmp_path)
     text = (tmp_path / "report.md").read_text()
     assert "| cropi |" in text and "Break-even" in text and "accuracy_vs_steps.png" in text
     assert "## Targets" in text and "step-level acceleration >= 3.0x" in text
@@ -76,33 +108,33 @@ def test_report_from_a_small_results_file(tmp_path):
 
 
 def test_training_signal_per_stage_and_its_report_table(tmp_path):
-    from cropi.evaluation.compare import training_signal
+    from cropi.experiments.metrics import training_signal
 
     metrics = tmp_path / "metrics.jsonl"
     rows = [{"event": "step", "step": t, "reward_mean": 0.1 * t, "mixed_groups": 1.0 if t <= 2 else 0.5}
             for t in range(1, 5)] + [{"event": "eval", "step": 4, "targeted": 0.4}]
     metrics.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    sig = training_signal(metrics, stages=2, steps=4)  # stage 0: steps 1-2, stage 1: steps 3-4
+    sig = training_signal(read_jsonl(metrics), stages=2, steps=4)  # stage 0: steps 1-2, stage 1: steps 3-4
     assert [s["stage"] for s in sig] == [0, 1] and [s["end_step"] for s in sig] == [2, 4]
     # stages that do not divide the budget follow the trainer's bounds (round(i * steps / stages)): 0, 2, 3, 5
     odd = tmp_path / "odd.jsonl"
     odd.write_text("\n".join(json.dumps({"event": "step", "step": t, "reward_mean": float(t), "mixed_groups": 1.0})
                              for t in range(1, 6)) + "\n")
-    assert [(s["end_step"], s["reward_mean"]) for s in training_signal(odd, stages=3, steps=5)] == \
+    assert [(s["end_step"], s["reward_mean"]) for s in training_signal(read_jsonl(odd), stages=3, steps=5)] == \
         [(2, 1.5), (3, 3.0), (5, 4.5)]
     assert sig[0]["reward_mean"] == pytest.approx(0.15) and sig[1]["reward_mean"] == pytest.approx(0.35)
     assert sig[0]["mixed_groups"] == 1.0 and sig[1]["mixed_groups"] == 0.5
     summaries = {"full": {0: {"curve": _curve([0.3, 0.35, 0.4])}}}
     r = compute_results(summaries, "m", 20)
     r["selectors"]["full"]["seeds"]["0"]["training_signal"] = [{**s, "end_step": 10 * (i + 1)} for i, s in enumerate(sig)]
-    write_report(r, tmp_path)
+    write_comparison_report(r, tmp_path)
     text = (tmp_path / "report.md").read_text()
     # stage 0 ends at step 10 (accuracy 35%), stage 1 at step 20 (40%)
     assert "| full | 0.15 / 1.00 / 35.0 @ 10 | 0.35 / 0.50 / 40.0 @ 20 |" in text
 
 
 def test_target_verdicts_against_hand_computed_values():
-    from cropi.evaluation.compare import target_verdicts
+    from cropi.experiments.report import target_verdicts
 
     full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]
     summaries = {
@@ -146,14 +178,24 @@ def test_compare_cli_end_to_end(tmp_path):
     # the stores were collected once and shared
     assert (tmp_path / "cmp" / "stores" / "pool" / "meta.json").exists()
     assert not (tmp_path / "cmp" / "runs" / "cropi-s0" / "stores").exists()
-    # rerunning resumes: nothing is redone
+    # rerunning resumes: nothing is redone — no run starts, and no finished run's files are rewritten
+    runs = tmp_path / "cmp" / "runs"
+    finished = sorted(p for p in runs.rglob("*") if p.is_file() and p.name in ("summary.json", "metrics.jsonl")
+                      or p.parent.name == "final_model")
+    assert {p.relative_to(runs).as_posix() for p in finished} >= {"full-s0/summary.json", "cropi-s0/metrics.jsonl"}
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in finished}
+    folders = sorted(p.name for p in runs.iterdir())
     r2 = CliRunner().invoke(app, args)
     assert r2.exit_code == 0, r2.output
+    assert sorted(p.name for p in runs.iterdir()) == folders
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in finished} == before
+    assert not any(runs.glob("*/.lock"))
+    assert json.loads((tmp_path / "cmp" / "results.json").read_text())["selectors"] == res["selectors"]
 
 
 def test_selector_variants_switch_on_our_departures():
     from cropi.errors import ConfigError
-    from cropi.evaluation.compare import parse_selector
+    from cropi.selection.variants import parse_selector
 
     assert parse_selector("cropi") == ("cropi", {})
     base, settings = parse_selector("cropi+drift+reprobe")
@@ -172,12 +214,14 @@ def test_selector_variants_switch_on_our_departures():
 
 
 def test_run_lock_claims_once_and_takes_over_stale_locks(tmp_path):
-    from cropi.evaluation.compare import _claim
+    from cropi.experiments.locks import claim, release
 
     run = tmp_path / "r"
-    assert _claim(run) and not _claim(run)  # held by this (live) process
+    assert claim(run) and not claim(run)  # held by this (live) process
     (run / ".lock").write_text("999999999")  # a pid that cannot exist: a crashed run
-    assert _claim(run) and (run / ".lock").read_text() == str(__import__("os").getpid())
+    assert claim(run) and (run / ".lock").read_text() == str(__import__("os").getpid())
+    release(run)
+    assert claim(run)
 
 
 def test_partial_gain_accelerations():
@@ -196,7 +240,7 @@ def test_worker_runs_only_unclaimed_runs_and_writes_no_results(tmp_path):
     import os
 
     from cropi.config import load_config
-    from cropi.evaluation.compare import run_compare
+    from cropi.experiments.compare import run_compare
     from tests.conftest import small_suite_overrides
 
     out = tmp_path / "cmp"

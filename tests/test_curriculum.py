@@ -78,7 +78,7 @@ def _sets(model_dir, selector="cropi", steps=6, stages=3, **extra):
 
 
 def test_cropi_stages_write_artefacts(micro_model_dir, tmp_path):
-    from cropi.training.run import run_training
+    from cropi.experiments.run import run_training
 
     summary = run_training(load_config(None, _sets(micro_model_dir)), tmp_path / "run")
     run = tmp_path / "run"
@@ -102,7 +102,7 @@ def test_cropi_stages_write_artefacts(micro_model_dir, tmp_path):
 
 def test_each_stage_trains_on_its_scores_files_fused_ranking_made_with_the_trained_policy(micro_model_dir, tmp_path):
     from cropi.policy import load_policy, model_fingerprint
-    from cropi.training.run import run_training
+    from cropi.experiments.run import run_training
 
     run_training(load_config(None, _sets(micro_model_dir)), tmp_path / "run")
     # the policy after the first 2 steps, from a run that stops there (same seed, same stage-0 choice)
@@ -123,7 +123,7 @@ def test_each_stage_trains_on_its_scores_files_fused_ranking_made_with_the_train
 
 
 def test_static_selectors_choose_once(micro_model_dir, tmp_path):
-    from cropi.training.run import run_training
+    from cropi.experiments.run import run_training
 
     run_training(load_config(None, _sets(micro_model_dir, "static_influence", steps=4, stages=2)), tmp_path / "s")
     a, b = (json.loads((tmp_path / "s" / "stages" / f"stage-{s:02d}" / "selection.json").read_text()) for s in (0, 1))
@@ -131,8 +131,8 @@ def test_static_selectors_choose_once(micro_model_dir, tmp_path):
 
 
 def test_drift_control_fires_exactly_when_the_median_ess_is_below_the_threshold(micro_model_dir, tmp_path):
+    from cropi.experiments.run import run_training
     from cropi.rollouts.trajectory_store import pass_rates, store_meta
-    from cropi.training.run import run_training
 
     extra = {"select.candidates": 30, "select.reprobe_prompts": 6, "select.reprobe_samples": 4}
     recs = {}
@@ -161,7 +161,7 @@ def test_drift_control_fires_exactly_when_the_median_ess_is_below_the_threshold(
 
 
 def test_scheduled_refresh_recollects_before_scoring(micro_model_dir, tmp_path):
-    from cropi.training.run import run_training
+    from cropi.experiments.run import run_training
 
     from cropi.rollouts.trajectory_store import pass_rates, store_meta
 
@@ -201,7 +201,7 @@ _CHILD = textwrap.dedent("""
     torch.set_num_threads(1)
     import cropi.training.grpo as grpo
     from cropi.config import load_config
-    from cropi.training.run import run_training
+    from cropi.experiments.run import run_training
     kill_at = int(os.environ.get("KILL_AT_CALL", "0"))
     calls = [0]
     real = grpo.policy_loss

@@ -148,9 +148,7 @@ def test_log_ess_bounds_and_prompt_groups():
 
 # --- (d) convergence and bias on toys, through the real code path --------------------------------------------
 
-import importlib.util
 import types
-from pathlib import Path
 
 import numpy as np
 
@@ -224,11 +222,9 @@ def test_bandit_popi_converges_to_grad_over_behaviour_std():
 
 
 def _bias_module():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "popi_bias.py"
-    spec = importlib.util.spec_from_file_location("_popi_bias_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from cropi.experiments.benchmarks import popi_bias
+
+    return popi_bias
 
 
 def test_multi_token_bias_is_zero_on_policy_and_grows_with_kl():

@@ -70,7 +70,25 @@ def test_salts_separate_seeds_names_and_streams():
     salts = {tensor_salt(seed, name, stream) for seed in (0, 1, 2**40) for name in ("a", "b", "a.weight")
              for stream in (1, 2, 16)}
     assert len(salts) == 27
-    assert tensor_salt(5, "x", 1) == tensor_salt(5, "x", 1)
+
+
+def test_tensor_salt_matches_its_definition_written_out():
+    """The salt from the published splitmix64 constants and BLAKE2b of the name, computed here without
+    cropi's helpers: changing it would change every projection (and break stored gradients)."""
+    import hashlib
+
+    m = (1 << 64) - 1
+
+    def finalizer(z):
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+        return z ^ (z >> 31)
+
+    for seed, name, stream in ((5, "x", 1), (0, "model.layers.0.mlp.up_proj.weight", 16), (2**40, "a", 4)):
+        name_hash = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8, person=b"cropi.proj.name").digest(),
+                                   "little")
+        s = finalizer((seed * 0x9E3779B97F4A7C15 + stream) & m)
+        assert tensor_salt(seed, name, stream) == finalizer(s ^ name_hash ^ ((stream * 0x94D049BB133111EB) & m))
 
 
 def test_entries_at_coordinates_beyond_2_40_match_reference():

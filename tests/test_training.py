@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from cropi.config import load_config
-from cropi.training.run import run_training
+from cropi.experiments.run import run_training
 from tests.conftest import small_suite_overrides
 
 
@@ -26,8 +26,10 @@ def test_run_folder_summary_and_report(micro_model_dir, tmp_path):
         assert (run / name).exists(), name
     s = json.loads((run / "summary.json").read_text())
     assert s["schema_version"] == 1
-    for key in ("selector", "seed", "steps", "wall_seconds", "curve", "best_targeted"):
+    for key in ("selector", "seed", "steps", "train_seconds", "curve", "best_targeted"):
         assert key in s
+    assert "wall_seconds" not in s  # one name for the training seconds, read by compare and the CLI
+    assert "training wall time" in (run / "report.md").read_text() and s["train_seconds"] > 0
     assert [c["step"] for c in s["curve"]] == [0, 2, 4]
     assert all(0 <= c["targeted"] <= 1 and 0 <= c["untargeted"] <= 1 for c in s["curve"])
     assert s["steps"] == 4 and summary["best_targeted"] == max(c["targeted"] for c in s["curve"])
@@ -69,14 +71,25 @@ def test_grpo_learns_a_trivial_preference(micro_model_dir, tmp_path):
     assert last > max(0.5, sum(first) / 3 + 0.3)
 
 
-def test_step_prompts_cover_each_epoch_once():
+def test_step_prompts_are_slices_of_seeded_epoch_permutations():
+    import random
+
     from cropi.tasks.problem import Problem
     from cropi.training.grpo import step_prompts
 
     probs = [Problem(f"p{i}", "1+1=", "2", "add") for i in range(10)]
     epoch0 = [p.id for s in range(5) for p in step_prompts(probs, s, 2, seed=3)]
     assert sorted(epoch0) == sorted(p.id for p in probs)
-    assert [p.id for p in step_prompts(probs, 7, 4, 3)] == [p.id for p in step_prompts(probs, 7, 4, 3)]
+
+    # independently: epoch e is range(10) shuffled by random.Random("seed:e"); step 7 of 4 prompts takes
+    # global positions 28..31, i.e. the last two of epoch 2 and the first two of epoch 3
+    def order(epoch):
+        idx = list(range(10))
+        random.Random(f"3:{epoch}").shuffle(idx)
+        return idx
+
+    expected = [f"p{order(2)[8]}", f"p{order(2)[9]}", f"p{order(3)[0]}", f"p{order(3)[1]}"]
+    assert [p.id for p in step_prompts(probs, 7, 4, 3)] == expected
 
 
 def test_validation_split_evaluation_for_choosing_settings(micro_model_dir, tmp_path):

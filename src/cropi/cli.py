@@ -118,7 +118,7 @@ def _build_config(config, overrides, *, model=None, pool=None, val=None, test=No
 
 
 def _train_with_progress(cfg, out: Path, resume: bool) -> dict:
-    from cropi.training.run import run_training
+    from cropi.experiments.run import run_training
 
     with _progress() as prog:
         task = prog.add_task(f"GRPO ({cfg.train.selector})", total=cfg.train.steps, info="")
@@ -185,7 +185,7 @@ def _print_summary(summary: dict, out: Path) -> None:
                f"(mean of last 3 evals), best {100 * summary['best_targeted']:.1f}%")
     if c0.get("untargeted") is not None:
         typer.echo(f"untargeted {split} accuracy: {100 * c0['untargeted']:.1f}% -> {100 * summary['final_untargeted']:.1f}%")
-    typer.echo(f"{summary['steps']} GRPO steps in {summary['wall_seconds']:.0f} s of training "
+    typer.echo(f"{summary['steps']} GRPO steps in {summary['train_seconds']:.0f} s of training "
                f"({summary['steps_per_minute']:.1f} steps/min, {summary['rollout_tokens_per_second']:.0f} rollout tokens/s)")
 
 
@@ -204,7 +204,7 @@ def _compare_sets(steps: int | None, stages: int, steps_per_stage: int | None) -
 
 
 def _compare_with_progress(cfg, selectors: list[str], seeds: list[int], out: Path) -> dict:
-    from cropi.evaluation.compare import run_compare
+    from cropi.experiments.compare import run_compare
 
     with _progress() as prog:
         total = len(selectors) * len(seeds)
@@ -329,7 +329,7 @@ def demo(
 
     import torch
 
-    from cropi.evaluation.compare import run_compare
+    from cropi.experiments.compare import run_compare
 
     cfg = _build_config(None, None, extra=_compare_sets(steps, stages, None) + _selection_sets(None, steps, stages))
     selectors = ["full", "cropi"]
@@ -646,7 +646,7 @@ def bench_projection(
     SmolLM2-135M's parameter shapes (d = 1.35e8) next to a naive SJLT; streaming-read bandwidth and one SmolLM2
     forward+backward in the same run.  Writes projection.json / projection.md (merged with `bench fidelity`).
     Rerun the same command after an interruption: finished sections are kept in --work."""
-    from cropi.benchmarks.speed import SpeedPlan, run_speed
+    from cropi.experiments.benchmarks.speed import SpeedPlan, run_speed
 
     kw = {"threads": threads}
     if config:
@@ -676,7 +676,7 @@ def bench_fidelity(
     """Precision@10% and Spearman of projected vs exact influence cosines on real SmolLM2 POPI gradients, and the
     scoring cost ratio on the embedded default.  Writes projection.json / projection.md (merged with
     `bench projection`)."""
-    from cropi.benchmarks.fidelity import FidelityPlan, run_fidelity
+    from cropi.experiments.benchmarks.fidelity import FidelityPlan, run_fidelity
 
     kw: dict = {"threads": threads, "scoring": scoring}
     if train_prompts:
@@ -693,7 +693,7 @@ def bench_fidelity(
 
 
 def _print_targets(res: dict, out: Path) -> None:
-    from cropi.benchmarks.common import results_paths, target_checks
+    from cropi.experiments.benchmarks.common import results_paths, target_checks
 
     for _, name, ok, measured in target_checks(res):
         verdict = "n/a" if ok is None else ("met" if ok else "NOT met")

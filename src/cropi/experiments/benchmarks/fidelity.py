@@ -1,5 +1,5 @@
 """``cropi bench fidelity``: projected vs exact influence scores on real policy gradients, and the scoring cost
-on the embedded default (issue 3 §5).
+on the embedded default.
 
 Fidelity (SmolLM2-135M-Instruct; the embedded tiny model with ``--quick``):
 
@@ -39,7 +39,7 @@ from typing import Callable, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from cropi.benchmarks.common import ProjConfig, merge_results, parse_config, set_threads
+from cropi.experiments.benchmarks.common import ProjConfig, merge_results, parse_config, set_threads
 from cropi.errors import CropiError
 from cropi.io import atomic_path, read_json, read_jsonl, write_json
 
@@ -108,7 +108,7 @@ def _problems(plan: FidelityPlan):
 
         suite = build_suite(SuiteConfig(pool_size=600, val_size=60, test_size_targeted=10, test_size_untargeted=5))
         return suite.pool, [p for v in suite.validation.values() for p in v]
-    from cropi.benchmarks.arith import arithmetic_problems
+    from cropi.experiments.benchmarks.arith import arithmetic_problems
 
     return arithmetic_problems()
 

@@ -1,4 +1,4 @@
-"""Single-digit arithmetic prompts for the fidelity benchmark (issue 3 §5).
+"""Single-digit arithmetic prompts for the fidelity benchmark.
 
 The GGUF-derived SmolLM2-135M is weak: it half-solves single-digit "What is a + b?" questions (mixed reward
 groups at G = 4, T = 0.8 for about half of them) and fails almost every two-digit problem, so these are the

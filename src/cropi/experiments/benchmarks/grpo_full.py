@@ -4,8 +4,8 @@ Runs `cropi train --selector full` with the default config (or --steps / --set o
 benchmarks/results/grpo_full.json (the run's own summary.json plus the gain, its standard error and the
 machine) and grpo_full.md.  With --quick it runs a few steps and writes under runs/ instead.
 
-    python benchmarks/grpo_full.py            # the committed result
-    python benchmarks/grpo_full.py --quick    # CI-sized smoke run
+    python -m cropi.experiments.benchmarks.grpo_full            # the committed result
+    python -m cropi.experiments.benchmarks.grpo_full --quick    # CI-sized smoke run
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ import sys
 from pathlib import Path
 
 from cropi.config import load_config
+from cropi.experiments.benchmarks.common import QUICK_DIR, RESULTS_DIR
+from cropi.experiments.run import run_training
 from cropi.io import read_json, write_json, write_text
-from cropi.training.run import run_training
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def macro_se(per_family: dict, n: dict, families: list[str]) -> float:
@@ -39,9 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         sets += ["train.steps=3", "train.eval_every=1", "data.suite.test_size_targeted=50",
                  "data.suite.test_size_untargeted=20", "data.suite.pool_size=200"]
-        out_dir, run_dir = ROOT / "runs" / "bench-quick", ROOT / "runs" / "bench-quick" / "grpo_full_run"
+        out_dir, run_dir = QUICK_DIR, QUICK_DIR / "grpo_full_run"
     else:
-        out_dir, run_dir = ROOT / "benchmarks" / "results", ROOT / "runs" / "bench-grpo-full"
+        out_dir, run_dir = RESULTS_DIR, Path("runs") / "bench-grpo-full"
     if args.steps:
         sets.append(f"train.steps={args.steps}")
     cfg = load_config(None, sets)
@@ -79,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"- machine: {result['machine']}",
         f"- {result['steps']} steps x {result['prompts_per_step']} prompts x G={result['group_size']}; "
-        f"training wall time {result['wall_seconds']:.0f} s (evaluation excluded), "
+        f"training wall time {result['train_seconds']:.0f} s (evaluation excluded), "
         f"{result['steps_per_minute']:.1f} GRPO steps/min, rollout {result['rollout_tokens_per_second']:.0f} tokens/s",
         f"- targeted test accuracy (n = {result['targeted_test_n']}, macro over {', '.join(targeted)}): "
         f"{100 * first['targeted']:.1f}% at step 0 -> {100 * summary['final_targeted']:.1f}% (mean of last 3 evals)",

@@ -1,5 +1,7 @@
 """Profile the embedded base policy: greedy test accuracy and the pool's pass-rate histogram at G = 8.
 
+    python -m cropi.experiments.benchmarks.base_policy [--model tiny] [--quick]
+
 Writes benchmarks/results/base_policy.json and base_policy.md (or runs/bench-quick/ with --quick).
 """
 
@@ -8,15 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-from cropi.evaluation.profile import profile_markdown, profile_policy
-from cropi.evaluation.report import machine_description
+from cropi.experiments.benchmarks.common import QUICK_DIR, RESULTS_DIR
+from cropi.experiments.profile import profile_markdown, profile_policy
+from cropi.experiments.report import machine_description
 from cropi.io import write_json, write_text
 from cropi.policy import load_policy
 from cropi.tasks.synthetic import SuiteConfig, build_suite
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> int:
@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
     cfg = SuiteConfig(pool_size=400, test_size_targeted=100, test_size_untargeted=50) if args.quick else SuiteConfig()
-    out = ROOT / ("runs/bench-quick" if args.quick else "benchmarks/results")
+    out = QUICK_DIR if args.quick else RESULTS_DIR
     t0 = time.time()
     policy = load_policy(args.model, device="cpu")
     prof = profile_policy(policy, build_suite(cfg), group_size=8, temperature=1.0)

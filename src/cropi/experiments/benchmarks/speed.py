@@ -1,4 +1,4 @@
-"""``cropi bench projection``: projector speed and inner-product error, side by side in one run (issue 3 §5).
+"""``cropi bench projection``: projector speed and inner-product error, side by side in one run.
 
 Two layouts:
 
@@ -31,8 +31,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from cropi.benchmarks.common import (ProjConfig, best_time, merge_results, parse_config, rms, set_threads,
-                                     stream_read_gbps)
+from cropi.experiments.benchmarks.common import (ProjConfig, best_time, merge_results, parse_config, rms,
+                                                 set_threads, stream_read_gbps)
 from cropi.io import read_json, write_json
 from cropi.projection import calibrate_keep, make_projector, param_shapes_of
 from cropi.projection.kernels import backend_name

@@ -1,6 +1,6 @@
 """Full-data GRPO learning-rate probe on the *validation* sets (never the test splits) for the embedded policy.
 
-    python benchmarks/lr_probe.py [--steps 200] [--lrs 5e-5,1e-4,2e-4]
+    python -m cropi.experiments.benchmarks.lr_probe [--steps 200] [--lrs 5e-5,1e-4,2e-4]
 
 Writes benchmarks/results/lr_probe_validation.json: the targeted validation accuracy (macro over the targeted
 families' validation sets, greedy) every 25 steps for each learning rate.  The comparison's full-data lr is
@@ -18,13 +18,12 @@ import torch
 
 from cropi.config import load_config
 from cropi.evaluation.evaluate import evaluate
-from cropi.evaluation.report import machine_description
+from cropi.experiments.benchmarks.common import RESULTS_DIR
+from cropi.experiments.report import machine_description
 from cropi.io import write_json
 from cropi.policy import load_policy
 from cropi.tasks.loading import load_data
 from cropi.training.grpo import train_grpo
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def probe(lr: float, steps: int, run_dir: Path) -> list[tuple[int, float]]:
@@ -49,11 +48,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     results = {}
     for lr in [float(x) for x in args.lrs.split(",")]:
-        curve = probe(lr, args.steps, ROOT / "runs" / f"lr-probe-{lr:g}")
+        curve = probe(lr, args.steps, Path("runs") / f"lr-probe-{lr:g}")
         results[f"{lr:g}"] = {"curve": curve, "last3_mean": statistics.fmean(v for _, v in curve[-3:]),
                               "best": max(v for _, v in curve)}
         print(f"lr {lr:g}: last-3 mean {results[f'{lr:g}']['last3_mean']:.3f}", flush=True)
-    write_json(ROOT / "benchmarks" / "results" / "lr_probe_validation.json",
+    write_json(RESULTS_DIR / "lr_probe_validation.json",
                {"machine": machine_description(), "steps": args.steps, "threads": torch.get_num_threads(),
                 "metric": "targeted validation accuracy (greedy, n = 400)", "lrs": results})
     return 0

@@ -4,7 +4,7 @@ backward pass (``gradients.per_example``), in prompts/s at one thread, with the 
 Models: the embedded tiny policy and the test suite's micro model (2 layers, width 32).  Responses are sampled
 from the model itself (G = 8, up to 16 new tokens); rewards alternate so every group is usable.
 
-    OMP_NUM_THREADS=1 python benchmarks/per_example_grads.py [--prompts 64] [--out benchmarks/results]
+    OMP_NUM_THREADS=1 python -m cropi.experiments.benchmarks.per_example_grads [--prompts 64] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from cropi.evaluation.report import machine_description  # noqa: E402
+from cropi.experiments.report import machine_description  # noqa: E402
 from cropi.gradients.popi import make_estimator  # noqa: E402
 from cropi.rollouts.trajectory_store import PromptGroup  # noqa: E402
 from cropi.io import write_json  # noqa: E402

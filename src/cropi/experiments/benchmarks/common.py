@@ -1,5 +1,5 @@
-"""Shared pieces of the projection benchmarks (issue 3 §5): configuration names, the results file, machine
-measurements and timers.
+"""Shared pieces of the benchmarks: the results folders, and for the projection benchmarks configuration
+names, targets, the results file, machine measurements and timers.
 
 The results file ``projection.json`` has one schema for both commands; each command fills its sections and
 the file is merged on write (read, update, write under a temporary name, rename), so ``cropi bench
@@ -21,6 +21,11 @@ import torch
 from cropi.errors import ConfigError
 from cropi.io import read_json, write_json, write_text
 
+# Relative to the working directory (as ``cropi bench`` resolves them): the committed results, and the
+# reduced runs that must never overwrite them.
+RESULTS_DIR = Path("benchmarks") / "results"
+QUICK_DIR = Path("runs") / "bench-quick"
+
 RESULTS_NAME = "projection"
 TOP_KEYS = ("schema_version", "machine", "stream_read_gbps", "backward_seconds", "default_config", "speed",
             "fidelity", "scoring_cost_ratio")
@@ -29,7 +34,11 @@ SPEED_KEYS = ("config", "kind", "keep", "k", "d", "seconds_per_gradient", "naive
 FIDELITY_KEYS = ("config", "kind", "keep", "k", "precision_at_10", "precision_at_10_sd", "spearman",
                  "exact_cosine_sd")
 
-# Targets of issue 3 §5.
+# The projection engine's targets.  Influence selection only pays if scoring is cheap next to training and its
+# ranking survives the projection: the streaming SJLT must beat the naive stored-table SJLT it replaces
+# (keep = 1, k = 8192), projecting must be a small share of the backward pass that produces the gradient,
+# the top 10% by projected cosine must be (nearly) the top 10% by exact cosine, and scoring a prompt must
+# cost well under training on it.
 NAIVE_SPEEDUP_TARGET = 2.0  # streaming SJLT at keep = 1, k = 8192 vs the naive stored-table SJLT
 BACKWARD_SHARE_TARGET = 0.05  # projection seconds / SmolLM2 forward+backward of one prompt
 PRECISION_TARGET = 0.90  # precision@10% at k = 8192
@@ -137,7 +146,7 @@ def _finite(obj):
 
 def merge_results(out_dir: Path, update: Mapping) -> dict:
     """Merge ``update`` into ``out_dir/projection.json`` (sections replace sections), rewrite the markdown."""
-    from cropi.evaluation.report import machine_description
+    from cropi.experiments.report import machine_description
 
     json_path, md_path = results_paths(out_dir)
     old = read_json(json_path) if json_path.exists() else {}
@@ -184,7 +193,7 @@ def _verdict(ok: bool | None) -> str:
 
 
 def target_checks(res: Mapping) -> list[tuple[str, str, bool | None, str]]:
-    """(key, target, met?, measured) for each target of issue 3 §5, from a results dict (``MISSED[key]`` says
+    """(key, target, met?, measured) for each projection-engine target, from a results dict (``MISSED[key]`` says
     why a missed one is missed and what would close it)."""
     out = []
     big = [r for r in res.get("speed") or [] if r["d"] > 10_000_000] or list(res.get("speed") or [])
@@ -230,7 +239,7 @@ def target_checks(res: Mapping) -> list[tuple[str, str, bool | None, str]]:
 
 def render_markdown(res: Mapping) -> str:
     meta = res.get("meta") or {}
-    lines = ["# Projection benchmarks (issue 3 §5)", "",
+    lines = ["# Projection benchmarks", "",
              f"- machine: {res.get('machine')}",
              f"- streaming-read bandwidth: {_f(res.get('stream_read_gbps'))} GB/s (one fp32 sum over 1 GiB)",
              f"- {meta.get('backward_model', 'smollm2')} forward+backward of one prompt "

@@ -1,5 +1,8 @@
 """A training run: config -> data -> policy -> [score -> select -> GRPO for S steps] x stages -> report.
 
+It wires training, periodic greedy evaluation and the run report together, so it sits above ``training`` and
+``evaluation``.
+
 The run folder holds everything needed to understand and reproduce the result:
 
     config.yaml      the resolved configuration (``cropi train --config RUN/config.yaml`` reruns it)
@@ -18,29 +21,18 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from cropi.config import RunConfig, dump_config, load_config, to_dict
+from cropi.config import RunConfig, dump_config, to_dict
 from cropi.errors import ConfigError, CropiError
 from cropi.evaluation.evaluate import evaluate
-from cropi.evaluation.report import machine_description, write_run_report
+from cropi.experiments.metrics import stage_bounds, summarize_curve
+from cropi.experiments.report import machine_description, write_run_report
 from cropi.io import append_jsonl, read_jsonl, write_json, write_text
 from cropi.policy import load_policy
+from cropi.selection import make_selector
 from cropi.tasks.loading import load_data
 from cropi.training import checkpoint
-from cropi.selection import make_selector
 from cropi.training.curriculum import Curriculum, behaviour_stores, recollect_seconds
 from cropi.training.grpo import start_session, train_grpo
-
-
-def summarize_curve(curve: list[dict]) -> dict:
-    """best / final (mean of the last 3 evaluations) accuracies of an evaluation curve."""
-    tgt = [c["targeted"] for c in curve if c.get("targeted") is not None]
-    unt = [c["untargeted"] for c in curve if c.get("untargeted") is not None]
-    return {
-        "best_targeted": max(tgt) if tgt else None,
-        "final_targeted": sum(tgt[-3:]) / len(tgt[-3:]) if tgt else None,
-        "best_untargeted": max(unt) if unt else None,
-        "final_untargeted": sum(unt[-3:]) / len(unt[-3:]) if unt else None,
-    }
 
 
 def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> int:
@@ -64,11 +56,6 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> int:
     rows = [r for r in read_jsonl(metrics) if done > 0 and r.get("step", 0) <= done]
     write_text(metrics, "".join(json.dumps(r) + "\n" for r in rows))
     return done
-
-
-def stage_bounds(steps: int, stages: int) -> list[int]:
-    """Global step at which each stage starts, plus the budget: stage s trains steps [b[s], b[s+1])."""
-    return [round(i * steps / stages) for i in range(stages + 1)]
 
 
 def run_training(
@@ -151,7 +138,6 @@ def run_training(
         "steps": state.step,
         "stages": cfg.select.stages,
         "select_ratio": cfg.select.ratio,
-        "wall_seconds": round(state.train_seconds, 2),
         "train_seconds": round(state.train_seconds, 2),
         "collect_seconds": round(stores.collect_seconds, 2) if stores else 0.0,
         "recollect_seconds": round(recollect_seconds(stage_info), 2),
@@ -174,6 +160,3 @@ def run_training(
     }
     write_run_report(run_dir, summary)
     return summary
-
-
-__all__ = ["run_training", "load_config", "summarize_curve"]

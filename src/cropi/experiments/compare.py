@@ -1,0 +1,97 @@
+"""``cropi compare``: every selector, several seeds, one budget; accelerations against full-data GRPO.
+
+This module schedules the runs and assembles the results; the numbers are defined in
+``experiments/metrics.py``, the report in ``experiments/report.py``.  Each run is an ordinary run folder
+(``DIR/runs/SELECTOR-sSEED``), so the comparison resumes run by run and a finished run is never redone.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from cropi.config import RunConfig, dump_config
+from cropi.experiments.locks import claim, release
+from cropi.experiments.metrics import compute_results, training_signal
+from cropi.experiments.report import machine_description, write_comparison_report
+from cropi.experiments.run import run_training
+from cropi.io import read_json, read_jsonl, write_json, write_text
+from cropi.selection import make_selector
+from cropi.selection.variants import parse_selector
+from cropi.tasks.loading import load_data
+
+
+def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], out: str | Path,
+                on_run: Callable[[str, int, dict | None], None] | None = None,
+                on_event: Callable[[dict], None] | None = None, worker: bool = False) -> dict | None:
+    """Run (or resume) every selector × seed with ``cfg`` and write ``out/results.json`` and ``out/report.md``.
+
+    ``worker=True``: only run the runs no other process has claimed, then return None without waiting for the
+    others or writing the results (a helper process beside the one that reports)."""
+    out = Path(out)
+    for name in selectors:
+        make_selector(parse_selector(name)[0])
+    order = ["full"] + [s for s in selectors if s != "full"]
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.yaml", dump_config(cfg))
+    summaries: dict[str, dict[int, dict]] = {}
+    items: dict[str, dict[int, dict]] = {}
+    def config_for(name: str, seed: int) -> RunConfig:
+        c = copy.deepcopy(cfg)
+        base, settings = parse_selector(name)
+        c.train.selector, c.train.seed = base, seed
+        for key, value in settings.items():
+            setattr(c.select, key, value)
+        c.select.stores = str(out / "stores")
+        return c
+
+    # Several `cropi compare` processes may share one folder (e.g. one per core): each run is claimed with a
+    # lock file, runs claimed elsewhere are deferred, and every process ends with the whole result.
+    pending = [(name, seed) for name in order for seed in seeds]
+    while pending:
+        deferred = []
+        for name, seed in pending:
+            run_dir = out / "runs" / f"{name}-s{seed}"
+            if not (run_dir / "summary.json").exists():
+                if not claim(run_dir):
+                    deferred.append((name, seed))
+                    continue
+                try:
+                    if not (run_dir / "summary.json").exists():
+                        if on_run:
+                            on_run(name, seed, None)
+                        run_training(config_for(name, seed), run_dir, resume=(run_dir / "config.yaml").exists(),
+                                     on_event=on_event)
+                finally:
+                    release(run_dir)
+            summary = read_json(run_dir / "summary.json")
+            if on_run:
+                on_run(name, seed, summary)
+            summaries.setdefault(name, {})[seed] = summary
+            if (run_dir / "final_eval_items.json").exists():
+                items.setdefault(name, {})[seed] = read_json(run_dir / "final_eval_items.json")["items"]
+        if worker:
+            return None
+        if deferred and len(deferred) == len(pending):
+            time.sleep(10)  # everything left is running in another process
+        pending = deferred
+    summaries = {name: dict(sorted(summaries[name].items())) for name in order if name in summaries}
+    suite = load_data(cfg.data)
+    eval_sets = suite.test if cfg.eval.split == "test" else suite.validation
+    targeted_ids = {f: [p.id for p in eval_sets[f]] for f in suite.targeted}
+    results = compute_results(summaries, machine_description(), cfg.train.steps, items, targeted_ids)
+    for name, runs in summaries.items():
+        for seed in runs:
+            metrics = out / "runs" / f"{name}-s{seed}" / "metrics.jsonl"
+            if metrics.exists():
+                results["selectors"][name]["seeds"][str(seed)]["training_signal"] = training_signal(
+                    read_jsonl(metrics), config_for(name, seed).select.stages, cfg.train.steps)
+    results["stages"] = cfg.select.stages
+    results["select_ratio"] = cfg.select.ratio
+    results["eval_split"] = cfg.eval.split  # "validation" when settings are being chosen
+    results["test_n_targeted"] = sum(len(v) for v in targeted_ids.values())
+    write_json(out / "results.json", results)
+    write_comparison_report(results, out)
+    return results

@@ -1,0 +1,230 @@
+"""Reports for people: one run's ``summary.json``, ``report.md`` and ``accuracy.png``; a comparison's
+``report.md`` with its target verdicts, tables and break-even; and the machine description both carry."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+from pathlib import Path
+
+from cropi.experiments.metrics import SMOOTH
+from cropi.experiments.plots import plot_comparison, plot_curves
+from cropi.io import write_json, write_text
+
+
+def machine_description() -> str:
+    import os
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, StopIteration, ValueError):
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores{mem}{gpu}; torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+
+
+def write_run_report(run_dir: Path, summary: dict) -> None:
+    """``summary.json``, ``accuracy.png`` and ``report.md`` for one training run."""
+    run_dir = Path(run_dir)
+    write_json(run_dir / "summary.json", summary)
+    split = summary.get("config", {}).get("eval", {}).get("split", "test")
+    plot_curves({summary["selector"]: summary["curve"]}, run_dir / "accuracy.png",
+                f"{summary['selector']} · model {summary.get('model')} · seed {summary['seed']}", split=split)
+    curve = summary["curve"]
+    lines = [
+        f"# cropi run: {summary['selector']} (seed {summary['seed']})",
+        "",
+        f"- model: `{summary.get('model')}`; {summary['steps']} GRPO steps of {summary.get('prompts_per_step')} "
+        f"prompts x G={summary.get('group_size')}",
+        f"- machine: {summary.get('machine')}",
+        f"- training wall time (rollouts + updates, evaluation excluded): {summary['train_seconds']:.1f} s; "
+        f"{summary.get('steps_per_minute', 0):.2f} GRPO steps/min; rollout {summary.get('rollout_tokens_per_second', 0):.0f} tokens/s",
+        f"- targeted {split} accuracy: step 0 {100 * curve[0]['targeted']:.1f}% -> best {100 * summary['best_targeted']:.1f}% "
+        f"(last-3 mean {100 * summary.get('final_targeted', 0):.1f}%)",
+        "",
+        "![accuracy](accuracy.png)",
+        "",
+        "| step | targeted | untargeted | train seconds |",
+        "| ---: | ---: | ---: | ---: |",
+    ]
+    for c in curve:
+        unt = "" if c.get("untargeted") is None else f"{100 * c['untargeted']:.1f}"
+        lines.append(f"| {c['step']} | {100 * c['targeted']:.1f} | {unt} | {c.get('seconds', 0):.0f} |")
+    fams = summary.get("per_family_final") or {}
+    if fams:
+        lines += ["", "Per-family accuracy at the last evaluation:", "", "| family | accuracy |", "| --- | ---: |"]
+        lines += [f"| {f} | {100 * a:.1f} |" for f, a in fams.items()]
+    write_text(run_dir / "report.md", "\n".join(lines) + "\n")
+
+
+def _fmt(x, pct=False, digits=2):
+    if x is None:
+        return "never"
+    return f"{100 * x:.1f}" if pct else f"{x:.{digits}f}"
+
+
+def _x(factor, lower_bound: bool = False) -> str:
+    if factor is None:
+        return "never"
+    return f"≥ {factor:.2f}×" if lower_bound else f"{factor:.2f}×"
+
+
+def _any_lower_bound(block: dict, key: str) -> bool:
+    """A median over seeds is a lower bound when any seed's value is one (raising a value never lowers it)."""
+    return any(r.get(f"{key}_is_lower_bound") for r in block["seeds"].values())
+
+
+TARGET_STEP_ACCELERATION = 3.0  # the paper reports 2.66x
+TARGET_WALL_ACCELERATION = 2.0
+
+
+def target_verdicts(results: dict) -> list[dict]:
+    """The comparison's targets for every cropi selector, each met or not with the measured number:
+    median step-level acceleration >= 3, median wall-clock acceleration >= 2, median final targeted accuracy at
+    least every baseline's, and median best untargeted accuracy not below full data's."""
+    sel = results["selectors"]
+    baselines = [n for n in sel if not n.startswith("cropi")]
+    out = []
+    for name in [n for n in sel if n.startswith("cropi")]:
+        m = sel[name]["median"]
+        reach = sum(r["steps_to_threshold"] is not None for r in sel[name]["seeds"].values())
+        for key, goal, label in (("step_acceleration", TARGET_STEP_ACCELERATION, "step-level acceleration"),
+                                 ("wall_acceleration", TARGET_WALL_ACCELERATION, "wall-clock acceleration")):
+            v = m[key]
+            at_least = "at least " if _any_lower_bound(sel[name], key) else ""
+            out.append({"selector": name, "target": f"{label} >= {goal:.1f}x (median over seeds)",
+                        "met": v is not None and v >= goal,
+                        "measured": (f"{at_least}{v:.2f}x" if v is not None else "never reached the threshold (median)")
+                        + f"; {reach}/{len(sel[name]['seeds'])} seeds reached it"})
+        finals = {b: sel[b]["median"]["final_targeted"] for b in baselines}
+        best_other = max(finals, key=finals.get) if finals else None
+        mine = m["final_targeted"]
+        out.append({"selector": name, "target": "final targeted >= every baseline's (median)",
+                    "met": best_other is None or mine >= finals[best_other],
+                    "measured": f"{100 * mine:.1f}% vs " + ", ".join(f"{b} {100 * v:.1f}%" for b, v in finals.items())})
+        unt, full_unt = m["best_untargeted"], sel["full"]["median"]["best_untargeted"] if "full" in sel else None
+        if unt is not None and full_unt is not None:
+            out.append({"selector": name, "target": "best untargeted not below full data (median)",
+                        "met": unt >= full_unt, "measured": f"{100 * unt:.1f}% vs full {100 * full_unt:.1f}%"})
+    return out
+
+
+def _signal_lines(results: dict) -> list[str]:
+    """Per stage (seed means): the trained batches' reward and mixed-group share, and the targeted accuracy at
+    the stage's end, so one can see whether what a selector trains on is learned and whether that carries over."""
+    rows = []
+    for name, block in results["selectors"].items():
+        runs = [r for r in block["seeds"].values() if r.get("training_signal")]
+        if not runs:
+            continue
+        cells = []
+        for st in range(min(len(r["training_signal"]) for r in runs)):
+            sig = [r["training_signal"][st] for r in runs]
+            end = sig[0].get("end_step")
+            acc = [next((c["targeted"] for c in r["curve"] if end is not None and c["step"] >= end), None) for r in runs]
+            acc_txt = f"{100 * statistics.fmean(acc):.1f} @ {end}" if None not in acc else "—"
+            cells.append(f"{statistics.fmean(x['reward_mean'] for x in sig):.2f} / "
+                         f"{statistics.fmean(x['mixed_groups'] for x in sig):.2f} / {acc_txt}")
+        rows.append((name, cells))
+    if not rows:
+        return []
+    n = max(len(cells) for _, cells in rows)
+    lines = ["", "## What each stage trained on", "",
+             "Per stage, seed means: the reward of the trained batches / the share of their groups with mixed "
+             "rewards (the ones with a gradient) / targeted accuracy (%) @ the step that ends the stage (the first "
+             "evaluation at or after it). A reward that rises while the accuracy stays flat means the chosen prompts "
+             "are being learned without carrying over.", "",
+             "| selector | " + " | ".join(f"stage {s}" for s in range(n)) + " |",
+             "| --- | " + " | ".join("---:" for _ in range(n)) + " |"]
+    lines += [f"| {name} | " + " | ".join(cells + [""] * (n - len(cells))) + " |" for name, cells in rows]
+    return lines
+
+
+def write_comparison_report(results: dict, out: Path) -> None:
+    """``out/report.md`` and its two figures from a comparison's results."""
+    out = Path(out)
+    plots = plot_comparison(results, out)
+    sel = results["selectors"]
+    lines = [
+        "# cropi compare",
+        "",
+        f"- machine: {results['machine']}",
+        f"- budget: {results['budget_steps']} GRPO steps per run; {results.get('stages', '?')} stages; "
+        f"selection ratio {results.get('select_ratio', '?')}; targeted {results.get('eval_split', 'test')} n = {results.get('test_n_targeted', '?')}",
+        f"- threshold (best of the seed-mean full-data targeted curve, smoothed over {SMOOTH} evaluations): "
+        f"{_fmt(results['threshold_targeted'], pct=True)}%, reached by full data at step "
+        f"{_fmt(results['full_steps_to_threshold'], digits=0)} / {_fmt(results['full_seconds_to_threshold'], digits=0)} s",
+        "",
+    ]
+    verdicts = target_verdicts(results)
+    if verdicts:
+        lines += ["## Targets", "", "| selector | target | verdict | measured |", "| --- | --- | --- | --- |"]
+        lines += [f"| {v['selector']} | {v['target']} | {'met' if v['met'] else '**NOT met**'} | {v['measured']} |"
+                  for v in verdicts]
+        lines += [""]
+    lines += [
+        "| selector | step accel. (median) | wall accel. (median) | final targeted | best targeted | best untargeted | seeds reaching |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, block in sel.items():
+        m = block["median"]
+        reach = sum(r["steps_to_threshold"] is not None for r in block["seeds"].values())
+        lines.append(f"| {name} | {_x(m['step_acceleration'], _any_lower_bound(block, 'step_acceleration'))} | "
+                     f"{_x(m['wall_acceleration'], _any_lower_bound(block, 'wall_acceleration'))} | "
+                     f"{_fmt(m['final_targeted'], pct=True)} | {_fmt(m['best_targeted'], pct=True)} | "
+                     f"{_fmt(m['best_untargeted'], pct=True)} | {reach}/{len(block['seeds'])} |")
+    if any(_any_lower_bound(b, k) for b in sel.values() for k in ("step_acceleration", "wall_acceleration")):
+        lines += ["", "≥: a lower bound — some seed was at the threshold from its first evaluation, so its crossing "
+                  "is charged the first evaluation interval."]
+    lines += ["", "Per seed:", "", "| selector | seed | steps to threshold | seconds to threshold | final targeted | "
+              "collect s | score s | train s | paired SE vs full (pts) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, block in sel.items():
+        for seed, r in block["seeds"].items():
+            se = r.get("paired_se_vs_full")
+            lines.append(f"| {name} | {seed} | {_fmt(r['steps_to_threshold'], digits=0)} | "
+                         f"{_fmt(r['seconds_to_threshold'], digits=0)} | {_fmt(r['final_targeted'], pct=True)} | "
+                         f"{r['collect_seconds']:.0f} | {r['score_seconds']:.0f} | {r['train_seconds']:.0f} | "
+                         f"{'' if se is None else f'{100 * se:.2f}'} |")
+    partial = results.get("partial_gain")
+    if partial:
+        fr = list(partial)
+        lines += ["", "Step-level acceleration (median over seeds) to fractions of the full-data gain — the level "
+                  "start + f × (threshold − start), each run's smoothed curve against the seed-mean full-data one:", "",
+                  "| selector | " + " | ".join(f"f = {f} ({100 * partial[f]['level']:.1f}%)" for f in fr) + " |",
+                  "| --- | " + " | ".join("---:" for _ in fr) + " |"]
+        for name in sel:
+            cells = [_x(partial[f]["selectors"][name]["median_step_acceleration"],
+                        any(partial[f]["selectors"][name].get("seeds_lower_bound", ()))) for f in fr]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += _signal_lines(results)
+    variants = [n for n in sel if n.startswith("cropi")] if results.get("full_seconds_to_threshold") is not None else []
+    if variants:
+        lines += ["", "## Break-even"]
+    for name in variants:
+        rows = list(sel[name]["seeds"].values())
+        overhead = statistics.fmean(r["collect_seconds"] + r["score_seconds"] for r in rows)
+        lines += ["",
+                  f"{name} pays {statistics.fmean(r['collect_seconds'] for r in rows):.0f} s of collection and "
+                  f"{statistics.fmean(r['score_seconds'] for r in rows):.0f} s of scoring (all stages) per run, "
+                  f"{overhead:.0f} s in all. Full data needs {results['full_seconds_to_threshold']:.0f} s of training "
+                  f"to reach the threshold; {name} saves wall-clock only if its training seconds to the threshold are "
+                  f"below {results['full_seconds_to_threshold'] - overhead:.0f} s."]
+        reached = [r for r in rows if r["seconds_to_threshold"] is not None]
+        if reached:
+            lines.append(f"Measured: {name} reached the threshold after {statistics.fmean(r['seconds_to_threshold'] for r in reached):.0f} s "
+                         f"in all (mean over {len(reached)} seed(s) that reached it).")
+    lines += ["", *[f"![{p}]({p})" for p in plots], ""]
+    write_text(out / "report.md", "\n".join(lines))
