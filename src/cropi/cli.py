@@ -429,15 +429,12 @@ def _run_engine(policy, pool_store: Path, vals: dict[str, str], out: Optional[Pa
                 part, span, on_prompt) -> Optional[Path]:
     """The one call into the scoring engine: project part of the pool into ``gradients`` (returns its folder),
     or score the whole pool into ``out``."""
-    from dataclasses import replace
-
     from cropi.scores.engine import project_pool_range, score_pool
 
     if part or span:
-        return project_pool_range(policy, pool_store, gradients, cfg.select.score, *(span or (0, None)), shard=part,
+        return project_pool_range(policy, pool_store, gradients, cfg, *(span or (0, None)), shard=part,
                                   on_prompt=on_prompt)
-    score_pool(policy, pool_store, vals, out, replace(cfg.select.score, ratio=cfg.select.ratio), on_prompt=on_prompt,
-               gradients=gradients)
+    score_pool(policy, pool_store, vals, out, cfg, on_prompt=on_prompt, gradients=gradients)
     return None
 
 

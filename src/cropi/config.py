@@ -122,8 +122,6 @@ class ScoreConfig:
     keep: float = setting(1.0, "Uniform keep fraction of coordinates before projecting (1 = all).",
                           fraction)
     exclude: list[str] = setting(factory=list, help="Parameter name globs left out of scoring, e.g. '*embed_tokens*'.")
-    ratio: float = setting(0.1, "Selection ratio of the scores file's rank fusion (`cropi score` sets it to select.ratio).",
-                           fraction)
     clip_eps: float | None = setting(None, "PPO clip applied to the off-policy ratios when scoring; null (the "
                                      "method's) differentiates the unclipped surrogate, since the trainer's clip "
                                      "never acts at ppo_epochs=1, where its ratio is exactly 1.", above(0))
