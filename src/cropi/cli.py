@@ -110,11 +110,11 @@ OPTIONS: dict[str, list[Opt]] = {
     "files": [key_opt("field", "data.fields", help="Column mapping FIELD=COLUMN for your files (repeatable), e.g. "
                       "--field prompt=question.", to_value=_field_map),
               key_opt("answer_format", "data.answer_format")],
-    "budget": [key_opt("selector", "train.selector"), STEPS, STAGES,
+    "budget": [STEPS, STAGES,
                Opt("steps_per_stage", Optional[int], typer.Option(None, help="GRPO steps per stage S: sets train.steps "
                                                                   "to S x select.stages (instead of --steps).")),
                key_opt("select_ratio", "select.ratio"), key_opt("pool_seed", "data.suite.pool_seed")],
-    "train_seed": [key_opt("seed", "train.seed")],
+    "train": [key_opt("selector", "train.selector"), key_opt("seed", "train.seed")],
     "rollout": [key_opt("group_size", "rollout.group_size", "-g"), key_opt("temperature", "rollout.temperature"),
                 key_opt("top_p", "rollout.top_p"), key_opt("max_new_tokens", "rollout.max_new_tokens"),
                 key_opt("seed", "rollout.seed")],
@@ -206,7 +206,7 @@ def _training_events(prog: Progress, task) -> Callable[[dict], None]:
 
 
 @app.command()
-@config_command(*RUN_GROUPS, "train_seed", derive=(_budget_overrides,))
+@config_command(*RUN_GROUPS, "train", derive=(_budget_overrides,))
 def train(
     cfg,
     out: Path = typer.Option(Path("runs/train"), "--out", "-o", help="Run folder (config, metrics, checkpoints, report)."),
