@@ -61,7 +61,7 @@ def test_collect_and_eval_on_user_files(micro_model_dir, tmp_path):
 
 
 def test_train_refuses_existing_run_without_resume(micro_model_dir, tmp_path):
-    args = ["train", "--model", str(micro_model_dir), "--steps", "1", "--out", str(tmp_path / "r")]
+    args = ["train", "--model", str(micro_model_dir), "--steps", "1", "--stages", "1", "--out", str(tmp_path / "r")]
     for s in small_suite_overrides() + ["train.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=3",
                                         "eval.max_new_tokens=3", "model.device=cpu"]:
         args += ["--set", s]
@@ -82,15 +82,3 @@ def test_score_missing_store_exit_2(tmp_path):
     r = runner.invoke(app, ["score", "--pool-store", str(tmp_path / "nope"), "--val-store", f"a={tmp_path}",
                             "--out", str(tmp_path / "s.parquet")])
     assert r.exit_code == 2 and "no trajectory store" in r.output and not (tmp_path / "s.parquet").exists()
-
-
-def test_curriculum_options_map_to_config():
-    from cropi.cli import _selection_sets
-    from cropi.config import load_config
-    from cropi.errors import CropiError
-
-    cfg = load_config(None, _selection_sets("cropi", None, 4, 50, 0.2, 7))
-    assert (cfg.train.selector, cfg.select.stages, cfg.train.steps, cfg.select.ratio, cfg.data.suite.pool_seed) == \
-        ("cropi", 4, 200, 0.2, 7)
-    with pytest.raises(CropiError):
-        _selection_sets(None, 100, 4, 50)

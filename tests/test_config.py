@@ -34,3 +34,59 @@ def test_bad_yaml_names_file_and_line(tmp_path):
     p.write_text("train:\n  bogus: 1\n")
     with pytest.raises(ConfigError, match="bogus"):
         load_config(p)
+
+
+def test_every_config_key_has_a_one_line_help():
+    from cropi.config import settings
+
+    for s in settings():
+        assert s.help and "\n" not in s.help, s.key
+
+
+def test_defaults_are_valid_and_validation_names_key_value_and_expectation():
+    from cropi.config import validate
+
+    validate(RunConfig())
+    cfg = RunConfig()
+    cfg.rollout.group_size = -2
+    with pytest.raises(ConfigError, match=r"^rollout.group_size: -2: must be >= 1$"):
+        validate(cfg)
+
+
+def test_bad_value_from_a_file_names_file_and_line_unless_overridden(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  steps: 5\n  lr: -1\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:3: train.lr: -1.0: must be > 0"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=r"^train.lr: -2.0"):
+        load_config(p, ["train.lr=-2"])
+    assert load_config(p, ["train.lr=1e-3"]).train.lr == 1e-3
+    p.write_text("train:\n  steps: abc\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:2: train.steps: expected int"):
+        load_config(p)
+
+
+def test_trl_names_map_to_existing_keys_and_unsupported_loss_types_fail():
+    from cropi.config import TRL_NAMES, settings
+
+    keys = {s.key for s in settings()}
+    assert set(TRL_NAMES.values()) <= keys
+    cfg = load_config(None, ["num_generations=16", "max_completion_length=32", "epsilon=0.3", "num_iterations=2",
+                             "max_steps=50", "seed=4", "top_p=0.9", "temperature=0.7"])
+    assert (cfg.rollout.group_size, cfg.rollout.max_new_tokens, cfg.train.clip_eps, cfg.train.ppo_epochs) == (16, 32, 0.3, 2)
+    assert (cfg.train.steps, cfg.train.seed, cfg.rollout.top_p, cfg.rollout.temperature) == (50, 4, 0.9, 0.7)
+    with pytest.raises(ConfigError, match="train.aggregation: 'dapo': must be one of grpo, dr_grpo"):
+        load_config(None, ["loss_type=dapo"])
+
+
+def test_docs_list_every_key_and_trl_name_as_the_code_declares_them():
+    from pathlib import Path
+
+    from cropi.config import TRL_NAMES, settings_table
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    listing = doc.split("<!-- cropi config --list -->\n```text\n", 1)[1].split("\n```", 1)[0]
+    assert listing == settings_table(), "docs/config.md is stale: paste `cropi config --list` into it"
+    rows = {line.split("|")[1].strip(" `"): line.split("|")[2].strip(" `") for line in doc.splitlines()
+            if line.startswith("| `")}
+    assert rows == TRL_NAMES

@@ -1,19 +1,26 @@
 """The ``cropi`` command line.  Every command is a thin layer over a documented Python function.
 
-Errors caused by input (bad files, bad config, missing stores) print one line naming the file, the line and
-the problem, and exit with code 2.
+Options shared by several commands are declared once (``OPTIONS``) and added to a command by
+``config_command``, which also resolves and validates the run config before the command body runs: the
+defaults, then ``--config``, then every option that names a config key, then ``--set``.  Errors caused by
+input (bad files, bad config, missing stores) print one line naming the file, the line and the problem, and
+exit with code 2, before anything is written.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
+import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Callable, List, Optional, get_args, get_origin
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from cropi.config import load_config, settings
 from cropi.errors import CropiError
 
 app = typer.Typer(
@@ -26,7 +33,7 @@ app = typer.Typer(
 )
 model_app = typer.Typer(help="Fetch and inspect models.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
-bench_app = typer.Typer(help="Projection benchmarks: speed, fidelity on real gradients, scoring cost (issue 3 §5).",
+bench_app = typer.Typer(help="Projection benchmarks: speed, fidelity on real gradients, scoring cost.",
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 console = Console(stderr=True)
@@ -55,125 +62,168 @@ def _progress() -> Progress:
     )
 
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (see `cropi config`); CLI options override it.")
-SetOpt = typer.Option(None, "--set", "-s", help="Override any config key: --set train.lr=3e-5 (repeatable).")
-PoolOpt = typer.Option(None, "--pool", help="Your own training pool (JSONL/Parquet) instead of the embedded suite.")
-ValOpt = typer.Option(None, "--val", help="Validation set NAME=PATH (repeatable); its NAME marks a test split as targeted.")
-TestOpt = typer.Option(None, "--test", help="Test split NAME=PATH (repeatable).")
-FieldOpt = typer.Option(None, "--field", help="Column mapping FIELD=COLUMN for your files, e.g. --field prompt=question.")
-ModelOpt = typer.Option(None, help="tiny (embedded), smollm2 (fetched), an HF folder or hub id.")
-AnswerFmtOpt = typer.Option(None, "--answer-format", help="How to read gold answers from your files: plain, gsm8k (after ####), boxed.")
+# -- shared options -----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Opt:
+    """A command-line option shared by commands; with ``key`` it sets that config key (``to_value`` converts)."""
+
+    name: str
+    annotation: Any
+    info: Any
+    key: str | None = None
+    to_value: Callable[[list], Any] | None = None
 
 
-SelectorOpt = typer.Option(None, help="Which prompts to train on: full, random, learnability, pass_rate, "
-                           "static_influence, cropi.")
-StagesOpt = typer.Option(None, help="Curriculum stages M (cropi re-scores and re-selects at each).")
-StepsPerStageOpt = typer.Option(None, help="GRPO steps per stage S (sets the budget to M x S).")
-RatioOpt = typer.Option(None, help="Share of the pool selected (default 0.1).")
-PoolSeedOpt = typer.Option(None, help="Seed of the embedded suite's draw (data.suite.pool_seed).")
+def key_opt(name: str, key: str, *aliases: str, help: str | None = None, to_value=None) -> Opt:
+    """Option ``--name`` setting config key ``key``; its help (the key's own unless given) names the key and default."""
+    s = next(x for x in settings() if x.key == key)
+    many = get_origin(s.type) in (list, dict)
+    scalar = next((a for a in get_args(s.type) if a is not type(None)), s.type)
+    flag = "--" + name.replace("_", "-")
+    info = typer.Option(None, flag, *aliases, help=f"{help or s.help} ({key}; default {s.default})", show_default=False)
+    return Opt(name, Optional[List[str]] if many else Optional[scalar], info, key, to_value)
 
 
-def _selection_sets(selector=None, steps=None, stages=None, steps_per_stage=None, ratio=None, pool_seed=None) -> list[str]:
-    sets = []
-    if selector:
-        sets.append(f"train.selector={selector}")
-    if stages is not None:
-        sets.append(f"select.stages={stages}")
-    if steps_per_stage is not None:
-        if steps is not None:
-            raise CropiError("give --steps or --steps-per-stage, not both")
-        sets.append(f"train.steps={steps_per_stage * (stages or 1)}")
-    elif steps is not None:
-        sets.append(f"train.steps={steps}")
-    if ratio is not None:
-        sets.append(f"select.ratio={ratio}")
-    if pool_seed is not None:
-        sets.append(f"data.suite.pool_seed={pool_seed}")
-    return sets
+def _field_map(items: list[str]) -> dict[str, str]:
+    bad = [x for x in items if "=" not in x]
+    if bad:
+        raise CropiError(f"--field {bad[0]!r}: expected FIELD=COLUMN")
+    return dict(x.split("=", 1) for x in items)
 
 
-def _build_config(config, overrides, *, model=None, pool=None, val=None, test=None, fields=None, answer_format=None,
-                  extra: list[str] | None = None):
-    from cropi.config import load_config
+STEPS, STAGES = key_opt("steps", "train.steps"), key_opt("stages", "select.stages")
+RATIO = key_opt("ratio", "select.ratio")
+OPTIONS: dict[str, list[Opt]] = {
+    "config": [
+        Opt("config", Optional[Path], typer.Option(None, "--config", "-c", help="YAML config file (see `cropi config`); "
+                                                   "options that name a config key override it.")),
+        Opt("overrides", Optional[List[str]], typer.Option(None, "--set", "-s", help="Override any config key, last: "
+                                                           "--set train.lr=3e-5, or a TRL name: --set num_generations=16 "
+                                                           "(repeatable; `cropi config --list`).")),
+    ],
+    "model": [key_opt("model", "model.name"), key_opt("device", "model.device")],
+    "pool": [key_opt("pool", "data.pool_file", help="Your own training pool (JSONL/Parquet) instead of the embedded suite.")],
+    "splits": [key_opt("val", "data.validation_files", help="Validation set NAME=PATH (repeatable); its NAME marks a "
+                       "test split as targeted."),
+               key_opt("test", "data.test_files", help="Test split NAME=PATH (repeatable).")],
+    "files": [key_opt("field", "data.fields", help="Column mapping FIELD=COLUMN for your files (repeatable), e.g. "
+                      "--field prompt=question.", to_value=_field_map),
+              key_opt("answer_format", "data.answer_format")],
+    "budget": [STEPS, STAGES,
+               Opt("steps_per_stage", Optional[int], typer.Option(None, help="GRPO steps per stage S: sets train.steps "
+                                                                  "to S x select.stages (instead of --steps).")),
+               key_opt("select_ratio", "select.ratio"), key_opt("pool_seed", "data.suite.pool_seed")],
+    "train": [key_opt("selector", "train.selector"), key_opt("seed", "train.seed")],
+    "rollout": [key_opt("group_size", "rollout.group_size", "-g"), key_opt("temperature", "rollout.temperature"),
+                key_opt("top_p", "rollout.top_p"), key_opt("max_new_tokens", "rollout.max_new_tokens"),
+                key_opt("seed", "rollout.seed")],
+    "score": [key_opt("mode", "select.score.mode"), key_opt("kind", "select.score.kind"), key_opt("k", "select.score.k"),
+              RATIO, key_opt("batch_size", "select.score.batch_size"), key_opt("chunk_size", "select.score.chunk_size")],
+    "ratio": [RATIO],
+}
+RUN_GROUPS = ("model", "pool", "splits", "files", "budget")
 
-    sets = list(extra or [])
-    if model:
-        sets.append(f"model.name={model}")
-    cfg = load_config(config, sets + list(overrides or []))
-    if pool:
-        cfg.data.pool_file = pool
-    if val:
-        cfg.data.validation_files = list(val)
-    if test:
-        cfg.data.test_files = list(test)
-    if fields:
-        for f in fields:
-            if "=" not in f:
-                raise CropiError(f"--field {f!r}: expected FIELD=COLUMN")
-            k, v = f.split("=", 1)
-            cfg.data.fields[k] = v
-    if answer_format:
-        cfg.data.answer_format = answer_format
-    return cfg
+
+def _stages(config: Optional[Path], values: dict) -> int:
+    """The curriculum stages in force: --stages, else --config's, else the default."""
+    return values.get("stages") or load_config(config).select.stages
 
 
-def _train_with_progress(cfg, out: Path, resume: bool) -> dict:
-    from cropi.experiments.run import run_training
+def _budget_overrides(config: Optional[Path], values: dict) -> list[str]:
+    """--steps-per-stage S: train.steps = S x the stages in force."""
+    if values.get("steps_per_stage") is None:
+        return []
+    if values.get("steps") is not None:
+        raise CropiError("give --steps or --steps-per-stage, not both")
+    return [f"train.steps={values['steps_per_stage'] * _stages(config, values)}"]
 
-    with _progress() as prog:
-        task = prog.add_task(f"GRPO ({cfg.train.selector})", total=cfg.train.steps, info="")
-        state = {"acc": ""}
 
-        def on_event(row: dict) -> None:
-            if row.get("event") == "eval":
-                state["acc"] = f"targeted {100 * row['targeted']:.1f}%"
-                if row.get("untargeted") is not None:
-                    state["acc"] += f" untargeted {100 * row['untargeted']:.1f}%"
-                prog.update(task, completed=row["step"], info=state["acc"])
-            elif row.get("event") == "step":
-                prog.update(task, completed=row["step"], info=f"reward {row['reward_mean']:.2f} | {state['acc']}")
-            elif row.get("event") == "collect":
-                prog.update(task, info=f"collecting behaviour rollouts: {row['store']} ({row['prompts']} prompts)")
-            elif row.get("event") == "select":
-                prog.update(task, info=f"stage {row['stage']}: {row['n']} prompts selected in {row['seconds']:.0f} s")
+def config_command(*groups: str, derive: tuple[Callable[[Optional[Path], dict], list[str]], ...] = ()):
+    """Give a command ``fn(cfg, **own_options)`` the options of ``groups`` (--config and --set always) and call
+    it with the resolved, validated ``RunConfig``.  Each of ``derive(config_path, option_values)`` returns
+    overrides computed from several options, applied after the key options and before --set."""
+    shared = [o for g in ("config", *groups) for o in OPTIONS[g]]
 
-        return run_training(cfg, out, resume=resume, on_event=on_event)
+    def wrap(fn):
+        own = [p for p in inspect.signature(fn).parameters.values() if p.name != "cfg"]
+        params = own + [inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=o.info,
+                                          annotation=o.annotation) for o in shared]
+
+        @functools.wraps(fn)
+        def command(**values):
+            config = values["config"]
+            sets = [f"{o.key}={json.dumps(o.to_value(list(v)) if o.to_value else v)}" for o in shared
+                    if o.key and (v := values[o.name]) not in (None, [], ())]
+            sets += [o for rule in derive for o in rule(config, values)]
+            return fn(load_config(config, sets + list(values["overrides"] or [])), **{p.name: values[p.name] for p in own})
+
+        command.__signature__ = inspect.Signature(params)
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return handles_errors(command)
+
+    return wrap
+
+
+def _shard_or_range(shard: Optional[str], prange: Optional[str]) -> tuple[tuple[int, int] | None, tuple | None]:
+    """Parse --shard I/N (0 <= I < N) or --range START:END (END may be empty: to the end)."""
+    if shard and prange:
+        raise CropiError("give --shard or --range, not both")
+    try:
+        if shard:
+            i, n = (int(x) for x in shard.split("/"))
+            assert 0 <= i < n
+            return (i, n), None
+        if prange:
+            a, _, b = prange.partition(":")
+            return None, (int(a), int(b) if b else None)
+    except (ValueError, AssertionError):
+        raise CropiError(f"--shard {shard!r}: expected I/N with 0 <= I < N" if shard else
+                         f"--range {prange!r}: expected START:END (prompt positions in the pool store)") from None
+    return None, None
+
+
+# -- train, compare, demo ---------------------------------------------------------------------------------------
+
+def _training_events(prog: Progress, task) -> Callable[[dict], None]:
+    """Update ``task`` from a run's events: steps, evaluations, behaviour collection and stage selections."""
+    acc = {"text": ""}
+
+    def on_event(row: dict) -> None:
+        event = row.get("event")
+        if event == "eval":
+            acc["text"] = f"targeted {100 * row['targeted']:.1f}%" + (
+                f" untargeted {100 * row['untargeted']:.1f}%" if row.get("untargeted") is not None else "")
+            prog.update(task, completed=row["step"], info=acc["text"])
+        elif event == "step":
+            prog.update(task, completed=row["step"], info=f"reward {row['reward_mean']:.2f} | {acc['text']}")
+        elif event == "collect":
+            prog.update(task, info=f"collecting behaviour rollouts: {row['store']} ({row['prompts']} prompts)")
+        elif event == "select":
+            prog.update(task, info=f"stage {row['stage']}: {row['n']} prompts selected in {row['seconds']:.0f} s")
+
+    return on_event
 
 
 @app.command()
-@handles_errors
+@config_command(*RUN_GROUPS, "train", derive=(_budget_overrides,))
 def train(
-    config: Optional[Path] = ConfigOpt,
-    overrides: Optional[List[str]] = SetOpt,
+    cfg,
     out: Path = typer.Option(Path("runs/train"), "--out", "-o", help="Run folder (config, metrics, checkpoints, report)."),
-    selector: Optional[str] = SelectorOpt,
-    steps: Optional[int] = typer.Option(None, help="GRPO steps in all (or give --steps-per-stage)."),
-    stages: Optional[int] = StagesOpt,
-    steps_per_stage: Optional[int] = StepsPerStageOpt,
-    select_ratio: Optional[float] = RatioOpt,
-    pool_seed: Optional[int] = PoolSeedOpt,
-    seed: Optional[int] = typer.Option(None, help="Seed for prompt order and sampling."),
-    model: Optional[str] = ModelOpt,
-    pool: Optional[str] = PoolOpt,
-    val: Optional[List[str]] = ValOpt,
-    test: Optional[List[str]] = TestOpt,
-    field: Optional[List[str]] = FieldOpt,
-    answer_format: Optional[str] = AnswerFmtOpt,
     resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
 ):
     """Train a policy with GRPO on the prompts a selector chooses, evaluating periodically on the test splits.
 
     With --selector cropi and --stages M the curriculum scores the pool with the current policy, selects the
-    top --select-ratio, trains --steps-per-stage steps, and repeats M times.  Writes OUT/config.yaml
+    top --select-ratio, trains train.steps / M steps, and repeats M times.  Writes OUT/config.yaml
     (resolved), metrics.jsonl, checkpoints/, stages/, final_model/, summary.json, report.md and accuracy.png.
     Rerun the same command with --resume after an interruption.
     """
-    extra = _selection_sets(selector, steps, stages, steps_per_stage, select_ratio, pool_seed)
-    if seed is not None:
-        extra.append(f"train.seed={seed}")
-    cfg = _build_config(config, overrides, model=model, pool=pool, val=val, test=test, fields=field,
-                        answer_format=answer_format, extra=extra)
-    summary = _train_with_progress(cfg, out, resume)
+    from cropi.experiments.run import run_training
+
+    with _progress() as prog:
+        task = prog.add_task(f"GRPO ({cfg.train.selector})", total=cfg.train.steps, info="")
+        summary = run_training(cfg, out, resume=resume, on_event=_training_events(prog, task))
     _print_summary(summary, out)
 
 
@@ -190,16 +240,15 @@ def _print_summary(summary: dict, out: Path) -> None:
 
 
 COMPARE_SELECTORS = "full,random,learnability,pass_rate,static_influence,cropi"
-# The comparison's budget and curriculum: 200 GRPO steps in 4 stages of 50 (cropi re-scores 4 times), an
-# evaluation every 10 steps (>= 20 per run).  Sized so 6 selectors x 3 seeds fit in about an hour on 2 cores.
-COMPARE_STEPS = 200
-COMPARE_STAGES = 4
-DEMO_STEPS = COMPARE_STEPS
 DEMO_WORKER_ENV = "CROPI_DEMO_WORKER"
 
 
-def _compare_sets(steps: int | None, stages: int, steps_per_stage: int | None) -> list[str]:
-    budget = steps_per_stage * stages if steps_per_stage else (steps or COMPARE_STEPS)
+def _compare_eval_every(config: Optional[Path], values: dict) -> list[str]:
+    """A budget given on the command line keeps >= 20 evaluations per run (the default budget's eval_every)."""
+    steps, per_stage = values.get("steps"), values.get("steps_per_stage")
+    if steps is None and per_stage is None:
+        return []
+    budget = steps or per_stage * _stages(config, values)
     return [f"train.eval_every={max(1, budget // 20)}"]
 
 
@@ -207,34 +256,22 @@ def _compare_with_progress(cfg, selectors: list[str], seeds: list[int], out: Pat
     from cropi.experiments.compare import run_compare
 
     with _progress() as prog:
-        total = len(selectors) * len(seeds)
-        overall = prog.add_task("compare", total=total, info="")
-        current = {"task": None}
+        overall = prog.add_task("compare", total=len(selectors) * len(seeds), info="")
+        current: dict = {}
 
         def on_run(name: str, seed: int, summary) -> None:
             if summary is None:
-                current["task"] = prog.add_task(f"  {name} seed {seed}", total=cfg.train.steps, info="")
-            else:
-                prog.advance(overall)
-                if current["task"] is not None:
-                    prog.update(current["task"], completed=cfg.train.steps,
-                                info=f"best targeted {100 * summary['best_targeted']:.1f}%")
-                    current["task"] = None
-
-        def on_event(row: dict) -> None:
-            t = current["task"]
-            if t is None:
+                task = prog.add_task(f"  {name} seed {seed}", total=cfg.train.steps, info="")
+                current.update(task=task, on_event=_training_events(prog, task))
                 return
-            if row.get("event") in ("step", "eval"):
-                prog.update(t, completed=row["step"])
-            if row.get("event") == "eval":
-                prog.update(t, info=f"targeted {100 * row['targeted']:.1f}%")
-            elif row.get("event") == "select":
-                prog.update(t, info=f"stage {row['stage']}: {row['n']} prompts selected")
-            elif row.get("event") == "collect":
-                prog.update(t, info=f"collecting {row['store']}")
+            prog.advance(overall)
+            if current:
+                prog.update(current["task"], completed=cfg.train.steps,
+                            info=f"best targeted {100 * summary['best_targeted']:.1f}%")
+                current.clear()
 
-        return run_compare(cfg, selectors, seeds, out, on_run=on_run, on_event=on_event)
+        return run_compare(cfg, selectors, seeds, out, on_run=on_run,
+                           on_event=lambda row: current and current["on_event"](row))
 
 
 def _print_compare(results: dict, out: Path) -> None:
@@ -259,54 +296,44 @@ def _print_compare(results: dict, out: Path) -> None:
                + (f", cropi {pct(c['best_untargeted'])}" if "cropi" in sel else ""))
 
 
+def _int_list(flag: str, text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise CropiError(f"{flag} {text!r}: expected comma-separated integers") from None
+
+
 @app.command()
-@handles_errors
+@config_command(*RUN_GROUPS, derive=(_budget_overrides, _compare_eval_every))
 def compare(
+    cfg,
     selectors: str = typer.Option(COMPARE_SELECTORS, help="Comma-separated selectors (full is always run: it sets the "
                                   "threshold).  cropi+drift, cropi+reprobe, cropi+refresh (and their combinations) switch on "
                                   "our departures from the paper (drift control, blind-spot re-probe, re-collection "
                                   "every stage); +candidatesN (cropi, static_influence) scores a seeded subset of N "
                                   "pool prompts per stage (the selection stays ratio x the whole pool); +stagesN (cropi) "
                                   "re-selects N times in the budget."),
-    seeds: str = typer.Option("0,1,2", help="Comma-separated training seeds."),
+    seeds: str = typer.Option("0,1,2", help="Comma-separated training seeds (train.seed of each run)."),
     out: Path = typer.Option(Path("runs/compare"), "--out", "-o", help="Comparison folder (results.json, report.md, plots, runs/)."),
-    config: Optional[Path] = ConfigOpt,
-    overrides: Optional[List[str]] = SetOpt,
-    steps: Optional[int] = typer.Option(None, help=f"GRPO steps per run (the budget; default {COMPARE_STEPS})."),
-    stages: int = typer.Option(COMPARE_STAGES, help="Curriculum stages M for every selector (static ones choose once)."),
-    steps_per_stage: Optional[int] = StepsPerStageOpt,
-    select_ratio: Optional[float] = RatioOpt,
-    pool_seed: Optional[int] = PoolSeedOpt,
-    model: Optional[str] = ModelOpt,
-    pool: Optional[str] = PoolOpt,
-    val: Optional[List[str]] = ValOpt,
-    test: Optional[List[str]] = TestOpt,
-    field: Optional[List[str]] = FieldOpt,
-    answer_format: Optional[str] = AnswerFmtOpt,
 ):
     """Run every selector with the same budget over several seeds and compare them with full-data GRPO.
 
+    A --steps or --steps-per-stage given here also sets train.eval_every to a twentieth of the budget.
     Writes OUT/results.json (per selector and seed: curve, best/final accuracies, step-level and wall-clock
     acceleration vs full data, seconds collecting/scoring/training), OUT/report.md with plots, and one run
     folder per selector and seed under OUT/runs/.  Rerun the same command to resume; finished runs are kept.
     """
-    names = [s.strip() for s in selectors.split(",") if s.strip()]
-    try:
-        seed_list = [int(x) for x in seeds.split(",") if x.strip()]
-    except ValueError:
-        raise CropiError(f"--seeds {seeds!r}: expected comma-separated integers") from None
-    if steps is None and steps_per_stage is None:
-        steps = COMPARE_STEPS
-    extra = _compare_sets(steps, stages, steps_per_stage)
-    extra += _selection_sets(None, steps, stages, steps_per_stage, select_ratio, pool_seed)
-    cfg = _build_config(config, overrides, model=model, pool=pool, val=val, test=test, fields=field,
-                        answer_format=answer_format, extra=extra)
-    saved = out / "config.yaml"
-    if saved.exists():
-        from cropi.config import dump_config
+    from cropi.config import dump_config
+    from cropi.selection.variants import parse_selector
+    from cropi.selection import make_selector
 
-        if saved.read_text() != dump_config(cfg):
-            raise CropiError(f"{saved}: this comparison was started with a different config; use a new --out")
+    names = [s.strip() for s in selectors.split(",") if s.strip()]
+    seed_list = _int_list("--seeds", seeds)
+    for name in names:
+        make_selector(parse_selector(name)[0])
+    saved = out / "config.yaml"
+    if saved.exists() and saved.read_text() != dump_config(cfg):
+        raise CropiError(f"{saved}: this comparison was started with a different config; use a new --out")
     results = _compare_with_progress(cfg, names if "full" in names else ["full", *names], seed_list, out)
     _print_compare(results, out)
 
@@ -315,8 +342,8 @@ def compare(
 @handles_errors
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Comparison folder."),
-    steps: int = typer.Option(DEMO_STEPS, help="GRPO steps per run (the demo budget)."),
-    stages: int = typer.Option(COMPARE_STAGES, help="Curriculum stages."),
+    steps: Optional[int] = STEPS.info,
+    stages: Optional[int] = STAGES.info,
 ):
     """CROPI against full-data GRPO on the embedded tiny model and synthetic suite: one seed, CPU, minutes.
 
@@ -331,7 +358,8 @@ def demo(
 
     from cropi.experiments.compare import run_compare
 
-    cfg = _build_config(None, None, extra=_compare_sets(steps, stages, None) + _selection_sets(None, steps, stages))
+    given = [(o, v) for o, v in ((STEPS, steps), (STAGES, stages)) if v is not None]
+    cfg = load_config(None, [f"{o.key}={v}" for o, v in given] + _compare_eval_every(None, {"steps": steps, "stages": stages}))
     selectors = ["full", "cropi"]
     if os.environ.get(DEMO_WORKER_ENV):  # the helper process started below: run the unclaimed run, quietly
         torch.set_num_threads(1)
@@ -343,10 +371,11 @@ def demo(
     if (os.cpu_count() or 1) >= 2:
         torch.set_num_threads(1)
         env = {**os.environ, DEMO_WORKER_ENV: "1", "OMP_NUM_THREADS": "1"}
-        helper = subprocess.Popen([sys.executable, "-m", "cropi.cli", "demo", "--out", str(out), "--steps", str(steps),
-                                   "--stages", str(stages)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    typer.echo(f"cropi demo: cropi vs full-data GRPO, {steps} steps in {stages} stages per run, seed 0, embedded "
-               f"tiny policy, {cfg.data.suite.pool_size}-prompt pool, selection ratio {cfg.select.ratio}"
+        helper = subprocess.Popen([sys.executable, "-m", "cropi.cli", "demo", "--out", str(out),
+                                   *[x for o, v in given for x in (f"--{o.name}", str(v))]],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    typer.echo(f"cropi demo: cropi vs full-data GRPO, {cfg.train.steps} steps in {cfg.select.stages} stages per run, "
+               f"seed 0, embedded tiny policy, {cfg.data.suite.pool_size}-prompt pool, selection ratio {cfg.select.ratio}"
                + ("; the two runs in parallel, one per core" if helper else ""))
     try:
         results = _compare_with_progress(cfg, selectors, [0], out)
@@ -356,115 +385,76 @@ def demo(
     _print_compare(results, out)
 
 
+# -- collect, score, select, eval -------------------------------------------------------------------------------
+
 @app.command()
-@handles_errors
+@config_command("model", "pool", "splits", "files", "rollout")
 def collect(
+    cfg,
     out: Path = typer.Option(..., "--out", "-o", help="Trajectory store folder (Parquet chunks + meta.json)."),
     split: str = typer.Option("pool", help="Which problems: pool, validation, or test."),
-    config: Optional[Path] = ConfigOpt,
-    overrides: Optional[List[str]] = SetOpt,
-    model: Optional[str] = typer.Option(None, help="Behaviour policy: tiny, smollm2, HF folder or hub id."),
-    pool: Optional[str] = PoolOpt,
-    val: Optional[List[str]] = ValOpt,
-    test: Optional[List[str]] = TestOpt,
-    field: Optional[List[str]] = FieldOpt,
-    answer_format: Optional[str] = AnswerFmtOpt,
-    group_size: Optional[int] = typer.Option(None, "--group-size", "-g", help="Responses per prompt (G)."),
-    temperature: Optional[float] = typer.Option(None, help="Sampling temperature (log-probs are stored at it)."),
-    top_p: Optional[float] = typer.Option(None, help="Nucleus mass; keep 1.0 for influence scoring."),
-    max_new_tokens: Optional[int] = typer.Option(None, help="Response length cap."),
-    seed: int = typer.Option(0, help="Sampling seed: responses are keyed by (seed, prompt id, sample index)."),
     limit: Optional[int] = typer.Option(None, help="Only the first N problems."),
-    shard: str = typer.Option("0/1", help="Collect shard I of N (chunks are dealt round-robin): e.g. 1/4."),
+    shard: Optional[str] = typer.Option(None, help="Collect shard I of N (chunks are dealt round-robin), e.g. 1/4."),
 ):
-    """Sample G responses per prompt with the behaviour policy and store tokens, rewards and log-probs.
+    """Sample G responses per prompt with the behaviour policy (--model) and store tokens, rewards and log-probs.
 
     Resumable: rerunning the same command skips chunks already stored.
     """
     from cropi.policy import load_policy
-    from cropi.rollouts.trajectory_store import CollectConfig, collect as collect_fn
+    from cropi.rollouts.trajectory_store import CollectConfig, collect as collect_fn, pass_rates
     from cropi.tasks.loading import load_data
 
-    extra = []
-    for k, v in (("group_size", group_size), ("temperature", temperature), ("top_p", top_p),
-                 ("max_new_tokens", max_new_tokens)):
-        if v is not None:
-            extra.append(f"rollout.{k}={v}")
-    cfg = _build_config(config, overrides, model=model, pool=pool, val=val, test=test, fields=field,
-                        answer_format=answer_format, extra=extra)
-    try:
-        i, n = (int(x) for x in shard.split("/"))
-        assert 0 <= i < n
-    except (ValueError, AssertionError):
-        raise CropiError(f"--shard {shard!r}: expected I/N with 0 <= I < N") from None
-    suite = load_data(cfg.data)
-    if split == "pool":
-        problems = suite.pool
-    elif split == "validation":
-        problems = [p for v in suite.validation.values() for p in v]
-    elif split == "test":
-        problems = suite.test_problems()
-    else:
+    i, n = _shard_or_range(shard, None)[0] or (0, 1)
+    if split not in ("pool", "validation", "test"):
         raise CropiError(f"--split {split!r}: expected pool, validation or test")
-    problems = problems[:limit] if limit else problems
+    if limit is not None and limit < 1:
+        raise CropiError(f"--limit {limit}: must be >= 1")
+    suite = load_data(cfg.data)
+    problems = {"pool": lambda: suite.pool, "validation": lambda: [p for v in suite.validation.values() for p in v],
+                "test": suite.test_problems}[split]()[:limit]
     policy = load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype)
     r = cfg.rollout
     ccfg = CollectConfig(group_size=r.group_size, temperature=r.temperature, top_p=r.top_p,
-                         max_new_tokens=r.max_new_tokens, seed=seed, batch_size=r.batch_size)
+                         max_new_tokens=r.max_new_tokens, seed=r.seed, batch_size=r.batch_size)
     with _progress() as prog:
         task = prog.add_task(f"collect {split}", total=len(problems), info=f"G={r.group_size} T={r.temperature}")
-        collect_fn(policy, problems, out, ccfg, shard_index=i, num_shards=n,
-                   on_prompts=lambda k: prog.advance(task, k))
-    from cropi.rollouts.trajectory_store import pass_rates
-
+        collect_fn(policy, problems, out, ccfg, shard_index=i, num_shards=n, on_prompts=lambda k: prog.advance(task, k))
     rates = list(pass_rates(out).values())
     mixed = sum(0 < p < 1 for p in rates)
     typer.echo(f"stored {len(rates)} prompts x {r.group_size} responses in {out}; mean pass rate "
                f"{sum(rates) / max(1, len(rates)):.3f}; {mixed} prompts ({100 * mixed / max(1, len(rates)):.0f}%) with 0<p<1")
 
 
-def _shard_or_range(shard: Optional[str], prange: Optional[str]) -> tuple[Optional[tuple[int, int]], Optional[tuple[int, Optional[int]]]]:
-    if shard and prange:
-        raise CropiError("give --shard or --range, not both")
-    if shard:
-        try:
-            i, n = (int(x) for x in shard.split("/"))
-            assert 0 <= i < n
-        except (ValueError, AssertionError):
-            raise CropiError(f"--shard {shard!r}: expected I/N with 0 <= I < N") from None
-        return (i, n), None
-    if prange:
-        try:
-            a, _, b = prange.partition(":")
-            return None, (int(a), int(b) if b else None)
-        except ValueError:
-            raise CropiError(f"--range {prange!r}: expected START:END (prompt positions in the pool store)") from None
-    return None, None
+def _run_engine(policy, pool_store: Path, vals: dict[str, str], out: Optional[Path], cfg, gradients: Optional[Path],
+                part, span, on_prompt) -> Optional[Path]:
+    """The one call into the scoring engine: project part of the pool into ``gradients`` (returns its folder),
+    or score the whole pool into ``out``."""
+    from cropi.scores.engine import project_pool_range, score_pool
+
+    if part or span:
+        return project_pool_range(policy, pool_store, gradients, cfg, *(span or (0, None)), shard=part,
+                                  on_prompt=on_prompt)
+    score_pool(policy, pool_store, vals, out, cfg, on_prompt=on_prompt, gradients=gradients)
+    return None
 
 
 @app.command()
-@handles_errors
+@config_command("model", "score")
 def score(
+    cfg,
     pool_store: Path = typer.Option(..., help="Trajectory store of the training pool (from `cropi collect`)."),
     val_store: List[str] = typer.Option(..., help="Validation store NAME=PATH (repeatable; one per validation set)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Scores file (Parquet); not needed with --shard/--range."),
-    model: str = typer.Option("tiny", help="The *current* policy: tiny, smollm2, an HF folder (e.g. RUN/final_model)."),
-    gradients: Optional[Path] = typer.Option(None, help="Gradient store folder (projected gradients, resumable); default OUT's name + .gradients."),
-    shard: Optional[str] = typer.Option(None, help="Only project pool shard I/N (contiguous whole chunks) into GRADIENTS; score later without it."),
-    prange: Optional[str] = typer.Option(None, "--range", help="Only project pool prompts START:END (START a multiple of --chunk-size) into GRADIENTS."),
-    kind: str = typer.Option("sjlt", help="Projector: sjlt, gaussian or rademacher."),
-    k: int = typer.Option(8192, help="Projection dimension (SJLT costs the same at any k)."),
-    keep: float = typer.Option(1.0, help="Uniform keep fraction applied before projecting (1 = none)."),
-    exclude: Optional[List[str]] = typer.Option(None, help="Parameter name globs to leave out, e.g. '*embed_tokens*'."),
-    ratio: float = typer.Option(0.1, help="Selection ratio for the reciprocal-rank fusion."),
-    seed: int = typer.Option(0, help="Projector seed."),
-    stage: int = typer.Option(0, help="Curriculum stage (recorded with the gradients)."),
-    batch_size: int = typer.Option(1, help="Prompts per backward pass; >1 computes per-example gradients of a batch in one pass (faster for small models at CPU overhead, equal within 1e-5)."),
-    chunk_size: int = typer.Option(64, help="Prompts per gradient-store chunk (resume unit, shard granularity)."),
-    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+    gradients: Optional[Path] = typer.Option(None, help="Gradient store folder (projected gradients, resumable); "
+                                             "default OUT's name + .gradients."),
+    shard: Optional[str] = typer.Option(None, help="Only project pool shard I/N (contiguous whole chunks) into "
+                                        "GRADIENTS; score later without it."),
+    prange: Optional[str] = typer.Option(None, "--range", help="Only project pool prompts START:END (START a multiple "
+                                         "of the chunk size) into GRADIENTS."),
 ):
-    """Influence scores: POPI gradients of the current policy on stored trajectories, sparsely projected into a
-    gradient store, cosine to each validation set's mean gradient, fused by reciprocal rank.
+    """Influence scores of the current policy (--model, e.g. RUN/final_model): POPI gradients on stored
+    trajectories, sparsely projected into a gradient store, cosine to each validation set's mean gradient,
+    fused by reciprocal rank at select.ratio.  Other scoring keys: --set select.score.KEY=VALUE.
 
     Resumable: rerun the same command after an interruption.  To spread the pool over machines, run
     `--shard I/N --gradients DIR` for each I, then once more without --shard to score.
@@ -473,79 +463,54 @@ def score(
 
     from cropi.policy import load_policy
     from cropi.rollouts.trajectory_store import store_meta
-    from cropi.config import ScoreConfig, load_config
-    from cropi.scores.engine import project_pool_range, score_pool
+    from cropi.selection.export import read_scores
 
     part, span = _shard_or_range(shard, prange)
     if (part or span) and gradients is None:
         raise CropiError("--shard/--range need --gradients DIR (where the shards meet)")
     if not (part or span) and out is None:
         raise CropiError("--out is required (the scores file)")
-    vals = {}
-    for spec in val_store:
-        name, _, path = spec.partition("=")
-        if not path:
-            name, path = Path(spec).name, spec
-        vals[name] = path
+    vals = {name: path for name, path in (s.split("=", 1) if "=" in s else (Path(s).name, s) for s in val_store)}
     n = store_meta(pool_store)["num_prompts"]
-    policy = load_policy(model, device)
-    cfg = load_config(None, [f"select.ratio={ratio}"])
-    cfg.select.score = ScoreConfig(kind=kind, k=k, seed=seed, keep=keep, exclude=list(exclude or []), stage=stage,
-                                   batch_size=batch_size, chunk_size=chunk_size)
-    t0 = time.perf_counter()
-    if part or span:
-        with _progress() as prog:
-            task = prog.add_task("project pool", total=None, info=f"{kind} k={k}")
-            folder = project_pool_range(policy, pool_store, gradients, cfg, *(span or (0, None)), shard=part,
-                                        on_prompt=lambda i: prog.advance(task, i))
-        typer.echo(f"projected pool prompts into {folder} in {time.perf_counter() - t0:.1f} s; when every shard is "
-                   f"done, run the same command without --shard/--range (and with --out) to score")
-        return
+    policy = load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype)
+    s, t0 = cfg.select.score, time.perf_counter()
     with _progress() as prog:
-        task = prog.add_task("score pool", total=n, info=f"{kind} k={k}")
-        table = score_pool(policy, pool_store, vals, out, cfg, on_prompt=lambda i: prog.advance(task, i),
-                           gradients=gradients).table
+        task = prog.add_task("project pool" if part or span else "score pool", total=None if part or span else n,
+                             info=f"{s.mode} {s.kind} k={s.k}")
+        folder = _run_engine(policy, pool_store, vals, out, cfg, gradients, part, span, lambda i: prog.advance(task, i))
     secs = time.perf_counter() - t0
-    usable = sum(table.column("usable").to_pylist())
-    typer.echo(f"scored {usable} of {table.num_rows} prompts ({table.num_rows - usable} zero-variance groups skipped) "
-               f"in {secs:.1f} s ({usable / secs:.1f} prompts/s, validation sets included); wrote {out}")
+    if folder is not None:
+        typer.echo(f"projected pool prompts into {folder} in {secs:.1f} s; when every shard is done, run the same "
+                   f"command without --shard/--range (and with --out) to score")
+        return
+    usable = sum(read_scores(out)[0].column("usable").to_pylist())
+    typer.echo(f"scored {usable} of {n} prompts ({n - usable} zero-variance groups skipped) in {secs:.1f} s "
+               f"({usable / secs:.1f} prompts/s, validation sets included); wrote {out}")
 
 
 @app.command("select")
-@handles_errors
+@config_command("pool", "files", "ratio")
 def select_cmd(
+    cfg,
     scores: Path = typer.Option(..., help="Scores file from `cropi score`."),
     out: Path = typer.Option(..., "--out", "-o", help="Chosen problems, .jsonl or .parquet (ids go next to it, OUT.ids.json)."),
-    ratio: Optional[float] = typer.Option(None, help="Fraction of the pool to keep (default: the ratio the scores were fused at)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="jsonl or parquet (default: from OUT's extension)."),
     layout: str = typer.Option("plain", help="plain (cropi problem fields, readable back with --pool) or verl (verl's RL dataset layout)."),
-    config: Optional[Path] = ConfigOpt,
-    overrides: Optional[List[str]] = SetOpt,
-    pool: Optional[str] = PoolOpt,
-    field: Optional[List[str]] = FieldOpt,
-    answer_format: Optional[str] = AnswerFmtOpt,
 ):
-    """Keep the top fraction of the pool by influence (reciprocal-rank fusion over the validation sets) and write
-    the chosen problems for training here or elsewhere (e.g. verl)."""
+    """Keep the top select.ratio of the pool by influence (reciprocal-rank fusion over the validation sets) and
+    write the chosen problems for training here or elsewhere (e.g. verl)."""
     from cropi.selection.export import ids_path, select_from_scores, write_selection
     from cropi.tasks.loading import load_data
 
-    cfg = _build_config(config, overrides, pool=pool, fields=field, answer_format=answer_format)
-    sel = select_from_scores(scores, load_data(cfg.data).pool, ratio)
+    sel = select_from_scores(scores, load_data(cfg.data).pool, cfg.select.ratio)
     write_selection(sel, out, fmt, layout)
-    typer.echo(f"selected {len(sel.ids)} of {sel.pool_size} prompts (ratio {sel.ratio}); wrote {out} and {ids_path(out)}")
+    typer.echo(f"selected {len(sel.ids)} of {sel.pool_size} prompts (ratio {cfg.select.ratio}); wrote {out} and {ids_path(out)}")
 
 
 @app.command("eval")
-@handles_errors
+@config_command("model", "splits", "files")
 def eval_cmd(
-    model: str = typer.Option("tiny", help="tiny, smollm2, an HF folder (e.g. RUN/final_model) or hub id."),
-    config: Optional[Path] = ConfigOpt,
-    overrides: Optional[List[str]] = SetOpt,
-    val: Optional[List[str]] = ValOpt,
-    test: Optional[List[str]] = TestOpt,
-    field: Optional[List[str]] = FieldOpt,
-    answer_format: Optional[str] = AnswerFmtOpt,
+    cfg,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the result as JSON here."),
 ):
     """Greedy accuracy on the test splits: per family, targeted and untargeted macro-averages."""
@@ -554,7 +519,6 @@ def eval_cmd(
     from cropi.policy import load_policy
     from cropi.tasks.loading import load_data
 
-    cfg = _build_config(config, overrides, model=model, val=val, test=test, fields=field, answer_format=answer_format)
     suite = load_data(cfg.data)
     policy = load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype)
     total = sum(len(v) for v in suite.test.values())
@@ -570,8 +534,10 @@ def eval_cmd(
     if res.untargeted is not None:
         typer.echo(f"{'untargeted':>12s} {100 * res.untargeted:6.1f}%")
     if out:
-        write_json(out, {"model": model, **res.to_dict()})
+        write_json(out, {"model": cfg.model.name, **res.to_dict()})
 
+
+# -- models, benchmarks, config ---------------------------------------------------------------------------------
 
 @app.command()
 @handles_errors
@@ -623,12 +589,26 @@ def _bench_dirs(quick: bool, out: Optional[Path], work: Optional[Path], name: st
     return out or Path("benchmarks/results"), work or Path(f"runs/bench-{name}")
 
 
-def _tracker(prog: Progress):
-    def track(desc: str, total: int):
-        task = prog.add_task(desc, total=total, info="")
-        return lambda n: prog.advance(task, n)
+def _run_bench(name: str, plan_cls, run_fn, quick: bool, out: Optional[Path], work: Optional[Path], **plan) -> None:
+    """Run a benchmark plan (options left unset keep the plan's defaults) and print each target's verdict."""
+    from cropi.experiments.benchmarks.common import results_paths, target_checks
 
-    return track
+    kw = {k: v for k, v in plan.items() if v not in (None, ())}
+    out, work = _bench_dirs(quick, out, work, name)
+    with _progress() as prog:
+        def track(desc: str, total: int):
+            task = prog.add_task(desc, total=total, info="")
+            return lambda n: prog.advance(task, n)
+
+        res = run_fn(plan_cls.quick_plan(**kw) if quick else plan_cls(**kw), out, work, track,
+                     log=lambda m: console.print(m, highlight=False))
+    for _, target, ok, measured in target_checks(res):
+        typer.echo(f"{'n/a' if ok is None else ('met' if ok else 'NOT met'):>8s}  {target}: {measured}")
+    typer.echo(f"wrote {results_paths(out)[0]} and {results_paths(out)[1]}")
+
+
+ProjectorOpt = typer.Option(None, "--projector", help="Projector configuration with {k} for each --k (repeatable), "
+                            "e.g. 'sjlt-k{k}-keep1', 'sjlt-k{k}-cal0.1'.")
 
 
 @bench_app.command("projection")
@@ -637,8 +617,7 @@ def bench_projection(
     quick: bool = typer.Option(False, help="Reduced run (tiny-model shapes, d = 2e4 flat) written under runs/bench-quick/."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default benchmarks/results, or runs/bench-quick)."),
     work: Optional[Path] = typer.Option(None, help="Resumable state (default runs/bench-projection)."),
-    config: Optional[List[str]] = typer.Option(None, "--config", help="Model-layout configuration, {k} for each --k "
-                                               "(repeatable), e.g. 'sjlt-k{k}-keep1', 'sjlt-k{k}-cal0.1'."),
+    projector: Optional[List[str]] = ProjectorOpt,
     k: Optional[List[int]] = typer.Option(None, "--k", help="Projection dimensions (default 1024 and 8192)."),
     threads: int = typer.Option(1, help="torch threads (timings in the results are single-threaded)."),
 ):
@@ -648,16 +627,8 @@ def bench_projection(
     Rerun the same command after an interruption: finished sections are kept in --work."""
     from cropi.experiments.benchmarks.speed import SpeedPlan, run_speed
 
-    kw = {"threads": threads}
-    if config:
-        kw["configs"] = tuple(config)
-    if k:
-        kw["ks"] = tuple(k)
-    plan = SpeedPlan.quick_plan(**kw) if quick else SpeedPlan(**kw)
-    out, work = _bench_dirs(quick, out, work, "projection")
-    with _progress() as prog:
-        res = run_speed(plan, out, work, _tracker(prog), log=lambda m: console.print(m, highlight=False))
-    _print_targets(res, out)
+    _run_bench("projection", SpeedPlan, run_speed, quick, out, work, threads=threads, configs=tuple(projector or ()),
+               ks=tuple(k or ()))
 
 
 @bench_app.command("fidelity")
@@ -668,7 +639,7 @@ def bench_fidelity(
     work: Optional[Path] = typer.Option(None, help="Stores, exact validation mean and per-prompt results (default "
                                         "runs/bench-fidelity); rerun to resume."),
     train_prompts: Optional[int] = typer.Option(None, help="Usable training prompts to score (default 200)."),
-    config: Optional[List[str]] = typer.Option(None, "--config", help="Configuration with {k} (repeatable)."),
+    projector: Optional[List[str]] = ProjectorOpt,
     seeds: Optional[int] = typer.Option(None, help="Projection seeds (default 5)."),
     scoring: bool = typer.Option(True, help="Also measure the scoring cost ratio on the embedded default."),
     threads: int = typer.Option(1, help="torch threads."),
@@ -678,35 +649,23 @@ def bench_fidelity(
     `bench projection`)."""
     from cropi.experiments.benchmarks.fidelity import FidelityPlan, run_fidelity
 
-    kw: dict = {"threads": threads, "scoring": scoring}
-    if train_prompts:
-        kw["train_prompts"] = train_prompts
-    if config:
-        kw["configs"] = tuple(config)
-    if seeds:
-        kw["seeds"] = seeds
-    plan = FidelityPlan.quick_plan(**kw) if quick else FidelityPlan(**kw)
-    out, work = _bench_dirs(quick, out, work, "fidelity")
-    with _progress() as prog:
-        res = run_fidelity(plan, out, work, _tracker(prog), log=lambda m: console.print(m, highlight=False))
-    _print_targets(res, out)
-
-
-def _print_targets(res: dict, out: Path) -> None:
-    from cropi.experiments.benchmarks.common import results_paths, target_checks
-
-    for _, name, ok, measured in target_checks(res):
-        verdict = "n/a" if ok is None else ("met" if ok else "NOT met")
-        typer.echo(f"{verdict:>8s}  {name}: {measured}")
-    typer.echo(f"wrote {results_paths(out)[0]} and {results_paths(out)[1]}")
+    _run_bench("fidelity", FidelityPlan, run_fidelity, quick, out, work, threads=threads, scoring=scoring,
+               train_prompts=train_prompts, configs=tuple(projector or ()), seeds=seeds)
 
 
 @app.command("config")
-def show_config():
-    """Print the default configuration as YAML (a starting point for --config files)."""
-    from cropi.config import RunConfig, dump_config
+def show_config(
+    list_keys: bool = typer.Option(False, "--list", help="Print every key as `section.key  default  help` instead."),
+):
+    """Print the default configuration as YAML (a starting point for --config files).
 
-    typer.echo(dump_config(RunConfig()))
+    Every command reads the defaults, then --config FILE, then its own options, then each --set section.key=VALUE
+    (TRL GRPOConfig names such as num_generations or learning_rate are accepted too; docs/config.md maps them).
+    The whole config is validated before anything is written.
+    """
+    from cropi.config import RunConfig, dump_config, settings_table
+
+    typer.echo(settings_table() if list_keys else dump_config(RunConfig()))
 
 
 def main() -> None:  # pragma: no cover

@@ -1,7 +1,9 @@
 """Run configuration: nested dataclasses, loadable from YAML and overridable with ``section.key=value``.
 
-Every run folder stores the resolved config (``config.yaml``), so a result can be reproduced from its folder
-alone: ``cropi train --config RUN/config.yaml``.
+Every field is declared with a one-line help and, where the value has a legal range, a check; ``validate``
+runs every check when a config is loaded, so bad values fail before any output is written.  Every run folder
+stores the resolved config (``config.yaml``), so a result can be reproduced from its folder alone:
+``cropi train --config RUN/config.yaml``.  docs/config.md lists every key (``cropi config --list``).
 """
 
 from __future__ import annotations
@@ -9,140 +11,199 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Callable, Iterator, get_args, get_origin, get_type_hints
 
 import yaml
 
 from cropi.errors import ConfigError
 from cropi.tasks.synthetic import SuiteConfig
 
+Check = Callable[[Any], "str | None"]  # None when the value is legal, else what is expected
+
+
+def at_least(low: float) -> Check:
+    return lambda v: None if v >= low else f"must be >= {low}"
+
+
+def above(low: float) -> Check:
+    return lambda v: None if v > low else f"must be > {low}"
+
+
+def fraction(v: float) -> str | None:
+    return None if 0 < v <= 1 else "must be in (0, 1]"
+
+
+def one_of(*choices: str) -> Check:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
+def setting(default: Any = None, help: str = "", check: Check | None = None, *,
+            factory: Callable[[], Any] | None = None) -> Any:
+    """A config field with its one-line help (``cropi config --list``) and an optional check of its value."""
+    metadata = {"help": help, **({"check": check} if check else {})}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
 
 @dataclass
 class DataConfig:
     """Where problems come from: the embedded suite, or the user's own files."""
 
-    suite: SuiteConfig = field(default_factory=SuiteConfig)
-    pool_file: str | None = None  # JSONL / Parquet; replaces the embedded pool
-    validation_files: list[str] = field(default_factory=list)  # one validation set per file (targeted)
-    test_files: list[str] = field(default_factory=list)  # one test split per file; targeted if its family is
-    fields: dict[str, str] = field(default_factory=dict)  # Problem field -> column, e.g. {prompt: question}
-    answer_format: str = "plain"  # plain | gsm8k (extract after ####) | boxed (last \boxed{})
+    suite: SuiteConfig = setting(factory=SuiteConfig, help="The embedded synthetic task suite (used without --pool).")
+    pool_file: str | None = setting(None, "Training pool file (JSONL / Parquet); replaces the embedded pool.")
+    validation_files: list[str] = setting(factory=list, help="Validation sets NAME=PATH, one per file; their "
+                                          "names mark the test splits of the same name as targeted.")
+    test_files: list[str] = setting(factory=list, help="Test splits NAME=PATH, one per file.")
+    fields: dict[str, str] = setting(factory=dict, help="Problem field -> column of your files, e.g. {prompt: question}.")
+    answer_format: str = setting("plain", "How gold answers are read: plain, gsm8k (after ####), boxed (last \\boxed{}).",
+                                 one_of("plain", "gsm8k", "boxed"))
 
 
 @dataclass
 class ModelConfig:
-    name: str = "tiny"  # "tiny" (embedded), "smollm2" (fetched), an HF folder or hub id
-    device: str = "auto"
-    dtype: str = "float32"
+    name: str = setting("tiny", "The policy: tiny (embedded), smollm2 (fetched), an HF folder or hub id.")
+    device: str = setting("auto", "cpu, cuda (or cuda:N), or auto (cuda when available).")
+    dtype: str = setting("float32", "Weights dtype: float32, bfloat16 or float16.",
+                         one_of("float32", "bfloat16", "float16"))
 
 
 @dataclass
 class RolloutConfig:
-    group_size: int = 8
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 10  # the embedded suite's answers are at most 7 characters
-    batch_size: int = 512
-    seed: int = 0  # seed of the behaviour rollouts (collect, and the curriculum's behaviour stores)
+    group_size: int = setting(8, "Responses sampled per prompt (G).", at_least(1))
+    temperature: float = setting(1.0, "Sampling temperature; behaviour log-probs are stored at it.", above(0))
+    top_p: float = setting(1.0, "Nucleus mass; keep 1.0 for influence scoring (log-probs of the full softmax).",
+                           fraction)
+    # the embedded suite's answers are at most 7 characters
+    max_new_tokens: int = setting(10, "Response length cap in tokens.", at_least(1))
+    batch_size: int = setting(512, "Sequences per generation batch.", at_least(1))
+    seed: int = setting(0, "Seed of the behaviour rollouts (`cropi collect`, and the curriculum's behaviour stores); "
+                        "responses are keyed by (seed, prompt id, sample index).")
 
 
 @dataclass
 class TrainConfig:
-    selector: str = "full"
-    steps: int = 300
-    prompts_per_step: int = 32
-    lr: float = 1e-4  # chosen on the validation sets: 3e-4 and 1e-3 were worse on the embedded model, 2e-4 on an earlier one
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.99)
-    clip_eps: float = 0.2
-    aggregation: str = "grpo"  # grpo | dr_grpo
-    kl_coef: float = 0.0  # KL(π_θ‖π_ref) to the starting policy; 0 = off (no reference model is kept)
-    ppo_epochs: int = 1  # optimizer updates per rollout batch (>1 makes the clip matter)
-    micro_batch: int = 256  # sequences per forward/backward (gradient accumulation)
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    eval_every: int = 15
-    checkpoint_every: int = 50
+    selector: str = setting("full", "Which prompts GRPO trains on: full, random, learnability, pass_rate, "
+                            "static_influence, cropi.")
+    steps: int = setting(200, "GRPO steps in all (the budget), over every curriculum stage.", at_least(1))
+    prompts_per_step: int = setting(32, "Prompts per GRPO step (each sampled G times).", at_least(1))
+    lr: float = setting(1e-4, "Adam learning rate; chosen on the validation sets "
+                        "(benchmarks/results/lr_probe_validation.json).", above(0))
+    weight_decay: float = setting(0.0, "AdamW weight decay.", at_least(0))
+    betas: tuple[float, float] = setting((0.9, 0.99), "Adam betas (beta1, beta2).",
+                                         lambda v: None if all(0 <= b < 1 for b in v) else "must be in [0, 1)")
+    clip_eps: float = setting(0.2, "PPO clip of the token ratio; it acts only when ppo_epochs > 1.", above(0))
+    aggregation: str = setting("grpo", "Loss aggregation: grpo (per-sequence token mean) or dr_grpo "
+                               "(constant normaliser max_new_tokens).", one_of("grpo", "dr_grpo"))
+    kl_coef: float = setting(0.0, "Weight of KL(pi_theta || pi_ref) to the starting policy; 0 keeps no reference model.",
+                             at_least(0))
+    ppo_epochs: int = setting(1, "Optimizer updates per rollout batch (> 1 makes the clip matter).", at_least(1))
+    micro_batch: int = setting(256, "Sequences per forward/backward (gradient accumulation).", at_least(1))
+    max_grad_norm: float = setting(1.0, "Gradient-norm clip.", above(0))
+    seed: int = setting(0, "Training seed: prompt order and sampling.")
+    eval_every: int = setting(10, "Greedy evaluation every this many steps (and at the end).", at_least(1))
+    checkpoint_every: int = setting(50, "Checkpoint every this many steps (and at the end); --resume restarts there.",
+                                    at_least(1))
 
 
 @dataclass
 class ScoreConfig:
-    """Influence scoring (issue 3): projector, what to score, and how many validation prompts to use."""
+    """Influence scoring: projector, what to score, and how many validation prompts to use."""
 
-    # Default from the projection benchmarks (`cropi bench`, benchmarks/results/projection.md): hashed SJLT, no
-    # sparsifier, k = 8192.  Real SmolLM2 POPI gradients are heavy-tailed (top 1% of coordinates: ~90% of the
-    # squared norm), so masks drop mass that carries the inner product.  Probe at k = 8192, RMS error / (‖x‖‖y‖)
-    # on pairs of real gradients: keep 1 0.011, calibrated 10% 0.05, uniform 10% 0.09, uniform 1% 0.55; Spearman ρ
-    # of projected vs exact influence cosines (30 SmolLM2 prompts, 3 seeds): keep 1 0.990 ± 0.007 (k = 1024:
-    # 0.944), calibrated 10% 0.944 ± 0.033, uniform 1% 0.81 ± 0.17.  On CPU a mask is not even cheaper (its hash
-    # per coordinate costs what SJLT's does): per SmolLM2 gradient keep 1 0.36 s, uniform 1% 0.63 s, calibrated
-    # 10% 1.4 s.  SJLT's cost does not depend on k, so k = 8192 (cosine noise ~1/√k ≈ 0.011, under the 0.09-0.14
-    # SD of exact cosines) costs what 1024 does, plus k floats per prompt.
-    kind: str = "sjlt"
-    k: int = 8192
-    seed: int = 0
-    keep: float = 1.0
-    exclude: list[str] = field(default_factory=list)  # parameter globs left out of scoring
-    # projected (sparse projection to k dims) | exact (full gradients against exact validation means) | auto
-    mode: str = "projected"
-    exact_memory_gb: float = 2.0  # auto: exact when the validation means fit in this much memory
-    # PPO clip on the off-policy ratios when scoring; None differentiates the unclipped surrogate (the
-    # trainer's clip never acts at ppo_epochs = 1, where its ratio is exactly 1)
-    clip_eps: float | None = None
-    max_val_prompts: int = 100  # per validation set (METHOD.md §4)
-    stage: int = 0  # curriculum stage, recorded in the gradient stores
-    batch_size: int = 1  # prompts per backward pass (1: one per prompt; batched was not faster on the tiny policy)
-    chunk_size: int = 64  # prompts per gradient-store chunk (resume unit, shard granularity)
+    mode: str = setting("projected", "projected (sparse random projection to k dims, the gradient store), exact "
+                        "(each prompt's full gradient against each validation set's exact mean gradient; no "
+                        "projection error), or auto (exact where the validation means fit in exact_memory_gb).",
+                        one_of("projected", "exact", "auto"))
+    exact_memory_gb: float = setting(2.0, "Memory allowed for the exact validation means in auto mode (GB).", above(0))
+    # hashed SJLT without a sparsifier at k = 8192 had the best fidelity per second (benchmarks/results/projection.md)
+    kind: str = setting("sjlt", "Projector: sjlt, gaussian or rademacher.", one_of("sjlt", "gaussian", "rademacher"))
+    k: int = setting(8192, "Projection dimension (SJLT costs the same at any k).", at_least(1))
+    seed: int = setting(0, "Projector seed.")
+    keep: float = setting(1.0, "Uniform keep fraction of coordinates before projecting (1 = all).",
+                          fraction)
+    exclude: list[str] = setting(factory=list, help="Parameter name globs left out of scoring, e.g. '*embed_tokens*'.")
+    clip_eps: float | None = setting(None, "PPO clip applied to the off-policy ratios when scoring; null (the "
+                                     "method's) differentiates the unclipped surrogate, since the trainer's clip "
+                                     "never acts at ppo_epochs=1, where its ratio is exactly 1.", above(0))
+    max_val_prompts: int = setting(100, "Validation prompts used per validation set (METHOD.md §4).", at_least(1))
+    stage: int = setting(0, "Curriculum stage, recorded in the gradient stores.", at_least(0))
+    batch_size: int = setting(1, "Prompts per backward pass; > 1 computes a batch's per-example gradients in one pass.",
+                              at_least(1))
+    chunk_size: int = setting(64, "Prompts per gradient-store chunk (resume unit, shard granularity).", at_least(1))
 
 
 @dataclass
 class SelectConfig:
     """Data selection and the CROPI curriculum (METHOD.md §5): ``stages`` rounds of score -> select -> train
-    ``train.steps / stages`` steps.  Static selectors choose once; ``cropi`` re-scores every stage."""
+    ``train.steps / stages`` steps.  Static selectors choose once; ``cropi`` re-scores every stage.  Optimizer
+    state is carried across stages: a stage boundary changes the data, not the optimisation problem."""
 
-    ratio: float = 0.1  # share of the pool trained on, the same for every selector
-    stages: int = 1
-    # Behaviour stores (pool and validation trajectories of the starting policy); default RUN/stores.  A
-    # comparison shares one folder between its runs; its collection seconds are still charged to each run.
-    stores: str | None = None
-    # Re-collect the pool with the current policy when the median sequence-level ESS falls below this
-    # (0 = never): the off-policy estimate is unreliable once β and π_θ drift apart.
-    drift_ess_threshold: float = 0.0
-    # cropi only: re-collect the pool and validation trajectories with the current policy every this many
-    # stages, before scoring (0 = never).  The stored rewards then say which prompts are learnable *now*: with β's rewards
-    # a prompt the policy has since mastered still looks mixed, and training on it gives all-correct groups.
-    refresh_every: int = 0
-    # Re-sample this many zero-variance ("blind-spot") prompts per stage with the current policy (0 = off),
-    # ``reprobe_samples`` responses each, so they can enter the selection once they become learnable.
-    reprobe_prompts: int = 0
-    reprobe_samples: int = 8
-    # Score only a seeded random subset of this many pool prompts per stage (0 = the whole pool); stage 0's
-    # subset is the same for static influence and cropi.  Scoring cost decides whether cropi saves wall-clock.
-    candidates: int = 0
-    # Optimizer state is carried across stages: a stage boundary changes the data, not the optimisation
-    # problem, and resetting Adam's moments would give cropi a warm-restart that full data does not get.
-    score: ScoreConfig = field(default_factory=ScoreConfig)
+    ratio: float = setting(0.1, "Share of the pool selected, the same for every selector.", fraction)
+    stages: int = setting(4, "Curriculum stages, between 1 and train.steps (cropi re-scores and re-selects at each).",
+                          at_least(1))
+    stores: str | None = setting(None, "Folder of the behaviour stores (pool and validation trajectories of the "
+                                 "starting policy); default RUN/stores.  A comparison shares one between its runs.")
+    # the off-policy estimate is unreliable once the behaviour policy and the current one drift apart
+    drift_ess_threshold: float = setting(0.0, "Re-collect the pool with the current policy when the median "
+                                         "sequence-level ESS (in (0, 1]) falls below this (0 = never).", fraction)
+    # with the behaviour policy's rewards, a prompt the policy has since mastered still looks mixed
+    refresh_every: int = setting(0, "cropi only: re-collect pool and validation trajectories with the current policy "
+                                 "every this many stages, before scoring (0 = never).", at_least(0))
+    reprobe_prompts: int = setting(0, "Re-sample this many zero-variance prompts per stage with the current policy, "
+                                   "so they can enter the selection once learnable (0 = off).", at_least(0))
+    reprobe_samples: int = setting(8, "Responses per re-probed prompt.", at_least(1))
+    # stage 0's subset is the same for static influence and cropi; scoring cost decides cropi's wall-clock
+    candidates: int = setting(0, "Score only a seeded random subset of this many pool prompts per stage "
+                              "(0 = the whole pool).", at_least(0))
+    score: ScoreConfig = setting(factory=ScoreConfig, help="Influence scoring.")
 
 
 @dataclass
 class EvalConfig:
-    max_new_tokens: int = 10
-    batch_size: int = 512
-    # "test" (the reported curves) or "validation": choose settings (a selector's stages, drift threshold, ...)
-    # on the validation sets without looking at the test splits.  The embedded validation sets hold targeted
-    # families only, and they also drive the influence scores, so they favour the influence selectors: use
-    # them to rank variants of one selector, not to compare selectors.
-    split: str = "test"
+    max_new_tokens: int = setting(10, "Response length cap of the greedy evaluation.", at_least(1))
+    batch_size: int = setting(512, "Sequences per evaluation batch.", at_least(1))
+    # the embedded validation sets hold targeted families only and drive the influence scores, so they favour
+    # the influence selectors: rank variants of one selector on them, not selectors against each other
+    split: str = setting("test", "test (the reported curves) or validation (choose settings without looking at "
+                         "the test splits).", one_of("test", "validation"))
 
 
 @dataclass
 class RunConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    select: SelectConfig = field(default_factory=SelectConfig)
+    data: DataConfig = setting(factory=DataConfig, help="Problems.")
+    model: ModelConfig = setting(factory=ModelConfig, help="The policy.")
+    rollout: RolloutConfig = setting(factory=RolloutConfig, help="Sampling.")
+    train: TrainConfig = setting(factory=TrainConfig, help="GRPO.")
+    eval: EvalConfig = setting(factory=EvalConfig, help="Evaluation.")
+    select: SelectConfig = setting(factory=SelectConfig, help="Selection and curriculum.")
+
+
+# TRL GRPOConfig names accepted by `--set` as aliases of cropi's keys (docs/config.md).
+TRL_NAMES = {
+    "num_generations": "rollout.group_size",
+    "max_completion_length": "rollout.max_new_tokens",
+    "temperature": "rollout.temperature",
+    "top_p": "rollout.top_p",
+    "learning_rate": "train.lr",
+    "max_steps": "train.steps",
+    "seed": "train.seed",
+    "beta": "train.kl_coef",
+    "epsilon": "train.clip_eps",
+    "loss_type": "train.aggregation",
+    "num_iterations": "train.ppo_epochs",
+    "max_grad_norm": "train.max_grad_norm",
+    "weight_decay": "train.weight_decay",
+    "eval_steps": "train.eval_every",
+    "save_steps": "train.checkpoint_every",
+}
+
+
+class InvalidValue(ConfigError):
+    """A bad value or unknown key at ``key`` (dotted); the loader prefixes the file line it came from."""
+
+    def __init__(self, key: str, problem: str):
+        self.key = key
+        super().__init__(f"{key}: {problem}")
 
 
 def to_dict(cfg: Any) -> Any:
@@ -160,7 +221,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise InvalidValue(where, f"expected a mapping, got {value!r}")
         return from_dict(tp, value, where)
     if origin is type(None) or tp is type(None):
         return None
@@ -168,8 +229,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v != ""] if value else []
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise InvalidValue(where, f"expected a list, got {value!r}")
         args = get_args(tp)
+        if origin is tuple and args and len(value) != len(args):
+            raise InvalidValue(where, f"expected {len(args)} values, got {value!r}")
         elem = args[0] if args else Any
         out = [_coerce(elem, v, where) for v in value]
         return tuple(out) if origin is tuple else out
@@ -177,7 +240,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if isinstance(value, str):
             value = yaml.safe_load(value) or {}
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise InvalidValue(where, f"expected a mapping, got {value!r}")
         _, vt = get_args(tp) or (Any, Any)
         return {k: _coerce(vt, v, where) for k, v in value.items()}
     args = get_args(tp)
@@ -191,45 +254,47 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
                 continue
             try:
                 return _coerce(a, value, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+            except InvalidValue as e:
+                errors.append(e)
+        raise errors[0] if errors else InvalidValue(where, f"bad value {value!r}")
     if tp is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
             return value.lower() in ("true", "1", "yes", "on")
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        raise InvalidValue(where, f"expected true/false, got {value!r}")
     if tp in (int, float):
         try:
             if tp is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return tp(float(value)) if tp is int else float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+            raise InvalidValue(where, f"expected {tp.__name__}, got {value!r}") from None
     if tp is str:
         if isinstance(value, (dict, list)):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise InvalidValue(where, f"expected a string, got {value!r}")
         return str(value)
     return value
 
 
-def from_dict(cls: type, data: dict, where: str = "config") -> Any:
+def from_dict(cls: type, data: dict, where: str = "") -> Any:
     hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
-    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+        raise InvalidValue(f"{where}.{unknown[0]}" if where else str(unknown[0]),
+                           f"unknown key (known: {', '.join(names)})")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
 
 
-def apply_override(cfg: Any, override: str) -> None:
-    """Apply one ``a.b.c=value`` override in place."""
+def apply_override(cfg: Any, override: str) -> str:
+    """Apply one ``a.b.c=value`` override (or ``trl_name=value``, see ``TRL_NAMES``) in place; return its key."""
     if "=" not in override:
         raise ConfigError(f"override {override!r}: expected section.key=value")
     dotted, raw = override.split("=", 1)
-    parts = dotted.strip().split(".")
+    dotted = TRL_NAMES.get(dotted.strip(), dotted.strip())
+    parts = dotted.split(".")
     obj = cfg
     for p in parts[:-1]:
         if not dataclasses.is_dataclass(obj) or not hasattr(obj, p):
@@ -240,14 +305,65 @@ def apply_override(cfg: Any, override: str) -> None:
         raise ConfigError(f"override {override!r}: unknown key {key!r}")
     value = yaml.safe_load(raw) if raw.strip() else ""
     setattr(obj, key, _coerce(get_type_hints(type(obj))[key], value, dotted))
+    return dotted
+
+
+def _settings(cfg: Any, prefix: str = "") -> Iterator[tuple[str, Any, dataclasses.Field, Any]]:
+    """(dotted key, value, field, annotation) of every leaf setting of ``cfg``, in declaration order."""
+    hints = get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _settings(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", value, f, hints[f.name]
+
+
+def problems(cfg: RunConfig) -> Iterator[tuple[str, str]]:
+    """(key, what is wrong) for every invalid value of ``cfg``."""
+    from cropi.selection import make_selector
+
+    for key, value, f, _ in _settings(cfg):
+        check = f.metadata.get("check")
+        message = check(value) if check is not None and value is not None else None  # None: the key's "off"
+        if message:
+            yield key, f"{value!r}: {message}"
+    if not 1 <= cfg.select.stages <= max(1, cfg.train.steps):
+        yield "select.stages", f"{cfg.select.stages!r}: must be between 1 and train.steps ({cfg.train.steps})"
+    try:
+        make_selector(cfg.train.selector)
+    except ConfigError as exc:
+        yield "train.selector", str(exc).removeprefix("train.selector: ")
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Raise ``ConfigError`` (``section.key: value: what is expected``) at the first invalid value."""
+    for key, problem in problems(cfg):
+        raise InvalidValue(key, problem)
+    return cfg
+
+
+def _key_lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
+    """Dotted key -> 1-based line of a composed YAML document."""
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = f"{prefix}{k.value}"
+            lines[key] = k.start_mark.line + 1
+            lines.update(_key_lines(v, key + "."))
+    return lines
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    cfg = RunConfig()
-    if path is not None:
-        p = Path(path)
+    """The defaults, then the YAML file at ``path``, then ``overrides`` in order; validated.  A bad value
+    from the file is reported at its line (``FILE:LINE: key: ...``)."""
+    cfg, lines = RunConfig(), {}
+    p = Path(path) if path is not None else None
+    if p is not None:
         try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            text = p.read_text(encoding="utf-8")
+            data = yaml.safe_load(text) or {}
+            lines = _key_lines(yaml.compose(text))
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f":{mark.line + 1}" if mark else ""
@@ -256,11 +372,43 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{p}: cannot read config ({exc.strerror})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: expected a mapping at the top level")
-        cfg = from_dict(RunConfig, data, str(p))
-    for o in overrides or []:
-        apply_override(cfg, o)
+        try:
+            cfg = from_dict(RunConfig, data)
+        except InvalidValue as exc:
+            raise ConfigError(f"{p}:{lines[exc.key]}: {exc}" if exc.key in lines else f"{p}: {exc}") from None
+    overridden = {apply_override(cfg, o) for o in overrides or []}
+    for key, problem in problems(cfg):
+        if key in lines and key not in overridden:
+            raise ConfigError(f"{p}:{lines[key]}: {key}: {problem}")
+        raise InvalidValue(key, problem)
     return cfg
 
 
 def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def _inline(value: Any) -> str:
+    text = yaml.safe_dump(to_dict(value), default_flow_style=True, width=1 << 20).strip()
+    return text.removesuffix("...").strip()
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str  # dotted, e.g. train.lr
+    default: str  # inline YAML
+    help: str
+    type: Any  # the field's annotation
+
+
+def settings() -> list[Setting]:
+    """Every config key in declaration order, with its default and help."""
+    return [Setting(key, _inline(value), f.metadata.get("help", ""), tp) for key, value, f, tp in _settings(RunConfig())]
+
+
+def settings_table() -> str:
+    """Every config key with its default and help, one per line (``cropi config --list``, docs/config.md)."""
+    rows = settings()
+    kw = max(len(s.key) for s in rows)
+    dw = max(len(s.default) for s in rows if len(s.default) <= 12)  # a long list default pushes its own help right
+    return "\n".join(f"{s.key:<{kw}}  {s.default:<{dw}}  {s.help}".rstrip() for s in rows)

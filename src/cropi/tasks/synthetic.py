@@ -161,17 +161,18 @@ FAMILIES: dict[str, Family] = {
 class SuiteConfig:
     """Composition of the embedded suite.  Fix it before a comparison and keep it."""
 
-    pool_seed: int = 0
-    pool_size: int = 4000
-    families: list[str] = field(default_factory=lambda: list(FAMILIES))
-    targeted: list[str] = field(default_factory=lambda: ["add", "sub"])
-    # Relative weight of each family in the pool; missing families weigh 1.
-    weights: dict[str, float] = field(default_factory=dict)
-    # Difficulty mix (levels 1..MAX_DIFFICULTY), the same for every family and split.
-    difficulty_weights: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 3.0, 2.0])
-    val_size: int = 200  # per targeted family
-    test_size_targeted: int = 500  # per targeted family
-    test_size_untargeted: int = 200  # per untargeted family
+    pool_seed: int = field(default=0, metadata={"help": "Seed of the suite's draw: the same seed, the same problems."})
+    pool_size: int = field(default=4000, metadata={"help": "Training pool prompts."})
+    families: list[str] = field(default_factory=lambda: list(FAMILIES), metadata={"help": "Problem families drawn."})
+    targeted: list[str] = field(default_factory=lambda: ["add", "sub"],
+                                metadata={"help": "Families with validation sets (the ones selection aims at)."})
+    weights: dict[str, float] = field(default_factory=dict,
+                                      metadata={"help": "Relative weight of each family in the pool; missing ones weigh 1."})
+    difficulty_weights: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 3.0, 2.0], metadata={
+        "help": "Weights of difficulty levels 1..5, the same for every family and split."})
+    val_size: int = field(default=200, metadata={"help": "Validation prompts per targeted family."})
+    test_size_targeted: int = field(default=500, metadata={"help": "Test prompts per targeted family."})
+    test_size_untargeted: int = field(default=200, metadata={"help": "Test prompts per untargeted family."})
 
 
 def _seed_for(*parts: object) -> int:
