@@ -153,7 +153,8 @@ def test_collect_rejects_bad_input_before_writing(tmp_path, option, expect):
     ("select.stages=0", "select.stages: 0: must be >= 1"),
     ("select.stages=201", "select.stages: 201: must be between 1 and train.steps (200)"),
     ("select.refresh_every=-1", "select.refresh_every: -1: must be >= 0"),
-    ("select.drift_ess_threshold=-0.5", "select.drift_ess_threshold: -0.5: must be >= 0"),
+    ("select.drift_ess_threshold=-0.5", "select.drift_ess_threshold: -0.5: must be in [0, 1]"),
+    ("select.drift_ess_threshold=1.01", "select.drift_ess_threshold: 1.01: must be in [0, 1]"),  # ESS <= 1
     ("select.candidates=-1", "select.candidates: -1: must be >= 0"),
     ("eval.split=train", "eval.split: 'train': must be one of test, validation"),
     ("train.aggregation=dapo", "train.aggregation: 'dapo': must be one of grpo, dr_grpo"),

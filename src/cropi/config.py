@@ -33,6 +33,10 @@ def fraction(v: float) -> str | None:
     return None if 0 < v <= 1 else "must be in (0, 1]"
 
 
+def in_unit_interval(v: float) -> str | None:
+    return None if 0 <= v <= 1 else "must be in [0, 1]"
+
+
 def one_of(*choices: str) -> Check:
     return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
 
@@ -145,7 +149,7 @@ class SelectConfig:
                                  "starting policy); default RUN/stores.  A comparison shares one between its runs.")
     # the off-policy estimate is unreliable once the behaviour policy and the current one drift apart
     drift_ess_threshold: float = setting(0.0, "Re-collect the pool with the current policy when the median "
-                                         "sequence-level ESS (in (0, 1]) falls below this (0 = never).", fraction)
+                                         "sequence-level ESS (in (0, 1]) falls below this (0 = never).", in_unit_interval)
     # with the behaviour policy's rewards, a prompt the policy has since mastered still looks mixed
     refresh_every: int = setting(0, "cropi only: re-collect pool and validation trajectories with the current policy "
                                  "every this many stages, before scoring (0 = never).", at_least(0))
