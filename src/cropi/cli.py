@@ -33,7 +33,7 @@ app = typer.Typer(
 )
 model_app = typer.Typer(help="Fetch and inspect models.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
-bench_app = typer.Typer(help="Projection benchmarks: speed, fidelity on real gradients, scoring cost.",
+bench_app = typer.Typer(help="Influence-engine benchmarks: projection speed, fidelity on real gradients, exact scoring, scoring cost.",
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 console = Console(stderr=True)
@@ -651,6 +651,26 @@ def bench_fidelity(
 
     _run_bench("fidelity", FidelityPlan, run_fidelity, quick, out, work, threads=threads, scoring=scoring,
                train_prompts=train_prompts, configs=tuple(projector or ()), seeds=seeds)
+
+
+@bench_app.command("exact")
+@handles_errors
+def bench_exact(
+    quick: bool = typer.Option(False, help="Reduced run (embedded tiny model, 40 prompts) written under runs/bench-quick/."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default benchmarks/results, or runs/bench-quick)."),
+    work: Optional[Path] = typer.Option(None, help="Stores, reused on a rerun (default runs/bench-exact)."),
+    train_prompts: int = typer.Option(60, help="Usable training prompts."),
+    val_prompts: int = typer.Option(30, help="Usable validation prompts in the mean."),
+    threads: int = typer.Option(2, help="torch threads."),
+):
+    """Exact scoring (select.score.mode=exact) next to the default SJLT k = 8192 projection on the same SmolLM2
+    POPI gradients: precision@10% and Spearman against an fp64 reference, seconds per prompt, memory.  Writes
+    exact_scoring.json / exact_scoring.md."""
+    from cropi.experiments.benchmarks.exact_scoring import main as run_exact
+
+    args = ["--train-prompts", str(train_prompts), "--val-prompts", str(val_prompts), "--threads", str(threads)]
+    args += ["--quick"] * quick + (["--out", str(out)] if out else []) + (["--work", str(work)] if work else [])
+    run_exact(args)
 
 
 @app.command("config")
