@@ -247,6 +247,6 @@ def test_worker_runs_only_unclaimed_runs_and_writes_no_results(tmp_path):
     run = out / "runs" / "full-s0"
     run.mkdir(parents=True)
     (run / ".lock").write_text(str(os.getpid()))  # claimed by a live process (this one): the worker leaves it
-    cfg = load_config(None, small_suite_overrides() + ["model.device=cpu", "train.steps=2"])
+    cfg = load_config(None, small_suite_overrides() + ["model.device=cpu", "train.steps=2", "select.stages=1"])
     assert run_compare(cfg, ["full"], [0], out, worker=True) is None
     assert not (out / "results.json").exists() and not (run / "config.yaml").exists()

@@ -14,7 +14,7 @@ def _cfg(model_dir, steps=4, **extra):
     sets = small_suite_overrides() + [
         f"model.name={model_dir}", f"train.steps={steps}", "train.prompts_per_step=4", "rollout.group_size=4",
         "rollout.max_new_tokens=6", "eval.max_new_tokens=6", "train.eval_every=2", "train.checkpoint_every=2",
-        "train.lr=1e-3", "model.device=cpu",
+        "train.lr=1e-3", "model.device=cpu", "select.stages=1",
     ] + [f"{k}={v}" for k, v in extra.items()]
     return load_config(None, sets)
 

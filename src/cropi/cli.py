@@ -156,7 +156,11 @@ def config_command(*groups: str, derive: tuple[Callable[[Optional[Path], dict], 
             sets = [f"{o.key}={json.dumps(o.to_value(list(v)) if o.to_value else v)}" for o in shared
                     if o.key and (v := values[o.name]) not in (None, [], ())]
             sets += [o for rule in derive for o in rule(config, values)]
-            return fn(load_config(config, sets + list(values["overrides"] or [])), **{p.name: values[p.name] for p in own})
+            cfg = load_config(config, sets + list(values["overrides"] or []))
+            from cropi.selection import make_selector
+
+            make_selector(cfg.train.selector)  # its registry checks the name, before anything is written
+            return fn(cfg, **{p.name: values[p.name] for p in own})
 
         command.__signature__ = inspect.Signature(params)
         command.__annotations__ = {p.name: p.annotation for p in params}

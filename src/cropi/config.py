@@ -324,9 +324,8 @@ def _settings(cfg: Any, prefix: str = "") -> Iterator[tuple[str, Any, dataclasse
 
 
 def problems(cfg: RunConfig) -> Iterator[tuple[str, str]]:
-    """(key, what is wrong) for every invalid value of ``cfg``."""
-    from cropi.selection import make_selector
-
+    """(key, what is wrong) for every invalid value of ``cfg``.  The selector's name is checked by its
+    registry (``cropi.selection.make_selector``), which sits above the config."""
     for key, value, f, _ in _settings(cfg):
         check = f.metadata.get("check")
         message = check(value) if check is not None and value is not None else None  # None: the key's "off"
@@ -334,10 +333,6 @@ def problems(cfg: RunConfig) -> Iterator[tuple[str, str]]:
             yield key, f"{value!r}: {message}"
     if not 1 <= cfg.select.stages <= max(1, cfg.train.steps):
         yield "select.stages", f"{cfg.select.stages!r}: must be between 1 and train.steps ({cfg.train.steps})"
-    try:
-        make_selector(cfg.train.selector)
-    except ConfigError as exc:
-        yield "train.selector", str(exc).removeprefix("train.selector: ")
 
 
 def validate(cfg: RunConfig) -> RunConfig:
