@@ -108,3 +108,19 @@ def test_score_validation_without_usable_gradient_exit_2(setup, micro_policy):
     _one_line_error(runner.invoke(app, base), "--out is required")
     _one_line_error(runner.invoke(app, base + ["--shard", "0/2"]), "--gradients")
     _one_line_error(runner.invoke(app, base + ["--range", "3:8", "--gradients", str(tmp / "g")]), "multiple of the chunk")
+
+
+def test_score_says_which_mode_ran_and_exact_shards_merge_like_a_whole_run(setup):
+    tmp, _, base = setup
+    r = runner.invoke(app, base + ["--mode", "exact", "--out", str(tmp / "whole.parquet")])
+    assert r.exit_code == 0, r.output
+    assert "in exact mode" in r.output and read_scores(tmp / "whole.parquet")[1]["mode"] == "exact"
+    for i in range(2):
+        r = runner.invoke(app, base + ["--mode", "exact", "--gradients", str(tmp / "g"), "--shard", f"{i}/2"])
+        assert r.exit_code == 0, r.output
+    assert len(list((tmp / "g").glob("pool-exact-*"))) == 2
+    r = runner.invoke(app, base + ["--mode", "exact", "--gradients", str(tmp / "g"), "--out", str(tmp / "s.parquet")])
+    assert r.exit_code == 0, r.output
+    assert read_scores(tmp / "s.parquet")[0].equals(read_scores(tmp / "whole.parquet")[0])
+    r = runner.invoke(app, base + ["--out", str(tmp / "p.parquet")])
+    assert "in projected mode" in r.output

@@ -437,7 +437,7 @@ def _run_engine(policy, pool_store: Path, vals: dict[str, str], out: Optional[Pa
 
     if part or span:
         return project_pool_range(policy, pool_store, gradients, cfg, *(span or (0, None)), shard=part,
-                                  on_prompt=on_prompt)
+                                  val_stores=vals, on_prompt=on_prompt)
     score_pool(policy, pool_store, vals, out, cfg, on_prompt=on_prompt, gradients=gradients)
     return None
 
@@ -457,8 +457,12 @@ def score(
                                          "of the chunk size) into GRADIENTS."),
 ):
     """Influence scores of the current policy (--model, e.g. RUN/final_model): POPI gradients on stored
-    trajectories, sparsely projected into a gradient store, cosine to each validation set's mean gradient,
-    fused by reciprocal rank at select.ratio.  Other scoring keys: --set select.score.KEY=VALUE.
+    trajectories, cosine to each validation set's mean gradient, fused by reciprocal rank at select.ratio.
+    --mode projected takes the cosine after a sparse random projection (gradient stores kept for reuse); exact
+    streams each full gradient against each set's exact mean (no projection error; projected gradients are
+    also kept when --gradients is given); auto picks exact where the means fit in select.score.exact_memory_gb.
+    The summary line and the scores file's metadata name the mode that ran.  Other scoring keys:
+    --set select.score.KEY=VALUE.
 
     Resumable: rerun the same command after an interruption.  To spread the pool over machines, run
     `--shard I/N --gradients DIR` for each I, then once more without --shard to score.
@@ -487,9 +491,10 @@ def score(
         typer.echo(f"projected pool prompts into {folder} in {secs:.1f} s; when every shard is done, run the same "
                    f"command without --shard/--range (and with --out) to score")
         return
-    usable = sum(read_scores(out)[0].column("usable").to_pylist())
-    typer.echo(f"scored {usable} of {n} prompts ({n - usable} zero-variance groups skipped) in {secs:.1f} s "
-               f"({usable / secs:.1f} prompts/s, validation sets included); wrote {out}")
+    table, meta = read_scores(out)
+    usable = sum(table.column("usable").to_pylist())
+    typer.echo(f"scored {usable} of {n} prompts ({n - usable} zero-variance groups skipped) in {meta['mode']} mode "
+               f"in {secs:.1f} s ({usable / secs:.1f} prompts/s, validation sets included); wrote {out}")
 
 
 @app.command("select")
