@@ -418,8 +418,7 @@ def collect(
                 "test": suite.test_problems}[split]()[:limit]
     policy = load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype)
     r = cfg.rollout
-    ccfg = CollectConfig(group_size=r.group_size, temperature=r.temperature, top_p=r.top_p,
-                         max_new_tokens=r.max_new_tokens, seed=r.seed, batch_size=r.batch_size)
+    ccfg = CollectConfig.from_rollout(r)
     with _progress() as prog:
         task = prog.add_task(f"collect {split}", total=len(problems), info=f"G={r.group_size} T={r.temperature}")
         collect_fn(policy, problems, out, ccfg, shard_index=i, num_shards=n, on_prompts=lambda k: prog.advance(task, k))
