@@ -45,6 +45,7 @@ def run(plan: FidelityPlan, out_dir: Path, work: Path, k: int = 8192, log=print)
     from cropi.scores.engine import MeanDots
 
     set_threads(plan.threads)
+    started = time.perf_counter()
     policy = load_policy(plan.model, "cpu")
     shapes = param_shapes_of(policy.model)
     d = sum(math.prod(s) for s in shapes.values())
@@ -108,7 +109,7 @@ def run(plan: FidelityPlan, out_dir: Path, work: Path, k: int = 8192, log=print)
            "gradient_seconds_per_prompt": med["gradient"], "modes": rows,
            "exact_vs_sjlt_time_ratio": med["exact_inner_products"] / med["sjlt_projection"],
            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "exact_cosine_sd": statistics.pstdev(ref)}
+           "exact_cosine_sd": statistics.pstdev(ref), "elapsed_seconds": time.perf_counter() - started}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "exact_scoring.json", res)
     write_text(out_dir / "exact_scoring.md", render(res))
