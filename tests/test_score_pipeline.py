@@ -125,3 +125,25 @@ def test_validation_without_gradient_is_a_clear_error(micro_policy, tmp_path):
         assert not (tmp_path / "s.parquet").exists()
     with pytest.raises(CropiError, match="no trajectory store"):
         score_pool(micro_policy, tmp_path / "missing", {"add": val}, tmp_path / "s.parquet", _cfg())
+
+
+def test_overlay_rows_replace_the_pools_rows_with_their_own_scores(micro_policy, stores, tmp_path):
+    pool, val = stores
+    cfg = CollectConfig(group_size=32, max_new_tokens=1, chunk_size=8, temperature=3.0, seed=7)
+    overlay = collect(micro_policy, _problems("p", 16)[::3], tmp_path / "overlay", cfg)  # re-sampled pool prompts
+    run = _cfg(k=256)
+    alone = {r["prompt_id"]: r for r in score_pool(micro_policy, pool, {"count": val}, tmp_path / "a.parquet",
+                                                   run).table.to_pylist()}
+    over = {r["prompt_id"]: r for r in score_pool(micro_policy, overlay, {"count": val}, tmp_path / "o.parquet",
+                                                  run).table.to_pylist()}
+    both = score_pool(micro_policy, pool, {"count": val}, tmp_path / "b.parquet", run, overlays=[overlay])
+    rows = both.table.to_pylist()
+    assert [r["prompt_id"] for r in rows] == list(alone)
+    for r in rows:
+        src = over[r["prompt_id"]] if r["reprobed"] else alone[r["prompt_id"]]
+        assert r["reprobed"] == bool(over.get(r["prompt_id"], {}).get("usable"))
+        for key in ("usable", "ess", "grad_norm", "score_count"):
+            assert r[key] == src[key], (r["prompt_id"], key)
+    assert any(r["reprobed"] for r in rows) and both.ranking.ids == sorted(
+        (p for p, r in zip([r["prompt_id"] for r in rows], rows) if r["usable"]),
+        key=lambda p: (-next(x["score_count"] for x in rows if x["prompt_id"] == p), p))[:4]
