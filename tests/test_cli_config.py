@@ -81,7 +81,7 @@ def test_seed_sets_one_key_per_command(monkeypatch):
 
 
 def test_score_options_set_score_keys_and_select_ratio(monkeypatch):
-    cfg = _resolved(monkeypatch, ["score", "--pool-store", "p", "--val-store", "v", "--k", "64", "--ratio", "0.2",
+    cfg = _resolved(monkeypatch, ["score", "--pool-store", "p", "--val-store", "v", "--k", "64", "--select-ratio", "0.2",
                                   "--mode", "exact", "--chunk-size", "4", "--device", "cpu",
                                   "--set", "select.score.seed=5"])
     s = cfg.select.score
@@ -187,7 +187,7 @@ def test_score_and_select_reject_bad_config_before_writing(tmp_path):
               "select.score.k: 0", out)
     _rejected(["score", "--pool-store", str(tmp_path), "--val-store", f"a={tmp_path}", "--range", "x:y",
                "--gradients", str(tmp_path / "g")], "--range 'x:y'", tmp_path / "g")
-    _rejected(["select", "--scores", str(out), "--out", str(tmp_path / "c.jsonl"), "--ratio", "2"],
+    _rejected(["select", "--scores", str(out), "--out", str(tmp_path / "c.jsonl"), "--select-ratio", "2"],
               "select.ratio: 2.0", tmp_path / "c.jsonl")
 
 
@@ -196,3 +196,19 @@ def test_bad_value_in_a_config_file_names_its_line(tmp_path):
     f.write_text("train:\n  lr: 0.001\nrollout:\n  group_size: -2\n")
     out = tmp_path / "run"
     _rejected(["train", "--config", str(f), "--out", str(out)], f"c.yaml:4: rollout.group_size: -2: must be >= 1", out)
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_a_missing_data_file_stops_train_and_compare_before_any_output(tmp_path, command):
+    out = tmp_path / "run"
+    _rejected([command, "--out", str(out), "--pool", str(tmp_path / "nope.jsonl")], "nope.jsonl", out)
+
+
+def test_a_selector_variant_that_breaks_the_budget_stops_compare_before_any_output(tmp_path):
+    out = tmp_path / "cmp"
+    _rejected(["compare", "--out", str(out), "--selectors", "full,cropi+stages500"], "select.stages: 500", out)
+
+
+def test_steps_per_stage_multiplies_the_stages_set_with_set(monkeypatch):
+    cfg = _resolved(monkeypatch, ["train", "--steps-per-stage", "50", "--set", "select.stages=8"])
+    assert cfg.select.stages == 8 and cfg.train.steps == 400

@@ -27,7 +27,7 @@ def setup(micro_policy, micro_model_dir, tmp_path):
     pool_file = tmp_path / "pool.jsonl"
     pool_file.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in problems))
     base = ["score", "--pool-store", str(pool), "--val-store", f"count={val}", "--model", str(micro_model_dir),
-            "--device", "cpu", "--k", "64", "--chunk-size", "4", "--ratio", "0.2"]
+            "--device", "cpu", "--k", "64", "--chunk-size", "4", "--select-ratio", "0.2"]
     return tmp_path, pool_file, base
 
 
@@ -51,7 +51,7 @@ def test_score_shards_then_select_jsonl_and_verl(setup):
     expected = influence_ranking(scores, {}, 0.2)  # fused again from the score columns
     assert 1 <= len(expected) <= 4 and influence_ranking(scores, meta) == expected  # = the file's fused_rank
 
-    r = runner.invoke(app, ["select", "--scores", str(tmp / "s.parquet"), "--pool", str(pool_file), "--ratio", "0.2",
+    r = runner.invoke(app, ["select", "--scores", str(tmp / "s.parquet"), "--pool", str(pool_file), "--select-ratio", "0.2",
                             "--out", str(tmp / "chosen.jsonl")])
     assert r.exit_code == 0, r.output
     rows = [json.loads(l) for l in (tmp / "chosen.jsonl").read_text().splitlines()]
@@ -60,7 +60,7 @@ def test_score_shards_then_select_jsonl_and_verl(setup):
     ids = json.loads((tmp / "chosen.ids.json").read_text())
     assert ids["schema_version"] == 1 and ids["ids"] == expected and ids["pool_size"] == 20
 
-    r = runner.invoke(app, ["select", "--scores", str(tmp / "s.parquet"), "--pool", str(pool_file), "--ratio", "0.2",
+    r = runner.invoke(app, ["select", "--scores", str(tmp / "s.parquet"), "--pool", str(pool_file), "--select-ratio", "0.2",
                             "--layout", "verl", "--out", str(tmp / "chosen.parquet")])
     assert r.exit_code == 0, r.output
     v = pq.read_table(tmp / "chosen.parquet").to_pylist()
@@ -71,7 +71,7 @@ def test_score_shards_then_select_jsonl_and_verl(setup):
     assert first["ability"] == "math" and first["data_source"] == "count" and first["extra_info"]["index"] == 0
 
     # without --pool the embedded suite is the pool, which does not hold these ids
-    r = runner.invoke(app, ["select", "--scores", str(tmp / "s.parquet"), "--ratio", "0.2",
+    r = runner.invoke(app, ["select", "--scores", str(tmp / "s.parquet"), "--select-ratio", "0.2",
                             "--out", str(tmp / "x.jsonl")])
     _one_line_error(r, "not in the pool")
 

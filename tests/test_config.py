@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from cropi.config import RunConfig, apply_override, dump_config, load_config
@@ -90,3 +92,18 @@ def test_docs_list_every_key_and_trl_name_as_the_code_declares_them():
     rows = {line.split("|")[1].strip(" `"): line.split("|")[2].strip(" `") for line in doc.splitlines()
             if line.startswith("| `")}
     assert rows == TRL_NAMES
+
+
+@pytest.mark.parametrize("override,expect", [
+    ("data.suite.pool_size=-1", "data.suite.pool_size: -1: must be >= 1"),
+    ("data.suite.val_size=0", "data.suite.val_size: 0: must be >= 1"),
+    ("data.suite.targeted=zzz", "data.suite.targeted: ['zzz']: must be among data.suite.families"),
+    ("data.suite.families=[]", "data.suite.families: []: must be a non-empty list"),
+    ("data.suite.difficulty_weights=0,0,0,0,0", "data.suite.difficulty_weights"),
+    ("model.device=gpu7", "model.device: 'gpu7': must be auto, cpu, cuda, cuda:N or mps"),
+])
+def test_suite_composition_and_device_are_validated_at_load(override, expect):
+    from cropi.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(expect)):
+        load_config(None, [override])

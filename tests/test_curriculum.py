@@ -160,6 +160,19 @@ def test_drift_control_fires_exactly_when_the_median_ess_is_below_the_threshold(
     assert (stage1 / "scores-after-drift.parquet").exists()
 
 
+def test_reprobed_prompts_of_earlier_stages_outside_the_candidates_cannot_be_chosen(micro_model_dir, tmp_path):
+    from cropi.experiments.run import run_training
+
+    sets = _sets(micro_model_dir, steps=6, stages=3, **{"select.candidates": 20, "select.reprobe_prompts": 8,
+                                                          "select.reprobe_samples": 4})
+    run_training(load_config(None, sets), tmp_path / "c")
+    for s in range(3):
+        stage = tmp_path / "c" / "stages" / f"stage-{s:02d}"
+        rec = json.loads((stage / "selection.json").read_text())
+        candidates = set(pq.read_table(stage / "scores.parquet").column("prompt_id").to_pylist())
+        assert len(candidates) == 20 and set(rec["selected"]) <= candidates
+
+
 def test_scheduled_refresh_recollects_before_scoring(micro_model_dir, tmp_path):
     from cropi.experiments.run import run_training
 

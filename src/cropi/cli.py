@@ -93,7 +93,7 @@ def _field_map(items: list[str]) -> dict[str, str]:
 
 
 STEPS, STAGES = key_opt("steps", "train.steps"), key_opt("stages", "select.stages")
-RATIO = key_opt("ratio", "select.ratio")
+RATIO = key_opt("select_ratio", "select.ratio")  # one flag name per key, in every command
 OPTIONS: dict[str, list[Opt]] = {
     "config": [
         Opt("config", Optional[Path], typer.Option(None, "--config", "-c", help="YAML config file (see `cropi config`); "
@@ -113,7 +113,7 @@ OPTIONS: dict[str, list[Opt]] = {
     "budget": [STEPS, STAGES,
                Opt("steps_per_stage", Optional[int], typer.Option(None, help="GRPO steps per stage S: sets train.steps "
                                                                   "to S x select.stages (instead of --steps).")),
-               key_opt("select_ratio", "select.ratio"), key_opt("pool_seed", "data.suite.pool_seed")],
+               RATIO, key_opt("pool_seed", "data.suite.pool_seed")],
     "train": [key_opt("selector", "train.selector"), key_opt("seed", "train.seed")],
     "rollout": [key_opt("group_size", "rollout.group_size", "-g"), key_opt("temperature", "rollout.temperature"),
                 key_opt("top_p", "rollout.top_p"), key_opt("max_new_tokens", "rollout.max_new_tokens"),
@@ -127,7 +127,9 @@ RUN_GROUPS = ("model", "pool", "splits", "files", "budget")
 
 def _stages(config: Optional[Path], values: dict) -> int:
     """The curriculum stages in force: --stages, else --config's, else the default."""
-    return values.get("stages") or load_config(config).select.stages
+    import cropi.config
+
+    return values.get("stages") or cropi.config.load_config(config, list(values.get("overrides") or [])).select.stages
 
 
 def _budget_overrides(config: Optional[Path], values: dict) -> list[str]:
@@ -223,8 +225,9 @@ def train(
     (resolved), metrics.jsonl, checkpoints/, stages/, final_model/, summary.json, report.md and accuracy.png.
     Rerun the same command with --resume after an interruption.
     """
-    from cropi.experiments.run import run_training
+    from cropi.experiments.run import check_run, run_training
 
+    check_run(cfg, out, resume)  # bad data or an existing folder stop here, before any output
     with _progress() as prog:
         task = prog.add_task(f"GRPO ({cfg.train.selector})", total=cfg.train.steps, info="")
         summary = run_training(cfg, out, resume=resume, on_event=_training_events(prog, task))
@@ -240,7 +243,8 @@ def _print_summary(summary: dict, out: Path) -> None:
     if c0.get("untargeted") is not None:
         typer.echo(f"untargeted {split} accuracy: {100 * c0['untargeted']:.1f}% -> {100 * summary['final_untargeted']:.1f}%")
     typer.echo(f"{summary['steps']} GRPO steps in {summary['train_seconds']:.0f} s of training "
-               f"({summary['steps_per_minute']:.1f} steps/min, {summary['rollout_tokens_per_second']:.0f} rollout tokens/s)")
+               + (f"({summary['steps_per_minute']:.1f} steps/min, {summary['rollout_tokens_per_second']:.0f} rollout tokens/s)"
+                  if summary.get("steps_per_minute") else "(no step trained in this invocation)"))
 
 
 COMPARE_SELECTORS = "full,random,learnability,pass_rate,static_influence,cropi"
@@ -257,8 +261,9 @@ def _compare_eval_every(config: Optional[Path], values: dict) -> list[str]:
 
 
 def _compare_with_progress(cfg, selectors: list[str], seeds: list[int], out: Path) -> dict:
-    from cropi.experiments.compare import run_compare
+    from cropi.experiments.compare import check_compare, run_compare
 
+    check_compare(cfg, selectors, seeds, out)  # bad configs or data stop here, before any output
     with _progress() as prog:
         overall = prog.add_task("compare", total=len(selectors) * len(seeds), info="")
         current: dict = {}

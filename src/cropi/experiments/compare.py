@@ -8,11 +8,12 @@ This module schedules the runs and assembles the results; the numbers are define
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from cropi.config import RunConfig, dump_config
+from cropi.config import RunConfig, dump_config, validate
 from cropi.experiments.locks import claim, release
 from cropi.experiments.metrics import compute_results, training_signal
 from cropi.experiments.report import machine_description, write_comparison_report
@@ -21,6 +22,26 @@ from cropi.io import read_json, read_jsonl, write_json, write_text
 from cropi.selection import make_selector
 from cropi.selection.variants import parse_selector
 from cropi.tasks.loading import load_data
+from cropi.tasks.suite import Suite
+
+
+def run_config(cfg: RunConfig, out: Path, name: str, seed: int) -> RunConfig:
+    """The config of one run of a comparison: its selector (with a variant's settings), seed and shared stores."""
+    c = copy.deepcopy(cfg)
+    base, settings = parse_selector(name)
+    c.train.selector, c.train.seed = base, seed
+    for key, value in settings.items():
+        setattr(c.select, key, value)
+    c.select.stores = str(Path(out) / "stores")
+    return c
+
+
+def check_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], out: str | Path) -> Suite:
+    """Every run's config and selector, and the data, checked before the comparison writes anything."""
+    for name in ["full", *selectors]:
+        for seed in seeds:
+            make_selector(validate(run_config(cfg, Path(out), name, seed)).train.selector)
+    return load_data(cfg.data)
 
 
 def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], out: str | Path,
@@ -31,21 +52,13 @@ def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], 
     ``worker=True``: only run the runs no other process has claimed, then return None without waiting for the
     others or writing the results (a helper process beside the one that reports)."""
     out = Path(out)
-    for name in selectors:
-        make_selector(parse_selector(name)[0])
     order = ["full"] + [s for s in selectors if s != "full"]
+    config_for = functools.partial(run_config, cfg, out)
+    suite = check_compare(cfg, selectors, seeds, out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", dump_config(cfg))
     summaries: dict[str, dict[int, dict]] = {}
     items: dict[str, dict[int, dict]] = {}
-    def config_for(name: str, seed: int) -> RunConfig:
-        c = copy.deepcopy(cfg)
-        base, settings = parse_selector(name)
-        c.train.selector, c.train.seed = base, seed
-        for key, value in settings.items():
-            setattr(c.select, key, value)
-        c.select.stores = str(out / "stores")
-        return c
 
     # Several `cropi compare` processes may share one folder (e.g. one per core): each run is claimed with a
     # lock file, runs claimed elsewhere are deferred, and every process ends with the whole result.
@@ -78,7 +91,6 @@ def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], 
             time.sleep(10)  # everything left is running in another process
         pending = deferred
     summaries = {name: dict(sorted(summaries[name].items())) for name in order if name in summaries}
-    suite = load_data(cfg.data)
     eval_sets = suite.test if cfg.eval.split == "test" else suite.validation
     targeted_ids = {f: [p.id for p in eval_sets[f]] for f in suite.targeted}
     results = compute_results(summaries, machine_description(), cfg.train.steps, items, targeted_ids)

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from cropi.config import RunConfig, dump_config, to_dict
-from cropi.errors import ConfigError, CropiError
+from cropi.config import RunConfig, dump_config, to_dict, validate
+from cropi.errors import CropiError
 from cropi.evaluation.evaluate import evaluate
 from cropi.experiments.metrics import stage_bounds, summarize_curve
 from cropi.experiments.report import machine_description, write_run_report
@@ -30,23 +30,34 @@ from cropi.io import append_jsonl, read_jsonl, write_json, write_text
 from cropi.policy import load_policy
 from cropi.selection import make_selector
 from cropi.tasks.loading import load_data
+from cropi.tasks.suite import Suite
 from cropi.training import checkpoint
 from cropi.training.curriculum import Curriculum, behaviour_stores, recollect_seconds
 from cropi.training.grpo import start_session, train_grpo
 
 
+def check_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> Suite:
+    """Everything that can refuse a run, before it writes anything: the config, the selector, the data files and
+    the run folder (an existing one needs ``resume`` and the same config).  Returns the loaded data."""
+    validate(cfg)  # a config built in Python gets the same checks as one loaded from a file
+    make_selector(cfg.train.selector)
+    suite = load_data(cfg.data)
+    cfg_path = Path(run_dir) / "config.yaml"
+    if cfg_path.exists():
+        if not resume:
+            raise CropiError(f"{run_dir}: run folder already exists; pass --resume to continue it or choose a new --out")
+        if cfg_path.read_text() != dump_config(cfg):
+            raise CropiError(f"{cfg_path}: this run was started with a different config; resume with "
+                             f"--config {cfg_path} and no overrides")
+    return suite
+
+
 def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> int:
-    """Write the resolved config; on resume check it matches and trim metrics past the last checkpoint."""
+    """Write the resolved config; on resume trim metrics past the last checkpoint."""
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir / "config.yaml"
     text = dump_config(cfg)
     done = 0
-    if cfg_path.exists():
-        if not resume:
-            raise CropiError(f"{run_dir}: run folder already exists; pass --resume to continue it or choose a new --out")
-        if cfg_path.read_text() != text:
-            raise CropiError(f"{cfg_path}: this run was started with a different config; resume with "
-                             f"--config {cfg_path} and no overrides")
     if resume:
         latest = checkpoint.latest(run_dir / "checkpoints")
         done = int(latest.name.split("-")[1]) if latest else 0
@@ -72,16 +83,8 @@ def run_training(
     at step granularity: a stage's selection is written before it trains, and the policy it was made with is
     the checkpoint at the stage boundary."""
     run_dir = Path(run_dir)
+    suite = check_run(cfg, run_dir, resume)
     selector = make_selector(cfg.train.selector)
-    if cfg.select.stages < 1 or cfg.select.stages > cfg.train.steps:
-        raise ConfigError(f"select.stages: {cfg.select.stages} must be between 1 and train.steps ({cfg.train.steps})")
-    if cfg.select.refresh_every < 0:
-        raise ConfigError(f"select.refresh_every: {cfg.select.refresh_every} must be >= 0 (0 = never)")
-    if not 0 < cfg.select.ratio <= 1:
-        raise ConfigError(f"select.ratio: {cfg.select.ratio} must be in (0, 1]")
-    if cfg.eval.split not in ("test", "validation"):
-        raise ConfigError(f"eval.split: {cfg.eval.split!r} must be 'test' or 'validation'")
-    suite = load_data(cfg.data)
     eval_sets = suite.test if cfg.eval.split == "test" else suite.validation
     policy = load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype)
     done = _prepare_run_dir(run_dir, cfg, resume)

@@ -45,8 +45,10 @@ MAX_LOG_RATIO = 50.0  # per-token log-ratio value cap (gradient kept); fp32 exp 
 
 
 def scoring_loss(trainer: LossSpec = LossSpec(), clip_eps: float | None = None) -> LossSpec:
-    """The loss POPI differentiates: the trainer's, with scoring's own clip (default none) and the overflow cap."""
-    return dataclasses.replace(trainer, clip_eps=clip_eps, max_log_ratio=MAX_LOG_RATIO)
+    """The loss POPI differentiates: the trainer's, with scoring's own clip (default none) and the overflow cap.
+    ``max_len`` is kept only where it acts (``dr_grpo``), so it never makes two equal losses look different."""
+    max_len = trainer.max_len if trainer.aggregation == "dr_grpo" else None
+    return dataclasses.replace(trainer, clip_eps=clip_eps, max_len=max_len, max_log_ratio=MAX_LOG_RATIO)
 
 
 def log_ess(seq_log_w: torch.Tensor) -> torch.Tensor:

@@ -74,6 +74,10 @@ class Projector(Protocol):
         to ``project`` of example ``b``."""
         ...
 
+    def spec(self) -> dict:
+        """What identifies the map (kind, k, seed, parameters, ...): stores projected by another map are refused."""
+        ...
+
 
 class HashProjector:
     """Shared streaming machinery: validation, the keep sampler, per-block iteration, fp32 accumulation.

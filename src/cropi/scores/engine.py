@@ -28,7 +28,6 @@ Gradient folder layout: ``pool/`` (or shards ``pool-START-END/``) and ``val-<nam
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -42,14 +41,14 @@ import torch
 
 from cropi import SCHEMA_VERSION
 from cropi.config import RunConfig, ScoreConfig
-from cropi.errors import ConfigError, CropiError
+from cropi.errors import CropiError
 from cropi.gradients.popi import GradientBatch, GradientEstimator, make_estimator, scoring_loss
 from cropi.io import atomic_path
 from cropi.objective import loss_spec
 from cropi.policy import Policy, model_fingerprint, tokenizer_fingerprint
 from cropi.projection import Projector, make_projector, param_shapes_of
 from cropi.rollouts.trajectory_store import PromptGroup, iter_prompt_groups, store_meta, usable_prefix_end
-from cropi.scores.gradient_store import (FORMAT, ChunkRows, GradientStoreWriter, check_same_run, chunks_of,
+from cropi.scores.gradient_store import (FORMAT, ChunkRows, GradientStoreWriter, check_same_run,
                                          iter_gradient_chunks, read_gradient_store, shard_range)
 from cropi.scores.ranking import Ranking, cosine_scores, mean_direction, rank, top_n
 
@@ -79,8 +78,9 @@ class MeanDots:
         self.means = means
         self.k = len(self.sets)
         self.norms = {v: math.sqrt(sum(float(t.double().pow(2).sum()) for t in m.values())) for v, m in means.items()}
-        self._spec = {"kind": "validation-means", "k": self.k, "sets": identity,
-                      "norms": self.norms}
+        # the means are a function of their validation stores, the loss (in the store identity) and the policy;
+        # their float values are not part of the identity, so shards made at other thread counts still merge
+        self._spec = {"kind": "validation-means", "k": self.k, "sets": identity}
 
     def spec(self) -> dict:
         return self._spec
@@ -90,7 +90,8 @@ class MeanDots:
         out = torch.zeros(self.k, B, dtype=torch.float64)
         for j, v in enumerate(self.sets):
             for name, m in self.means[v].items():  # fp32 dot per tensor (memory-bound), summed in fp64
-                out[j] += torch.mv(grads[name].reshape(B, -1), m.reshape(-1)).double().cpu()
+                if name in grads:  # a missing gradient counts as zero, as in the hashed projectors
+                    out[j] += torch.mv(grads[name].reshape(B, -1), m.reshape(-1)).double().cpu()
         return out.T.contiguous().float()
 
     def project(self, grads: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -140,10 +141,9 @@ def featurize(estimator: GradientEstimator, trajectories: str | Path, sinks: Seq
 
 
 def _featurize_chunk(estimator, members, chunk, sinks, stage, on_batch) -> None:
-    usable = [g for _, g in members if not g.zero_variance]
-    usable.sort(key=lambda g: len(g.prompt_ids) + max(map(len, g.response_ids)))  # stable: ties keep order
-    results: list[dict[str, tuple]] = [{} for _ in sinks]
-    for gb in estimator.gradients(usable).batches:
+    groups = sorted((g for _, g in members), key=lambda g: len(g.prompt_ids) + max(map(len, g.response_ids)))
+    results: list[dict[str, tuple]] = [{} for _ in sinks]  # stable sort: ties keep the chunk's order
+    for gb in estimator.gradients(groups).batches:  # zero-variance groups are skipped: no row gets a vector
         if on_batch is not None:
             on_batch(gb)
         if not sinks:
@@ -224,8 +224,6 @@ def project_store(policy: Policy, trajectories: str | Path, folder: str | Path, 
 
 def resolve_mode(policy: Policy, cfg: ScoreConfig, n_sets: int) -> str:
     """``projected`` or ``exact``; ``auto`` is exact when the n_sets fp32 means fit in ``exact_memory_gb``."""
-    if cfg.mode not in MODES:
-        raise ConfigError(f"select.score.mode: {cfg.mode!r} must be one of {', '.join(MODES)}")
     if cfg.mode != "auto":
         return cfg.mode
     d = sum(math.prod(s) for s in param_shapes_of(policy.model, exclude=cfg.exclude or None).values())
@@ -279,6 +277,11 @@ def _exact_means(policy, fp, estimator, val_stores, root, projector, cfg) -> tup
     return means, folders
 
 
+def _means_identity(val_stores: Mapping[str, str | Path], score: ScoreConfig) -> dict:
+    return {name: {"trajectory_store": store_meta(p), "max_val_prompts": score.max_val_prompts}
+            for name, p in val_stores.items()}
+
+
 def _require_usable(path, name, usable: int) -> None:
     if usable == 0:
         raise CropiError(f"{path}: validation set {name!r} has no usable gradient "
@@ -329,8 +332,7 @@ def score_pool(
         scorer = projector
     else:
         means, val_dirs = _exact_means(policy, fp, estimator, val_stores, root, projector, cfg)
-        scorer = MeanDots(means, {name: {"trajectory_store": store_meta(p), "max_val_prompts": score.max_val_prompts}
-                                  for name, p in val_stores.items()})
+        scorer = MeanDots(means, _means_identity(val_stores, score))
     pool_dirs = _pool_stores(policy, fp, estimator, pool_store, root, projector, scorer, mode, cfg, on_prompt)
     columns: dict[str, list] = {"prompt_id": [], "usable": [], "ess": [], "max_abs_log_ratio": [], "grad_norm": []}
     per_set: dict[str, dict[str, float]] = {name: {} for name in val_stores}
@@ -355,7 +357,7 @@ def score_pool(
     meta = {"schema_version": SCHEMA_VERSION, "mode": mode, "projector": scorer.spec() if mode == "projected" else
             {"kind": "validation-means", "sets": list(val_stores)}, "score_config": asdict(score),
             "loss": asdict(scoring_loss(loss_spec(cfg.train, cfg.rollout), score.clip_eps)),
-            "select_ratio": cfg.select.ratio, "select_n": n,
+            "select_ratio": cfg.select.ratio, "select_n": ranking.n,
             "pool_store": pool_meta, "policy": policy.name, "model_fingerprint": fp,
             "tokenizer_fingerprint": tokenizer_fingerprint(policy.tokenizer),
             "gradients": {"pool": [str(p) for p in pool_dirs], **{f"val-{k}": str(v) for k, v in val_dirs.items()}}}
@@ -403,7 +405,8 @@ def _pool_stores(policy, fp, estimator, pool_store, root: Path, projector, score
 def _apply_overlays(policy, fp, estimator, overlays, root, projector, scorer, mode, means, cfg, columns,
                     per_set) -> list[bool]:
     """Score each overlay store and let its usable rows replace the pool's rows of the same prompts (later
-    overlays win); returns the ``reprobed`` column."""
+    overlays win; prompts the scored pool does not hold are left out, as they cannot be chosen from it); returns
+    the ``reprobed`` column."""
     position = {p: i for i, p in enumerate(columns["prompt_id"])}
     reprobed = [False] * len(position)
     for i, store in enumerate(overlays, start=1):
@@ -416,13 +419,13 @@ def _apply_overlays(policy, fp, estimator, overlays, root, projector, scorer, mo
             _chunk_scores(index, vectors, mode, means, scorer, extra)
             for row in index.filter(index.column("usable")).to_pylist():
                 at = position.get(row["prompt_id"])
-                if at is None:
-                    raise CropiError(f"{store}: prompt {row['prompt_id']!r} is not in the pool store")
+                if at is None:  # e.g. an earlier stage's re-probe outside this stage's candidates
+                    continue
                 for key in ("usable", "ess", "max_abs_log_ratio", "grad_norm"):
                     columns[key][at] = row[key]
                 reprobed[at] = True
-            for name in per_set:
-                per_set[name].update(extra[name])
+                for name in per_set:
+                    per_set[name][row["prompt_id"]] = extra[name][row["prompt_id"]]
     return reprobed
 
 
@@ -431,7 +434,7 @@ def project_pool_range(policy: Policy, pool_store: str | Path, gradients: str | 
                        val_stores: Mapping[str, str | Path] | None = None,
                        on_prompt: Callable[[int], None] | None = None) -> Path:
     """Project pool prompts [start, end) (or chunk-aligned shard ``(i, n)``) into ``gradients/pool-START-END``
-    (exact mode: ``pool-exact-START-END``, which needs ``val_stores`` for the means), resumable;
+    (exact mode: ``pool-exact-START-END``, the inner products only, which needs ``val_stores`` for the means), resumable;
     ``score_pool`` with the same ``gradients`` folder then reads the shards as one store."""
     _check_store(Path(pool_store), policy)
     score = cfg.select.score
@@ -439,20 +442,20 @@ def project_pool_range(policy: Policy, pool_store: str | Path, gradients: str | 
     if shard is not None:
         start, end = shard_range(n, score.chunk_size, *shard)
     end = n if end is None else end
+    mode = resolve_mode(policy, score, len(val_stores or {}) or 1)
+    if mode == "projected":
+        return project_store(policy, pool_store, Path(gradients) / f"pool-{start:09d}-{end:09d}",
+                             make_score_projector(policy, score), cfg, start, end, on_prompts=on_prompt)
+    if not val_stores:
+        raise CropiError("exact scoring of a pool shard needs the validation stores (--val-store)")
+    for path in val_stores.values():
+        _check_store(Path(path), policy)
     fp = model_fingerprint(policy.model)
     estimator = make_score_estimator(policy, cfg)
-    mode = resolve_mode(policy, score, len(val_stores or {}) or 1)
-    root = Path(gradients)
-    if mode == "projected":
-        scorer, prefix = make_score_projector(policy, score), "pool"
-    else:
-        if not val_stores:
-            raise CropiError("exact scoring of a pool shard needs the validation stores (--val-store)")
-        means, _ = _exact_means(policy, fp, estimator, val_stores, root, None, cfg)
-        scorer = MeanDots(means, {name: {"trajectory_store": store_meta(p), "max_val_prompts": score.max_val_prompts}
-                                  for name, p in val_stores.items()})
-        prefix = "pool-exact"
-    writer = _writer(policy, fp, pool_store, root / f"{prefix}-{start:09d}-{end:09d}", scorer, cfg, start, end)
+    means, _ = _exact_means(policy, fp, estimator, val_stores, Path(gradients), None, cfg)
+    scorer = MeanDots(means, _means_identity(val_stores, score))
+    writer = _writer(policy, fp, pool_store, Path(gradients) / f"pool-exact-{start:09d}-{end:09d}", scorer, cfg,
+                     start, end)
     featurize(estimator, pool_store, [StoreSink(scorer, writer)], start, end, score.chunk_size, score.stage,
               on_prompts=on_prompt)
     return writer.folder

@@ -246,10 +246,6 @@ class ProjectedGradients:
     vectors: torch.Tensor
     meta: dict  # the first store's meta, with start / end of the union
 
-    @property
-    def usable_ids(self) -> list[str]:
-        return self.index.filter(self.index.column("usable")).column("prompt_id").to_pylist()
-
 
 def read_gradient_store(folders: str | Path | Sequence[str | Path], require_whole: bool = False) -> ProjectedGradients:
     stores = open_gradient_stores(folders, require_whole)

@@ -53,12 +53,11 @@ def reciprocal_rank_fusion(scores_by_set: Mapping[str, Mapping[str, float]], n: 
 
 @dataclass
 class Ranking:
-    """The fused selection of one scoring pass: ``ids`` best first (at most ``n``), and the per-set scores it
-    came from.  The scores file's ``fused_rank`` column and the curriculum's choice are both this object."""
+    """The fused selection of one scoring pass: ``ids`` best first, at most ``n``.  The scores file's
+    ``fused_rank`` column and the curriculum's choice are both this object."""
 
     ids: list[str]
     n: int
-    scores: dict[str, dict[str, float]]  # validation set -> prompt id -> cosine (usable prompts only)
 
     def rank_of(self) -> dict[str, int]:
         """prompt id -> fused rank (1 = best) for the chosen ids."""
@@ -67,6 +66,5 @@ class Ranking:
 
 def rank(scores_by_set: Mapping[str, Mapping[str, float]], n: int) -> Ranking:
     """Reciprocal-rank fusion of the per-set scores into the top ``n``."""
-    per_set = {name: dict(s) for name, s in scores_by_set.items()}
-    return Ranking(reciprocal_rank_fusion(per_set, n) if per_set else [], n, per_set)
+    return Ranking(reciprocal_rank_fusion(scores_by_set, n) if scores_by_set else [], n)
 

@@ -59,7 +59,7 @@ def influence_ranking(scores: pa.Table, meta: dict, ratio: float | None = None) 
     ids = scores.column("prompt_id").to_pylist()
     if ratio is None or ratio == meta.get("select_ratio"):
         if "fused_rank" not in scores.column_names:
-            raise CropiError("scores file has no fused_rank column; pass --ratio")
+            raise CropiError("scores file has no fused_rank column; pass --select-ratio")
         ranked_rows = sorted((r, p) for p, r in zip(ids, scores.column("fused_rank").to_pylist()) if r is not None)
         return [p for _, p in ranked_rows]
     per_set = {}
