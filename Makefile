@@ -24,11 +24,12 @@ test: $(BIN)/cropi
 test-all: $(BIN)/cropi
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
-# Both projection benchmarks at reduced size (tiny model), written under runs/bench-quick/ (never over
-# benchmarks/results/); the full runs are `cropi bench projection` and `cropi bench fidelity`.
+# The influence-engine benchmarks at reduced size (tiny model), written under runs/bench-quick/ (never over
+# benchmarks/results/); the full runs are `cropi bench projection`, `cropi bench fidelity`, `cropi bench exact`.
 bench-quick: $(BIN)/cropi
 	OMP_NUM_THREADS=1 $(BIN)/cropi bench projection --quick
 	OMP_NUM_THREADS=1 $(BIN)/cropi bench fidelity --quick
+	OMP_NUM_THREADS=1 $(BIN)/cropi bench exact --quick --threads 1
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

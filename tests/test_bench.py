@@ -105,3 +105,15 @@ def test_speed_and_fidelity_quick_paths(tmp_path):
     md = results_paths(out)[1].read_text()
     assert "## Targets" in md and "met" in md
     assert len(target_checks(read_json(results_paths(out)[0]))) == 4
+
+
+def test_exact_scoring_quick_path_ranks_exactly_as_the_fp64_reference(tmp_path):
+    from cropi.experiments.benchmarks.exact_scoring import run
+    from cropi.experiments.benchmarks.fidelity import FidelityPlan
+
+    plan = FidelityPlan.quick_plan(train_prompts=20, val_prompts=6, threads=1)
+    res = run(plan, tmp_path / "out", tmp_path / "work", k=256, log=lambda m: None)
+    exact, projected = res["modes"]
+    assert exact["mode"] == "exact" and exact["precision_at_10"] == 1.0 and exact["max_abs_cosine_error"] < 1e-5
+    assert projected["max_abs_cosine_error"] > exact["max_abs_cosine_error"]  # k = 256: visible projection noise
+    assert res["train_prompts"] == 20 and (tmp_path / "out" / "exact_scoring.md").exists()

@@ -122,5 +122,7 @@ def test_score_says_which_mode_ran_and_exact_shards_merge_like_a_whole_run(setup
     r = runner.invoke(app, base + ["--mode", "exact", "--gradients", str(tmp / "g"), "--out", str(tmp / "s.parquet")])
     assert r.exit_code == 0, r.output
     assert read_scores(tmp / "s.parquet")[0].equals(read_scores(tmp / "whole.parquet")[0])
-    r = runner.invoke(app, base + ["--out", str(tmp / "p.parquet")])
+    r = runner.invoke(app, base + ["--mode", "projected", "--out", str(tmp / "p.parquet")])
     assert "in projected mode" in r.output
+    r = runner.invoke(app, base + ["--out", str(tmp / "a.parquet")])  # auto: the micro model's mean fits
+    assert "in exact mode" in r.output

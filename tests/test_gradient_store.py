@@ -42,7 +42,7 @@ def _projector(policy, k=64, seed=0):
 def run_config(ratio=0.1, **score) -> RunConfig:
     cfg = RunConfig()
     cfg.select.ratio = ratio
-    cfg.select.score = ScoreConfig(**score)
+    cfg.select.score = ScoreConfig(**{"mode": "projected", **score})  # these tests are about projected stores
     return cfg
 
 

@@ -54,7 +54,7 @@ def test_exact_mode_equals_the_pure_python_cosines_and_projected_mode_is_within_
     pool, val = stores
     ref = _reference_cosines(micro_policy, pool, val)
     exact = score_pool(micro_policy, pool, {"count": val}, tmp_path / "exact.parquet", _cfg(mode="exact"))
-    projected = score_pool(micro_policy, pool, {"count": val}, tmp_path / "proj.parquet", _cfg(k=8192))
+    projected = score_pool(micro_policy, pool, {"count": val}, tmp_path / "proj.parquet", _cfg(k=8192, mode="projected"))
     assert exact.mode == "exact" and projected.mode == "projected"
     assert pq.read_table(tmp_path / "exact.parquet").schema.metadata[b"cropi"].find(b'"mode": "exact"') >= 0
     rows = {r["prompt_id"]: r for r in exact.table.to_pylist()}
@@ -131,7 +131,7 @@ def test_overlay_rows_replace_the_pools_rows_with_their_own_scores(micro_policy,
     pool, val = stores
     cfg = CollectConfig(group_size=32, max_new_tokens=1, chunk_size=8, temperature=3.0, seed=7)
     overlay = collect(micro_policy, _problems("p", 16)[::3], tmp_path / "overlay", cfg)  # re-sampled pool prompts
-    run = _cfg(k=256)
+    run = _cfg(k=256, mode="projected")
     alone = {r["prompt_id"]: r for r in score_pool(micro_policy, pool, {"count": val}, tmp_path / "a.parquet",
                                                    run).table.to_pylist()}
     over = {r["prompt_id"]: r for r in score_pool(micro_policy, overlay, {"count": val}, tmp_path / "o.parquet",
