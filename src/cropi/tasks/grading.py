@@ -9,7 +9,7 @@ seconds (the answer then scores 0.0).  Because the limit is enforced by killing 
 ``signal.alarm``, it holds in worker threads and in child processes too.
 
 Workers are plain interpreters started with ``subprocess`` (no ``multiprocessing`` start-method or
-``__main__`` re-import issues); a small pool of them (``CROPI_GRADER_WORKERS``, default 2) is started on
+``__main__`` re-import problems); a small pool of them (``CROPI_GRADER_WORKERS``, default 2) is started on
 first use, so the process replacing a killed worker warms up while the spare one serves.  Calls are safe
 from any number of threads; each takes a worker for the length of its batch.  POSIX only (the parent
 waits on the workers' pipes with ``selectors``).
