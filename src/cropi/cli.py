@@ -460,8 +460,9 @@ def score(
     prange: Optional[str] = typer.Option(None, "--range", help="Only project pool prompts START:END (START a multiple "
                                          "of the chunk size) into GRADIENTS."),
 ):
-    """Influence scores of the current policy (--model, e.g. RUN/final_model): POPI gradients on stored
-    trajectories, cosine to each validation set's mean gradient, fused by reciprocal rank at select.ratio.
+    """Influence scores of the current policy (--model, e.g. RUN/final_model) on stored trajectories.
+
+    POPI gradients, cosine to each validation set's mean gradient, fused by reciprocal rank at select.ratio.
     --mode projected takes the cosine after a sparse random projection (gradient stores kept for reuse); exact
     streams each full gradient against each set's exact mean (no projection error; projected gradients are
     also kept when --gradients is given); auto picks exact where the means fit in select.score.exact_memory_gb.
