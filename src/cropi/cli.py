@@ -621,6 +621,7 @@ def _run_bench(name: str, plan_cls, run_fn, quick: bool, out: Optional[Path], wo
     typer.echo(f"wrote {results_paths(out)[0]} and {results_paths(out)[1]}")
 
 
+BenchOutOpt = typer.Option(None, "--out", "-o", help="Results folder (default benchmarks/results, or runs/bench-quick).")
 ProjectorOpt = typer.Option(None, "--projector", help="Projector configuration with {k} for each --k (repeatable), "
                             "e.g. 'sjlt-k{k}-keep1', 'sjlt-k{k}-cal0.1'.")
 
@@ -629,7 +630,7 @@ ProjectorOpt = typer.Option(None, "--projector", help="Projector configuration w
 @handles_errors
 def bench_projection(
     quick: bool = typer.Option(False, help="Reduced run (tiny-model shapes, d = 2e4 flat) written under runs/bench-quick/."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default benchmarks/results, or runs/bench-quick)."),
+    out: Optional[Path] = BenchOutOpt,
     work: Optional[Path] = typer.Option(None, help="Resumable state (default runs/bench-projection)."),
     projector: Optional[List[str]] = ProjectorOpt,
     k: Optional[List[int]] = typer.Option(None, "--k", help="Projection dimensions (default 1024 and 8192)."),
@@ -649,7 +650,7 @@ def bench_projection(
 @handles_errors
 def bench_fidelity(
     quick: bool = typer.Option(False, help="Reduced run (embedded tiny model, 40 prompts) written under runs/bench-quick/."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default benchmarks/results, or runs/bench-quick)."),
+    out: Optional[Path] = BenchOutOpt,
     work: Optional[Path] = typer.Option(None, help="Stores, exact validation mean and per-prompt results (default "
                                         "runs/bench-fidelity); rerun to resume."),
     train_prompts: Optional[int] = typer.Option(None, help="Usable training prompts to score (default 200)."),
@@ -671,7 +672,7 @@ def bench_fidelity(
 @handles_errors
 def bench_exact(
     quick: bool = typer.Option(False, help="Reduced run (embedded tiny model, 40 prompts) written under runs/bench-quick/."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default benchmarks/results, or runs/bench-quick)."),
+    out: Optional[Path] = BenchOutOpt,
     work: Optional[Path] = typer.Option(None, help="Stores, reused on a rerun (default runs/bench-exact)."),
     train_prompts: int = typer.Option(60, help="Usable training prompts."),
     val_prompts: int = typer.Option(30, help="Usable validation prompts in the mean."),
