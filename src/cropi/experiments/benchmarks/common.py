@@ -286,6 +286,19 @@ def render_markdown(res: Mapping) -> str:
             lines.append(f"| `{r['config']}` | {r['precision_at_10']:.3f} ± {r['precision_at_10_sd']:.3f} "
                          f"| {r['spearman']:.3f} ± {_f(r.get('spearman_sd'), '.3f')} | {r['exact_cosine_sd']:.3f} "
                          f"| {_f(r.get('ip_rel_error_real'))} | {_f(r.get('projection_seconds'))} |")
+    ex = res.get("exact_scoring")
+    if ex:
+        lines += ["", "## Exact scoring next to the default projection", "",
+                  f"`cropi bench exact` (`exact_scoring.md`), on prompts and stores made as the fidelity benchmark makes "
+                  f"them (same problems, sampling settings and seeds: its first {ex['train_prompts']} usable training "
+                  f"prompts), against the exact mean of {ex['val_prompts']} validation prompts; {ex['model']}; each "
+                  f"gradient fed to both modes in one run ({ex['threads']} threads).", "",
+                  "| mode | precision@10% vs fp64 | Spearman ρ | s / prompt after the gradient | memory per validation set |",
+                  "| --- | ---: | ---: | ---: | --- |"]
+        for r in ex["modes"]:
+            memory = (f"{4 * ex['d'] / 2 ** 20:.0f} MiB" if r["mode"] == "exact" else f"{4 * ex['k'] / 2 ** 10:.0f} KiB")
+            lines.append(f"| {r['mode']} | {r['precision_at_10']:.3f} | {r['spearman']:.4f} | "
+                         f"{_f(r['seconds_per_prompt'])} | {memory} |")
     sc = res.get("scoring")
     if sc:
         lines += ["", "## Scoring cost on the embedded default", "",

@@ -111,7 +111,16 @@ def run(plan: FidelityPlan, out_dir: Path, work: Path, k: int = 8192, log=print)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "exact_scoring.json", res)
     write_text(out_dir / "exact_scoring.md", render(res))
+    report_beside_fidelity(out_dir, res)
     return res
+
+
+def report_beside_fidelity(out_dir: Path, res: dict) -> None:
+    """Put the comparison in the projection benchmarks' results too, next to the fidelity table."""
+    from cropi.experiments.benchmarks.common import merge_results
+
+    keep = ("model", "threads", "d", "k", "train_prompts", "val_prompts", "modes", "exact_vs_sjlt_time_ratio")
+    merge_results(out_dir, {"exact_scoring": {k: res[k] for k in keep}})
 
 
 def render(res: dict) -> str:
