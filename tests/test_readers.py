@@ -244,3 +244,23 @@ def test_unknown_field_in_mapping_is_a_config_error(tmp_path):
     path = write_lines(tmp_path / "ok.jsonl", [json.dumps(GOOD)])
     with pytest.raises(ConfigError):
         read_records(path, {"question": "prompt"})
+
+
+def test_published_gsm8k_and_math500_files_load_without_an_id_column_with_stable_ids():
+    from cropi.config import load_config
+    from cropi.tasks.loading import load_data
+    from tests.conftest import SHARED_DATA
+
+    train, test, math500 = (SHARED_DATA / "gsm8k" / "train.jsonl", SHARED_DATA / "gsm8k" / "test.jsonl",
+                            SHARED_DATA / "math500" / "test.jsonl")
+    if not all(p.exists() for p in (train, test, math500)):
+        pytest.skip("../shared/data is absent")
+    cfg = load_config(None, [f"data.pool_file={train}", f"data.validation_files=[gsm8k={test}]",
+                             f"data.test_files=[gsm8k={test}]", "data.fields={prompt: question}",
+                             "data.answer_format=gsm8k"])
+    suite = load_data(cfg.data)
+    assert len(suite.pool) == sum(1 for _ in train.open()) and suite.pool[0].id == "train-00000"
+    assert suite.pool[0].answer == "72" and suite.targeted == ["gsm8k"]
+    assert [p.id for p in load_data(cfg.data).pool[:3]] == ["train-00000", "train-00001", "train-00002"]
+    cfg = load_config(None, [f"data.pool_file={math500}", "data.fields={prompt: question}", "data.answer_format=boxed"])
+    assert load_data(cfg.data).pool[0].id == "test-00000"

@@ -43,7 +43,9 @@ def load_data(cfg) -> Suite:
     fields = dict(cfg.fields)
 
     def read(path: str, family: str | None = None):
-        kw = {"fields": fields}
+        # published files (GSM8K, MATH) have no id column: such rows get "<file stem>-<0-based index>", the
+        # same on every run and machine
+        kw = {"fields": fields, "required": ("prompt", "answer")}
         if extract is not None:
             kw["answer_extractor"] = extract
         problems = read_records(path, **kw)
