@@ -44,3 +44,13 @@ def test_embedded_model_is_committed_small_and_loads():
     assert pol.tokenizer.chat_template is None  # raw prompts for the char model
     logits = pol.model(torch.tensor([pol.encode_prompt("12+34=")])).logits
     assert torch.isfinite(logits).all()
+
+
+def test_a_missing_local_model_path_is_one_clear_error(tmp_path):
+    import pytest
+
+    from cropi.errors import CropiError
+    from cropi.policy import load_policy
+
+    with pytest.raises(CropiError, match="no such model folder, and not a hub id"):
+        load_policy(str(tmp_path / "no" / "such" / "model"), device="cpu")

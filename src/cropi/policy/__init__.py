@@ -6,6 +6,7 @@ A ``Policy`` bundles the model, its tokenizer and the one rule for turning a pro
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -107,6 +108,8 @@ def load_policy(name_or_path: str = "tiny", device: str = "auto", dtype: str = "
 
     hf_logging.disable_progress_bar()  # cropi shows its own progress; per-load bars are noise
     path = resolve_model_path(name_or_path)
+    if not Path(path).is_dir() and not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", str(path)):
+        raise CropiError(f"{path}: no such model folder, and not a hub id (NAME or NAMESPACE/NAME)")
     dev = pick_device(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
