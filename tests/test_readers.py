@@ -264,3 +264,16 @@ def test_published_gsm8k_and_math500_files_load_without_an_id_column_with_stable
     assert [p.id for p in load_data(cfg.data).pool[:3]] == ["train-00000", "train-00001", "train-00002"]
     cfg = load_config(None, [f"data.pool_file={math500}", "data.fields={prompt: question}", "data.answer_format=boxed"])
     assert load_data(cfg.data).pool[0].id == "test-00000"
+
+
+def test_jsonl_lines_that_are_arrays_are_one_line_errors_naming_the_line(tmp_path):
+    row = {"id": "a", "prompt": "1+1=", "answer": "2"}
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(json.dumps(row) + "\n" + json.dumps([row]) + "\n")
+    expect_error(mixed, 2, "expected a JSON object, got a list")
+    arrays = tmp_path / "arrays.jsonl"
+    arrays.write_text(json.dumps([row]) + "\n" + json.dumps([{**row, "id": "b"}]) + "\n")
+    expect_error(arrays, 2, "JSONL needs one JSON object per line")
+    single = tmp_path / "single.jsonl"  # one array holding every record is read as the records
+    single.write_text(json.dumps([row, {**row, "id": "b"}]) + "\n")
+    assert [p.id for p in read_records(single)] == ["a", "b"]

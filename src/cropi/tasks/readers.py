@@ -158,6 +158,9 @@ def _json_array_rows(path: Path, data: bytes) -> Iterator[tuple[int, dict[str, A
     try:
         items = json.loads(text)
     except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # e.g. JSONL whose lines are arrays: say how the file was read
+            raise DataError(str(path), e.lineno, "more JSON after the array that began the file; a file that starts "
+                            "with '[' is read as one array of records, JSONL needs one JSON object per line") from None
         raise DataError(str(path), e.lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
     # Re-walk the text to learn where each element starts (json.loads does not say).
     decoder = json.JSONDecoder()
