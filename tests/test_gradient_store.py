@@ -14,7 +14,7 @@ from cropi.rollouts.trajectory_store import CollectConfig, collect, read_store
 from cropi.rollouts.trajectory_store import prompt_groups
 from cropi.scores.engine import project_pool_range, project_store, score_pool
 from cropi.scores.gradient_store import gradient_store_meta, read_gradient_store, shard_range
-from tests.popi_reference import prompt_gradients
+from tests.popi_helpers import prompt_gradients
 from cropi.tasks.problem import Problem
 
 N = 18

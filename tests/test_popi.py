@@ -7,7 +7,7 @@ import torch
 
 from cropi.gradients.popi import log_ess, make_estimator
 from cropi.rollouts.trajectory_store import PromptGroup, prompt_groups
-from tests.popi_reference import one_loss, prompt_gradients
+from tests.popi_helpers import one_loss, prompt_gradients
 from cropi.rollouts.sampler import SamplingParams, generate
 
 

@@ -12,7 +12,7 @@ from cropi.rollouts.trajectory_store import CollectConfig, collect, prompt_group
 from cropi.scores.engine import project_pool_range, score_pool
 from cropi.scores.gradient_store import read_gradient_store
 from cropi.tasks.problem import Problem
-from tests.popi_reference import prompt_gradients
+from tests.popi_helpers import prompt_gradients
 
 
 def _problems(prefix, n):

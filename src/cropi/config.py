@@ -116,7 +116,7 @@ class ScoreConfig:
     """Influence scoring: projector, what to score, and how many validation prompts to use."""
 
     # auto by default: exact scoring has no projection error and measured faster per prompt than the SJLT
-    # projection on SmolLM2 and on the tiny policy (benchmarks/results/exact_scoring.md)
+    # projection on SmolLM2 gradients (benchmarks/results/exact_scoring.md)
     mode: str = setting("auto", "projected (sparse random projection to k dims, the gradient store), exact "
                         "(each prompt's full gradient against each validation set's exact mean gradient; no "
                         "projection error), or auto (exact where the validation means fit in exact_memory_gb).",

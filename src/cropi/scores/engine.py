@@ -44,7 +44,7 @@ from cropi.config import RunConfig, ScoreConfig
 from cropi.errors import CropiError
 from cropi.gradients.popi import GradientBatch, GradientEstimator, make_estimator, scoring_loss
 from cropi.io import atomic_path
-from cropi.objective import loss_spec
+from cropi.objective import LossSpec, loss_spec
 from cropi.policy import Policy, model_fingerprint, tokenizer_fingerprint
 from cropi.projection import Projector, make_projector, param_shapes_of
 from cropi.rollouts.trajectory_store import PromptGroup, iter_prompt_groups, store_meta, usable_prefix_end
@@ -61,13 +61,17 @@ def make_score_projector(policy: Policy, cfg: ScoreConfig) -> Projector:
     return make_projector(cfg.kind, cfg.k, cfg.seed, shapes, keep=cfg.keep)
 
 
+def run_scoring_loss(cfg: RunConfig) -> LossSpec:
+    """The loss a run's scoring differentiates: its trainer's, with ``select.score.clip_eps``."""
+    return scoring_loss(loss_spec(cfg.train, cfg.rollout), cfg.select.score.clip_eps)
+
+
 def make_score_estimator(policy: Policy, cfg: RunConfig) -> GradientEstimator:
     """POPI on the trainer's own loss (aggregation and normaliser from ``train`` / ``rollout``)."""
     score = cfg.select.score
     names = list(param_shapes_of(policy.model, exclude=score.exclude or None))
-    return make_estimator(policy.model, policy.pad_token_id, scoring_loss(loss_spec(cfg.train, cfg.rollout),
-                                                                          score.clip_eps),
-                          param_names=names, batch_size=score.batch_size)
+    return make_estimator(policy.model, policy.pad_token_id, run_scoring_loss(cfg), param_names=names,
+                          batch_size=score.batch_size)
 
 
 class MeanDots:
@@ -189,7 +193,7 @@ def _identity(policy: Policy, fingerprint: str, trajectories: str | Path, projec
         "model_fingerprint": fingerprint,
         "tokenizer_fingerprint": tokenizer_fingerprint(policy.tokenizer),
         "stage": score.stage,
-        "popi": {"loss": asdict(scoring_loss(loss_spec(cfg.train, cfg.rollout), score.clip_eps)), "acg": False},
+        "popi": {"loss": asdict(run_scoring_loss(cfg)), "acg": False},
         "trajectory_store": traj_meta,
         "trajectory_store_path": str(trajectories),
         "num_prompts": n,
@@ -237,17 +241,15 @@ def default_gradients_dir(out: str | Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- validation means
-def _projected_means(policy, fp, estimator, val_stores, root, projector, cfg) -> tuple[dict, dict]:
+def _projected_means(policy, fp, val_stores, root, projector, cfg) -> tuple[dict, dict]:
     score = cfg.select.score
     means, folders = {}, {}
     for name, path in val_stores.items():
         end = usable_prefix_end(path, score.max_val_prompts)
-        writer = _writer(policy, fp, path, root / f"val-{name}", projector, cfg, 0, end)
-        featurize(estimator, path, [StoreSink(projector, writer)], 0, end, score.chunk_size, score.stage)
-        val = read_gradient_store(writer.folder)
+        folders[name] = project_store(policy, path, root / f"val-{name}", projector, cfg, 0, end, fingerprint=fp)
+        val = read_gradient_store(folders[name])
         _require_usable(path, name, val.vectors.shape[0])
         means[name] = mean_direction(val.vectors[:score.max_val_prompts])
-        folders[name] = writer.folder
     return means, folders
 
 
@@ -328,7 +330,7 @@ def score_pool(
     keep_projected = mode == "projected" or gradients is not None
     projector = make_score_projector(policy, score) if keep_projected else None
     if mode == "projected":
-        means, val_dirs = _projected_means(policy, fp, estimator, val_stores, root, projector, cfg)
+        means, val_dirs = _projected_means(policy, fp, val_stores, root, projector, cfg)
         scorer = projector
     else:
         means, val_dirs = _exact_means(policy, fp, estimator, val_stores, root, projector, cfg)
@@ -356,7 +358,7 @@ def score_pool(
     table = pa.table(columns)
     meta = {"schema_version": SCHEMA_VERSION, "mode": mode, "projector": scorer.spec() if mode == "projected" else
             {"kind": "validation-means", "sets": list(val_stores)}, "score_config": asdict(score),
-            "loss": asdict(scoring_loss(loss_spec(cfg.train, cfg.rollout), score.clip_eps)),
+            "loss": asdict(run_scoring_loss(cfg)),
             "select_ratio": cfg.select.ratio, "select_n": ranking.n,
             "pool_store": pool_meta, "policy": policy.name, "model_fingerprint": fp,
             "tokenizer_fingerprint": tokenizer_fingerprint(policy.tokenizer),
