@@ -244,7 +244,7 @@ def _print_summary(summary: dict, out: Path) -> None:
         typer.echo(f"untargeted {split} accuracy: {100 * c0['untargeted']:.1f}% -> {100 * summary['final_untargeted']:.1f}%")
     typer.echo(f"{summary['steps']} GRPO steps in {summary['train_seconds']:.0f} s of training "
                + (f"({summary['steps_per_minute']:.1f} steps/min, {summary['rollout_tokens_per_second']:.0f} rollout tokens/s)"
-                  if summary.get("steps_per_minute") else "(no step trained in this invocation)"))
+                  if summary.get("steps_per_minute") else "(no training step was timed)"))
 
 
 COMPARE_SELECTORS = "full,random,learnability,pass_rate,static_influence,cropi"
