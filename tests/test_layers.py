@@ -23,14 +23,15 @@ LAYERS = (
     ("training",),
     ("evaluation",),
     ("experiments",),
+    ("integrations",),  # trainers and engines driving cropi's stages (TRL, verl, Ray)
     ("cli",),
 )
 RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
-CORE_MODULES = {"errors", "io"}
+CORE_MODULES = {"errors", "io", "extras"}
 
 
 def package_of(module: str) -> str:
-    """``cropi.scores.engine`` -> ``scores``; ``cropi``, ``cropi.errors``, ``cropi.io`` -> ``core``."""
+    """``cropi.scores.engine`` -> ``scores``; ``cropi``, ``cropi.errors``, ``cropi.io``, ``cropi.extras`` -> ``core``."""
     parts = module.split(".")
     if len(parts) == 1 or parts[1] in CORE_MODULES:
         return "core"
