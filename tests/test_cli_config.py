@@ -201,7 +201,8 @@ def test_bad_value_in_a_config_file_names_its_line(tmp_path):
 @pytest.mark.parametrize("command", ["train", "compare"])
 def test_a_missing_data_file_stops_train_and_compare_before_any_output(tmp_path, command):
     out = tmp_path / "run"
-    _rejected([command, "--out", str(out), "--pool", str(tmp_path / "nope.jsonl")], "nope.jsonl", out)
+    missing = str(tmp_path / "nope.jsonl")
+    _rejected([command, "--out", str(out), "--pool", missing, "--val", f"a={missing}", "--test", f"a={missing}"], "nope.jsonl", out)
 
 
 def test_a_selector_variant_that_breaks_the_budget_stops_compare_before_any_output(tmp_path):

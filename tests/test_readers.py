@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -167,18 +168,40 @@ def test_parquet_empty_and_corrupt(tmp_path):
     expect_error(path, None, "not a readable Parquet file")
 
 
-def test_hf_needs_optional_dependency(tmp_path):
-    try:
-        import datasets  # noqa: F401
-    except ImportError:
-        with pytest.raises(DataError, match=r"cropi\[datasets\]"):
-            read_records("hf://openai/gsm8k:test")
-        folder = tmp_path / "saved"
-        folder.mkdir()
-        with pytest.raises(DataError, match=r"cropi\[datasets\]"):
-            read_records(folder)
-    else:
-        pytest.skip("datasets is installed; the guard is not reachable")
+def test_hf_without_datasets_installed_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # what an environment without the package sees
+    with pytest.raises(DataError, match=r"cropi\[datasets\]"):
+        read_records("hf://openai/gsm8k:test")
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    with pytest.raises(DataError, match=r"cropi\[datasets\]"):
+        read_records(folder)
+
+
+def test_a_saved_datasets_folder_reads_like_the_same_records_in_jsonl(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = [{"question": f"What is {i} + 1?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"} for i in range(5)]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "gsm8k_like"))
+    (tmp_path / "gsm8k_like.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kw = dict(fields={"prompt": "question"}, required=("prompt", "answer"), answer_extractor=extract_gsm8k_answer)
+    from_folder = read_records(tmp_path / "gsm8k_like", **kw)
+    from_jsonl = read_records(tmp_path / "gsm8k_like.jsonl", **kw)
+    assert [(p.id, p.prompt, p.answer) for p in from_folder] == [(p.id, p.prompt, p.answer) for p in from_jsonl]
+    assert [p.answer for p in from_folder] == [str(i + 1) for i in range(5)]
+    assert from_folder[0].id == "gsm8k_like-00000"
+    # a DatasetDict with one split is read as that split; several splits must be chosen first
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "one_split"))
+    assert len(read_records(tmp_path / "one_split", **kw)) == 5
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows),
+                          "test": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "two_splits"))
+    with pytest.raises(DataError, match="several splits"):
+        read_records(tmp_path / "two_splits", **kw)
+
+
+def test_hf_spec_with_too_many_parts_is_one_clear_error():
+    pytest.importorskip("datasets")
+    with pytest.raises(DataError, match=r"hf://NAME\[:CONFIG\]:SPLIT"):
+        read_records("hf://a/b:c:d:e")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -263,7 +286,7 @@ def test_published_gsm8k_and_math500_files_load_without_an_id_column_with_stable
     assert suite.pool[0].answer == "72" and suite.targeted == ["gsm8k"]
     assert [p.id for p in load_data(cfg.data).pool[:3]] == ["train-00000", "train-00001", "train-00002"]
     cfg = load_config(None, [f"data.pool_file={math500}", "data.fields={prompt: question}", "data.answer_format=boxed"])
-    assert load_data(cfg.data).pool[0].id == "test-00000"
+    assert load_data(cfg.data, need=("pool",)).pool[0].id == "test-00000"
 
 
 def test_jsonl_lines_that_are_arrays_are_one_line_errors_naming_the_line(tmp_path):

@@ -227,7 +227,8 @@ def train(
     """
     from cropi.experiments.run import check_run, run_training
 
-    check_run(cfg, out, resume)  # bad data or an existing folder stop here, before any output
+    suite = check_run(cfg, out, resume)  # bad data or an existing folder stop here, before any output
+    _warn_about_data(cfg, suite.pool + [p for v in suite.validation.values() for p in v])
     with _progress() as prog:
         task = prog.add_task(f"GRPO ({cfg.train.selector})", total=cfg.train.steps, info="")
         summary = run_training(cfg, out, resume=resume, on_event=_training_events(prog, task))
@@ -263,7 +264,8 @@ def _compare_eval_every(config: Optional[Path], values: dict) -> list[str]:
 def _compare_with_progress(cfg, selectors: list[str], seeds: list[int], out: Path) -> dict:
     from cropi.experiments.compare import check_compare, run_compare
 
-    check_compare(cfg, selectors, seeds, out)  # bad configs or data stop here, before any output
+    suite = check_compare(cfg, selectors, seeds, out)  # bad configs or data stop here, before any output
+    _warn_about_data(cfg, suite.pool + [p for v in suite.validation.values() for p in v])
     with _progress() as prog:
         overall = prog.add_task("compare", total=len(selectors) * len(seeds), info="")
         current: dict = {}
@@ -401,7 +403,8 @@ def demo(
 def collect(
     cfg,
     out: Path = typer.Option(..., "--out", "-o", help="Trajectory store folder (Parquet chunks + meta.json)."),
-    split: str = typer.Option("pool", help="Which problems: pool, validation, or test."),
+    split: str = typer.Option("pool", help="Which problems: pool, validation:NAME (one validation set, to be scored "
+                              "as --val-store NAME=OUT), validation (only when there is one set), or test."),
     limit: Optional[int] = typer.Option(None, help="Only the first N problems."),
     shard: Optional[str] = typer.Option(None, help="Collect shard I of N (chunks are dealt round-robin), e.g. 1/4."),
 ):
@@ -414,13 +417,14 @@ def collect(
     from cropi.tasks.loading import load_data
 
     i, n = _shard_or_range(shard, None)[0] or (0, 1)
-    if split not in ("pool", "validation", "test"):
-        raise CropiError(f"--split {split!r}: expected pool, validation or test")
+    kind, _, set_name = split.partition(":")
+    if kind not in ("pool", "validation", "test") or (set_name and kind != "validation"):
+        raise CropiError(f"--split {split!r}: expected pool, validation:NAME, validation or test")
     if limit is not None and limit < 1:
         raise CropiError(f"--limit {limit}: must be >= 1")
-    suite = load_data(cfg.data)
-    problems = {"pool": lambda: suite.pool, "validation": lambda: [p for v in suite.validation.values() for p in v],
-                "test": suite.test_problems}[split]()[:limit]
+    suite = load_data(cfg.data, need=(kind,))
+    problems = _split_problems(suite, kind, set_name)[:limit]
+    _warn_about_data(cfg, problems, caps=("rollout",))
     policy = load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype)
     r = cfg.rollout
     ccfg = CollectConfig.from_rollout(r)
@@ -431,6 +435,53 @@ def collect(
     mixed = sum(0 < p < 1 for p in rates)
     typer.echo(f"stored {len(rates)} prompts x {r.group_size} responses in {out}; mean pass rate "
                f"{sum(rates) / max(1, len(rates)):.3f}; {mixed} prompts ({100 * mixed / max(1, len(rates)):.0f}%) with 0<p<1")
+
+
+REAL_DATA_MIN_TOKENS = 128  # below this a worked GSM8K or MATH answer is cut off before its final line
+
+
+def _warn_about_data(cfg, problems, caps=("rollout", "eval")) -> None:
+    """Say loudly when settings made for the embedded suite meet the user's own data: the short response caps,
+    and a tokenizer (the embedded tiny policy's characters) that maps the prompts' text to <unk>."""
+    d = cfg.data
+    if d.pool_file is None and not d.validation_files and not d.test_files:
+        return
+    from transformers import AutoTokenizer
+
+    from cropi.policy import resolve_model_path, vocabulary_gaps
+
+    for section in caps:
+        key, value = f"{section}.max_new_tokens", getattr(cfg, section).max_new_tokens
+        if value < REAL_DATA_MIN_TOKENS:
+            typer.echo(f"warning: {key}={value} suits the embedded suite's short answers, not worked solutions of real "
+                       f"data; responses stop after {value} tokens (try --set {key}=512)", err=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.model.name))
+    except Exception:  # the model's own loading reports an unusable name; this check only adds a warning
+        return
+    checked, with_unk, missing = vocabulary_gaps(tokenizer, [p.prompt for p in problems])
+    if with_unk:
+        typer.echo(f"warning: model {cfg.model.name!r} maps text of {with_unk} of {checked} prompts checked to <unk> "
+                   f"(characters {missing[:40]!r}); the embedded tiny policy only knows the synthetic suite's "
+                   f"characters: use --model smollm2 or your own HF model for real data", err=True)
+
+
+def _split_problems(suite, kind: str, set_name: str) -> list:
+    """The problems ``collect --split`` names.  Validation sets stay apart: scoring takes one mean gradient per
+    set (``score --val-store NAME=PATH``), so one store must not mix two sets."""
+    if kind == "pool":
+        return suite.pool
+    if kind == "test":
+        return suite.test_problems()
+    names = list(suite.validation)
+    if set_name:
+        if set_name not in suite.validation:
+            raise CropiError(f"--split validation:{set_name}: no validation set {set_name!r}; the sets are {', '.join(names)}")
+        return suite.validation[set_name]
+    if len(names) > 1:
+        raise CropiError(f"--split validation: there are {len(names)} validation sets ({', '.join(names)}); collect each "
+                         f"into its own store with --split validation:NAME, then score with one --val-store NAME=PATH each")
+    return suite.validation[names[0]]
 
 
 def _run_engine(policy, pool_store: Path, vals: dict[str, str], out: Optional[Path], cfg, gradients: Optional[Path],
@@ -516,7 +567,7 @@ def select_cmd(
     from cropi.selection.export import ids_path, select_from_scores, write_selection
     from cropi.tasks.loading import load_data
 
-    sel = select_from_scores(scores, load_data(cfg.data).pool, cfg.select.ratio)
+    sel = select_from_scores(scores, load_data(cfg.data, need=("pool",)).pool, cfg.select.ratio)
     write_selection(sel, out, fmt, layout)
     typer.echo(f"selected {len(sel.ids)} of {sel.pool_size} prompts (ratio {cfg.select.ratio}); wrote {out} and {ids_path(out)}")
 
@@ -533,7 +584,8 @@ def eval_cmd(
     from cropi.policy import load_policy
     from cropi.tasks.loading import load_data
 
-    suite = load_data(cfg.data)
+    suite = load_data(cfg.data, need=("test",))
+    _warn_about_data(cfg, suite.test_problems(), caps=("eval",))
     policy = load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype)
     total = sum(len(v) for v in suite.test.values())
     with _progress() as prog:

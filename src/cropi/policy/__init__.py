@@ -84,6 +84,20 @@ class Policy:
         return {"model": model_fingerprint(self.model), "tokenizer": tokenizer_fingerprint(self.tokenizer)}
 
 
+def vocabulary_gaps(tokenizer, texts, limit: int = 1000) -> tuple[int, int, str]:
+    """How much of ``texts`` (the first ``limit``) ``tokenizer`` cannot represent: (texts checked, texts with an
+    unknown token, the characters it maps to the unknown token).  A tokenizer without an unknown token (byte-level
+    BPE) has no gaps."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    texts = list(texts)[:limit]
+    if unk is None or not texts:
+        return len(texts), 0, ""
+    with_unk = sum(unk in tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts)
+    chars = sorted({c for t in texts for c in t if not c.isspace()})
+    missing = "".join(c for c in chars if tokenizer(c, add_special_tokens=False)["input_ids"] == [unk])
+    return len(texts), with_unk, missing
+
+
 def model_fingerprint(model: torch.nn.Module) -> str:
     """sha256 over parameter names, shapes and fp32 values: identifies the weights that produced a store."""
     h = hashlib.sha256()

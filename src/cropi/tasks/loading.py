@@ -29,13 +29,27 @@ def _extractor(fmt: str):
     raise ConfigError(f"data.answer_format: unknown {fmt!r} (plain, gsm8k or boxed)")
 
 
-def load_data(cfg) -> Suite:
-    """The embedded suite, with any of pool / validation / test replaced by the user's files.
+SPLIT_OPTIONS = {"pool": "--pool FILE", "validation": "--val NAME=PATH", "test": "--test NAME=PATH"}
 
-    Validation and test files may be given as ``name=path``; a test split is *targeted* when a validation
-    file has the same name.  Problems from files are graded with math-verify."""
-    if cfg.pool_file is None and not cfg.validation_files and not cfg.test_files:
+
+def load_data(cfg, need: tuple[str, ...] = ("pool", "validation", "test")) -> Suite:
+    """The embedded suite, or the user's files for the splits in ``need``.
+
+    Without any file, every split is the embedded suite's.  Once one split comes from a file, every split
+    in ``need`` must: a user's pool is never steered by, or evaluated on, the synthetic sets without being
+    asked (``ConfigError`` naming the missing options).  Validation and test files may be given as
+    ``name=path``; a test split is *targeted* when a validation file has the same name.  Problems from
+    files are graded with math-verify."""
+    given = {"pool": cfg.pool_file is not None, "validation": bool(cfg.validation_files),
+             "test": bool(cfg.test_files)}
+    if not any(given.values()):
         return build_suite(cfg.suite)
+    missing = [s for s in need if not given[s]]
+    if missing:
+        have = ", ".join(SPLIT_OPTIONS[s].split()[0] for s in given if given[s])
+        raise ConfigError(f"{have} given, but no {' / '.join(SPLIT_OPTIONS[s] for s in missing)}: cropi would "
+                          f"fall back to the embedded synthetic suite's {' and '.join(missing)} set(s); give "
+                          f"{'them' if len(missing) > 1 else 'it'} too (or give no data files to run the embedded suite)")
     from cropi.tasks.readers import read_records
 
     base = build_suite(cfg.suite) if (cfg.pool_file is None or not cfg.validation_files or not cfg.test_files) else None
@@ -43,7 +57,7 @@ def load_data(cfg) -> Suite:
     fields = dict(cfg.fields)
 
     def read(path: str, family: str | None = None):
-        # published files (GSM8K, MATH) have no id column: such rows get "<file stem>-<0-based index>", the
+        # published files (GSM8K, MATH) have no id column: such rows get "<file stem>-<0-based index, 5 digits>", the
         # same on every run and machine
         kw = {"fields": fields, "required": ("prompt", "answer")}
         if extract is not None:

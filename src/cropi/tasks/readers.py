@@ -42,7 +42,7 @@ def read_records(
     ``fields`` maps a Problem field to the source column(s) holding it, e.g. ``{"prompt": "question"}``;
     unmapped fields are looked up under their own name.  ``prompt`` and ``answer`` are always needed;
     other fields in ``required`` must be present too.  Without an ``id`` (allowed only when ``"id"`` is
-    not required) the id is ``<id_prefix or file stem>-<0-based index>``.  ``family`` defaults to the
+    not required) the id is ``<id_prefix or file stem>-<0-based index, zero-padded to 5 digits>``.  ``family`` defaults to the
     ``family`` argument, else the file stem; ``source`` defaults to the path.  ``answer_extractor`` turns
     the raw answer (e.g. a worked solution) into the gold answer; the raw text is then kept in
     ``metadata["solution"]``.  Source columns not mapped to a field are kept in ``metadata``.
@@ -194,7 +194,8 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _hf_rows(spec: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Rows of ``hf://name[:split]`` (via ``load_dataset``) or a ``save_to_disk`` folder."""
+    """Rows of ``hf://name[:config]:split`` (via ``load_dataset``: from the local cache when the hub cannot be
+    reached) or a ``save_to_disk`` folder."""
     try:
         import datasets  # type: ignore[import-not-found]
     except ImportError:
@@ -203,8 +204,11 @@ def _hf_rows(spec: str) -> Iterator[tuple[int, dict[str, Any]]]:
         ) from None
     try:
         if spec.startswith(HF_PREFIX):
-            name, _, split = spec[len(HF_PREFIX) :].partition(":")
-            ds = datasets.load_dataset(name, split=split or "train")
+            name, *rest = spec[len(HF_PREFIX) :].split(":")
+            if len(rest) > 2:
+                raise DataError(spec, None, "expected hf://NAME[:CONFIG]:SPLIT")
+            config, split = (rest if len(rest) == 2 else [None, *rest]) if rest else (None, "train")
+            ds = datasets.load_dataset(name, config, split=split)
         else:
             ds = datasets.load_from_disk(spec)
             if isinstance(ds, datasets.DatasetDict):
