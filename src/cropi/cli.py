@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Optional, get_args, get_origin
@@ -42,6 +43,18 @@ console = Console(stderr=True)
 def _fail(msg: str) -> None:
     console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+class _WarningLine(logging.Handler):
+    """cropi's library warnings (a damaged chunk being recomputed, ...) as one ``warning:`` line on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(f"warning: {record.getMessage()}", err=True)
+
+
+_cropi_log = logging.getLogger("cropi")
+_cropi_log.addHandler(_WarningLine(logging.WARNING))
+_cropi_log.propagate = False
 
 
 def handles_errors(fn):

@@ -4,6 +4,7 @@ renamed into place, so a crash never leaves a half-written file under the final 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from contextlib import contextmanager
@@ -46,7 +47,15 @@ def write_json(path: str | os.PathLike, obj: dict[str, Any]) -> None:
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """A JSON file cropi wrote; a damaged one is one ``DataError`` line naming the file and the line."""
+    from cropi.errors import DataError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        line = getattr(exc, "lineno", None)
+        raise DataError(str(path), line, f"damaged JSON ({getattr(exc, 'msg', exc)}); it was cut short or edited: "
+                        "rerun the command that wrote it in a new output folder") from None
 
 
 def append_jsonl(path: str | os.PathLike, obj: dict[str, Any]) -> None:
@@ -70,3 +79,48 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             break  # torn final line from an interrupted run
     return rows
+
+
+# -- damaged files ---------------------------------------------------------------------------------------------
+# Every chunk is renamed into place whole, so damage comes from outside (a full disk, a copy cut short, a
+# hand edit).  Resumable jobs check what they would skip and recompute it; readers stop with one line.
+
+log = logging.getLogger("cropi")
+
+
+def parquet_damage(path: str | os.PathLike, expected_rows: int | None = None) -> str | None:
+    """Why the Parquet file at ``path`` cannot be read whole (``None`` when it can, with ``expected_rows`` rows)."""
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).num_rows
+    except Exception as exc:  # pyarrow raises several types for a cut or overwritten file
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}"
+    if expected_rows is not None and rows != expected_rows:
+        return f"{rows} rows, expected {expected_rows}"
+    return None
+
+
+def chunk_is_done(path: str | os.PathLike, expected_rows: int | None = None) -> bool:
+    """A resumable job's test for a chunk it would skip: present and readable.  A damaged one is reported in
+    one line and left to be recomputed (chunks are deterministic, so the result equals an undamaged run)."""
+    if not Path(path).exists():
+        return False
+    reason = parquet_damage(path, expected_rows)
+    if reason is None:
+        return True
+    log.warning("%s is damaged (%s); recomputing it", path, reason)
+    return False
+
+
+def read_parquet(path: str | os.PathLike, remedy: str, columns: list[str] | None = None):
+    """``pq.read_table``, with a damaged file reported as one ``DataError`` line naming it and ``remedy``."""
+    import pyarrow.parquet as pq
+
+    from cropi.errors import DataError
+
+    try:
+        return pq.read_table(path, columns=columns)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(str(path), None, f"damaged or unreadable Parquet file ({first}); {remedy}") from None

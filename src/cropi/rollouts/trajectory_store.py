@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from cropi import SCHEMA_VERSION
 from cropi.errors import CropiError
-from cropi.io import atomic_path, read_json, write_json
+from cropi.io import atomic_path, chunk_is_done, read_json, read_parquet, write_json
 from cropi.policy import Policy
 from cropi.rollouts.sampler import SamplingParams, generate
 from cropi.tasks import Problem, grade_many
@@ -159,7 +159,7 @@ def collect(
     for chunk in range(shard_index, n_chunks, num_shards):
         members = problems[chunk * cfg.chunk_size : (chunk + 1) * cfg.chunk_size]
         path = _chunk_path(folder, chunk)
-        if path.exists():
+        if chunk_is_done(path, len(members) * cfg.group_size):
             if on_prompts:
                 on_prompts(len(members))
             continue
@@ -216,7 +216,7 @@ def iter_prompt_groups(folder: str | Path, start: int = 0, end: int | None = Non
         if not path.exists():
             raise CropiError(f"{path}: trajectory store is incomplete (part {part} missing); "
                              "finish `cropi collect` (rerun it to resume) before scoring")
-        groups = prompt_groups(pq.read_table(path).to_pylist())
+        groups = prompt_groups(read_parquet(path, "rerun the `cropi collect` that made this store to recompute it").to_pylist())
         first = part * per_part
         expected = min(per_part, n - first)
         if len(groups) != expected:
@@ -246,7 +246,7 @@ def read_store(folder: str | Path) -> pa.Table:
     parts = sorted(folder.glob("part-*.parquet"))
     if not parts:
         return SCHEMA.empty_table()
-    return pa.concat_tables([pq.read_table(p).replace_schema_metadata(None) for p in parts])
+    return pa.concat_tables([read_parquet(p, "rerun the `cropi collect` that made this store to recompute it").replace_schema_metadata(None) for p in parts])
 
 
 def pass_rates(folder: str | Path) -> dict[str, float]:
@@ -261,7 +261,9 @@ def pass_rates(folder: str | Path) -> dict[str, float]:
 def collection_complete(folder: str | Path) -> bool:
     meta = store_meta(folder)
     n_chunks = (meta["num_prompts"] + meta["chunk_size"] - 1) // meta["chunk_size"]
-    return all(_chunk_path(Path(folder), c).exists() for c in range(n_chunks))
+    n, size = meta["num_prompts"], meta["chunk_size"]
+    return all(chunk_is_done(_chunk_path(Path(folder), c), min(size, n - c * size) * meta["group_size"])
+               for c in range(n_chunks))
 
 
 def subset_store(folder: str | Path, prompt_ids: Sequence[str], out_dir: str | Path) -> Path:

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 import torch
 
 from cropi.errors import CropiError
-from cropi.io import atomic_path, read_json, write_json
+from cropi.io import atomic_path, chunk_is_done, read_json, read_parquet, write_json
 
 FORMAT = "cropi-gradient-store"
 IDENTITY = ("format", "projector", "model_fingerprint", "tokenizer_fingerprint", "stage", "popi",
@@ -138,7 +138,11 @@ class GradientStoreWriter:
         return int(self.identity["k"])
 
     def has_chunk(self, chunk: int) -> bool:
-        return _chunk_path(self.folder, chunk).exists()
+        """Done and readable; a damaged chunk is reported and left to be recomputed."""
+        m = self._meta
+        C = m["chunk_size"]
+        rows = min((chunk + 1) * C, m["end"]) - max(chunk * C, m["start"])
+        return chunk_is_done(_chunk_path(self.folder, chunk), rows)
 
     def write_chunk(self, chunk: int, rows: ChunkRows) -> None:
         k = self.k
@@ -169,7 +173,7 @@ class GradientStoreWriter:
         meta = self._meta
         usable = total = 0
         for c in chunks_of(meta["start"], meta["end"], meta["chunk_size"]):
-            col = pq.read_table(_chunk_path(self.folder, c), columns=["usable"]).column("usable")
+            col = read_parquet(_chunk_path(self.folder, c), "rerun the `cropi score` command that made this store to recompute it", columns=["usable"]).column("usable")
             usable += int(pc.sum(col).as_py() or 0)
             total += len(col)
         write_json(self.folder / "meta.json", {**{k: v for k, v in meta.items() if k != "schema_version"},
@@ -233,7 +237,7 @@ def iter_gradient_chunks(folders: str | Path | Sequence[str | Path],
     through a pool with one chunk in memory."""
     for folder, meta in open_gradient_stores(folders, require_whole):
         for c in chunks_of(meta["start"], meta["end"], meta["chunk_size"]):
-            table = pq.read_table(_chunk_path(folder, c))
+            table = read_parquet(_chunk_path(folder, c), "rerun the `cropi score` command that made this store to recompute it")
             yield table.drop_columns(["vector"]), _vectors(table, meta["k"])
 
 

@@ -39,7 +39,7 @@ def read_scores(path: str | Path) -> tuple[pa.Table, dict]:
     try:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise CropiError(f"{path}: not a Parquet scores file ({str(exc).splitlines()[0]})") from None
+        raise CropiError(f"{path}: not a readable Parquet scores file ({str(exc).splitlines()[0]}); rerun `cropi score --out {path}`") from None
     meta_raw = (table.schema.metadata or {}).get(b"cropi")
     needed = {"prompt_id", "usable"}
     if meta_raw is None or not needed <= set(table.column_names) or not score_columns(table):

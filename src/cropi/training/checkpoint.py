@@ -1,7 +1,7 @@
 """Checkpoints without pickle: weights and optimizer tensors in safetensors, everything else in JSON.
 
 A checkpoint is a folder ``step-NNNNNNN`` written under a temporary name and renamed when complete, so
-``latest`` never returns a torn one.  Only the newest ``keep`` checkpoints are kept."""
+``latest`` never returns a torn one; it also passes over one damaged afterwards.  Only the newest ``keep`` checkpoints are kept."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from cropi.io import read_json, write_json
+from cropi.errors import DataError
+from cropi.io import log, read_json, write_json
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -76,9 +77,28 @@ def save(ckpt_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.opt
     return final
 
 
+def damage(path: Path) -> str | None:
+    """Why the checkpoint at ``path`` cannot be loaded whole (``None`` when it can)."""
+    try:
+        meta = json.loads((Path(path) / "checkpoint.json").read_text())
+        names = ["model.safetensors"] + (["optimizer.safetensors"] if "optimizer" in meta else [])
+        for name in names:
+            load_file(str(Path(path) / name))
+    except Exception as exc:  # json, safetensors and the OS raise different types for a cut file
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}"
+    return None
+
+
 def latest(ckpt_dir: Path) -> Path | None:
+    """The newest checkpoint that loads whole.  A damaged newer one is reported in one line and passed over, so a
+    resumed run restarts from the one before it (``save`` keeps two) and redoes the steps in between."""
     found = sorted(p for p in Path(ckpt_dir).glob("step-*") if (p / "checkpoint.json").exists())
-    return found[-1] if found else None
+    for path in reversed(found):
+        reason = damage(path)
+        if reason is None:
+            return path
+        log.warning("%s is damaged (%s); resuming from an earlier checkpoint", path, reason)
+    return None
 
 
 def load_weights(path: Path, model: torch.nn.Module) -> dict:
@@ -106,6 +126,9 @@ def save_initial(ckpt_dir: Path, model: torch.nn.Module) -> None:
 
 def load_initial(ckpt_dir: Path) -> dict[str, torch.Tensor]:
     path = latest(Path(ckpt_dir) / "initial")
+    if path is None:
+        raise DataError(str(Path(ckpt_dir) / "initial"), None, "the starting weights (the KL reference) are missing or "
+                        "damaged; the run cannot be resumed: start it again in a new --out")
     meta = json.loads((path / "checkpoint.json").read_text())
     tensors = load_file(str(path / "model.safetensors"))
     for alias, target in meta.get("aliases", {}).items():
