@@ -753,6 +753,26 @@ def bench_exact(
     run_exact(args)
 
 
+@bench_app.command("gpu")
+@handles_errors
+def bench_gpu(
+    out: Path = typer.Option(Path("runs") / "gpu-check", "--out", "-o", help="Where gpu_check.json / .md go."),
+    device: str = typer.Option("cuda", help="cuda (the real check) or cpu (with --quick: a dry run of the script)."),
+    quick: bool = typer.Option(False, help="Toy sizes (the tiny model's shapes, 16 prompts, 2 steps)."),
+    only: Optional[str] = typer.Option(None, help="Comma-separated subset of projector,grpo,ray,trl,vllm."),
+):
+    """Every GPU check in one run (at most 8 minutes on one GPU, embedded tiny policy): the CUDA projector at
+    SmolLM2 size against the CPU kernel, cropi's own collect/score/GRPO on CUDA, a 2-worker Ray scoring smoke
+    test, a short TRL run and vLLM log-prob parity (each engine's check is skipped, with the reason, where it
+    does not import).  The same as scripts/gpu_check.sh, which also installs carried wheels first."""
+    from cropi.integrations.gpu_check import main as run_gpu_check
+
+    code = run_gpu_check(["--out", str(out), "--device", device, *(["--quick"] * quick),
+                          *(["--only", only] if only else [])])
+    if code:
+        raise typer.Exit(code)
+
+
 @app.command("config")
 def show_config(
     list_keys: bool = typer.Option(False, "--list", help="Print every key as `section.key  default  help` instead."),
