@@ -27,8 +27,8 @@ LR = 1e-3
 def _cfg():
     # the embedded tiny policy: influence needs mixed reward groups, which a random model never gets
     return load_config(None, small_suite_overrides() + [
-        "data.suite.pool_size=24", "data.suite.val_size=12", "model.device=cpu", "select.stages=2",
-        "select.ratio=0.17", "rollout.group_size=6", "select.score.max_val_prompts=4", "select.score.k=64",
+        "data.suite.pool_size=16", "data.suite.val_size=8", "model.device=cpu", "select.stages=2",
+        "select.ratio=0.25", "select.score.batch_size=4", "rollout.group_size=6", "select.score.max_val_prompts=4", "select.score.k=64",
     ])
 
 
@@ -170,3 +170,14 @@ def test_without_trl_the_example_prints_one_line_naming_the_extra_and_exits_2(mo
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "pip install 'cropi[trl]'" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_subset_smaller_than_one_generation_batch_is_refused_before_anything_is_written(tmp_path):
+    trl = pytest.importorskip("trl")
+    from cropi.integrations.trl import train_stages
+
+    policy = load_policy("tiny", device="cpu")
+    args = _args(trl, tmp_path / "trl", per_device_train_batch_size=8 * GENERATIONS)  # 8 prompts per batch > 4
+    with pytest.raises(CropiError, match="generation batch") as info:
+        train_stages(policy.model, policy.tokenizer, load_data(_cfg().data), args, _cfg(), tmp_path / "run")
+    assert "\n" not in str(info.value) and not (tmp_path / "run").exists()

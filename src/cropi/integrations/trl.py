@@ -45,9 +45,11 @@ How (the one mechanism, chosen to rely only on TRL's public surface):
 
 Outputs under ``out``: ``stores/`` (behaviour trajectories, unless ``select.stores``), ``stages/stage-NN/``
 (``selection.json``, scores, TRL's ``trl/`` output folder), ``config.yaml`` (the cropi settings scoring used)
-and ``trl_stages.json`` (per stage: steps, chosen ids, the ids TRL's batches held, learning rates, optimizer
-steps).  A run is not resumable mid-way: a folder that already holds stages is refused.  Tested single-process
-(CPU); each process of a distributed launch would score on its own.
+and ``trl_stages.json`` (per stage: steps, chosen ids, how many completions of each prompt TRL graded, learning
+rates, optimizer step count).  A run is not resumable mid-way: a folder that already holds stages is refused.
+One process only (a distributed launch is refused: each rank would select on its own).  With ``beta > 0`` each
+stage's trainer builds TRL's reference model again (TRL 1.16 loads it from the model's source folder: the
+starting weights, as in one long run).  Tested on CPU with TRL's own generation; vLLM generation is untested here.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
@@ -68,6 +71,7 @@ from cropi.experiments.metrics import stage_bounds
 from cropi.extras import require
 from cropi.io import write_json, write_text
 from cropi.policy import Policy
+from cropi.scores.ranking import top_n
 from cropi.selection import make_selector
 from cropi.tasks import grade_many
 from cropi.tasks.problem import Problem
@@ -175,6 +179,9 @@ def scoring_config(args, cfg: RunConfig, selector: str = "cropi") -> RunConfig:
                          "each group's std; set scale_rewards='group'")
     if not args.max_steps or args.max_steps <= 0:
         raise CropiError("GRPOConfig.max_steps must be set (> 0): the stages split that budget")
+    if getattr(args, "world_size", 1) > 1:
+        raise CropiError(f"train_stages runs in one process (world size {args.world_size}): every process would "
+                         "score and select on its own, and differing selections would split TRL's prompt groups")
     if args.max_completion_length is None:
         raise CropiError("GRPOConfig.max_completion_length must be set: the behaviour stores sample that many tokens")
     out = replace(
@@ -189,10 +196,12 @@ def scoring_config(args, cfg: RunConfig, selector: str = "cropi") -> RunConfig:
     return out
 
 
-def live_policy(model: torch.nn.Module, tokenizer, name: str) -> Policy:
-    """A cropi ``Policy`` around the trainer's model object itself (scores follow the training in place)."""
+def live_policy(model: torch.nn.Module, tokenizer, name: str | None = None) -> Policy:
+    """A cropi ``Policy`` around the trainer's model object itself (scores follow the training in place), named
+    after the folder or hub id the model was loaded from unless ``name`` is given."""
     device = next(model.parameters()).device
-    return Policy(model=model, tokenizer=copy.deepcopy(tokenizer), name=name, device=device)
+    name = name or getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
+    return Policy(model=model, tokenizer=copy.deepcopy(tokenizer), name=str(name), device=device)
 
 
 @contextlib.contextmanager
@@ -213,6 +222,13 @@ def _stage_args(args, stage: int, steps: int, output_dir: Path):
     stage_args.output_dir = str(output_dir)
     stage_args.seed = int(args.seed) + stage
     return stage_args
+
+
+def _check_subset_size(n: int, per_generation: int, where: str) -> None:
+    # RepeatSampler keeps whole generation batches only: fewer prompts would leave a stage without a batch
+    if n < per_generation:
+        raise CropiError(f"{where}: {n} prompts selected, but one TRL generation batch takes {per_generation} "
+                         "prompts (generation_batch_size / num_generations); raise select.ratio or lower the batch size")
 
 
 def _optimizer_steps(optimizer: torch.optim.Optimizer) -> int | None:
@@ -242,7 +258,8 @@ class StagesResult:
     optimizer: torch.optim.Optimizer  # the one optimizer every stage stepped (not accelerate's wrapper)
     scheduler: Any  # the one LR scheduler, over all of max_steps
     cfg: RunConfig  # the cropi settings scoring used
-    trainers: list = field(default_factory=list, repr=False)  # the stages' GRPOTrainer objects
+    trainer: Any = field(default=None, repr=False)  # the last stage's GRPOTrainer (earlier ones are let go: each
+    # may hold a reference model)
 
 
 def train_stages(
@@ -274,7 +291,10 @@ def train_stages(
         raise CropiError(f"{out}: already holds a staged TRL run (its selections belong to other weights); "
                          "choose a new folder")
     sel = make_selector(selector)
-    policy = live_policy(model, tokenizer, cfg.model.name)
+    per_generation = args.generation_batch_size // args.num_generations
+    _check_subset_size(len(suite.pool) if selector == "full" else top_n(len(suite.pool), cfg.select.ratio),
+                       per_generation, "each stage")
+    policy = live_policy(model, tokenizer)
     check_prompt_tokens(policy, tokenizer, suite.pool)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", dump_config(cfg))
@@ -289,18 +309,15 @@ def train_stages(
     bounds = stage_bounds(int(args.max_steps), cfg.select.stages)
     optimizer, scheduler = optimizers
     records: list[StageRecord] = []
-    trainers = []
+    trainer = None
     for stage in range(cfg.select.stages):
         start, end = bounds[stage], bounds[stage + 1]
         with _eval_mode(model):
             choice = curriculum.selection(stage, fresh=True)
         problems = [by_id[i] for i in choice["selected"]]
         stage_args = _stage_args(args, stage, end - start, curriculum.stage_dir(stage) / "trl")
-        per_generation = stage_args.generation_batch_size // stage_args.num_generations
-        if len(problems) < per_generation:
-            # RepeatSampler keeps whole generation batches only: fewer prompts would leave the stage no batch
-            raise CropiError(f"stage {stage}: {len(problems)} prompts selected, but one TRL generation batch takes "
-                             f"{per_generation}; raise select.ratio or lower the batch size")
+        _check_subset_size(len(problems), per_generation, f"stage {stage}")
+        trainer = None  # the previous stage's trainer (and any reference model it loaded) can go
         trainer = trl.GRPOTrainer(model=model, reward_funcs=[reward], args=stage_args,
                                   train_dataset=trl_dataset(problems, tokenizer), processing_class=tokenizer,
                                   callbacks=list(callbacks or []), optimizers=(optimizer, scheduler),
@@ -318,13 +335,15 @@ def train_stages(
         if on_event:
             on_event({"event": "trl_stage", "stage": stage, "steps": end - start, "prompts": len(problems)})
         trainer.train()
-        trainers.append(trainer)
         records.append(StageRecord(stage, start, end, list(choice["selected"]), list(reward.seen.get(stage, [])),
                                    lr_first, float(scheduler.get_last_lr()[0]), _optimizer_steps(optimizer),
                                    float(choice.get("seconds", 0.0))))
+    # per stage, how many completions of each prompt TRL graded (the full sequence is in the returned records)
+    stages_json = [{**{k: v for k, v in r.__dict__.items() if k != "trained"},
+                    "trained_counts": dict(Counter(r.trained))} for r in records]
     write_json(out / "trl_stages.json", {"selector": selector, "max_steps": int(args.max_steps),
-                                         "stages": [r.__dict__ for r in records]})
-    return StagesResult(records, optimizer, scheduler, cfg, trainers)
+                                         "trl_version": trl.__version__, "stages": stages_json})
+    return StagesResult(records, optimizer, scheduler, cfg, trainer)
 
 
 __all__ = ["CropiReward", "StageRecord", "StagesResult", "check_prompt_tokens", "live_policy", "prompt_value",
