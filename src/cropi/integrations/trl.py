@@ -24,13 +24,16 @@ How (the one mechanism, chosen to rely only on TRL's public surface):
   TRL's), and the scheduler once, by ``transformers.get_scheduler`` for the *whole* ``max_steps``; ``Trainer``
   uses a scheduler it was handed as is and steps it once per optimizer step, so Adam's moments and step count
   and the schedule run on across stages with no warm restart.  Each stage's ``train()`` builds its own
-  dataloader with TRL's own ``RepeatSampler`` over the stage's dataset, so TRL's group structure (every prompt
-  ``num_generations`` times, whole generation batches) is TRL's.  Nothing reaches into TRL's private state.
+  dataloader with TRL's own ``RepeatSampler`` over the stage's dataset, so the group structure (every prompt
+  ``num_generations`` times, whole generation batches) is TRL's own.  Nothing private is touched: the one
+  attribute set is the first trainer's ``lr_scheduler`` (the slot ``optimizers=`` fills), since its optimizer
+  exists only once that trainer does.
 - **Scoring on the live model.**  cropi's ``Policy`` wraps the trainer's model object itself (no copy, no
   save/load): TRL updates its parameters in place, so the curriculum scores exactly the weights the next stage
   starts from.  The model is put in eval mode while scoring (POPI uses ``torch.autograd.grad``, leaving no
   ``.grad`` behind).  The policy keeps its own copy of the tokenizer: a fast tokenizer's padding/truncation state,
-  which TRL's calls may change, is part of cropi's tokenizer fingerprint, which the stores are checked against.
+  which any call with ``padding=`` or ``truncation=`` changes, is part of cropi's tokenizer fingerprint, which the
+  stores are checked against.
 - **Same tokens.**  The dataset's ``prompt`` is a one-message conversation when the tokenizer has a chat
   template and the raw prompt otherwise — exactly the two cases of ``Policy.encode_prompt`` — and
   ``train_stages`` checks, before anything trains, that TRL's tokenization of every pool prompt
@@ -281,7 +284,8 @@ def train_stages(
     (``select``: stages, ratio, scoring, drift/refresh/re-probe; ``rollout.group_size`` and ``rollout.seed`` of the
     behaviour stores); the rest is taken from ``args`` (``scoring_config``).  ``optimizers`` may hand in an
     optimizer and / or scheduler; by default both are made once for the whole run.  ``trainer_kwargs`` go to each
-    ``GRPOTrainer`` (not ``reward_funcs``: rewards are cropi's grader)."""
+    ``GRPOTrainer`` (not ``reward_funcs``: rewards are cropi's grader).  Per stage, ``args.max_steps``,
+    ``output_dir`` (``out/stages/stage-NN/trl``) and ``seed`` (``args.seed + stage``) are replaced."""
     trl = require_trl()
     from transformers import get_scheduler
 
