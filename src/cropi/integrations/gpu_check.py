@@ -138,10 +138,28 @@ def check_ray(plan: CheckPlan) -> dict:
 
 
 def check_trl(plan: CheckPlan) -> dict:
-    _engine("trl", "carry its wheels (scripts/gpu_wheels.sh) to run the TRL check")
-    from cropi.integrations import trl as cropi_trl
+    trl = _engine("trl", "carry its wheels (scripts/gpu_wheels.sh) to run the TRL check")
+    from cropi.config import load_config
+    from cropi.integrations.trl import train_stages
+    from cropi.policy import load_policy
+    from cropi.tasks.loading import load_data
 
-    return cropi_trl.smoke_check(Path(plan.work) / "trl", device=plan.device, quick=plan.quick)
+    pool = 16 if plan.quick else 160
+    cfg = load_config(None, [f"data.suite.pool_size={pool}", "data.suite.val_size=16", "data.suite.test_size_targeted=4",
+                             "data.suite.test_size_untargeted=2", "select.stages=2", "select.ratio=0.25",
+                             "select.score.max_val_prompts=8", f"model.device={plan.device}"])
+    policy = load_policy("tiny", device=plan.device)
+    steps = 2 if plan.quick else 8
+    args = trl.GRPOConfig(output_dir=str(Path(plan.work) / "trl" / "trl"), max_steps=steps, loss_type="grpo",
+                          per_device_train_batch_size=16, num_generations=8, max_completion_length=8, learning_rate=1e-3,
+                          use_cpu=plan.device == "cpu", bf16=False, fp16=False, report_to="none", save_strategy="no",
+                          logging_steps=1, disable_tqdm=True, seed=0)
+    t0 = time.perf_counter()
+    result = train_stages(policy.model, policy.tokenizer, load_data(cfg.data), args, cfg, Path(plan.work) / "trl")
+    stages = result.stages
+    return {"trl_version": trl.__version__, "seconds_total": time.perf_counter() - t0, "stages": len(stages),
+            "steps": steps, "trained_equals_selected": all(set(r.trained) <= set(r.selected) for r in stages),
+            "optimizer_steps": [r.optimizer_steps for r in stages]}
 
 
 def check_vllm(plan: CheckPlan) -> dict:
