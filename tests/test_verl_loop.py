@@ -248,3 +248,25 @@ def test_reward_module_grades_cropi_ground_truth_and_plain_answers():
     gsm = Problem("g1", "q", "72", "gsm8k", source="gsm8k.jsonl")
     assert fn("gsm8k", "so \\boxed{72}", verl_ground_truth(gsm)) == 1.0
     assert fn("openai/gsm8k", "#### 72", "72") == 1.0 and fn("openai/gsm8k", "#### 71", "72") == 0.0
+
+
+@pytest.mark.slow  # a second two-stage run plus a re-collection: about 35 s of CPU on top of the file's
+def test_refresh_stage_recollects_with_the_merged_model_and_scores_on_it(stores, tmp_path, monkeypatch):
+    from cropi.policy import load_policy, model_fingerprint
+    from cropi.rollouts.trajectory_store import store_meta
+
+    monkeypatch.setenv("CROPI_STANDIN_LOG", str(tmp_path / "standin.jsonl"))
+    out = tmp_path / "run"
+    r = runner.invoke(app, verl_args(stores, out, "--set", "select.refresh_every=1", "--set", "rollout.group_size=24",
+                                     "--set", "rollout.temperature=3.0", "--set", "rollout.max_new_tokens=1"))
+    assert r.exit_code == 0, r.output
+    done = [json.loads((out / "stages" / f"stage-0{s}" / "done.json").read_text()) for s in (0, 1)]
+    assert done[0]["behaviour"]["pool"] == str(stores["pool"]) and "refresh_collect_seconds" not in done[0]
+    refreshed = out / "stages" / "stage-01" / "behaviour"
+    assert done[1]["behaviour"] == {"pool": str(refreshed / "pool"), "validation": {"count": str(refreshed / "val-count")}}
+    merged = load_policy(str(out / "stages" / "stage-00" / "model"), device="cpu")
+    meta = store_meta(refreshed / "pool")
+    assert meta["model_fingerprint"] == model_fingerprint(merged.model) and meta["num_prompts"] == 20
+    scores_meta = json.loads(pq.read_schema(out / "stages" / "stage-01" / "scores.parquet").metadata[b"cropi"])
+    assert scores_meta["pool_store"]["model_fingerprint"] == meta["model_fingerprint"]  # scored on the refresh
+    assert scores_meta["pool_store"]["policy_tag"] == "stage-1"

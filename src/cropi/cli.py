@@ -559,6 +559,7 @@ def verl_cmd(
 def _verl_event(row: dict) -> str:
     stage, event = row.get("stage"), row.get("event")
     return {"stage_skipped": f"stage {stage}: done, skipped",
+            "refresh": f"stage {stage}: re-collecting the behaviour trajectories with the stage's policy",
             "score": f"stage {stage}: scoring {row.get('prompts')} pool prompts",
             "select": f"stage {stage}: {row.get('n')} prompts selected in {row.get('seconds', 0):.0f} s",
             "train": f"stage {stage}: verl trains {row.get('steps')} steps (log: {row.get('log')})",

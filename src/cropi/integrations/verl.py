@@ -16,6 +16,9 @@ Run folder::
     resume/stage-NN/global_step_N/  what stage NN resumes from: links to the previous stage's checkpoint without
                                     its dataloader state (data.pt), which belongs to the previous stage's dataset
     stages/stage-NN/
+        behaviour/                      with ``select.refresh_every`` R, every R-th stage first re-collects the
+                                        pool and validation trajectories with the policy it starts from (cropi's
+                                        sampler, the run's validation sets); later stages score on them too
         scores.parquet (+ .gradients/)  influence scores with the policy the stage starts from
         train.parquet, train.ids.json   the chosen prompts (verl layout; index = pool id)
         command.json, verl-train.log    the trainer's command line and output
@@ -205,8 +208,21 @@ class VerlRun:
 
     def fixed_settings(self) -> dict:
         return {"model": self.cfg.model.name, "stages": self.stages, "steps": self.steps,
-                "ratio": self.cfg.select.ratio, "pool_store": str(self.plan.pool_store),
+                "ratio": self.cfg.select.ratio, "refresh_every": self.cfg.select.refresh_every,
+                "pool_store": str(self.plan.pool_store),
                 "val_stores": {k: str(v) for k, v in sorted(self.plan.val_stores.items())}}
+
+    def refreshes(self, stage: int) -> bool:
+        every = self.cfg.select.refresh_every
+        return stage > 0 and every > 0 and stage % every == 0
+
+    def stores_for(self, stage: int) -> tuple[Path, dict[str, Path]]:
+        """The behaviour stores stage ``stage`` scores on: the last refresh's at or before it, else the given ones."""
+        for s in range(stage, 0, -1):
+            if self.refreshes(s):
+                folder = self.stage_dir(s) / "behaviour"
+                return folder / "pool", {name: folder / f"val-{name}" for name in self._val_names}
+        return self.plan.pool_store, dict(self.plan.val_stores)
 
     # -- checks before anything is written ---------------------------------------------------------------------
     def check(self):
@@ -255,6 +271,7 @@ class VerlRun:
         from cropi.selection.export import write_verl_problems
 
         suite = self.check()
+        self._val_names = list(suite.validation)
         self.out.mkdir(parents=True, exist_ok=True)
         write_text(self.out / "config.yaml", dump_config(self.cfg))
         write_json(self.out / "verl-run.json", self.fixed_settings())
@@ -266,13 +283,14 @@ class VerlRun:
             if done.exists():
                 self.on_event({"event": "stage_skipped", "stage": stage})
             else:
-                self._run_stage(stage, suite.pool)
+                self._run_stage(stage, suite)
             records.append(read_json(done))
         summary = {"stages": records, "final_model": records[-1]["model"], "steps": self.steps}
         write_json(self.out / "summary.json", summary)
         return summary
 
-    def _run_stage(self, stage: int, pool) -> None:
+    def _run_stage(self, stage: int, suite) -> None:
+        from cropi.policy import load_policy
         from cropi.selection.export import ids_path, select_from_scores, write_selection
 
         folder = self.stage_dir(stage)
@@ -280,8 +298,19 @@ class VerlRun:
         record: dict = {"stage": stage, "start_step": self.start_step(stage), "end_step": self.end_step(stage),
                         "scored_with": self.model_for(stage)}
         t0 = time.perf_counter()
-        scores = self._score(stage, folder / "scores.parquet")
-        selection = select_from_scores(scores, pool, self.cfg.select.ratio)
+        policy = load_policy(self.model_for(stage), self.cfg.model.device, self.cfg.model.dtype)
+        if self.refreshes(stage):
+            from cropi.training.curriculum import behaviour_stores
+
+            # cropi's own sampler with the stage's policy (resumable; verl's rollouts are not written to disk)
+            self.on_event({"event": "refresh", "stage": stage})
+            record["refresh_collect_seconds"] = behaviour_stores(policy, suite, self.cfg, folder / "behaviour",
+                                                                 tag=f"stage-{stage}").collect_seconds
+        pool_store, val_stores = self.stores_for(stage)
+        record["behaviour"] = {"pool": str(pool_store), "validation": {k: str(v) for k, v in val_stores.items()}}
+        scores = self._score(stage, policy, pool_store, val_stores, folder / "scores.parquet")
+        del policy
+        selection = select_from_scores(scores, suite.pool, self.cfg.select.ratio)
         train_file = write_selection(selection, folder / "train.parquet", layout="verl")
         record.update(selected=len(selection.ids), ids=str(ids_path(train_file)),
                       score_seconds=time.perf_counter() - t0)
@@ -300,15 +329,12 @@ class VerlRun:
         write_json(folder / "done.json", record)
         self.on_event({"event": "stage_done", "stage": stage, "model": record["model"]})
 
-    def _score(self, stage: int, out: Path) -> Path:
-        from cropi.policy import load_policy
+    def _score(self, stage: int, policy, pool_store: Path, val_stores: dict[str, Path], out: Path) -> Path:
         from cropi.scores.engine import score_pool
 
-        policy = load_policy(self.model_for(stage), self.cfg.model.device, self.cfg.model.dtype)
-        n_pool = int(_store_prompts(self.plan.pool_store))
+        n_pool = _store_prompts(pool_store)
         self.on_event({"event": "score", "stage": stage, "prompts": n_pool})
-        score_pool(policy, self.plan.pool_store, self.plan.val_stores, out, self.cfg,
-                   select_n=top_n(n_pool, self.cfg.select.ratio))
+        score_pool(policy, pool_store, val_stores, out, self.cfg, select_n=top_n(n_pool, self.cfg.select.ratio))
         return out
 
     # -- training ----------------------------------------------------------------------------------------------
