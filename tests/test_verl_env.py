@@ -73,15 +73,21 @@ def test_verl_reward_loader_runs_cropi_reward_module_standalone(tmp_path):
 def test_trainer_command_line_composes_with_verls_config(micro_model_dir, tmp_path):
     model = with_chat_template(micro_model_dir, tmp_path / "model")
     cfg = load_config(None, [f"model.name={model}", "select.stages=2", "train.steps=6", "rollout.group_size=4"])
-    user = ["actor_rollout_ref.actor.optim.lr=1e-6", "trainer.n_gpus_per_node=1", "+data.extra_flag=spaced value"]
-    run = VerlRun(cfg, VerlPlan(Path("pool"), {"v": Path("val")}, user), tmp_path / "run")
+    # the overrides of the README's example, and a value with a space
+    user = ["actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
+            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8",
+            "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16",
+            "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=16", "trainer.n_gpus_per_node=1",
+            "actor_rollout_ref.actor.optim.lr=1e-6", "+data.extra_flag=spaced value"]
+    run = VerlRun(cfg, VerlPlan(Path("pool"), {"v": Path("val")}, user), tmp_path / "run folder")  # quoted paths
     (run.step_dir(3) / "actor").mkdir(parents=True)
     (run.step_dir(3) / "data.pt").write_bytes(b"")
     train = write_verl_problems(PROBLEMS, tmp_path / "train.parquet")
     keys = ["data.train_files", "trainer.total_training_steps", "trainer.resume_mode", "trainer.resume_from_path",
             "trainer.save_freq", "actor_rollout_ref.rollout.n", "actor_rollout_ref.actor.optim.lr",
             "reward.custom_reward_function.path", "actor_rollout_ref.actor.loss_agg_mode", "trainer.logger",
-            "algorithm.adv_estimator", "data.extra_flag", "actor_rollout_ref.model.path", "trainer.total_epochs"]
+            "algorithm.adv_estimator", "data.extra_flag", "actor_rollout_ref.model.path", "trainer.total_epochs",
+            "data.val_files", "actor_rollout_ref.rollout.name"]
     out = probe({"job": "compose", "overrides": run.trainer_args(1, train, 3), "keys": keys}, tmp_path)
     assert out["data.train_files"] == str(train.resolve())
     assert out["trainer.total_training_steps"] == 6 and out["trainer.total_epochs"] == 6
@@ -94,6 +100,8 @@ def test_trainer_command_line_composes_with_verls_config(micro_model_dir, tmp_pa
     assert out["actor_rollout_ref.actor.loss_agg_mode"] == "seq-mean-token-mean"
     assert out["trainer.logger"] == "['console']" and out["algorithm.adv_estimator"] == "grpo"
     assert out["data.extra_flag"] == "spaced value" and out["actor_rollout_ref.model.path"] == str(model.resolve())
+    assert out["data.val_files"] == str((tmp_path / "run folder" / "val.parquet").resolve())
+    assert out["actor_rollout_ref.rollout.name"] == "vllm"
 
 
 def test_verl_model_merger_reads_the_standin_checkpoint_layout(micro_model_dir, tmp_path):

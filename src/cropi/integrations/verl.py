@@ -358,8 +358,8 @@ class VerlRun:
             own["trainer.resume_from_path"] = str(self._resume_view(stage, start).resolve())
         defaults = {
             **mapped_defaults(self.cfg, min(self.cfg.train.prompts_per_step, selected)),
-            "data.val_files": str((self.out / "val.parquet").resolve()),
-            "reward.custom_reward_function.path": str(REWARD_MODULE.resolve()),
+            "data.val_files": hydra_value((self.out / "val.parquet").resolve()),
+            "reward.custom_reward_function.path": hydra_value(REWARD_MODULE.resolve()),
             "reward.custom_reward_function.name": "compute_score",
             "trainer.save_freq": str(end - start),
             "trainer.logger": "[console]",
