@@ -28,28 +28,21 @@ def dataset(job):
 
 
 def reward(job):
+    import importlib.util
+
     from omegaconf import OmegaConf
 
     from verl.trainer.ppo.reward import get_custom_reward_fn
 
     config = OmegaConf.create({"reward": {"custom_reward_function": {"path": job["module"], "name": "compute_score",
                                                                     "reward_kwargs": {}}}})
+    importable_before = importlib.util.find_spec("cropi") is not None
     fn = get_custom_reward_fn(config)
     # the keywords verl's naive reward manager passes
     return {"scores": [fn(data_source=c["data_source"], solution_str=c["solution"], ground_truth=c["ground_truth"],
                           extra_info={"index": c["index"], "num_turns": None, "rollout_reward_scores": {}})
                        for c in job["cases"]],
-            "cropi_installed": _has_cropi_installed()}
-
-
-def _has_cropi_installed():
-    import importlib.metadata
-
-    try:
-        importlib.metadata.version("cropi")
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
+            "cropi_importable_before": importable_before, "cropi_used": sys.modules["cropi"].__file__}
 
 
 def compose(job):
