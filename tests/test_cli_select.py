@@ -67,8 +67,11 @@ def test_score_shards_then_select_jsonl_and_verl(setup):
     assert [x["extra_info"]["id"] for x in v] == expected
     first = v[0]
     assert first["prompt"] == [{"role": "user", "content": rows[0]["prompt"]}]
-    assert first["reward_model"] == {"style": "rule", "ground_truth": rows[0]["answer"]}
-    assert first["ability"] == "math" and first["data_source"] == "count" and first["extra_info"]["index"] == 0
+    assert first["reward_model"]["style"] == "rule"
+    assert json.loads(first["reward_model"]["ground_truth"]) == {"answer": rows[0]["answer"], "family": "count",
+                                                                 "synthetic": True}  # the family's own grader
+    assert first["ability"] == "math" and first["data_source"] == "count"
+    assert [x["extra_info"]["index"] for x in v] == expected  # the pool id: verl reads it as the prompt's index
 
     # without --pool the embedded suite is the pool, which does not hold these ids
     r = runner.invoke(app, ["select", "--scores", str(tmp / "s.parquet"), "--select-ratio", "0.2",

@@ -41,7 +41,10 @@ console = Console(stderr=True)
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # escaped: messages name things like cropi[verl] that rich would take for markup
+    console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -583,6 +586,49 @@ def select_cmd(
     sel = select_from_scores(scores, load_data(cfg.data, need=("pool",)).pool, cfg.select.ratio)
     write_selection(sel, out, fmt, layout)
     typer.echo(f"selected {len(sel.ids)} of {sel.pool_size} prompts (ratio {cfg.select.ratio}); wrote {out} and {ids_path(out)}")
+
+
+@app.command("verl")
+@config_command("model", "pool", "splits", "files", "budget", derive=(_budget_overrides,))
+def verl_cmd(
+    cfg,
+    out: Path = typer.Option(Path("runs/verl"), "--out", "-o", help="Run folder (stages, verl checkpoints, merged models)."),
+    pool_store: Path = typer.Option(..., help="Trajectory store of the training pool (from `cropi collect`)."),
+    val_store: List[str] = typer.Option(..., help="Validation store NAME=PATH (repeatable; one per validation set)."),
+    verl_arg: Optional[List[str]] = typer.Option(None, "--verl-arg", help="A hydra override for verl's trainer, "
+                                                 "e.g. trainer.n_gpus_per_node=8 (repeatable; also after --)."),
+    launcher: Optional[str] = typer.Option(None, help="Trainer command the overrides are appended to (default: "
+                                           "VERL_PYTHON -m verl.trainer.main_ppo)."),
+    merger: Optional[str] = typer.Option(None, help="Model-merger command (default: VERL_PYTHON -m verl.model_merger merge)."),
+    verl_python: Optional[str] = typer.Option(None, help="Interpreter of verl's environment (default $CROPI_VERL_PYTHON, "
+                                              "else this one)."),
+    extra: Optional[List[str]] = typer.Argument(None, metavar="[-- VERL_OVERRIDES...]", show_default=False,
+                                                help="More hydra overrides for verl's trainer."),
+):
+    """The CROPI curriculum with verl as the trainer: per stage, score the pool with the current policy (the
+    base --model, then the previous stage's merged actor), write the top --select-ratio as a verl parquet, train
+    --steps-per-stage steps with verl from the previous stage's checkpoint (optimizer state included), and
+    merge the actor to a Hugging Face folder.  Writes OUT/stages/stage-NN/ and OUT/checkpoints/; rerun the
+    same command to resume (finished stages are skipped, an interrupted one restarts).
+    """
+    from cropi.integrations.verl import VerlPlan, parse_command, run_verl
+
+    vals = {name: Path(path) for name, path in (s.split("=", 1) if "=" in s else (Path(s).name, s) for s in val_store)}
+    plan = VerlPlan(pool_store, vals, list(verl_arg or []) + list(extra or []), parse_command(launcher),
+                    parse_command(merger), verl_python)
+    summary = run_verl(cfg, plan, out, on_event=lambda row: console.print(_verl_event(row), highlight=False))
+    typer.echo(f"{len(summary['stages'])} stages, {summary['steps']} verl steps; final model: {summary['final_model']}")
+
+
+def _verl_event(row: dict) -> str:
+    stage, event = row.get("stage"), row.get("event")
+    return {"stage_skipped": f"stage {stage}: done, skipped",
+            "refresh": f"stage {stage}: re-collecting the behaviour trajectories with the stage's policy",
+            "score": f"stage {stage}: scoring {row.get('prompts')} pool prompts",
+            "select": f"stage {stage}: {row.get('n')} prompts selected in {row.get('seconds', 0):.0f} s",
+            "train": f"stage {stage}: verl trains {row.get('steps')} steps (log: {row.get('log')})",
+            "merge": f"stage {stage}: merging the actor (log: {row.get('log')})",
+            "stage_done": f"stage {stage}: model {row.get('model')}"}.get(event, str(row))
 
 
 @app.command("eval")

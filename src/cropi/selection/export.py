@@ -2,13 +2,18 @@
 reciprocal-rank fusion — its ``fused_rank`` column, or the same fusion (``scores.ranking.rank``) at another
 ratio — as the chosen problems (JSONL or Parquet, cropi's own layout or verl's RL dataset layout) plus their ids.
 
-verl layout, one row per chosen problem (verl's documented RL Parquet schema)::
+verl layout, one row per chosen problem (the columns verl's ``RLHFDataset`` and reward managers read)::
 
-    data_source   str    the problem's family (verl routes rewards by it)
-    prompt        [{"role": "user", "content": prompt}]
+    data_source   str    the problem's family (verl groups validation metrics by it)
+    prompt        [{"role": "user", "content": prompt}]   (verl applies the tokenizer's chat template)
     ability       "math"
-    reward_model  {"style": "rule", "ground_truth": answer}
-    extra_info    {"index", "id", "split", "fused_rank", "family", "source", "difficulty"}
+    reward_model  {"style": "rule", "ground_truth": JSON text {"answer", "family", "synthetic"}}
+    extra_info    {"index": pool id, "id", "split", "fused_rank", "family", "source", "difficulty"}
+
+``ground_truth`` carries what ``cropi.tasks.grade`` needs to pick the grader (a synthetic family's exact
+reward, else math-verify), as JSON text so the column stays a string like every other verl dataset's;
+``cropi.integrations.verl_reward`` reads it back.  ``index`` is the pool id: verl reads
+``extra_info["index"]`` and silently uses 0 where it is missing, so positions would collide across files.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from cropi.errors import CropiError
 from cropi.io import atomic_path, write_json
 from cropi.scores.ranking import rank, top_n
 from cropi.tasks.problem import Problem
+from cropi.tasks.synthetic import FAMILIES
 
 FORMATS = ("jsonl", "parquet")
 LAYOUTS = ("plain", "verl")
@@ -96,15 +102,46 @@ def plain_row(problem: Problem, rank: int) -> dict:
     return {**problem.to_dict(), "fused_rank": rank}
 
 
-def verl_row(problem: Problem, index: int, rank: int) -> dict:
+# Fixed so that files with and without ranks (train, validation) share one type and verl can concatenate them.
+VERL_SCHEMA = pa.schema([
+    ("data_source", pa.string()),
+    ("prompt", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+    ("ability", pa.string()),
+    ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())])),
+    ("extra_info", pa.struct([("index", pa.string()), ("id", pa.string()), ("split", pa.string()),
+                              ("fused_rank", pa.int64()), ("family", pa.string()), ("source", pa.string()),
+                              ("difficulty", pa.int64())])),
+])
+
+
+def verl_ground_truth(problem: Problem) -> str:
+    """The ``reward_model.ground_truth`` text of a verl row: the gold answer and how to grade it."""
+    synthetic = problem.source == "synthetic" and problem.family in FAMILIES
+    return json.dumps({"answer": problem.answer, "family": problem.family, "synthetic": synthetic},
+                      ensure_ascii=False, sort_keys=True)
+
+
+def verl_row(problem: Problem, rank: int | None = None, split: str = "train") -> dict:
+    """One row of verl's RL dataset layout (module docstring); ``rank`` is the fused rank (None: not ranked)."""
     return {
         "data_source": problem.family,
         "prompt": [{"role": "user", "content": problem.prompt}],
         "ability": "math",
-        "reward_model": {"style": "rule", "ground_truth": problem.answer},
-        "extra_info": {"index": index, "id": problem.id, "split": "train", "fused_rank": rank,
+        "reward_model": {"style": "rule", "ground_truth": verl_ground_truth(problem)},
+        "extra_info": {"index": problem.id, "id": problem.id, "split": split, "fused_rank": rank,
                        "family": problem.family, "source": problem.source, "difficulty": problem.difficulty},
     }
+
+
+def write_verl_problems(problems: Sequence[Problem], out: str | Path, split: str = "train",
+                        ranks: Sequence[int | None] | None = None) -> Path:
+    """Problems as a verl RL dataset Parquet file, atomically (the one writer of that layout)."""
+    ranks = list(ranks) if ranks is not None else [None] * len(problems)
+    rows = [verl_row(p, r, split) for p, r in zip(problems, ranks)]
+    meta = {b"cropi": json.dumps({"schema_version": SCHEMA_VERSION, "layout": "verl", "split": split}).encode()}
+    with atomic_path(out) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=VERL_SCHEMA).replace_schema_metadata(meta), tmp)
+    return Path(out)
 
 
 def format_of(path: str | Path, fmt: str | None = None) -> str:
@@ -129,16 +166,18 @@ def write_selection(selection: Selection, out: str | Path, fmt: str | None = Non
     fmt = format_of(out, fmt)
     if layout not in LAYOUTS:
         raise CropiError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
-    rows = [verl_row(p, i, i + 1) if layout == "verl" else plain_row(p, i + 1)
-            for i, p in enumerate(selection.problems)]
-    with atomic_path(out) as tmp:
-        if fmt == "jsonl":
-            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        else:
-            if layout == "plain":  # free-form metadata dicts have no fixed Parquet type: keep them as JSON text
+    if layout == "verl" and fmt == "parquet":
+        write_verl_problems(selection.problems, out, ranks=range(1, len(selection.problems) + 1))
+    else:
+        rows = [verl_row(p, i + 1) if layout == "verl" else plain_row(p, i + 1)
+                for i, p in enumerate(selection.problems)]
+        with atomic_path(out) as tmp:
+            if fmt == "jsonl":
+                tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+            else:  # free-form metadata dicts have no fixed Parquet type: keep them as JSON text
                 rows = [{**r, "metadata": json.dumps(r["metadata"], sort_keys=True)} for r in rows]
-            meta = {b"cropi": json.dumps({"schema_version": SCHEMA_VERSION, "layout": layout}).encode()}
-            pq.write_table(pa.Table.from_pylist(rows).replace_schema_metadata(meta), tmp)
+                meta = {b"cropi": json.dumps({"schema_version": SCHEMA_VERSION, "layout": layout}).encode()}
+                pq.write_table(pa.Table.from_pylist(rows).replace_schema_metadata(meta), tmp)
     write_json(ids_path(out), {"ids": selection.ids, "ratio": selection.ratio, "pool_size": selection.pool_size,
                                "layout": layout, "format": fmt, "scores": selection.scores_meta})
     return Path(out)

@@ -1,0 +1,460 @@
+"""The CROPI curriculum with verl as the trainer: per stage, score the pool with the current policy, write the
+chosen prompts as a verl RL dataset, train S steps with verl's PPO trainer from the previous stage's checkpoint,
+and merge the actor back to a Hugging Face folder that the next stage scores with.
+
+verl pins its own torch / transformers (``transformers < 5.11`` for verl 0.9), so it usually lives in its own
+environment; cropi runs it as a command (``python -m verl.trainer.main_ppo`` with hydra overrides, and
+``python -m verl.model_merger merge``), with that environment's interpreter (``verl_python`` or
+``$CROPI_VERL_PYTHON``, else this one).  Both commands are replaceable (``launcher`` / ``merger``).
+
+Run folder::
+
+    config.yaml, verl-run.json      the cropi config and the loop's fixed settings (a rerun must match them)
+    val.parquet                     the run's validation sets (--val, or the embedded suite's) in verl's layout,
+                                    verl's default ``data.val_files``
+    checkpoints/                    ``trainer.default_local_dir``: verl's global_step_N/actor/... (one per stage end)
+    resume/stage-NN/global_step_N/  what stage NN resumes from: links to the previous stage's checkpoint without
+                                    its dataloader state (data.pt), which belongs to the previous stage's dataset
+    stages/stage-NN/
+        behaviour/                      with ``select.refresh_every`` R, every R-th stage first re-collects the
+                                        pool and validation trajectories with the policy it starts from (cropi's
+                                        sampler, the run's validation sets); later stages score on them too
+        scores.parquet (+ .gradients/)  influence scores with the policy the stage starts from
+        train.parquet, train.ids.json   the chosen prompts (verl layout; index = pool id)
+        command.json, verl-train.log    the trainer's command line and output
+        trained.json                    the trainer finished and its checkpoint is there
+        model/, verl-merge.log          the merged actor (Hugging Face folder)
+        done.json                       the stage is complete (written last, atomically)
+
+Steps carry across stages: stage s trains from global step start(s) to end(s) = (s+1)·T // M with
+``trainer.total_training_steps = end(s)``, resuming optimizer, learning-rate scheduler and RNG state from
+``checkpoints/global_step_<start(s)>``.  A rerun skips the stages with ``done.json``; an interrupted stage
+restarts from its start checkpoint (the checkpoints it left past that step are removed first), or from its
+merge when its training had finished.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from cropi.config import RunConfig, dump_config
+from cropi.errors import CropiError
+from cropi.extras import MissingExtra, require
+from cropi.io import read_json, write_json, write_text
+from cropi.scores.ranking import top_n
+
+VERL_PYTHON_ENV = "CROPI_VERL_PYTHON"
+REWARD_MODULE = Path(__file__).with_name("verl_reward.py")
+TRAINER_MODULE = "verl.trainer.main_ppo"
+MERGER_MODULE = "verl.model_merger"
+
+# Keys the loop sets at every stage; a user override of one would break the resume arithmetic or the data flow.
+RESERVED = {
+    "data.train_files": "each stage's selection",
+    "actor_rollout_ref.model.path": "--model",
+    "trainer.default_local_dir": "--out (RUN/checkpoints)",
+    "trainer.resume_mode": "the stage loop",
+    "trainer.resume_from_path": "the stage loop",
+    "trainer.total_training_steps": "--steps / --steps-per-stage",
+    "trainer.total_epochs": "the stage loop (large enough for the stage's steps)",
+}
+_OVERRIDE = re.compile(r"(~|\+\+|\+)?([A-Za-z_][\w.\-@/]*)(?:=(.*))?", re.S)
+_BARE_VALUE = re.compile(r"[\w./:+@\-]+")
+
+
+def override_key(arg: str) -> str:
+    """The config key a hydra override sets (``key=v``, ``+key=v``, ``++key=v``, ``~key``)."""
+    m = _OVERRIDE.fullmatch(arg)
+    if m is None or (m.group(3) is None and m.group(1) != "~"):
+        raise CropiError(f"verl argument {arg!r}: expected a hydra override KEY=VALUE (or +KEY=VALUE, ~KEY)")
+    return m.group(2)
+
+
+def hydra_value(value) -> str:
+    """A value as hydra's override grammar reads it back unchanged (quoted unless it is a plain token)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value)
+    if _BARE_VALUE.fullmatch(text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def stage_end(stage: int, steps: int, stages: int) -> int:
+    """verl's global step at the end of ``stage`` (0-based) when ``steps`` are spread over ``stages``."""
+    return (stage + 1) * steps // stages
+
+
+def mapped_defaults(cfg: RunConfig, batch_prompts: int) -> dict[str, str]:
+    """verl settings that follow cropi's config, so that verl trains with the loss cropi scores with (the
+    scoring engine differentiates ``cfg.train`` / ``cfg.rollout``'s loss).  Each one is a default: the user's
+    own override of the same key wins."""
+    t, r = cfg.train, cfg.rollout
+    return {
+        "algorithm.adv_estimator": "grpo",
+        "actor_rollout_ref.rollout.n": str(r.group_size),
+        "actor_rollout_ref.rollout.temperature": hydra_value(r.temperature),
+        "actor_rollout_ref.rollout.top_p": hydra_value(r.top_p),
+        "data.max_response_length": str(r.max_new_tokens),
+        "data.train_batch_size": str(batch_prompts),
+        "actor_rollout_ref.actor.ppo_mini_batch_size": str(batch_prompts),
+        "actor_rollout_ref.actor.ppo_epochs": str(t.ppo_epochs),
+        "actor_rollout_ref.actor.optim.lr": hydra_value(t.lr),
+        "actor_rollout_ref.actor.optim.weight_decay": hydra_value(t.weight_decay),
+        "actor_rollout_ref.actor.clip_ratio": hydra_value(t.clip_eps),
+        "actor_rollout_ref.actor.grad_clip": hydra_value(t.max_grad_norm),
+        "actor_rollout_ref.actor.loss_agg_mode": {"grpo": "seq-mean-token-mean",
+                                                  "dr_grpo": "seq-mean-token-sum-norm"}[t.aggregation],
+        "actor_rollout_ref.actor.use_kl_loss": hydra_value(t.kl_coef > 0),
+        "actor_rollout_ref.actor.kl_loss_coef": hydra_value(t.kl_coef),
+        "data.seed": str(t.seed),
+    }
+
+
+@dataclass
+class VerlPlan:
+    """What ``run_verl`` needs besides the cropi config: the behaviour stores and how to run verl.
+
+    ``launcher`` / ``merger`` are command prefixes; the loop appends the hydra overrides, resp.
+    ``--backend fsdp --local_dir ... --target_dir ...``.  None: verl's own modules run by ``verl_python``."""
+
+    pool_store: Path
+    val_stores: dict[str, Path]
+    verl_args: list[str] = field(default_factory=list)
+    launcher: list[str] | None = None
+    merger: list[str] | None = None
+    verl_python: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def python(self) -> str:
+        return self.verl_python or os.environ.get(VERL_PYTHON_ENV) or sys.executable
+
+    def trainer_command(self) -> list[str]:
+        return list(self.launcher) if self.launcher else [self.python(), "-m", TRAINER_MODULE]
+
+    def merger_command(self) -> list[str]:
+        return list(self.merger) if self.merger else [self.python(), "-m", MERGER_MODULE, "merge"]
+
+
+def parse_command(text: str | None) -> list[str] | None:
+    """A ``--launcher`` / ``--merger`` option (shell words) as a command prefix."""
+    if text is None:
+        return None
+    words = shlex.split(text)
+    if not words:
+        raise CropiError("--launcher/--merger: empty command")
+    return words
+
+
+def require_verl(plan: VerlPlan) -> None:
+    """verl must be importable by the interpreter that runs its modules (only checked for the default commands)."""
+    if plan.launcher and plan.merger:
+        return
+    python = plan.python()
+    if Path(python).resolve() == Path(sys.executable).resolve():
+        require("verl", "verl", "cropi verl")
+        return
+    try:
+        ok = subprocess.run([python, "-c", "import verl"], capture_output=True, timeout=300).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    if not ok:
+        raise MissingExtra(f"cropi verl needs the 'verl' extra in {python} (set by --verl-python or "
+                           f"${VERL_PYTHON_ENV}), which cannot import verl; install it there with: "
+                           "pip install 'cropi[verl]'")
+
+
+class VerlRun:
+    """One run folder of the verl stage loop (module docstring)."""
+
+    def __init__(self, cfg: RunConfig, plan: VerlPlan, out: str | Path,
+                 on_event: Callable[[dict], None] | None = None):
+        self.cfg, self.plan, self.out = cfg, plan, Path(out)
+        self.on_event = on_event or (lambda row: None)
+        self.stages = cfg.select.stages
+        self.steps = cfg.train.steps
+
+    # -- layout ----------------------------------------------------------------------------------------------
+    @property
+    def checkpoints(self) -> Path:
+        return self.out / "checkpoints"
+
+    def stage_dir(self, stage: int) -> Path:
+        return self.out / "stages" / f"stage-{stage:02d}"
+
+    def step_dir(self, step: int) -> Path:
+        return self.checkpoints / f"global_step_{step}"
+
+    def start_step(self, stage: int) -> int:
+        return 0 if stage == 0 else stage_end(stage - 1, self.steps, self.stages)
+
+    def end_step(self, stage: int) -> int:
+        return stage_end(stage, self.steps, self.stages)
+
+    def model_for(self, stage: int) -> str:
+        """The policy stage ``stage`` starts from: the base model, then the previous stage's merged actor."""
+        from cropi.policy import resolve_model_path
+
+        return resolve_model_path(self.cfg.model.name) if stage == 0 else str(self.stage_dir(stage - 1) / "model")
+
+    def fixed_settings(self) -> dict:
+        return {"model": self.cfg.model.name, "stages": self.stages, "steps": self.steps,
+                "ratio": self.cfg.select.ratio, "refresh_every": self.cfg.select.refresh_every,
+                "pool_store": str(self.plan.pool_store),
+                "val_stores": {k: str(v) for k, v in sorted(self.plan.val_stores.items())}}
+
+    def refreshes(self, stage: int) -> bool:
+        every = self.cfg.select.refresh_every
+        return stage > 0 and every > 0 and stage % every == 0
+
+    def stores_for(self, stage: int) -> tuple[Path, dict[str, Path]]:
+        """The behaviour stores stage ``stage`` scores on: the last refresh's at or before it, else the given ones."""
+        for s in range(stage, 0, -1):
+            if self.refreshes(s):
+                folder = self.stage_dir(s) / "behaviour"
+                return folder / "pool", {name: folder / f"val-{name}" for name in self._val_names}
+        return self.plan.pool_store, dict(self.plan.val_stores)
+
+    # -- checks before anything is written ---------------------------------------------------------------------
+    def check(self):
+        """Everything that can be checked without training; returns the loaded data.  Raises ``CropiError``."""
+        from cropi.rollouts.trajectory_store import store_meta
+        from cropi.tasks.loading import load_data
+
+        if self.steps < self.stages:
+            raise CropiError(f"train.steps {self.steps} < select.stages {self.stages}: every stage needs a step")
+        for arg in self.plan.verl_args:
+            key = override_key(arg)
+            if key in RESERVED:
+                raise CropiError(f"verl argument {arg!r}: {key} is set by cropi verl from {RESERVED[key]}")
+            if key == "trainer.save_freq" and not re.fullmatch(r"[1-9]\d*", arg.split("=", 1)[1].strip()):
+                raise CropiError(f"verl argument {arg!r}: trainer.save_freq must be a positive integer (each "
+                                 "stage's last step must be saved for the next stage to resume from)")
+        for path in [self.plan.pool_store, *self.plan.val_stores.values()]:
+            store_meta(path)  # a missing store is one line naming it
+        if not self.plan.val_stores:
+            raise CropiError("cropi verl needs at least one validation store (--val-store NAME=PATH)")
+        suite = load_data(self.cfg.data)
+        self._check_chat_template()
+        saved = self.out / "verl-run.json"
+        if saved.exists():
+            before = {k: v for k, v in read_json(saved).items() if k != "schema_version"}
+            if before != self.fixed_settings():
+                raise CropiError(f"{saved}: this run was started with other settings ({before}); use a new --out")
+        require_verl(self.plan)
+        return suite
+
+    def _check_chat_template(self) -> None:
+        from transformers import AutoTokenizer
+
+        path = self.model_for(0)
+        try:
+            tok = AutoTokenizer.from_pretrained(path)
+        except OSError as exc:
+            raise CropiError(f"{path}: cannot load the tokenizer ({str(exc).splitlines()[0]})") from None
+        if not getattr(tok, "chat_template", None):
+            raise CropiError(f"{path}: the tokenizer has no chat template; verl formats every prompt with it "
+                             "(add one to tokenizer_config.json, and collect the behaviour stores with that model)")
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        """Run (or resume) every stage; returns the summary also written to ``RUN/summary.json``."""
+        from cropi.selection.export import write_verl_problems
+
+        suite = self.check()
+        self._val_names = list(suite.validation)
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_text(self.out / "config.yaml", dump_config(self.cfg))
+        write_json(self.out / "verl-run.json", self.fixed_settings())
+        write_verl_problems([p for probs in suite.validation.values() for p in probs], self.out / "val.parquet",
+                            split="validation")
+        records = []
+        for stage in range(self.stages):
+            done = self.stage_dir(stage) / "done.json"
+            if done.exists():
+                self.on_event({"event": "stage_skipped", "stage": stage})
+            else:
+                self._run_stage(stage, suite)
+            records.append(read_json(done))
+        summary = {"stages": records, "final_model": records[-1]["model"], "steps": self.steps}
+        write_json(self.out / "summary.json", summary)
+        return summary
+
+    def _run_stage(self, stage: int, suite) -> None:
+        from cropi.policy import load_policy
+        from cropi.selection.export import ids_path, select_from_scores, write_selection
+
+        folder = self.stage_dir(stage)
+        folder.mkdir(parents=True, exist_ok=True)
+        record: dict = {"stage": stage, "start_step": self.start_step(stage), "end_step": self.end_step(stage),
+                        "scored_with": self.model_for(stage)}
+        t0 = time.perf_counter()
+        policy = load_policy(self.model_for(stage), self.cfg.model.device, self.cfg.model.dtype)
+        if self.refreshes(stage):
+            from cropi.training.curriculum import behaviour_stores
+
+            # cropi's own sampler with the stage's policy (resumable; verl's rollouts are not written to disk)
+            self.on_event({"event": "refresh", "stage": stage})
+            record["refresh_collect_seconds"] = behaviour_stores(policy, suite, self.cfg, folder / "behaviour",
+                                                                 tag=f"stage-{stage}").collect_seconds
+        pool_store, val_stores = self.stores_for(stage)
+        record["behaviour"] = {"pool": str(pool_store), "validation": {k: str(v) for k, v in val_stores.items()}}
+        scores = self._score(stage, policy, pool_store, val_stores, folder / "scores.parquet")
+        del policy
+        selection = select_from_scores(scores, suite.pool, self.cfg.select.ratio)
+        train_file = write_selection(selection, folder / "train.parquet", layout="verl")
+        record.update(selected=len(selection.ids), ids=str(ids_path(train_file)),
+                      score_seconds=time.perf_counter() - t0)
+        self.on_event({"event": "select", "stage": stage, "n": len(selection.ids), "seconds": record["score_seconds"]})
+
+        t0 = time.perf_counter()
+        trained = folder / "trained.json"
+        if not trained.exists():
+            self._train(stage, train_file, len(selection.ids))
+            write_json(trained, {"checkpoint": str(self.step_dir(self.end_step(stage)))})
+        record["train_seconds"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        record["model"] = str(self._merge(stage))
+        record["merge_seconds"] = time.perf_counter() - t0
+        record["checkpoint"] = str(self.step_dir(self.end_step(stage)))
+        write_json(folder / "done.json", record)
+        self.on_event({"event": "stage_done", "stage": stage, "model": record["model"]})
+
+    def _score(self, stage: int, policy, pool_store: Path, val_stores: dict[str, Path], out: Path) -> Path:
+        from cropi.scores.engine import score_pool
+
+        n_pool = _store_prompts(pool_store)
+        self.on_event({"event": "score", "stage": stage, "prompts": n_pool})
+        score_pool(policy, pool_store, val_stores, out, self.cfg, select_n=top_n(n_pool, self.cfg.select.ratio))
+        return out
+
+    # -- training ----------------------------------------------------------------------------------------------
+    def trainer_args(self, stage: int, train_file: Path, selected: int) -> list[str]:
+        """The hydra overrides of stage ``stage``: the loop's own keys, then cropi-mapped defaults the user did
+        not override, then the user's overrides as given."""
+        start, end = self.start_step(stage), self.end_step(stage)
+        own = {
+            "data.train_files": str(train_file.resolve()),
+            "actor_rollout_ref.model.path": _absolute_if_folder(self.model_for(0)),
+            "trainer.default_local_dir": str(self.checkpoints.resolve()),
+            "trainer.total_training_steps": str(end),
+            # the loop runs epochs from global_step // batches-per-epoch; end epochs always leave room for
+            # end - start steps, and total_training_steps stops it
+            "trainer.total_epochs": str(end),
+        }
+        if stage == 0:
+            own["trainer.resume_mode"] = "disable"
+        else:
+            own["trainer.resume_mode"] = "resume_path"
+            own["trainer.resume_from_path"] = str(self._resume_view(stage, start).resolve())
+        defaults = {
+            **mapped_defaults(self.cfg, min(self.cfg.train.prompts_per_step, selected)),
+            "data.val_files": hydra_value((self.out / "val.parquet").resolve()),
+            "reward.custom_reward_function.path": hydra_value(REWARD_MODULE.resolve()),
+            "reward.custom_reward_function.name": "compute_score",
+            "trainer.save_freq": str(end - start),
+            "trainer.logger": "[console]",
+            "trainer.project_name": "cropi",
+            "trainer.experiment_name": hydra_value(self.out.resolve().name),
+        }
+        user_keys = {override_key(a) for a in self.plan.verl_args}
+        args = [f"{k}={hydra_value(v) if k in own else v}" for k, v in own.items()]
+        args += [f"{k}={v}" for k, v in defaults.items() if k not in user_keys]
+        return args + list(self.plan.verl_args)
+
+    def _prepare_checkpoints(self, stage: int) -> None:
+        """Remove what an interrupted attempt at this stage left past its start step, and require the start."""
+        start = self.start_step(stage)
+        for d in self.checkpoints.glob("global_step_*"):
+            step = d.name[len("global_step_"):]
+            if step.isdigit() and int(step) > start:
+                shutil.rmtree(d)
+        latest = self.checkpoints / "latest_checkpointed_iteration.txt"
+        if stage == 0:
+            latest.unlink(missing_ok=True)
+        else:
+            if not (self.step_dir(start) / "actor").is_dir():
+                raise CropiError(f"{self.step_dir(start)}: stage {stage} resumes from this checkpoint, which is "
+                                 "gone (trainer.max_actor_ckpt_to_keep?); start again in a new --out")
+            write_text(latest, str(start))
+
+    def _resume_view(self, stage: int, start: int) -> Path:
+        """A global_step_<start> folder linking every part of the real checkpoint except the dataloader state."""
+        view = self.out / "resume" / f"stage-{stage:02d}" / f"global_step_{start}"
+        if view.exists() or view.is_symlink():
+            shutil.rmtree(view)
+        view.mkdir(parents=True)
+        for entry in self.step_dir(start).iterdir():
+            if entry.name != "data.pt":
+                (view / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
+        return view
+
+    def _train(self, stage: int, train_file: Path, selected: int) -> None:
+        folder = self.stage_dir(stage)
+        end = self.end_step(stage)
+        self._prepare_checkpoints(stage)
+        command = self.plan.trainer_command() + self.trainer_args(stage, train_file, selected)
+        write_json(folder / "command.json", {"command": command})
+        self.on_event({"event": "train", "stage": stage, "steps": end - self.start_step(stage),
+                       "log": str(folder / "verl-train.log")})
+        _run_logged(command, folder / "verl-train.log", self.plan.env, f"stage {stage}: verl's trainer")
+        actor = self.step_dir(end) / "actor"
+        if not (actor / "fsdp_config.json").is_file():
+            raise CropiError(f"stage {stage}: verl finished but {actor} holds no FSDP checkpoint "
+                             f"(see {folder / 'verl-train.log'})")
+
+    def _merge(self, stage: int) -> Path:
+        folder = self.stage_dir(stage)
+        target, partial = folder / "model", folder / "model.partial"
+        if (target / "config.json").is_file():
+            return target
+        shutil.rmtree(partial, ignore_errors=True)
+        actor = self.step_dir(self.end_step(stage)) / "actor"
+        command = self.plan.merger_command() + ["--backend", "fsdp", "--local_dir", str(actor.resolve()),
+                                                "--target_dir", str(partial.resolve())]
+        self.on_event({"event": "merge", "stage": stage, "log": str(folder / "verl-merge.log")})
+        _run_logged(command, folder / "verl-merge.log", self.plan.env, f"stage {stage}: verl's model merger")
+        if not (partial / "config.json").is_file():
+            raise CropiError(f"stage {stage}: the model merger wrote no Hugging Face folder at {partial}")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(partial, target)
+        return target
+
+
+def _absolute_if_folder(model: str) -> str:
+    """A local model folder as an absolute path (verl's workers may run elsewhere); a hub id as given."""
+    return str(Path(model).resolve()) if Path(model).is_dir() else model
+
+
+def _store_prompts(path: Path) -> int:
+    from cropi.rollouts.trajectory_store import store_meta
+
+    return int(store_meta(path)["num_prompts"])
+
+
+def _run_logged(command: Sequence[str], log: Path, env: dict[str, str], what: str) -> None:
+    """Run ``command`` with its output in ``log``; a failure is one line naming the log."""
+    with open(log, "ab") as fh:
+        fh.write(f"$ {shlex.join(command)}\n".encode())
+        fh.flush()
+        try:
+            rc = subprocess.run(list(command), stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **env}).returncode
+        except OSError as exc:
+            raise CropiError(f"{what}: cannot start {command[0]!r} ({exc})") from None
+    if rc != 0:
+        raise CropiError(f"{what} exited with code {rc} (log: {log}); rerun the same command to restart this stage")
+
+
+def run_verl(cfg: RunConfig, plan: VerlPlan, out: str | Path,
+             on_event: Callable[[dict], None] | None = None) -> dict:
+    """The CROPI curriculum trained by verl, in run folder ``out`` (module docstring); resumable by stage."""
+    return VerlRun(cfg, plan, out, on_event).run()
