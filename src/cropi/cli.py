@@ -205,6 +205,32 @@ def _shard_or_range(shard: Optional[str], prange: Optional[str]) -> tuple[tuple[
     return None, None
 
 
+RayOpt = typer.Option(False, "--ray", help="Shard over Ray actors, one per GPU (else per CPU), on a local Ray "
+                      "started for the job or on --ray-address; results are bit-identical to one process with "
+                      "--ray-threads torch threads.  Needs cropi[ray].")
+RayAddressOpt = typer.Option(None, "--ray-address", help="Ray cluster to run on (implies --ray), e.g. auto or "
+                             "ray://HEAD:10001; paths must be on a filesystem every node sees.")
+RayWorkersOpt = typer.Option(None, "--ray-workers", help="Ray actors (default: the cluster's GPUs, else its CPUs / "
+                             "--ray-threads).")
+RayThreadsOpt = typer.Option(1, "--ray-threads", help="torch threads in each Ray actor.")
+
+
+def _ray_job(ray: bool, address: Optional[str], workers: Optional[int], threads: int, sharded: bool) -> Optional[dict]:
+    """The Ray options as keyword arguments of ``cropi.integrations.ray_shards`` (None: no Ray)."""
+    if not (ray or address):
+        if workers is not None or threads != 1:
+            raise CropiError("--ray-workers/--ray-threads need --ray")
+        return None
+    if sharded:
+        raise CropiError("give --ray or --shard/--range, not both (Ray deals the shards itself)")
+    return {"address": address, "workers": workers, "threads": threads}
+
+
+def _ray_line(job) -> str:
+    return (f"on Ray: {job.workers} worker(s) ({job.device}, {job.threads} torch thread(s) each), {job.tasks} shards; "
+            f"Ray start {job.ray_start_seconds:.1f} s, actors up (policy loaded) in {job.actor_start_seconds:.1f} s")
+
+
 # -- train, compare, demo ---------------------------------------------------------------------------------------
 
 def _training_events(prog: Progress, task) -> Callable[[dict], None]:
@@ -423,6 +449,10 @@ def collect(
                               "as --val-store NAME=OUT), validation (only when there is one set), or test."),
     limit: Optional[int] = typer.Option(None, help="Only the first N problems."),
     shard: Optional[str] = typer.Option(None, help="Collect shard I of N (chunks are dealt round-robin), e.g. 1/4."),
+    ray: bool = RayOpt,
+    ray_address: Optional[str] = RayAddressOpt,
+    ray_workers: Optional[int] = RayWorkersOpt,
+    ray_threads: int = RayThreadsOpt,
 ):
     """Sample G responses per prompt with the behaviour policy (--model) and store tokens, rewards and log-probs.
 
@@ -433,6 +463,7 @@ def collect(
     from cropi.tasks.loading import load_data
 
     i, n = _shard_or_range(shard, None)[0] or (0, 1)
+    ray_job = _ray_job(ray, ray_address, ray_workers, ray_threads, shard is not None)
     kind, _, set_name = split.partition(":")
     if kind not in ("pool", "validation", "test") or (set_name and kind != "validation"):
         raise CropiError(f"--split {split!r}: expected pool, validation:NAME, validation or test")
@@ -441,12 +472,20 @@ def collect(
     suite = load_data(cfg.data, need=(kind,))
     problems = _split_problems(suite, kind, set_name)[:limit]
     _warn_about_data(cfg, problems, caps=("rollout",))
-    policy = load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype)
     r = cfg.rollout
     ccfg = CollectConfig.from_rollout(r)
-    with _progress() as prog:
-        task = prog.add_task(f"collect {split}", total=len(problems), info=f"G={r.group_size} T={r.temperature}")
-        collect_fn(policy, problems, out, ccfg, shard_index=i, num_shards=n, on_prompts=lambda k: prog.advance(task, k))
+    if ray_job:
+        from cropi.integrations.ray_shards import collect_on_ray
+
+        with _progress() as prog:
+            task = prog.add_task(f"collect {split} (Ray)", total=len(problems), info=f"G={r.group_size} T={r.temperature}")
+            job = collect_on_ray(cfg, problems, out, ccfg, on_prompts=lambda k: prog.advance(task, k), **ray_job)
+        typer.echo(_ray_line(job))
+    else:
+        policy = load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype)
+        with _progress() as prog:
+            task = prog.add_task(f"collect {split}", total=len(problems), info=f"G={r.group_size} T={r.temperature}")
+            collect_fn(policy, problems, out, ccfg, shard_index=i, num_shards=n, on_prompts=lambda k: prog.advance(task, k))
     rates = list(pass_rates(out).values())
     mixed = sum(0 < p < 1 for p in rates)
     typer.echo(f"stored {len(rates)} prompts x {r.group_size} responses in {out}; mean pass rate "
@@ -526,6 +565,10 @@ def score(
                                         "GRADIENTS; score later without it."),
     prange: Optional[str] = typer.Option(None, "--range", help="Only project pool prompts START:END (START a multiple "
                                          "of the chunk size) into GRADIENTS."),
+    ray: bool = RayOpt,
+    ray_address: Optional[str] = RayAddressOpt,
+    ray_workers: Optional[int] = RayWorkersOpt,
+    ray_threads: int = RayThreadsOpt,
 ):
     """Influence scores of the current policy (--model, e.g. RUN/final_model) on stored trajectories.
 
@@ -537,7 +580,8 @@ def score(
     --set select.score.KEY=VALUE.
 
     Resumable: rerun the same command after an interruption.  To spread the pool over machines, run
-    `--shard I/N --gradients DIR` for each I, then once more without --shard to score.
+    `--shard I/N --gradients DIR` for each I, then once more without --shard to score; or let --ray deal the
+    shards to Ray actors and score in one command.
     """
     import time
 
@@ -546,23 +590,32 @@ def score(
     from cropi.selection.export import read_scores
 
     part, span = _shard_or_range(shard, prange)
+    ray_job = _ray_job(ray, ray_address, ray_workers, ray_threads, bool(part or span))
     if (part or span) and gradients is None:
         raise CropiError("--shard/--range need --gradients DIR (where the shards meet)")
     if not (part or span) and out is None:
         raise CropiError("--out is required (the scores file)")
     vals = {name: path for name, path in (s.split("=", 1) if "=" in s else (Path(s).name, s) for s in val_store)}
     n = store_meta(pool_store)["num_prompts"]
-    policy = load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype)
-    s, t0 = cfg.select.score, time.perf_counter()
+    policy = None if ray_job else load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype)
+    s, t0, job = cfg.select.score, time.perf_counter(), None
     with _progress() as prog:
         task = prog.add_task("project pool" if part or span else "score pool", total=None if part or span else n,
                              info=f"{s.mode} {s.kind} k={s.k}")
-        folder = _run_engine(policy, pool_store, vals, out, cfg, gradients, part, span, lambda i: prog.advance(task, i))
+        if ray_job:
+            from cropi.integrations.ray_shards import score_on_ray
+
+            folder, job = None, score_on_ray(cfg, pool_store, vals, out, gradients, on_prompt=lambda i: prog.advance(task, i),
+                                             **ray_job)[1]
+        else:
+            folder = _run_engine(policy, pool_store, vals, out, cfg, gradients, part, span, lambda i: prog.advance(task, i))
     secs = time.perf_counter() - t0
     if folder is not None:
         typer.echo(f"projected pool prompts into {folder} in {secs:.1f} s; when every shard is done, run the same "
                    f"command without --shard/--range (and with --out) to score")
         return
+    if job is not None:
+        typer.echo(_ray_line(job))
     table, meta = read_scores(out)
     usable = sum(table.column("usable").to_pylist())
     typer.echo(f"scored {usable} of {n} prompts ({n - usable} zero-variance groups skipped) in {meta['mode']} mode "

@@ -241,12 +241,20 @@ def default_gradients_dir(out: str | Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- validation means
+def project_validation_store(policy: Policy, name: str, path: str | Path, gradients: str | Path, cfg: RunConfig,
+                             projector: Projector | None = None, fingerprint: str | None = None) -> Path:
+    """Write (or resume) validation set ``name``'s projected store ``gradients/val-NAME`` exactly as projected
+    scoring reads it (its first ``max_val_prompts`` usable prompts), so a run that finds it complete reuses it."""
+    end = usable_prefix_end(path, cfg.select.score.max_val_prompts)
+    projector = projector or make_score_projector(policy, cfg.select.score)
+    return project_store(policy, path, Path(gradients) / f"val-{name}", projector, cfg, 0, end, fingerprint=fingerprint)
+
+
 def _projected_means(policy, fp, val_stores, root, projector, cfg) -> tuple[dict, dict]:
     score = cfg.select.score
     means, folders = {}, {}
     for name, path in val_stores.items():
-        end = usable_prefix_end(path, score.max_val_prompts)
-        folders[name] = project_store(policy, path, root / f"val-{name}", projector, cfg, 0, end, fingerprint=fp)
+        folders[name] = project_validation_store(policy, name, path, root, cfg, projector, fp)
         val = read_gradient_store(folders[name])
         _require_usable(path, name, val.vectors.shape[0])
         means[name] = mean_direction(val.vectors[:score.max_val_prompts])
@@ -279,9 +287,30 @@ def _exact_means(policy, fp, estimator, val_stores, root, projector, cfg) -> tup
     return means, folders
 
 
+def validation_means(policy: Policy, val_stores: Mapping[str, str | Path], cfg: RunConfig) -> dict[str, dict]:
+    """Exact mode's ḡ_v of each validation set, computed as ``score_pool`` computes them (one set's mean does not
+    depend on the other sets), so means computed apart and passed back as ``exact_means`` give the same bits."""
+    for path in val_stores.values():
+        _check_store(Path(path), policy)
+    estimator = make_score_estimator(policy, cfg)
+    return _exact_means(policy, None, estimator, val_stores, None, None, cfg)[0]
+
+
+def check_scoring_stores(policy: Policy, pool_store: str | Path, val_stores: Mapping[str, str | Path]) -> None:
+    """Refuse (``CropiError``) missing stores and stores made with another tokenizer, before anything is written."""
+    if not val_stores:
+        raise CropiError("scoring needs at least one validation store")
+    for path in (pool_store, *val_stores.values()):
+        _check_store(Path(path), policy)
+
+
 def _means_identity(val_stores: Mapping[str, str | Path], score: ScoreConfig) -> dict:
     return {name: {"trajectory_store": store_meta(p), "max_val_prompts": score.max_val_prompts}
             for name, p in val_stores.items()}
+
+
+def _on_device(means: Mapping[str, dict[str, torch.Tensor]], policy: Policy) -> dict:
+    return {v: {p: t.to(policy.device) for p, t in m.items()} for v, m in means.items()}
 
 
 def _require_usable(path, name, usable: int) -> None:
@@ -309,6 +338,7 @@ def score_pool(
     gradients: str | Path | None = None,
     overlays: Sequence[str | Path] = (),
     select_n: int | None = None,
+    exact_means: Mapping[str, dict[str, torch.Tensor]] | None = None,
 ) -> ScoringResult:
     """Influence scores of every pool prompt for ``policy``: writes ``out`` (Parquet) and returns the table and
     its one fused ranking of ``select_n`` prompts (default ⌊select.ratio · pool rows⌋).
@@ -316,7 +346,8 @@ def score_pool(
     ``overlays``: trajectory stores of some pool prompts re-sampled by the current policy; their usable groups
     replace the pool's rows for the same prompts.  Stores go under ``gradients`` (default: next to ``out``);
     rerunning after an interruption resumes them, and a store made with another model, tokenizer, loss or
-    projector is refused with a ``CropiError``."""
+    projector is refused with a ``CropiError``.  ``exact_means`` (exact mode): the sets' means from
+    ``validation_means``, not computed again (and no projected validation stores are written)."""
     if not val_stores:
         raise CropiError("scoring needs at least one validation store")
     score = cfg.select.score
@@ -332,6 +363,9 @@ def score_pool(
     if mode == "projected":
         means, val_dirs = _projected_means(policy, fp, val_stores, root, projector, cfg)
         scorer = projector
+    elif exact_means is not None:
+        means, val_dirs = _on_device(exact_means, policy), {}
+        scorer = MeanDots(means, _means_identity(val_stores, score))
     else:
         means, val_dirs = _exact_means(policy, fp, estimator, val_stores, root, projector, cfg)
         scorer = MeanDots(means, _means_identity(val_stores, score))
@@ -434,10 +468,12 @@ def _apply_overlays(policy, fp, estimator, overlays, root, projector, scorer, mo
 def project_pool_range(policy: Policy, pool_store: str | Path, gradients: str | Path, cfg: RunConfig,
                        start: int = 0, end: int | None = None, shard: tuple[int, int] | None = None,
                        val_stores: Mapping[str, str | Path] | None = None,
-                       on_prompt: Callable[[int], None] | None = None) -> Path:
+                       on_prompt: Callable[[int], None] | None = None,
+                       exact_means: Mapping[str, dict[str, torch.Tensor]] | None = None) -> Path:
     """Project pool prompts [start, end) (or chunk-aligned shard ``(i, n)``) into ``gradients/pool-START-END``
     (exact mode: ``pool-exact-START-END``, the inner products only, which needs ``val_stores`` for the means), resumable;
-    ``score_pool`` with the same ``gradients`` folder then reads the shards as one store."""
+    ``score_pool`` with the same ``gradients`` folder then reads the shards as one store.  ``exact_means``: the
+    means from ``validation_means``, instead of computing them here."""
     _check_store(Path(pool_store), policy)
     score = cfg.select.score
     n = int(store_meta(pool_store)["num_prompts"])
@@ -454,7 +490,10 @@ def project_pool_range(policy: Policy, pool_store: str | Path, gradients: str | 
         _check_store(Path(path), policy)
     fp = model_fingerprint(policy.model)
     estimator = make_score_estimator(policy, cfg)
-    means, _ = _exact_means(policy, fp, estimator, val_stores, Path(gradients), None, cfg)
+    if exact_means is not None:
+        means = _on_device(exact_means, policy)
+    else:
+        means, _ = _exact_means(policy, fp, estimator, val_stores, Path(gradients), None, cfg)
     scorer = MeanDots(means, _means_identity(val_stores, score))
     writer = _writer(policy, fp, pool_store, Path(gradients) / f"pool-exact-{start:09d}-{end:09d}", scorer, cfg,
                      start, end)
@@ -464,4 +503,5 @@ def project_pool_range(policy: Policy, pool_store: str | Path, gradients: str | 
 
 
 __all__ = ["MODES", "ScoringResult", "score_pool", "project_pool_range", "featurize", "default_gradients_dir",
+           "validation_means", "project_validation_store", "check_scoring_stores",
            "make_score_projector", "make_score_estimator", "resolve_mode", "StoreSink", "MeanDots"]
