@@ -34,7 +34,8 @@ app = typer.Typer(
 )
 model_app = typer.Typer(help="Fetch and inspect models.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
-bench_app = typer.Typer(help="Influence-engine benchmarks: projection speed, fidelity on real gradients, exact scoring, scoring cost.",
+bench_app = typer.Typer(help="Influence-engine benchmarks: projection speed, fidelity on real gradients, exact scoring, scoring cost, "
+                        "scoring on Ray.",
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 console = Console(stderr=True)
@@ -870,6 +871,35 @@ def bench_gpu(
                           *(["--only", only] if only else [])])
     if code:
         raise typer.Exit(code)
+
+
+@bench_app.command("ray")
+@handles_errors
+def bench_ray(
+    quick: bool = typer.Option(False, help="Reduced run (256 pool prompts) written under runs/bench-quick/."),
+    out: Optional[Path] = BenchOutOpt,
+    work: Optional[Path] = typer.Option(None, help="Stores, reused on a rerun (default runs/bench-ray)."),
+    pool_prompts: Optional[int] = typer.Option(None, help="The first N pool prompts (default: the whole embedded pool)."),
+    threads: int = typer.Option(1, help="torch threads per Ray worker and in the one-process run."),
+    collection: bool = typer.Option(True, help="Also time and compare collection on Ray."),
+):
+    """Scoring sharded over Ray, 1 vs 2 workers on the embedded pool in one run, next to one process without Ray:
+    bit-identical scores (checked bitwise), prompts per second and their ratio, Ray start-up apart; collection
+    likewise.  Writes ray_scoring.json / ray_scoring.md.  Needs cropi[ray]."""
+    from cropi.experiments.benchmarks.ray_scoring import RayScoringPlan, run
+    from cropi.extras import require
+    from cropi.integrations import ray_shards
+
+    require("ray", "ray", "cropi bench ray")
+    kw = {"threads": threads, "collection": collection, **({"pool_prompts": pool_prompts} if pool_prompts else {})}
+    plan = RayScoringPlan.quick_plan(**kw) if quick else RayScoringPlan(**kw)
+    out, work = _bench_dirs(quick, out, work, "ray")
+    res = run(plan, out, work, ray_shards, log=lambda m: console.print(m, highlight=False))
+    if "speedup_2_vs_1" in res:
+        typer.echo(f"identical scores: {'yes' if res['identical_scores'] else 'NO'}; 2 workers vs 1: "
+                   f"{res['speedup_2_vs_1']:.2f}x prompts/s (target >= {res['scaling_target']}x: "
+                   f"{'met' if res['target_met'] else 'NOT met'}); Ray start {res['ray_start_seconds']:.1f} s")
+    typer.echo(f"wrote {out / 'ray_scoring.json'} and {out / 'ray_scoring.md'}")
 
 
 @app.command("config")
