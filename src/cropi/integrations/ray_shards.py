@@ -18,7 +18,8 @@ same command finishes it with the same result.
 
 Paths must be visible to every actor (one machine, or a shared filesystem on a cluster), and cropi must be
 importable on every node.  ``CROPI_RAY_FAIL_AFTER_CHUNKS=N`` in the driver's environment makes the first
-actor exit (``os._exit``) after it finished N chunks: fault injection for tests, nothing else.
+actor exit (``os._exit``) after it finished N chunks: fault injection for tests, nothing else.  A local Ray
+started here runs its workers at the driver's niceness (Ray's default is 15) unless ``RAY_worker_niceness`` is set.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from cropi.errors import CropiError
 from cropi.extras import require
 
 FAIL_AFTER_CHUNKS_ENV = "CROPI_RAY_FAIL_AFTER_CHUNKS"
+WORKER_NICENESS_ENV = "RAY_worker_niceness"  # Ray's own setting (default 15)
 SHARD_TASKS = ("validation_mean", "project_validation", "project_pool", "collect")
 TASKS_PER_WORKER = 4  # shards per actor: balances uneven shards and gives the progress bar steps
 
@@ -59,6 +61,7 @@ class RayJob:
     ray_start_seconds: float  # starting (or connecting to) Ray; 0 when it was already running
     actor_start_seconds: float  # creating the actors, each importing cropi and loading the policy
     seconds: float  # the job after Ray was up: actors, shards and the final pass
+    phases: dict  # seconds of each step after the actors' start (validation means, pool shards, final pass)
 
 
 @contextmanager
@@ -71,11 +74,19 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         return
     t0 = time.perf_counter()
     quiet = {"log_to_driver": False, "logging_level": "warning"}  # actors' model-loading chatter stays in Ray's logs
+    # Ray runs its workers at niceness 15; a local Ray started for one job runs them at the job's own priority
+    # instead, as the single process runs (on a shared machine niceness 15 starves them), unless the user set it
+    nice = {} if os.environ.get(WORKER_NICENESS_ENV) else {WORKER_NICENESS_ENV: str(os.nice(0))}
     try:
         if address:
             ray.init(address=address, **quiet)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
+            os.environ.update(nice)  # read by the raylet that ray.init starts
+            try:
+                ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
+            finally:
+                for key in nice:
+                    os.environ.pop(key, None)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = f"--ray-address {address}" if address else "local Ray"
         raise CropiError(f"{where}: cannot start or connect to Ray ({str(exc).splitlines()[0] if str(exc) else exc!r})") from None
@@ -95,7 +106,11 @@ class ShardWorker:
         torch.set_num_threads(threads)
         from cropi.policy import load_policy
 
-        self.policy = load_policy(model, device, dtype)
+        self.init_error = None
+        try:
+            self.policy = load_policy(model, device, dtype)
+        except CropiError as exc:  # raised by the first call, as itself (Ray reports a failed __init__ as a death)
+            self.init_error = exc
         self.fail_after_chunks = fail_after_chunks
         self.chunks = 0
 
@@ -105,6 +120,8 @@ class ShardWorker:
             os._exit(1)  # fault injection (FAIL_AFTER_CHUNKS_ENV): a worker lost between two chunks
 
     def device(self) -> str:
+        if self.init_error is not None:
+            raise self.init_error
         return str(self.policy.device)
 
     def resolve_mode(self, pool_store: str, val_stores: dict, cfg: RunConfig) -> str:
@@ -294,6 +311,13 @@ def score_on_ray(cfg: RunConfig, pool_store: str | Path, val_stores: Mapping[str
     for p in vals.values():
         store_meta(p)
     with _job(address, workers, threads, cfg, num_cpus) as (ws, ray_start, t0):
+        phases, tick = {}, [time.perf_counter()]
+
+        def phase(name: str) -> None:
+            now = time.perf_counter()
+            phases[name] = phases.get(name, 0.0) + now - tick[0]
+            tick[0] = now
+
         mode = ws.run([_Task("resolve_mode", (pool, vals, cfg))])[0]
         ranges = shard_plan(n, cfg.select.score.chunk_size, _existing_shards(root, mode), TASKS_PER_WORKER * len(ws.actors))
         means_ref = None
@@ -302,13 +326,17 @@ def score_on_ray(cfg: RunConfig, pool_store: str | Path, val_stores: Mapping[str
         if mode == "exact":  # each set's mean once, on one actor, then shared by every shard and the final pass
             means = ws.run([_Task("validation_mean", (name, p, cfg)) for name, p in vals.items()])
             means_ref = ws.ray.put(dict(zip(vals, means)))
+            phase("validation means")
             ws.run(pool_tasks(means_ref), on_prompt)
+            phase("pool shards")
         else:
             ws.run([_Task("project_validation", (name, p, str(root), cfg)) for name, p in vals.items()]
                    + pool_tasks(None), on_prompt)
+            phase("validation and pool shards")
         result = ws.run([_Task("score", (pool, vals, str(out), cfg, str(root), means_ref))])[0]
+        phase("final pass")
         job = RayJob(len(ws.actors), ws.device, ws.threads, ws.shards, ray_start, ws.start_seconds,
-                     time.perf_counter() - t0)
+                     time.perf_counter() - t0, phases)
     return result, job
 
 
@@ -327,7 +355,7 @@ def collect_on_ray(cfg: RunConfig, problems: Sequence, out: str | Path, ccfg, po
         ws.run([_Task("collect", (ref, str(out), ccfg, policy_tag, i, shards), sizes[i]) for i in range(shards)],
                on_prompts)
         return RayJob(len(ws.actors), ws.device, ws.threads, ws.shards, ray_start, ws.start_seconds,
-                      time.perf_counter() - t0)
+                      time.perf_counter() - t0, {})
 
 
 __all__ = ["score_on_ray", "collect_on_ray", "ray_session", "shard_plan", "RayJob", "WorkerLost", "ShardWorker",

@@ -131,7 +131,7 @@ def run(plan: RayScoringPlan, out_dir: Path, work: Path, ray, log=print) -> dict
             same = (_scores_bits(out) == ref_scores
                     and _chunk_bits(_pool_store_dirs(default_gradients_dir(out)), "chunk-*.parquet") == ref_chunks)
             rows.append({"run": f"Ray, {w} worker{'s' * (w > 1)}", "workers": w, "mode": res.mode, "seconds": seconds,
-                         "actor_start_seconds": job.actor_start_seconds, "shards": job.tasks,
+                         "actor_start_seconds": job.actor_start_seconds, "shards": job.tasks, "phases": job.phases,
                          "prompts_per_second": n / seconds,
                          "prompts_per_second_after_actor_start": n / (seconds - job.actor_start_seconds),
                          "identical": same, "load_before": load_before, "load_after": _load()})
@@ -144,6 +144,7 @@ def run(plan: RayScoringPlan, out_dir: Path, work: Path, ray, log=print) -> dict
            "cpu_count": os.cpu_count(), "ray_version": _ray_version(), "plan": asdict(plan), "model": plan.model,
            "pool_prompts": n, "usable_prompts": usable, "validation_sets": {k: len(v) for k, v in suite.validation.items()},
            "mode": ref.mode, "threads": plan.threads, "ray_start_seconds": ray_start, "stores_seconds": stores_seconds,
+           "ray_worker_niceness": os.environ.get("RAY_worker_niceness", f"{os.nice(0)} (the driver's)"),
            "scoring": rows, "collection": collect_rows, "scaling_target": SCALING_TARGET,
            "identical_scores": all(r["identical"] for r in rows),
            "elapsed_seconds": time.perf_counter() - started}
@@ -221,9 +222,14 @@ def render(res: dict) -> str:
              + ", ".join(f"{k} ({v} prompts)" for k, v in res["validation_sets"].items())
              + f"; {res['mode']} mode; {res['threads']} torch thread(s) per worker and in the one-process run",
              f"- Ray start-up (a local Ray, once, before both Ray runs): {res['ray_start_seconds']:.1f} s, not in "
-             "the seconds below", "",
+             f"the seconds below; Ray workers at niceness {res.get('ray_worker_niceness')}, as the one-process run", "",
              "## Scoring", ""]
     lines += _table(res["scoring"])
+    for r in res["scoring"]:
+        if r.get("phases"):
+            lines.append("")
+            lines.append(f"{r['run']}, seconds after the actors' start: "
+                         + ", ".join(f"{k} {v:.1f}" for k, v in r["phases"].items()) + ".")
     if "speedup_2_vs_1" in res:
         verdict = "met" if res["target_met"] else "NOT met"
         lines += ["", f"Identical scores (scores file and every pool gradient-store chunk, bitwise): "
