@@ -177,21 +177,21 @@ def _model_arg(name: str) -> str:
 class _Workers:
     """The job's actors and a queue that hands each idle one the next task."""
 
-    def __init__(self, ray, cfg: RunConfig, workers: int | None, threads: int):
+    def __init__(self, ray, cfg: RunConfig, workers: int | None, threads: int, gpus_per_worker: float = 1.0):
         if threads < 1:
             raise CropiError(f"--ray-threads {threads}: must be >= 1")
         self.ray = ray
         res = ray.cluster_resources()
         gpus, cpus = int(res.get("GPU", 0)), int(res.get("CPU", 0))
         use_gpu = gpus > 0 and cfg.model.device != "cpu"
-        slots = gpus if use_gpu else cpus // threads
+        slots = int(gpus / gpus_per_worker) if use_gpu else cpus // threads
         n = slots if workers is None else workers
         if not 1 <= n <= slots:
             have = f"{gpus} GPUs" if use_gpu else f"{cpus} CPUs for {threads} thread(s) per worker"
             raise CropiError(f"--ray-workers {n}: the Ray cluster has room for 1 to {slots} workers ({have})")
         self.device, self.threads = ("cuda" if use_gpu else "cpu"), threads
         fail = os.environ.get(FAIL_AFTER_CHUNKS_ENV)
-        actor = ray.remote(ShardWorker).options(num_gpus=1, num_cpus=0) if use_gpu else \
+        actor = ray.remote(ShardWorker).options(num_gpus=gpus_per_worker, num_cpus=0) if use_gpu else \
             ray.remote(ShardWorker).options(num_cpus=threads)
         t0 = time.perf_counter()
         self.actors = [actor.remote(_model_arg(cfg.model.name), self.device, cfg.model.dtype, threads,
@@ -250,10 +250,10 @@ def _get(ray, ref):
 
 
 @contextmanager
-def _job(address, workers, threads, cfg, num_cpus=None) -> Iterator[tuple[_Workers, float, float]]:
+def _job(address, workers, threads, cfg, num_cpus=None, gpus_per_worker=1.0) -> Iterator[tuple[_Workers, float, float]]:
     with ray_session(address, num_cpus) as ray_start:
         t0 = time.perf_counter()
-        pool = _Workers(_ray(), cfg, workers, threads)
+        pool = _Workers(_ray(), cfg, workers, threads, gpus_per_worker)
         try:
             yield pool, ray_start, t0
         finally:
@@ -295,11 +295,13 @@ def _existing_shards(gradients: Path, mode: str) -> list[tuple[int, int]]:
 
 def score_on_ray(cfg: RunConfig, pool_store: str | Path, val_stores: Mapping[str, str | Path], out: str | Path,
                  gradients: str | Path | None = None, address: str | None = None, workers: int | None = None,
-                 threads: int = 1, on_prompt: Callable[[int], None] | None = None, num_cpus: int | None = None):
+                 threads: int = 1, on_prompt: Callable[[int], None] | None = None, num_cpus: int | None = None,
+                 gpus_per_worker: float = 1.0):
     """``score_pool`` with the pool sharded over Ray actors: returns (``ScoringResult``, ``RayJob``).
 
     Shards go to ``gradients`` (default next to ``out``, as ``score_pool`` does) and stay there, so a rerun
-    resumes; ``out`` is written by the final pass, the same file a single process writes."""
+    resumes; ``out`` is written by the final pass, the same file a single process writes.  ``gpus_per_worker``
+    below 1 lets several actors share a GPU (a smoke test on one GPU)."""
     from cropi.rollouts.trajectory_store import store_meta
     from cropi.scores.engine import default_gradients_dir
 
@@ -310,7 +312,7 @@ def score_on_ray(cfg: RunConfig, pool_store: str | Path, val_stores: Mapping[str
     n = int(store_meta(pool)["num_prompts"])  # missing stores stop here, before Ray starts
     for p in vals.values():
         store_meta(p)
-    with _job(address, workers, threads, cfg, num_cpus) as (ws, ray_start, t0):
+    with _job(address, workers, threads, cfg, num_cpus, gpus_per_worker) as (ws, ray_start, t0):
         phases, tick = {}, [time.perf_counter()]
 
         def phase(name: str) -> None:
@@ -358,5 +360,56 @@ def collect_on_ray(cfg: RunConfig, problems: Sequence, out: str | Path, ccfg, po
                       time.perf_counter() - t0, {})
 
 
-__all__ = ["score_on_ray", "collect_on_ray", "ray_session", "shard_plan", "RayJob", "WorkerLost", "ShardWorker",
+def smoke_check(work: str | Path, device: str = "cuda", quick: bool = False) -> dict:
+    """``cropi bench gpu``'s Ray check: a small embedded pool scored by one process and by 2 Ray workers (sharing
+    one GPU on a CUDA device) at one torch thread; whether the scores and the pool store are bit-identical."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from cropi.config import load_config
+    from cropi.policy import load_policy
+    from cropi.rollouts.trajectory_store import CollectConfig, collect
+    from cropi.scores.engine import default_gradients_dir, score_pool
+    from cropi.tasks.loading import load_data
+
+    def bits(table) -> bytes:
+        table = table.replace_schema_metadata(None).combine_chunks()
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as w:
+            w.write_table(table)
+        return sink.getvalue().to_pybytes()
+
+    def chunks(out: Path) -> dict:
+        return {f.name: bits(pq.read_table(f)) for d in sorted(default_gradients_dir(out).glob("pool-exact*"))
+                for f in sorted(d.glob("chunk-*.parquet"))}
+
+    work = Path(work)
+    pool_size, chunk = (24, 4) if quick else (256, 32)
+    cfg = load_config(None, [f"model.device={device}", f"data.suite.pool_size={pool_size}", "data.suite.val_size=16",
+                             "select.score.mode=exact", f"select.score.chunk_size={chunk}"])
+    suite = load_data(cfg.data)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        policy = load_policy("tiny", device)
+        ccfg = CollectConfig.from_rollout(cfg.rollout)
+        pool = collect(policy, suite.pool, work / "pool", ccfg)
+        vals = {name: collect(policy, probs, work / f"val-{name}", ccfg) for name, probs in suite.validation.items()}
+        one, ray_out = work / "one.parquet", work / "ray.parquet"
+        t0 = time.perf_counter()
+        score_pool(policy, pool, vals, one, cfg)
+        one_seconds = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
+    with ray_session(num_cpus=None if device != "cpu" else max(2, os.cpu_count() or 2)) as ray_start:
+        _, job = score_on_ray(cfg, pool, vals, ray_out, workers=2, threads=1,
+                              gpus_per_worker=0.5 if device.startswith("cuda") else 1.0)
+    return {"pool_prompts": pool_size, "workers": job.workers, "worker_device": job.device,
+            "identical": bits(pq.read_table(one)) == bits(pq.read_table(ray_out)) and chunks(one) == chunks(ray_out),
+            "one_process_seconds": one_seconds, "ray_start_seconds": ray_start,
+            "actor_start_seconds": job.actor_start_seconds, "ray_job_seconds": job.seconds, "phases": job.phases}
+
+
+__all__ = ["score_on_ray", "smoke_check", "collect_on_ray", "ray_session", "shard_plan", "RayJob", "WorkerLost", "ShardWorker",
            "FAIL_AFTER_CHUNKS_ENV"]
