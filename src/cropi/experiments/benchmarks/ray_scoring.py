@@ -47,6 +47,32 @@ class RayScoringPlan:
         return cls(**{"pool_prompts": 256, **kw})
 
 
+_SPIN = """
+import time, torch
+torch.set_num_threads(1)
+a, n, t = torch.randn(256, 256), 0, time.perf_counter()
+while time.perf_counter() - t < {seconds}:
+    a @ a
+    n += 1
+print(n / {seconds})
+"""
+
+
+def machine_two_process_ratio(seconds: float = 3.0) -> dict:
+    """What the machine gives two single-threaded processes at this moment: the same fp32 matmul loop alone, then
+    two copies at once; ``ratio`` = the two's total over the one's (2 on two idle cores).  The ceiling of
+    2-worker scaling while the measurement runs, on a machine whose cores may be shared."""
+    import subprocess
+    import sys
+
+    code = _SPIN.format(seconds=seconds)
+    alone = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    both = [float(p.communicate()[0]) for p in procs]
+    return {"one_alone_per_second": alone, "two_at_once_per_second": both, "ratio": sum(both) / alone,
+            "load": _load()}
+
+
 def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -119,6 +145,8 @@ def run(plan: RayScoringPlan, out_dir: Path, work: Path, ray, log=print) -> dict
     log(f"one process: {one_seconds:.1f} s ({ref.mode} mode, {usable} usable of {n})")
 
     collect_rows: list[dict] = []
+    probes = [machine_two_process_ratio()]
+    log(f"machine: two processes at once get {probes[0]['ratio']:.2f}x one alone")
     with ray.ray_session(num_cpus=os.cpu_count()) as ray_start:
         log(f"Ray started in {ray_start:.1f} s")
         for w in plan.workers:
@@ -136,6 +164,8 @@ def run(plan: RayScoringPlan, out_dir: Path, work: Path, ray, log=print) -> dict
                          "prompts_per_second_after_actor_start": n / (seconds - job.actor_start_seconds),
                          "identical": same, "load_before": load_before, "load_after": _load()})
             log(f"Ray, {w} worker(s): {seconds:.1f} s (actors {job.actor_start_seconds:.1f} s), identical: {same}")
+        probes.append(machine_two_process_ratio())
+        log(f"machine: two processes at once get {probes[1]['ratio']:.2f}x one alone")
         if plan.collection:
             collect_rows = _collection(plan, ray, cfg, ccfg, pool_problems, policy, work, log)
 
@@ -145,6 +175,7 @@ def run(plan: RayScoringPlan, out_dir: Path, work: Path, ray, log=print) -> dict
            "pool_prompts": n, "usable_prompts": usable, "validation_sets": {k: len(v) for k, v in suite.validation.items()},
            "mode": ref.mode, "threads": plan.threads, "ray_start_seconds": ray_start, "stores_seconds": stores_seconds,
            "ray_worker_niceness": os.environ.get("RAY_worker_niceness", f"{os.nice(0)} (the driver's)"),
+           "machine_two_process_ratio": probes,
            "scoring": rows, "collection": collect_rows, "scaling_target": SCALING_TARGET,
            "identical_scores": all(r["identical"] for r in rows),
            "elapsed_seconds": time.perf_counter() - started}
@@ -224,6 +255,12 @@ def render(res: dict) -> str:
              f"- Ray start-up (a local Ray, once, before both Ray runs): {res['ray_start_seconds']:.1f} s, not in "
              f"the seconds below; Ray workers at niceness {res.get('ray_worker_niceness')}, as the one-process run", "",
              "## Scoring", ""]
+    probes = res.get("machine_two_process_ratio") or []
+    if probes:
+        lines += ["Two-process ceiling: the same single-threaded matmul loop alone, then two copies at once, just "
+                  "before the Ray runs and just after them: two at once got "
+                  + " and ".join(f"**{p['ratio']:.2f}×** one alone (load {p['load']})" for p in probes)
+                  + " — 2.00× on two idle cores; this bounds what a second worker can add during the run.", ""]
     lines += _table(res["scoring"])
     for r in res["scoring"]:
         if r.get("phases"):
@@ -254,6 +291,11 @@ def _why(res: dict) -> str:
               "the validation means (one set per worker, so at most as many workers as sets help there) and the "
               "final pass on one actor.")
     loaded = max(max(r["load_before"][0], r["load_after"][0]) for r in res["scoring"])
+    probes = res.get("machine_two_process_ratio") or []
+    if probes and min(p["ratio"] for p in probes) < res["scaling_target"]:
+        ceiling = " and ".join(format(p["ratio"], ".2f") for p in probes)
+        serial += (f"  Above all, the machine gave two processes at once only {ceiling}× what it gave one (the "
+                   "two-process ceiling above): a second worker could not add a core's worth.")
     if loaded > (res["cpu_count"] or 1):
         serial += (f"  The machine was loaded during the run (1-minute load average up to {loaded} on "
                    f"{res['cpu_count']} cores): the second worker competed with other processes for a core.")
