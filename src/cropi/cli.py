@@ -117,7 +117,7 @@ OPTIONS: dict[str, list[Opt]] = {
     "train": [key_opt("selector", "train.selector"), key_opt("seed", "train.seed")],
     "rollout": [key_opt("group_size", "rollout.group_size", "-g"), key_opt("temperature", "rollout.temperature"),
                 key_opt("top_p", "rollout.top_p"), key_opt("max_new_tokens", "rollout.max_new_tokens"),
-                key_opt("seed", "rollout.seed")],
+                key_opt("seed", "rollout.seed"), key_opt("backend", "rollout.backend")],
     "score": [key_opt("mode", "select.score.mode"), key_opt("kind", "select.score.kind"), key_opt("k", "select.score.k"),
               RATIO, key_opt("batch_size", "select.score.batch_size"), key_opt("chunk_size", "select.score.chunk_size")],
     "ratio": [RATIO],
