@@ -18,6 +18,7 @@ from typing import Any, Callable, List, Optional, get_args, get_origin
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cropi.config import load_config, settings
@@ -40,7 +41,8 @@ console = Console(stderr=True)
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    # escaped: messages hold brackets (pip install 'cropi[vllm]') that rich would read as markup
+    console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
