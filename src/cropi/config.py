@@ -85,7 +85,7 @@ class RolloutConfig:
     seed: int = setting(0, "Seed of the behaviour rollouts (`cropi collect`, and the curriculum's behaviour stores); "
                         "responses are keyed by (seed, prompt id, sample index).")
     backend: str = setting("hf", "Engine sampling the behaviour stores (`cropi collect`, the curriculum's collections "
-                           "and refreshes): hf (built in) or vllm (extra cropi[vllm], a GPU; needs top_p = 1).",
+                           "and refreshes): hf (built in) or vllm (the vllm extra and a GPU; needs top_p = 1).",
                            one_of("hf", "vllm"))
 
 
