@@ -163,10 +163,15 @@ def check_trl(plan: CheckPlan) -> dict:
 
 
 def check_vllm(plan: CheckPlan) -> dict:
-    _engine("vllm", "vLLM's wheels exceed what travels to the GPU machine unless it is installed there")
-    from cropi.experiments.benchmarks import vllm_parity
+    _engine("vllm", "vLLM and its CUDA torch are far over what travels to the GPU machine; it must be installed there")
+    from cropi.experiments.benchmarks.vllm_parity import vllm_parity
 
-    return vllm_parity.run_parity(Path(plan.work) / "vllm", quick=plan.quick)
+    work = Path(plan.work) / "vllm"
+    res = vllm_parity(work, prompts=16 if plan.quick else 64, quick=True, work=work / "stores")
+    cases = {f"{c['backend']}-{c['engine_dtype']}": {k: c.get(k) for k in ("mean_abs_delta", "max_abs_delta",
+                                                                            "mean_ess", "min_ess", "error")}
+             for c in res["cases"]}
+    return {"vllm_version": res["vllm_version"], "meets_targets": res["meets_targets"], "cases": cases}
 
 
 CHECKS: dict[str, Callable[[CheckPlan], dict]] = {
