@@ -243,7 +243,7 @@ class VerlRun:
             store_meta(path)  # a missing store is one line naming it
         if not self.plan.val_stores:
             raise CropiError("cropi verl needs at least one validation store (--val-store NAME=PATH)")
-        suite = load_data(self.cfg.data)
+        suite = load_data(self.cfg.data, need=("pool", "validation"))
         self._check_chat_template()
         saved = self.out / "verl-run.json"
         if saved.exists():
