@@ -3,15 +3,18 @@
 # OUT/gpu_check.json and OUT/gpu_check.md (OUT defaults to runs/gpu-check).  See
 # src/cropi/integrations/gpu_check.py for what each check measures.
 #
-# On a machine without network: run scripts/gpu_wheels.sh where pip works, carry .whl/ with the tree, and
-# this script installs them into /tmp/site first.  cropi itself runs from src/ (no install needed).
+# On a machine without network: run scripts/gpu_wheels.sh where pip works, copy .whl/ with the tree, and
+# this script installs them into /tmp/site first (WHEELS=DIR names another folder, WHEELS= none).  cropi
+# itself runs from src/ (no install needed).
 # Extra arguments go to the checks, e.g. `--only projector,grpo` or `--device cpu --quick` (a dry run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu-check}
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+PY=${PYTHON:-python3}
+WHEELS=${WHEELS-.whl}
+if [ -n "$WHEELS" ] && compgen -G "$WHEELS/*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-exec "${PYTHON:-python3}" -m cropi.integrations.gpu_check --out "$OUT" "$@"
+exec "$PY" -m cropi.integrations.gpu_check --out "$OUT" "$@"

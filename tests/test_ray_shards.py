@@ -7,7 +7,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -15,6 +14,7 @@ from typer.testing import CliRunner
 
 from cropi.cli import app
 from cropi.config import load_config
+from cropi.io import table_bits
 from cropi.rollouts.trajectory_store import CollectConfig, collect
 from cropi.selection.export import read_scores
 from cropi.tasks.problem import Problem
@@ -58,18 +58,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _bits(table: pa.Table) -> bytes:
-    """The table's Arrow IPC bytes (no metadata): equal bytes, equal bits, -0.0 and NaN payloads included."""
-    table = table.replace_schema_metadata(None).combine_chunks()
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
 def _chunks(folders) -> dict[str, bytes]:
     """Every chunk file of the stores (whole or shards) by its grid name."""
-    return {f.name: _bits(pq.read_table(f)) for d in folders for f in sorted(Path(d).glob("*.parquet"))}
+    return {f.name: table_bits(pq.read_table(f)) for d in folders for f in sorted(Path(d).glob("*.parquet"))}
 
 
 def _ok(r):
@@ -84,7 +75,7 @@ def test_ray_scores_on_two_workers_equal_one_process_bitwise(ray_cluster, stores
                                        "--out", str(tmp / "ray.parquet")]))
     assert "on Ray: 2 worker(s) (cpu, 1 torch thread(s) each)" in r.output and "in exact mode" in r.output
     one, ray = read_scores(tmp / "one.parquet")[0], read_scores(tmp / "ray.parquet")[0]
-    assert one.column_names == ray.column_names and _bits(one) == _bits(ray)
+    assert one.column_names == ray.column_names and table_bits(one) == table_bits(ray)
     shards = sorted((tmp / "ray").glob("pool-exact-*"))
     assert len(shards) > 1  # the pool really was split
     whole = _chunks([tmp / "one" / "pool-exact"])
@@ -112,7 +103,7 @@ def test_a_worker_killed_mid_job_loses_only_its_unfinished_chunk_and_a_rerun_equ
     monkeypatch.delenv(FAIL_AFTER_CHUNKS_ENV)
     _ok(runner.invoke(app, args))
     assert {f: f.stat().st_mtime_ns for f in kept} == kept  # finished chunks were kept, not recomputed
-    assert _bits(read_scores(tmp / "killed.parquet")[0]) == _bits(read_scores(tmp / "ref.parquet")[0])
+    assert table_bits(read_scores(tmp / "killed.parquet")[0]) == table_bits(read_scores(tmp / "ref.parquet")[0])
     assert _chunks(sorted(grads.glob("pool-0*"))) == _chunks([tmp / "ref" / "pool"])
     assert _chunks([grads / "val-count"]) == _chunks([tmp / "ref" / "val-count"])
 
@@ -132,7 +123,7 @@ def test_ray_collection_on_two_workers_equals_one_process_chunk_by_chunk(ray_clu
     ray = {f.name: pq.read_table(f) for f in sorted((tmp / "c-ray").glob("part-*.parquet"))}
     assert len(one) == 5 and one.keys() == ray.keys()
     for name in one:  # every column and the file metadata (fingerprints, sampling setup)
-        assert ray[name].equals(one[name], check_metadata=True) and _bits(ray[name]) == _bits(one[name]), name
+        assert ray[name].equals(one[name], check_metadata=True) and table_bits(ray[name]) == table_bits(one[name]), name
     assert (tmp / "c-ray" / "meta.json").read_text() == (tmp / "c-one" / "meta.json").read_text()
 
 
@@ -173,3 +164,18 @@ def test_shard_plan_keeps_existing_shards_and_splits_only_the_gaps():
     assert shard_plan(22, 4, [(0, 22)], 8) == [(0, 22)]
     with pytest.raises(CropiError, match="overlap"):
         shard_plan(22, 4, [(0, 12), (8, 16)], 2)
+
+
+def test_a_worker_error_that_is_not_cropis_reaches_the_driver_as_one_line(ray_cluster):
+    import ray
+
+    from cropi.integrations.ray_shards import WorkerLost, _get
+
+    @ray.remote
+    def fails():
+        raise MemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    with pytest.raises(WorkerLost) as info:
+        _get(ray, fails.remote())
+    msg = str(info.value)
+    assert "\n" not in msg and "MemoryError: CUDA out of memory" in msg and "rerun the same command" in msg

@@ -95,7 +95,7 @@ def parquet_damage(path: str | os.PathLike, expected_rows: int | None = None) ->
     try:
         rows = pq.read_table(path).num_rows
     except Exception as exc:  # pyarrow raises several types for a cut or overwritten file
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}"
+        return f"{type(exc).__name__}: {first_line(exc)}"
     if expected_rows is not None and rows != expected_rows:
         return f"{rows} rows, expected {expected_rows}"
     return None
@@ -113,6 +113,23 @@ def chunk_is_done(path: str | os.PathLike, expected_rows: int | None = None) -> 
     return False
 
 
+def table_bits(table) -> bytes:
+    """An Arrow table's data as Arrow IPC bytes, schema metadata dropped: equal bytes mean bit-identical columns
+    (how sharded, resumed and Ray runs are compared with a single process)."""
+    import pyarrow as pa
+
+    table = table.replace_schema_metadata(None).combine_chunks()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first message line (its type name when it has no message): for one-line errors."""
+    return str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 def read_parquet(path: str | os.PathLike, remedy: str, columns: list[str] | None = None):
     """``pq.read_table``, with a damaged file reported as one ``DataError`` line naming it and ``remedy``."""
     import pyarrow.parquet as pq
@@ -122,5 +139,4 @@ def read_parquet(path: str | os.PathLike, remedy: str, columns: list[str] | None
     try:
         return pq.read_table(path, columns=columns)
     except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(str(path), None, f"damaged or unreadable Parquet file ({first}); {remedy}") from None
+        raise DataError(str(path), None, f"damaged or unreadable Parquet file ({first_line(exc)}); {remedy}") from None

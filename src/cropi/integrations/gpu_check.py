@@ -1,5 +1,5 @@
-"""``cropi bench gpu`` / ``scripts/gpu_check.sh``: every check that needs a GPU, in one run of at most 8 minutes
-on one GPU, with the embedded tiny policy, into one results JSON.
+"""``cropi bench gpu`` / ``scripts/gpu_check.sh``: every check that needs a GPU, in one run sized for 8 minutes on
+one GPU (a check starts only while that budget is not spent), with the embedded tiny policy, into one results JSON.
 
 Checks, each timed and recorded on its own (one failing or skipped check never stops the others):
 
@@ -13,9 +13,10 @@ Checks, each timed and recorded on its own (one failing or skipped check never s
 * ``vllm`` — the parity of vLLM's stored log-probs with cropi's teacher-forced ones (mean and max |Δ| per
   token, sequence-level ESS).
 
-The engines' checks run only where the engine imports (it travels as wheels; see ``scripts/gpu_wheels.sh``),
-and are recorded as skipped, with the reason, where it does not.  ``--device cpu --quick`` runs the same
-code on a CPU at toy sizes: that is how the tests keep this script working between GPU loans.
+The engines' checks run only where the engine imports (for a machine without network, ``scripts/gpu_wheels.sh``
+downloads the small ones as wheels), and are recorded as skipped, with the reason, where it does not.
+``--device cpu --quick`` runs the same code on a CPU at toy sizes: the tests run it, so the script keeps working
+on machines without a GPU.
 """
 
 from __future__ import annotations
@@ -131,14 +132,18 @@ def check_grpo(plan: CheckPlan) -> dict:
 
 
 def check_ray(plan: CheckPlan) -> dict:
-    _engine("ray", "carry its wheels to run the Ray smoke test")
+    _engine("ray", "install it to run the Ray smoke test")
     from cropi.integrations import ray_shards
 
     return ray_shards.smoke_check(Path(plan.work) / "ray", device=plan.device, quick=plan.quick)
 
 
 def check_trl(plan: CheckPlan) -> dict:
-    trl = _engine("trl", "carry its wheels (scripts/gpu_wheels.sh) to run the TRL check")
+    trl = _engine("trl", "install it (offline: the wheels of scripts/gpu_wheels.sh) to run the TRL check")
+    try:
+        trl.GRPOConfig, trl.GRPOTrainer  # noqa: B018 - a dependency of TRL's trainer may be missing
+    except (ImportError, AttributeError) as exc:
+        raise Skipped(f"trl's GRPOTrainer does not import ({type(exc).__name__}: {exc})") from None
     from cropi.config import load_config
     from cropi.integrations.trl import train_stages
     from cropi.policy import load_policy
@@ -163,7 +168,7 @@ def check_trl(plan: CheckPlan) -> dict:
 
 
 def check_vllm(plan: CheckPlan) -> dict:
-    _engine("vllm", "vLLM and its CUDA torch are far over what travels to the GPU machine; it must be installed there")
+    _engine("vllm", "install vLLM (it brings its own CUDA torch) to run the parity check")
     from cropi.experiments.benchmarks.vllm_parity import vllm_parity
 
     work = Path(plan.work) / "vllm"

@@ -35,6 +35,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 from cropi.config import RunConfig
 from cropi.errors import CropiError
 from cropi.extras import require
+from cropi.io import first_line, table_bits
 
 FAIL_AFTER_CHUNKS_ENV = "CROPI_RAY_FAIL_AFTER_CHUNKS"
 WORKER_NICENESS_ENV = "RAY_worker_niceness"  # Ray's own setting (default 15)
@@ -243,7 +244,9 @@ def _get(ray, ref):
     except ray.exceptions.RayTaskError as exc:
         if isinstance(exc.cause, CropiError):
             raise exc.cause from None
-        raise
+        cause = exc.cause if exc.cause is not None else exc
+        raise WorkerLost(f"a Ray worker failed ({type(cause).__name__}: {first_line(cause)[:300]}); the chunks "
+                         "finished are kept: fix the cause and rerun the same command") from None
     except ray.exceptions.RayActorError as exc:
         raise WorkerLost(f"a Ray worker died mid-job ({str(exc).splitlines()[0][:200]}); the chunks it finished "
                          "are kept: rerun the same command to finish the job") from None
@@ -363,7 +366,6 @@ def collect_on_ray(cfg: RunConfig, problems: Sequence, out: str | Path, ccfg, po
 def smoke_check(work: str | Path, device: str = "cuda", quick: bool = False) -> dict:
     """``cropi bench gpu``'s Ray check: a small embedded pool scored by one process and by 2 Ray workers (sharing
     one GPU on a CUDA device) at one torch thread; whether the scores and the pool store are bit-identical."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
 
@@ -373,15 +375,8 @@ def smoke_check(work: str | Path, device: str = "cuda", quick: bool = False) -> 
     from cropi.scores.engine import default_gradients_dir, score_pool
     from cropi.tasks.loading import load_data
 
-    def bits(table) -> bytes:
-        table = table.replace_schema_metadata(None).combine_chunks()
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as w:
-            w.write_table(table)
-        return sink.getvalue().to_pybytes()
-
     def chunks(out: Path) -> dict:
-        return {f.name: bits(pq.read_table(f)) for d in sorted(default_gradients_dir(out).glob("pool-exact*"))
+        return {f.name: table_bits(pq.read_table(f)) for d in sorted(default_gradients_dir(out).glob("pool-exact*"))
                 for f in sorted(d.glob("chunk-*.parquet"))}
 
     work = Path(work)
@@ -406,7 +401,7 @@ def smoke_check(work: str | Path, device: str = "cuda", quick: bool = False) -> 
         _, job = score_on_ray(cfg, pool, vals, ray_out, workers=2, threads=1,
                               gpus_per_worker=0.5 if device.startswith("cuda") else 1.0)
     return {"pool_prompts": pool_size, "workers": job.workers, "worker_device": job.device,
-            "identical": bits(pq.read_table(one)) == bits(pq.read_table(ray_out)) and chunks(one) == chunks(ray_out),
+            "identical": table_bits(pq.read_table(one)) == table_bits(pq.read_table(ray_out)) and chunks(one) == chunks(ray_out),
             "one_process_seconds": one_seconds, "ray_start_seconds": ray_start,
             "actor_start_seconds": job.actor_start_seconds, "ray_job_seconds": job.seconds, "phases": job.phases}
 

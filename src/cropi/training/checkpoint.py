@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cropi.errors import DataError
-from cropi.io import log, read_json, write_json
+from cropi.io import first_line, log, read_json, write_json
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -85,7 +85,7 @@ def damage(path: Path) -> str | None:
         for name in names:
             load_file(str(Path(path) / name))
     except Exception as exc:  # json, safetensors and the OS raise different types for a cut file
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}"
+        return f"{type(exc).__name__}: {first_line(exc)}"
     return None
 
 

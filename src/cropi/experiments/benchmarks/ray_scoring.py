@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cropi import SCHEMA_VERSION
-from cropi.io import write_json, write_text
+from cropi.io import table_bits, write_json, write_text
 
 SCALING_TARGET = 1.8  # 2-worker over 1-worker prompts per second
 
@@ -77,26 +77,16 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def _bits(table) -> bytes:
-    import pyarrow as pa
-
-    table = table.replace_schema_metadata(None).combine_chunks()
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
 def _chunk_bits(folders, pattern: str) -> dict[str, bytes]:
     import pyarrow.parquet as pq
 
-    return {f.name: _bits(pq.read_table(f)) for d in folders for f in sorted(Path(d).glob(pattern))}
+    return {f.name: table_bits(pq.read_table(f)) for d in folders for f in sorted(Path(d).glob(pattern))}
 
 
 def _scores_bits(path: Path) -> bytes:
     from cropi.selection.export import read_scores
 
-    return _bits(read_scores(path)[0])
+    return table_bits(read_scores(path)[0])
 
 
 def _pool_store_dirs(gradients: Path) -> list[Path]:
