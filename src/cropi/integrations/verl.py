@@ -316,11 +316,9 @@ class VerlRun:
         """A rerun in an existing folder continues its later stages, so it must have the settings they began with."""
         import yaml
 
-        from cropi.config import to_dict
-
-        saved = self.out / "config.yaml"
-        if saved.exists() and saved.read_text() != dump_config(self.cfg):
-            key, old, new = _first_difference(yaml.safe_load(saved.read_text()), to_dict(self.cfg))
+        saved, text = self.out / "config.yaml", dump_config(self.cfg)
+        if saved.exists() and saved.read_text() != text:
+            key, old, new = _first_difference(yaml.safe_load(saved.read_text()), yaml.safe_load(text))
             raise CropiError(f"{saved}: this run was started with another config ({key}: {old!r}, now {new!r}); "
                              "rerun with the same options or use a new --out")
         saved = self.out / "verl-run.json"
