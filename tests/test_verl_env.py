@@ -1,7 +1,8 @@
 """cropi's verl files read by verl's real code, in verl's own environment ($CROPI_VERL_PYTHON, default
-/work/venvs/verl/bin/python; skipped when absent): RLHFDataset on the stage parquet, verl's reward-function
-loader on cropi's reward module, hydra composition of the trainer command line, and verl's model merger on a
-checkpoint in the layout the launcher stand-in writes.
+/work/venvs/verl/bin/python; skipped when absent): RLHFDataset on the stage parquet and the prompt tokens verl's
+agent loop builds from its rows (against cropi's), verl's reward-function loader on cropi's reward module, hydra
+composition of the trainer command line, and verl's model merger on a checkpoint in the layout the launcher
+stand-in writes.
 
 All slow: each starts verl's interpreter in a subprocess (verl pins transformers < 5.11, so it cannot share
 cropi's test environment), and the merger and dataset imports take tens of seconds."""
@@ -17,7 +18,7 @@ import pytest
 import torch
 
 from cropi.config import load_config
-from cropi.integrations.verl import REWARD_MODULE, VerlPlan, VerlRun
+from cropi.integrations.verl import CHAT_TEMPLATE_KEYS, REWARD_MODULE, SCHEDULE_KEYS, VerlPlan, VerlRun
 from cropi.selection.export import verl_ground_truth, write_verl_problems
 from cropi.tasks import grade
 from cropi.tasks.problem import Problem
@@ -59,6 +60,27 @@ def test_rlhf_dataset_reads_cropi_parquet_prompts_index_and_ground_truth(micro_m
     assert out["data_source"] == ["add", "gsm8k", "count"]
 
 
+# special tokens and a generation prompt, so that a doubled or missing BOS / generation prompt shows
+ROLE_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{{ eos_token }}{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
+
+
+def test_verl_rollout_prompt_tokens_equal_policy_encode_prompt(micro_model_dir, tmp_path):
+    """The tokens verl samples from (its dataset row through its agent loop's token builder) are the tokens
+    cropi's sampler and scorer use for the same prompt."""
+    from cropi.policy import load_policy
+
+    model = with_chat_template(micro_model_dir, tmp_path / "model", ROLE_TEMPLATE)
+    parquet = write_verl_problems(PROBLEMS, tmp_path / "train.parquet")
+    out = probe({"job": "dataset", "model": str(model), "parquet": str(parquet), "cache_dir": str(tmp_path / "cache")},
+                tmp_path)
+    policy = load_policy(str(model), device="cpu")
+    expected = [policy.encode_prompt(p.prompt) for p in PROBLEMS]
+    assert out["prompt_ids"] == expected
+    bos, eos = policy.tokenizer.bos_token_id, policy.tokenizer.eos_token_id
+    assert all(ids[0] == bos and ids.count(bos) == 1 and ids.count(eos) == 1 for ids in expected)
+
+
 def test_verl_reward_loader_runs_cropi_reward_module_standalone(tmp_path):
     cases = [(PROBLEMS[0], "236"), (PROBLEMS[0], "632"), (PROBLEMS[1], "so the answer is \\boxed{7}"),
              (PROBLEMS[1], "#### 8"), (PROBLEMS[2], "2")]
@@ -88,7 +110,7 @@ def test_trainer_command_line_composes_with_verls_config(micro_model_dir, tmp_pa
             "trainer.save_freq", "actor_rollout_ref.rollout.n", "actor_rollout_ref.actor.optim.lr",
             "reward.custom_reward_function.path", "actor_rollout_ref.actor.loss_agg_mode", "trainer.logger",
             "algorithm.adv_estimator", "data.extra_flag", "actor_rollout_ref.model.path", "trainer.total_epochs",
-            "data.val_files", "actor_rollout_ref.rollout.name"]
+            "data.val_files", "actor_rollout_ref.rollout.name", *SCHEDULE_KEYS, *CHAT_TEMPLATE_KEYS]
     out = probe({"job": "compose", "overrides": run.trainer_args(1, train, 3), "keys": keys}, tmp_path)
     assert out["data.train_files"] == str(train.resolve())
     assert out["trainer.total_training_steps"] == 6 and out["trainer.total_epochs"] == 6
@@ -103,6 +125,9 @@ def test_trainer_command_line_composes_with_verls_config(micro_model_dir, tmp_pa
     assert out["data.extra_flag"] == "spaced value" and out["actor_rollout_ref.model.path"] == str(model.resolve())
     assert out["data.val_files"] == str((tmp_path / "run folder" / "val.parquet").resolve())
     assert out["actor_rollout_ref.rollout.name"] == "vllm"
+    # the keys cropi verl guards exist in verl's config, at the values it accepts by default
+    assert [out[k] for k in SCHEDULE_KEYS] == ["constant", None, 0.0]
+    assert [out[k] for k in CHAT_TEMPLATE_KEYS] == ["{}", None]  # the probe writes an empty mapping as text
 
 
 def test_verl_model_merger_reads_the_standin_checkpoint_layout(micro_model_dir, tmp_path):

@@ -24,11 +24,11 @@ def _problems(prefix, n):
     return [Problem(f"{prefix}{i}", f"count a {'ab' * (i % 3 + 1)}=", str(i % 3 + 1), "count") for i in range(n)]
 
 
-def with_chat_template(src: Path, dst: Path) -> Path:
+def with_chat_template(src: Path, dst: Path, template: str = CHAT_TEMPLATE) -> Path:
     shutil.copytree(src, dst)
     cfg_path = dst / "tokenizer_config.json"
     tok_cfg = json.loads(cfg_path.read_text())
-    tok_cfg["chat_template"] = CHAT_TEMPLATE
+    tok_cfg["chat_template"] = template
     cfg_path.write_text(json.dumps(tok_cfg))
     return dst
 
@@ -67,13 +67,16 @@ def calls(log: Path, cmd: str) -> list[dict]:
 
 
 def overrides(call: dict) -> dict[str, str]:
-    return dict(a.split("=", 1) for a in call["argv"])
+    """The trainer's overrides, values without hydra's single quotes (paths with brackets get them)."""
+    pairs = (a.split("=", 1) for a in call["argv"])
+    return {k: v[1:-1] if len(v) > 1 and v[0] == v[-1] == "'" else v for k, v in pairs}
 
 
 @pytest.fixture(scope="module")
 def run(stores, tmp_path_factory):
-    """Two stages with the stand-in: stage 1 interrupted once, then rerun to the end, then rerun again."""
-    out = stores["tmp"] / "run"
+    """Two stages with the stand-in: stage 1 interrupted once, then rerun to the end, then rerun again.  The
+    folder's name holds brackets, which rich would read as markup."""
+    out = stores["tmp"] / "run[bold]"
     log = stores["tmp"] / "standin.jsonl"
     mp = pytest.MonkeyPatch()
     mp.setenv("CROPI_STANDIN_LOG", str(log))
@@ -100,6 +103,35 @@ def test_interrupted_stage_fails_in_one_line_and_restarts_from_its_start_checkpo
     trains = calls(run["log"], "train")
     assert [(c["start"], c["total"]) for c in trains] == [(0, 2), (2, 4), (2, 4)]  # stage 0 trained once
     assert trains[2]["checkpoints_at_start"] == ["global_step_2"]  # the leftover step 3 was removed first
+
+
+def test_progress_lines_print_paths_unchanged(run):
+    log = run["out"] / "stages" / "stage-01" / "verl-train.log"
+    assert f"stage 1: verl trains 2 steps (log: {log})" in run["finished"].output, run["finished"].output
+    assert f"stage 1: model {run['out'] / 'stages' / 'stage-01' / 'model'}" in run["finished"].output
+
+
+def files_of(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+def with_options(args: list[str], *options: str) -> list[str]:
+    """``args`` with ``options`` before its ``--`` (what follows ``--`` are verl overrides)."""
+    i = args.index("--") if "--" in args else len(args)
+    return args[:i] + list(options) + args[i:]
+
+
+@pytest.mark.parametrize("options, expect", [
+    (("--set", "select.score.mode=exact"), "another config (select.score.mode: 'projected', now 'exact')"),
+    (("--set", "rollout.group_size=4"), "another config (rollout.group_size: 8, now 4)"),
+    (("--verl-arg", "actor_rollout_ref.actor.optim.lr=2e-6"), "other settings (verl_args:"),
+])
+def test_rerun_with_other_settings_is_refused_and_writes_nothing(run, options, expect):
+    before = files_of(run["out"])
+    r = runner.invoke(app, with_options(run["args"], *options))
+    _one_line_error(r, expect)
+    assert files_of(run["out"]) == before
 
 
 def test_rerun_of_a_finished_run_skips_every_stage(run):
@@ -214,6 +246,51 @@ def test_override_of_a_key_the_loop_owns_is_refused_before_anything_is_written(s
     r = runner.invoke(app, verl_args(stores, tmp_path / "run", "--", "not an override"))
     _one_line_error(r, "expected a hydra override")
     assert not (tmp_path / "run").exists()
+
+
+def test_val_store_names_must_equal_the_validation_sets(stores, tmp_path):
+    args = verl_args(stores, tmp_path / "run")
+    args[args.index("--val-store") + 1] = f"other={stores['val']}"
+    _one_line_error(runner.invoke(app, args), "--val-store names ['other'] differ from the validation sets ['count']")
+    two = with_options(verl_args(stores, tmp_path / "run"), "--val-store", f"more={stores['val']}")
+    _one_line_error(runner.invoke(app, two), "differ from the validation sets ['count']")
+    assert not (tmp_path / "run").exists()
+
+
+def test_store_of_other_prompts_than_the_loaded_data_is_refused(stores, tmp_path):
+    swapped = verl_args(stores, tmp_path / "run")
+    swapped[swapped.index("--pool-store") + 1] = str(stores["val"])
+    _one_line_error(runner.invoke(app, swapped), "than the pool of this run")
+    swapped = verl_args(stores, tmp_path / "run")
+    swapped[swapped.index("--val-store") + 1] = f"count={stores['pool']}"
+    _one_line_error(runner.invoke(app, swapped), "than validation set 'count' of this run")
+    reordered = tmp_path / "pool-reversed.jsonl"
+    reordered.write_text("".join(reversed(stores["pool_file"].read_text().splitlines(keepends=True))))
+    args = verl_args(stores, tmp_path / "run")
+    args[args.index("--pool") + 1] = str(reordered)
+    _one_line_error(runner.invoke(app, args), "collected from other prompts (or another order)")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override, expect", [
+    ("actor_rollout_ref.actor.optim.lr_scheduler_type=cosine", "only the constant learning-rate schedule"),
+    ("++actor_rollout_ref.actor.optim.warmup_style='cosine'", "only the constant learning-rate schedule"),
+    ("actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.1", "lr_warmup_steps_ratio must be 0"),
+    ("data.apply_chat_template_kwargs.enable_thinking=false", "cropi uses the model's own chat template"),
+    ("+actor_rollout_ref.model.custom_chat_template='{{ x }}'", "cropi uses the model's own chat template"),
+])
+def test_override_verl_would_apply_otherwise_per_stage_or_per_prompt_is_refused(stores, tmp_path, override, expect):
+    _one_line_error(runner.invoke(app, verl_args(stores, tmp_path / "run", "--", override)), expect)
+    assert not (tmp_path / "run").exists()
+
+
+def test_constant_schedule_with_a_step_warmup_is_accepted():
+    from cropi.integrations.verl import check_verl_args
+
+    check_verl_args(["actor_rollout_ref.actor.optim.lr_scheduler_type=constant",
+                     "actor_rollout_ref.actor.optim.warmup_style=null",
+                     "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.0",
+                     "actor_rollout_ref.actor.optim.lr_warmup_steps=3", "trainer.save_freq=2"])
 
 
 def test_model_without_chat_template_is_refused_in_one_line(stores, micro_model_dir, tmp_path):

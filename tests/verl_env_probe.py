@@ -1,6 +1,7 @@
 """Runs inside verl's own environment (no cropi installed there) for tests/test_verl_env.py; prints one JSON
-object.  Each job uses verl's real code: its RL dataset class on a parquet file, its reward-function loader on
-cropi's reward module, and hydra composition of verl's trainer config with a command line.
+object.  Each job uses verl's real code: its RL dataset class on a parquet file (and the prompt tokens its agent
+loop builds from the rows), its reward-function loader on cropi's reward module, and hydra composition of verl's
+trainer config with a command line.
 
     python verl_env_probe.py JOB.json
 """
@@ -22,9 +23,23 @@ def dataset(job):
     rows = [ds[i] for i in range(len(ds))]
     batch = collate_fn(rows)
     return {"n": len(ds), "index": [str(x) for x in batch["index"]],
-            "raw_prompt": [r["raw_prompt"] for r in rows],
+            "raw_prompt": [r["raw_prompt"] for r in rows], "prompt_ids": rollout_prompt_ids(job["model"], rows),
             "ground_truth": [r["reward_model"]["ground_truth"] for r in rows],
             "data_source": [r["data_source"] for r in rows]}
+
+
+def rollout_prompt_ids(model: str, rows: list[dict]) -> list[list[int]]:
+    """The prompt token ids verl's single-turn agent loop generates from: the dataset row's raw_prompt through
+    the token builder it makes from the model config's tokenizer, processor and model type (verl's default
+    data.apply_chat_template_kwargs, {})."""
+    from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
+    from verl.workers.config.model import HFModelConfig
+
+    model_cfg = HFModelConfig(path=model)
+    builder = create_continuous_token_builder(model_cfg.tokenizer, hf_model_type=model_cfg.hf_config.model_type,
+                                              chat_template_kwargs={}, mm_processor_kwargs={},
+                                              processor=model_cfg.processor)
+    return [[int(t) for t in builder.build_initial_tokens(list(r["raw_prompt"]))] for r in rows]
 
 
 def reward(job):

@@ -669,7 +669,9 @@ def verl_cmd(
     vals = {name: Path(path) for name, path in (s.split("=", 1) if "=" in s else (Path(s).name, s) for s in val_store)}
     plan = VerlPlan(pool_store, vals, list(verl_arg or []) + list(extra or []), parse_command(launcher),
                     parse_command(merger), verl_python)
-    summary = run_verl(cfg, plan, out, on_event=lambda row: console.print(_verl_event(row), highlight=False))
+    # escaped: paths may hold brackets, which rich reads as markup; soft-wrapped: paths stay whole for copying
+    summary = run_verl(cfg, plan, out, on_event=lambda row: console.print(escape(_verl_event(row)), highlight=False,
+                                                                          soft_wrap=True))
     typer.echo(f"{len(summary['stages'])} stages, {summary['steps']} verl steps; final model: {summary['final_model']}")
 
 

@@ -30,7 +30,15 @@ Steps carry across stages: stage s trains from global step start(s) to end(s) = 
 ``trainer.total_training_steps = end(s)``, resuming optimizer, learning-rate scheduler and RNG state from
 ``checkpoints/global_step_<start(s)>``.  A rerun skips the stages with ``done.json``; an interrupted stage
 restarts from its start checkpoint (the checkpoints it left past that step are removed first), or from its
-merge when its training had finished.
+merge when its training had finished.  A rerun must have the same cropi config (``config.yaml``), the same verl
+overrides and the same stores.
+
+verl sets the scheduler's horizon (``actor.optim.total_training_steps``) to each stage's end, so a resumed
+cosine decay or warmup *ratio* would follow another curve in every stage; the loop therefore takes only the
+constant learning-rate schedule (``actor.optim.lr_scheduler_type=constant``, ``lr_warmup_steps_ratio=0``; a
+warmup of ``lr_warmup_steps`` N steps is fine, it does not depend on the horizon).  verl formats prompts with the
+model's own chat template, as cropi's sampler and scorer do; overrides that change that template or its
+arguments are refused.
 """
 
 from __future__ import annotations
@@ -67,6 +75,11 @@ RESERVED = {
     "trainer.total_training_steps": "--steps / --steps-per-stage",
     "trainer.total_epochs": "the stage loop (large enough for the stage's steps)",
 }
+# Keys whose non-default values make verl train with another learning-rate curve per stage, or on other prompt
+# tokens than cropi scores (module docstring).
+SCHEDULE_KEYS = ("actor_rollout_ref.actor.optim.lr_scheduler_type", "actor_rollout_ref.actor.optim.warmup_style",
+                 "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio")
+CHAT_TEMPLATE_KEYS = ("data.apply_chat_template_kwargs", "actor_rollout_ref.model.custom_chat_template")
 _OVERRIDE = re.compile(r"(~|\+\+|\+)?([A-Za-z_][\w.\-@/]*)(?:=(.*))?", re.S)
 _BARE_VALUE = re.compile(r"[\w./:+@\-]+")
 
@@ -87,6 +100,44 @@ def hydra_value(value) -> str:
     if _BARE_VALUE.fullmatch(text):
         return text
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _plain_value(arg: str) -> str:
+    """The value of a ``key=value`` override without hydra's quotes."""
+    value = arg.split("=", 1)[1].strip() if "=" in arg else ""
+    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"" else value
+
+
+def check_verl_args(args: Sequence[str]) -> None:
+    """Refuse (one line) an override the stage loop cannot honour: a key it sets itself, a save frequency that
+    would skip a stage's last step, a learning-rate schedule whose horizon verl resets every stage, a chat
+    template other than the one cropi scores with."""
+    for arg in args:
+        key = override_key(arg)
+        value = _plain_value(arg)
+        if key in RESERVED:
+            raise CropiError(f"verl argument {arg!r}: {key} is set by cropi verl from {RESERVED[key]}")
+        if key == "trainer.save_freq" and not re.fullmatch(r"[1-9]\d*", value):
+            raise CropiError(f"verl argument {arg!r}: trainer.save_freq must be a positive integer (each "
+                             "stage's last step must be saved for the next stage to resume from)")
+        if arg.startswith("~"):
+            continue
+        if key in SCHEDULE_KEYS[:2] and value not in ("constant", "null"):
+            raise CropiError(f"verl argument {arg!r}: cropi verl takes only the constant learning-rate schedule "
+                             "(verl restarts a schedule's horizon at every stage's end step)")
+        if key == SCHEDULE_KEYS[2]:
+            try:
+                ratio = float(value)
+            except ValueError:
+                ratio = None
+            if ratio != 0:
+                raise CropiError(f"verl argument {arg!r}: lr_warmup_steps_ratio must be 0 (verl takes the ratio "
+                                 "of every stage's end step); set actor_rollout_ref.actor.optim.lr_warmup_steps "
+                                 "instead")
+        if any(key == k or key.startswith(k + ".") for k in CHAT_TEMPLATE_KEYS):
+            raise CropiError(f"verl argument {arg!r}: verl would format prompts other than cropi scores them "
+                             "(cropi uses the model's own chat template; put another one in its tokenizer_config.json "
+                             "and collect the behaviour stores with it)")
 
 
 def stage_end(stage: int, steps: int, stages: int) -> int:
@@ -210,7 +261,8 @@ class VerlRun:
         return {"model": self.cfg.model.name, "stages": self.stages, "steps": self.steps,
                 "ratio": self.cfg.select.ratio, "refresh_every": self.cfg.select.refresh_every,
                 "pool_store": str(self.plan.pool_store),
-                "val_stores": {k: str(v) for k, v in sorted(self.plan.val_stores.items())}}
+                "val_stores": {k: str(v) for k, v in sorted(self.plan.val_stores.items())},
+                "verl_args": list(self.plan.verl_args)}
 
     def refreshes(self, stage: int) -> bool:
         every = self.cfg.select.refresh_every
@@ -232,26 +284,50 @@ class VerlRun:
 
         if self.steps < self.stages:
             raise CropiError(f"train.steps {self.steps} < select.stages {self.stages}: every stage needs a step")
-        for arg in self.plan.verl_args:
-            key = override_key(arg)
-            if key in RESERVED:
-                raise CropiError(f"verl argument {arg!r}: {key} is set by cropi verl from {RESERVED[key]}")
-            if key == "trainer.save_freq" and not re.fullmatch(r"[1-9]\d*", arg.split("=", 1)[1].strip()):
-                raise CropiError(f"verl argument {arg!r}: trainer.save_freq must be a positive integer (each "
-                                 "stage's last step must be saved for the next stage to resume from)")
+        check_verl_args(self.plan.verl_args)
         for path in [self.plan.pool_store, *self.plan.val_stores.values()]:
             store_meta(path)  # a missing store is one line naming it
         if not self.plan.val_stores:
             raise CropiError("cropi verl needs at least one validation store (--val-store NAME=PATH)")
         suite = load_data(self.cfg.data, need=("pool", "validation"))
+        self._check_stores(suite)
         self._check_chat_template()
+        self._check_same_run()
+        require_verl(self.plan)
+        return suite
+
+    def _check_stores(self, suite) -> None:
+        """The stores hold the loaded data's prompts in its order: stage 0 scores on them, refreshed stages
+        re-collect from the loaded data, and val.parquet is written from it."""
+        from cropi.rollouts.trajectory_store import _order_hash, store_meta
+
+        if set(self.plan.val_stores) != set(suite.validation):
+            raise CropiError(f"--val-store names {sorted(self.plan.val_stores)} differ from the validation sets "
+                             f"{sorted(suite.validation)} (--val NAME=PATH, or the embedded suite's); give one store "
+                             "per validation set, under its name")
+        jobs = [("the pool", self.plan.pool_store, suite.pool)]
+        jobs += [(f"validation set {name!r}", path, suite.validation[name]) for name, path in self.plan.val_stores.items()]
+        for what, path, problems in jobs:
+            if store_meta(path).get("prompt_order_hash") != _order_hash(problems):
+                raise CropiError(f"{path}: this store was collected from other prompts (or another order) than "
+                                 f"{what} of this run; collect it from the same file")
+
+    def _check_same_run(self) -> None:
+        """A rerun in an existing folder continues its later stages, so it must have the settings they began with."""
+        import yaml
+
+        saved, text = self.out / "config.yaml", dump_config(self.cfg)
+        if saved.exists() and saved.read_text() != text:
+            key, old, new = _first_difference(yaml.safe_load(saved.read_text()), yaml.safe_load(text))
+            raise CropiError(f"{saved}: this run was started with another config ({key}: {old!r}, now {new!r}); "
+                             "rerun with the same options or use a new --out")
         saved = self.out / "verl-run.json"
         if saved.exists():
             before = {k: v for k, v in read_json(saved).items() if k != "schema_version"}
             if before != self.fixed_settings():
-                raise CropiError(f"{saved}: this run was started with other settings ({before}); use a new --out")
-        require_verl(self.plan)
-        return suite
+                key, old, new = _first_difference(before, self.fixed_settings())
+                raise CropiError(f"{saved}: this run was started with other settings ({key}: {old!r}, now "
+                                 f"{new!r}); rerun with the same options or use a new --out")
 
     def _check_chat_template(self) -> None:
         from transformers import AutoTokenizer
@@ -428,6 +504,15 @@ class VerlRun:
         shutil.rmtree(target, ignore_errors=True)
         os.replace(partial, target)
         return target
+
+
+def _first_difference(old, new, prefix: str = "") -> tuple[str, object, object]:
+    """The first dotted key at which two nested dicts differ, with both values (None where absent)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in [*old, *(k for k in new if k not in old)]:
+            if old.get(key) != new.get(key):
+                return _first_difference(old.get(key), new.get(key), f"{prefix}{key}.")
+    return prefix.rstrip(".") or "(top level)", old, new
 
 
 def _absolute_if_folder(model: str) -> str:
