@@ -13,7 +13,8 @@ import torch
 from cropi.config import load_config
 from cropi.errors import CropiError
 from cropi.extras import MissingExtra
-from cropi.integrations.trl import check_prompt_tokens, live_policy, prompt_value, scoring_config, trl_prompt_ids
+from cropi.integrations.trl import (NEUTRAL_SETTINGS, check_prompt_tokens, live_policy, prompt_value, scoring_config,
+                                    trl_prompt_ids)
 from cropi.policy import load_policy
 from cropi.tasks.loading import load_data
 from tests.conftest import small_suite_overrides
@@ -22,6 +23,17 @@ GENERATIONS = 8
 PROMPTS_PER_STEP = 2
 STEPS = 4  # 2 stages x 2 steps: each stage sees 4 prompts, exactly the subset cropi selects
 LR = 1e-3
+
+
+# the tiny chat template the tests put on the tiny tokenizer; ``terse`` (a chat-template kwarg) drops the role
+CHAT_TEMPLATE = ("{% for m in messages %}<bos>{% if not terse %}{{ m['role'] }}: {% endif %}{{ m['content'] }}\n"
+                 "{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny policy for tests that never train it."""
+    return load_policy("tiny", device="cpu")
 
 
 def _cfg():
@@ -132,18 +144,43 @@ def test_a_loss_cropi_cannot_score_is_refused_in_one_line():
     with pytest.raises(CropiError) as info:
         scoring_config(_args(trl, "/nonexistent", loss_type="dapo"), _cfg())
     assert "loss_type" in str(info.value) and "\n" not in str(info.value)
-    cfg = scoring_config(_args(trl, "/nonexistent", loss_type="dr_grpo", temperature=0.7), _cfg())
+    cfg = scoring_config(_args(trl, "/nonexistent", loss_type="dr_grpo", temperature=0.7, num_iterations=2, beta=0.04,
+                               epsilon_high=0.2, top_k=0), _cfg())
     assert (cfg.train.aggregation, cfg.rollout.temperature, cfg.rollout.max_new_tokens) == ("dr_grpo", 0.7, 8)
+    assert (cfg.train.ppo_epochs, cfg.train.kl_coef) == (2, 0.04)  # TRL's names for them (config.TRL_NAMES)
 
 
-def test_chat_template_prompts_are_conversations_tokenized_as_cropi_encodes():
-    policy = load_policy("tiny", device="cpu")
+# one value per setting that changes what TRL samples or the loss it differentiates away from what cropi scores
+OTHER_OBJECTIVES = {
+    "top_k": 5, "min_p": 0.1, "repetition_penalty": 1.1, "generation_kwargs": {"top_k": 5},
+    "top_entropy_quantile": 0.2, "importance_sampling_level": "sequence", "mask_truncated_completions": True,
+    "delta": 1.5, "entropy_coef": 0.01, "use_adaptive_entropy": True, "off_policy_mask_threshold": 0.5,
+    "reward_weights": [2.0], "multi_objective_aggregation": "normalize_then_sum", "epsilon_high": 0.28,
+}
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_OBJECTIVES))
+def test_a_setting_that_changes_trls_sampling_or_loss_is_refused_in_one_line_naming_it(name):
+    trl = pytest.importorskip("trl")
+    with pytest.raises(CropiError) as info:
+        scoring_config(_args(trl, "/nonexistent", **{name: OTHER_OBJECTIVES[name]}), _cfg())
+    assert f"GRPOConfig.{name}=" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_every_neutral_setting_has_a_refusal_test_and_trls_default_is_neutral():
+    trl = pytest.importorskip("trl")
+    assert set(NEUTRAL_SETTINGS) | {"epsilon_high"} == set(OTHER_OBJECTIVES)
+    defaults = trl.GRPOConfig(output_dir="/nonexistent", report_to="none", use_cpu=True)
+    assert all(getattr(defaults, n) in NEUTRAL_SETTINGS[n][0] for n in NEUTRAL_SETTINGS)
+
+
+def test_chat_template_prompts_are_conversations_tokenized_as_cropi_encodes(tiny):
+    policy = tiny
     problems = load_data(_cfg().data).pool[:5]
     assert prompt_value(policy.tokenizer, "1+1=") == "1+1="  # the tiny tokenizer has no chat template
     check_prompt_tokens(policy, policy.tokenizer, problems)
     chat = copy.deepcopy(policy.tokenizer)
-    chat.chat_template = ("{% for m in messages %}<bos>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-                          "{% if add_generation_prompt %}assistant: {% endif %}")
+    chat.chat_template = CHAT_TEMPLATE
     chat_policy = live_policy(policy.model, chat, "tiny")
     values = [prompt_value(chat, p.prompt) for p in problems]
     assert values[0] == [{"role": "user", "content": problems[0].prompt}]
@@ -151,6 +188,61 @@ def test_chat_template_prompts_are_conversations_tokenized_as_cropi_encodes():
     check_prompt_tokens(chat_policy, chat, problems)
     with pytest.raises(CropiError, match="tokenize"):  # cropi encoding with a template TRL would not apply
         check_prompt_tokens(chat_policy, policy.tokenizer, problems)
+
+    # TRL renders the template with GRPOConfig.chat_template_kwargs: kwargs that change the tokens are refused
+    terse = trl_prompt_ids(chat, values, {"terse": True})
+    assert terse != trl_prompt_ids(chat, values) and terse[0] == chat(
+        text=f"<bos>{problems[0].prompt}\nassistant: ", add_special_tokens=False)["input_ids"]
+    check_prompt_tokens(chat_policy, chat, problems, {"terse": False})
+    with pytest.raises(CropiError, match="chat_template_kwargs") as info:
+        check_prompt_tokens(chat_policy, chat, problems, {"terse": True})
+    assert "\n" not in str(info.value)
+
+
+def test_chat_template_kwargs_that_change_trls_prompt_tokens_are_refused_before_anything_is_written(tiny, tmp_path):
+    trl = pytest.importorskip("trl")
+    from cropi.integrations.trl import train_stages
+
+    chat = copy.deepcopy(tiny.tokenizer)
+    chat.chat_template = CHAT_TEMPLATE
+    args = _args(trl, tmp_path / "trl", chat_template_kwargs={"terse": True})
+    with pytest.raises(CropiError, match="chat_template_kwargs"):
+        train_stages(tiny.model, chat, load_data(_cfg().data), args, _cfg(), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def _a_tool(x: str) -> str:
+    """Echo x.
+
+    Args:
+        x: the text
+    """
+    return x
+
+
+@pytest.mark.parametrize("name,value", [("tools", [_a_tool]), ("environment_factory", object),
+                                        ("rollout_func", lambda *a, **k: {}), ("peft_config", object()),
+                                        ("reward_funcs", [lambda **k: [0.0]])])
+def test_trainer_kwargs_under_which_trl_trains_other_completions_are_refused_before_anything_is_written(
+        tiny, tmp_path, name, value):
+    trl = pytest.importorskip("trl")
+    from cropi.integrations.trl import train_stages
+
+    with pytest.raises(CropiError, match=rf"trainer_kwargs\['{name}'\]") as info:
+        train_stages(tiny.model, tiny.tokenizer, load_data(_cfg().data), _args(trl, tmp_path / "trl"), _cfg(),
+                     tmp_path / "run", trainer_kwargs={name: value})
+    assert "\n" not in str(info.value) and not (tmp_path / "run").exists()
+
+
+def test_trainer_kwargs_trl_rejects_are_refused_in_one_line_before_anything_is_written(tiny, tmp_path):
+    trl = pytest.importorskip("trl")
+    from cropi.integrations.trl import train_stages
+
+    with pytest.raises(CropiError, match="GRPOTrainer refused") as info:
+        train_stages(tiny.model, tiny.tokenizer, load_data(_cfg().data), _args(trl, tmp_path / "trl"), _cfg(),
+                     tmp_path / "run", trainer_kwargs={"not_a_trainer_argument": 1})
+    assert "\n" not in str(info.value) and "not_a_trainer_argument" in str(info.value)
+    assert not (tmp_path / "run").exists()  # so the same folder is accepted once the settings are fixed
 
 
 def test_without_trl_the_example_prints_one_line_naming_the_extra_and_exits_2(monkeypatch, capsys, tmp_path):
@@ -172,12 +264,30 @@ def test_without_trl_the_example_prints_one_line_naming_the_extra_and_exits_2(mo
     assert not (tmp_path / "run").exists()
 
 
-def test_a_subset_smaller_than_one_generation_batch_is_refused_before_anything_is_written(tmp_path):
+def test_a_subset_smaller_than_one_generation_batch_is_refused_before_anything_is_written(tiny, tmp_path):
     trl = pytest.importorskip("trl")
     from cropi.integrations.trl import train_stages
 
-    policy = load_policy("tiny", device="cpu")
+    policy = tiny
     args = _args(trl, tmp_path / "trl", per_device_train_batch_size=8 * GENERATIONS)  # 8 prompts per batch > 4
     with pytest.raises(CropiError, match="generation batch") as info:
         train_stages(policy.model, policy.tokenizer, load_data(_cfg().data), args, _cfg(), tmp_path / "run")
     assert "\n" not in str(info.value) and not (tmp_path / "run").exists()
+
+
+def test_the_gpu_checks_trained_equals_selected_is_false_when_a_stage_trained_on_part_of_its_selection(monkeypatch,
+                                                                                                     tmp_path):
+    pytest.importorskip("trl")
+    from cropi.integrations import gpu_check
+    from cropi.integrations import trl as cropi_trl
+
+    def staged(trained):  # what train_stages returns, without training: only its records are read
+        def run(*args, **kwargs):
+            rec = cropi_trl.StageRecord(0, 0, 1, ["a", "b"], trained, 0.0, 0.0, 1, 0.0)
+            return cropi_trl.StagesResult([rec], None, None, None)
+        return run
+
+    monkeypatch.setattr(cropi_trl, "train_stages", staged(["a"] * GENERATIONS))
+    assert gpu_check.check_trl(gpu_check.CheckPlan("cpu", True, tmp_path))["trained_equals_selected"] is False
+    monkeypatch.setattr(cropi_trl, "train_stages", staged(["a"] * GENERATIONS + ["b"] * GENERATIONS))
+    assert gpu_check.check_trl(gpu_check.CheckPlan("cpu", True, tmp_path))["trained_equals_selected"] is True

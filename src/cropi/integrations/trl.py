@@ -19,15 +19,15 @@ and TRL trains the next stage on the chosen subset::
 How (the one mechanism, chosen to rely only on TRL's public surface):
 
 - **One trainer per stage, sharing the model, the optimizer and the LR schedule.**  Each stage builds a
-  ``GRPOTrainer`` over the same model object with ``optimizers=(optimizer, scheduler)``.  The optimizer is
-  created once (by the first trainer's ``create_optimizer``, so ``args.optim`` and weight-decay groups are
-  TRL's), and the scheduler once, by ``transformers.get_scheduler`` for the *whole* ``max_steps``; ``Trainer``
-  uses a scheduler it was handed as is and steps it once per optimizer step, so Adam's moments and step count
-  and the schedule run on across stages with no warm restart.  Each stage's ``train()`` builds its own
-  dataloader with TRL's own ``RepeatSampler`` over the stage's dataset, so the group structure (every prompt
-  ``num_generations`` times, whole generation batches) is TRL's own.  Nothing private is touched: the one
-  attribute set is the first trainer's ``lr_scheduler`` (the slot ``optimizers=`` fills), since its optimizer
-  exists only once that trainer does.
+  ``GRPOTrainer`` over the same model object with ``optimizers=(optimizer, scheduler)``.  Both are made once,
+  before anything is written, with a first trainer that never trains (so TRL has checked ``args`` and
+  ``trainer_kwargs`` before a folder exists): the optimizer by its ``create_optimizer`` (``args.optim`` and
+  weight-decay groups are TRL's), the scheduler by ``transformers.get_scheduler`` for the *whole*
+  ``max_steps``; ``Trainer`` uses a scheduler it was handed as is and steps it once per optimizer step, so
+  Adam's moments and step count and the schedule run on across stages with no warm restart.  Each stage's
+  ``train()`` builds its own dataloader with TRL's own ``RepeatSampler`` over the stage's dataset, so the group
+  structure (every prompt ``num_generations`` times, whole generation batches) is TRL's own.  Nothing private is
+  touched and no trainer attribute is set.
 - **Scoring on the live model.**  cropi's ``Policy`` wraps the trainer's model object itself (no copy, no
   save/load): TRL updates its parameters in place, so the curriculum scores exactly the weights the next stage
   starts from.  The model is put in eval mode while scoring (POPI uses ``torch.autograd.grad``, leaving no
@@ -38,13 +38,18 @@ How (the one mechanism, chosen to rely only on TRL's public surface):
   template and the raw prompt otherwise — exactly the two cases of ``Policy.encode_prompt`` — and
   ``train_stages`` checks, before anything trains, that TRL's tokenization of every pool prompt
   (``apply_chat_template(..., add_generation_prompt=True, tokenize=True)`` or ``tokenizer(text=...)``) equals
-  ``encode_prompt``, so the influence scores are computed for the token sequences TRL trains on.
+  ``encode_prompt``, so the influence scores are computed for the token sequences TRL trains on (TRL's
+  call includes ``args.chat_template_kwargs``; tools, environments and rollout functions, which change the
+  prompt and the completions, are refused).
 - **Same loss and rewards.**  Rewards come from cropi's graders (``grade_many``) through ``CropiReward``, a TRL
   reward function ``(prompts, completions, **columns) -> list[float]`` reading the dataset's ``answer`` /
   ``family`` / ``source`` columns.  Scoring differentiates the loss TRL trains with: ``loss_type`` ``grpo`` or
   ``dr_grpo`` (cropi's ``train.aggregation``), group-normalised advantages (``scale_rewards="group"``), and the
   behaviour stores are sampled at TRL's ``temperature``, ``top_p`` and ``max_completion_length``.  Other loss
-  types are refused (cropi has no POPI form of them).
+  types are refused (cropi has no POPI form of them), and so is any setting that changes TRL's sampling or loss
+  away from that (``NEUTRAL_SETTINGS``: ``top_k``, ``min_p``, ``repetition_penalty``, ``generation_kwargs``,
+  ``top_entropy_quantile``, sequence-level ratios, truncation masks, ``delta``, ``epsilon_high``, entropy
+  bonuses, ...).
 
 Outputs under ``out``: ``stores/`` (behaviour trajectories, unless ``select.stores``), ``stages/stage-NN/``
 (``selection.json``, scores, TRL's ``trl/`` output folder), ``config.yaml`` (the cropi settings scoring used)
@@ -60,6 +65,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -100,25 +106,31 @@ def prompt_value(tokenizer, prompt: str) -> str | list[dict]:
     return prompt
 
 
-def trl_prompt_ids(tokenizer, prompts: Sequence[str | list[dict]]) -> list[list[int]]:
-    """Token ids of ``prompt`` column values by the tokenizer calls TRL's GRPOTrainer makes for them."""
+def trl_prompt_ids(tokenizer, prompts: Sequence[str | list[dict]],
+                   chat_template_kwargs: dict | None = None) -> list[list[int]]:
+    """Token ids of ``prompt`` column values by the tokenizer calls TRL's GRPOTrainer makes for them, with
+    ``GRPOConfig.chat_template_kwargs`` (TRL passes them to ``apply_chat_template``; plain prompts ignore them)."""
     if not prompts:
         return []
     if isinstance(prompts[0], list):
         out = tokenizer.apply_chat_template(conversation=list(prompts), add_generation_prompt=True, tokenize=True,
-                                            return_dict=True)
+                                            return_dict=True, **(chat_template_kwargs or {}))
         return [list(ids) for ids in out["input_ids"]]
     return [list(ids) for ids in tokenizer(text=list(prompts))["input_ids"]]
 
 
-def check_prompt_tokens(policy: Policy, tokenizer, problems: Sequence[Problem]) -> None:
-    """Refuse a tokenizer for which TRL would train on other prompt tokens than cropi scores."""
+def check_prompt_tokens(policy: Policy, tokenizer, problems: Sequence[Problem],
+                        chat_template_kwargs: dict | None = None) -> None:
+    """Refuse a tokenizer (or ``chat_template_kwargs``) for which TRL would train on other prompt tokens than
+    cropi scores."""
     values = [prompt_value(tokenizer, p.prompt) for p in problems]
-    for p, ids in zip(problems, trl_prompt_ids(tokenizer, values)):
+    for p, ids in zip(problems, trl_prompt_ids(tokenizer, values, chat_template_kwargs)):
         if ids != policy.encode_prompt(p.prompt):
+            kwargs = (f" and GRPOConfig.chat_template_kwargs={chat_template_kwargs!r} (cropi applies the template "
+                      "without them)") if chat_template_kwargs else ""
             raise CropiError(f"prompt {p.id!r}: TRL would tokenize it as {ids[:8]}..., cropi scores "
-                             f"{policy.encode_prompt(p.prompt)[:8]}...; the tokenizer's chat template and special "
-                             "tokens must agree between the two")
+                             f"{policy.encode_prompt(p.prompt)[:8]}...; the tokenizer's chat template{kwargs} and "
+                             "special tokens must agree between the two")
 
 
 def trl_dataset(problems: Sequence[Problem], tokenizer):
@@ -169,11 +181,61 @@ class CropiReward:
 
 
 # ----------------------------------------------------------------------------- settings
+_SAMPLING = "changes TRL's sampling, which the behaviour stores (temperature and top_p only) do not reproduce"
+# GRPOConfig settings outside what cropi scores: the values (TRL 1.16's defaults and their equivalents) under which
+# TRL samples and trains exactly what cropi's loss and behaviour stores assume, and why any other value does not
+NEUTRAL_SETTINGS: dict[str, tuple[tuple, str]] = {
+    "top_k": ((0, None), _SAMPLING),
+    "min_p": ((None, 0.0), _SAMPLING),
+    "repetition_penalty": ((1.0,), _SAMPLING),
+    "generation_kwargs": ((None, {}), _SAMPLING),
+    "top_entropy_quantile": ((1.0,), "TRL would train on the highest-entropy tokens only; cropi scores every token"),
+    "importance_sampling_level": (("token",), "TRL would use sequence-level ratios; cropi's loss has token-level "
+                                              "ratios"),
+    "mask_truncated_completions": ((False,), "TRL would drop truncated completions from its loss; cropi scores them"),
+    "delta": ((None,), "TRL would clip the ratio from above for negative advantages too; cropi's loss has no such "
+                       "clip"),
+    "entropy_coef": ((0.0,), "TRL would add an entropy bonus to its loss; cropi scores the policy-gradient loss alone"),
+    "use_adaptive_entropy": ((False,), "TRL would add an entropy bonus to its loss; cropi scores the policy-gradient "
+                                       "loss alone"),
+    "off_policy_mask_threshold": ((None,), "TRL would mask off-policy sequences out of its loss; cropi scores every "
+                                           "sequence"),
+    "reward_weights": ((None, [1], [1.0]), "cropi's grader is the one reward, with weight 1"),
+    "multi_objective_aggregation": (("sum_then_normalize",), "TRL would normalise advantages over the whole batch; "
+                                                             "cropi normalises them per group"),
+}
+# GRPOTrainer arguments train_stages sets itself, and those under which TRL trains on completions or parameters
+# that cropi neither samples nor scores
+TRAINER_ARGUMENTS = {
+    "model": "pass it as train_stages' model", "args": "pass it as train_stages' args",
+    "train_dataset": "train_stages builds each stage's dataset from the selection",
+    "processing_class": "pass the tokenizer as train_stages' tokenizer",
+    "callbacks": "pass them as train_stages' callbacks", "optimizers": "pass them as train_stages' optimizers",
+    "reward_funcs": "the reward is cropi's grader (CropiReward)",
+    "tools": "TRL would train on multi-turn tool-calling completions, which cropi does not sample or score",
+    "environment_factory": "TRL would train on multi-turn environment completions, which cropi does not sample or "
+                           "score",
+    "rollout_func": "TRL would train on the rollout function's completions, which cropi does not sample or score",
+    "peft_config": "each stage's trainer would wrap the model in new adapters, which the one shared optimizer does "
+                   "not hold",
+}
+
+
+def check_trainer_kwargs(trainer_kwargs: dict | None) -> None:
+    """Refuse ``GRPOTrainer`` arguments that ``train_stages`` sets itself or under which TRL would train on
+    other completions or parameters than cropi scores."""
+    for name, value in (trainer_kwargs or {}).items():
+        if name in TRAINER_ARGUMENTS and value is not None and not (name == "tools" and not value):
+            raise CropiError(f"trainer_kwargs[{name!r}]: {TRAINER_ARGUMENTS[name]}")
+
+
 def scoring_config(args, cfg: RunConfig, selector: str = "cropi") -> RunConfig:
     """``cfg`` with what scoring shares with TRL taken from TRL's ``args``: the budget (``max_steps``), the
-    loss (``loss_type`` -> ``train.aggregation``, ``epsilon``), the sampling of the behaviour stores
-    (``temperature``, ``top_p``, ``max_completion_length``), the selector and the seed.  Refuses settings
-    under which cropi would score another objective than TRL trains."""
+    loss (``loss_type`` -> ``train.aggregation``, ``epsilon``, ``num_iterations`` -> ``train.ppo_epochs``,
+    ``beta`` -> ``train.kl_coef``), the sampling of the behaviour stores (``temperature``, ``top_p``,
+    ``max_completion_length``), the selector and the seed.  Refuses settings under which cropi would score
+    another objective than TRL trains: other loss types or reward scaling, an asymmetric clip (``epsilon_high``),
+    and any ``NEUTRAL_SETTINGS`` entry away from its neutral values."""
     if args.loss_type not in AGGREGATIONS:
         raise CropiError(f"GRPOConfig.loss_type={args.loss_type!r}: cropi scores with the {' or '.join(AGGREGATIONS)} "
                          "loss; set loss_type to one of them")
@@ -187,10 +249,18 @@ def scoring_config(args, cfg: RunConfig, selector: str = "cropi") -> RunConfig:
                          "score and select on its own, and differing selections would split TRL's prompt groups")
     if args.max_completion_length is None:
         raise CropiError("GRPOConfig.max_completion_length must be set: the behaviour stores sample that many tokens")
+    for name, (neutral, why) in NEUTRAL_SETTINGS.items():
+        value = getattr(args, name, neutral[0])
+        if value not in neutral:
+            raise CropiError(f"GRPOConfig.{name}={value!r}: {why}; leave it at {neutral[0]!r}")
+    if args.epsilon_high is not None and float(args.epsilon_high) != float(args.epsilon):
+        raise CropiError(f"GRPOConfig.epsilon_high={args.epsilon_high!r}: TRL would clip asymmetrically; cropi's "
+                         f"clip is symmetric (train.clip_eps = epsilon = {args.epsilon!r}); leave epsilon_high unset")
     out = replace(
         cfg,
         train=replace(cfg.train, selector=selector, steps=int(args.max_steps), aggregation=AGGREGATIONS[args.loss_type],
-                      clip_eps=float(args.epsilon), lr=float(args.learning_rate), seed=int(args.seed)),
+                      clip_eps=float(args.epsilon), ppo_epochs=int(args.num_iterations), kl_coef=float(args.beta),
+                      lr=float(args.learning_rate), seed=int(args.seed)),
         rollout=replace(cfg.rollout, temperature=float(args.temperature), top_p=float(args.top_p),
                         max_new_tokens=int(args.max_completion_length)),
     )
@@ -284,7 +354,8 @@ def train_stages(
     (``select``: stages, ratio, scoring, drift/refresh/re-probe; ``rollout.group_size`` and ``rollout.seed`` of the
     behaviour stores); the rest is taken from ``args`` (``scoring_config``).  ``optimizers`` may hand in an
     optimizer and / or scheduler; by default both are made once for the whole run.  ``trainer_kwargs`` go to each
-    ``GRPOTrainer`` (not ``reward_funcs``: rewards are cropi's grader).  Per stage, ``args.max_steps``,
+    ``GRPOTrainer``, except those ``check_trainer_kwargs`` refuses (``reward_funcs``: rewards are cropi's grader;
+    ``tools``, ``environment_factory``, ``rollout_func``, ``peft_config``).  Per stage, ``args.max_steps``,
     ``output_dir`` (``out/stages/stage-NN/trl``) and ``seed`` (``args.seed + stage``) are replaced."""
     trl = require_trl()
     from transformers import get_scheduler
@@ -298,8 +369,36 @@ def train_stages(
     per_generation = args.generation_batch_size // args.num_generations
     _check_subset_size(len(suite.pool) if selector == "full" else top_n(len(suite.pool), cfg.select.ratio),
                        per_generation, "each stage")
+    check_trainer_kwargs(trainer_kwargs)
     policy = live_policy(model, tokenizer)
-    check_prompt_tokens(policy, tokenizer, suite.pool)
+    check_prompt_tokens(policy, tokenizer, suite.pool, args.chat_template_kwargs)
+    bounds = stage_bounds(int(args.max_steps), cfg.select.stages)
+    reward = CropiReward()
+
+    def stage_trainer(problems: Sequence[Problem], stage_args, stage_callbacks, shared: tuple):
+        return trl.GRPOTrainer(model=model, reward_funcs=[reward], args=stage_args,
+                               train_dataset=trl_dataset(problems, tokenizer), processing_class=tokenizer,
+                               callbacks=list(stage_callbacks or []), optimizers=shared, **(trainer_kwargs or {}))
+
+    # Before anything is written: a first trainer over the pool (in a scratch folder, without the callbacks, which
+    # should see training trainers only) lets TRL check args and trainer_kwargs, and makes the one optimizer (by
+    # TRL's recipe: args.optim, weight-decay groups) and the one schedule over the whole budget, unless given.
+    optimizer, scheduler = optimizers
+    with tempfile.TemporaryDirectory(prefix="cropi-trl-") as scratch:
+        try:
+            first = stage_trainer(suite.pool, _stage_args(args, 0, bounds[1] - bounds[0], Path(scratch)), None,
+                                  (optimizer, scheduler))
+            if optimizer is None:
+                optimizer = first.create_optimizer()
+            if scheduler is None:
+                scheduler = get_scheduler(args.lr_scheduler_type, optimizer=optimizer,
+                                          num_warmup_steps=args.get_warmup_steps(int(args.max_steps)),
+                                          num_training_steps=int(args.max_steps),
+                                          scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+        except (TypeError, ValueError) as exc:
+            detail = (str(exc).strip().splitlines() or [""])[0]
+            raise CropiError(f"TRL's GRPOTrainer refused the settings: {type(exc).__name__}: {detail}") from exc
+        del first  # and any reference model it loaded
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", dump_config(cfg))
     stores = None
@@ -308,10 +407,7 @@ def train_stages(
             stores = behaviour_stores(policy, suite, cfg, Path(cfg.select.stores) if cfg.select.stores
                                       else out / "stores", on_event=on_event)
     curriculum = Curriculum(cfg, sel, suite, policy, out, stores, on_event)
-    reward = CropiReward()
     by_id = {p.id: p for p in suite.pool}
-    bounds = stage_bounds(int(args.max_steps), cfg.select.stages)
-    optimizer, scheduler = optimizers
     records: list[StageRecord] = []
     trainer = None
     for stage in range(cfg.select.stages):
@@ -322,18 +418,7 @@ def train_stages(
         stage_args = _stage_args(args, stage, end - start, curriculum.stage_dir(stage) / "trl")
         _check_subset_size(len(problems), per_generation, f"stage {stage}")
         trainer = None  # the previous stage's trainer (and any reference model it loaded) can go
-        trainer = trl.GRPOTrainer(model=model, reward_funcs=[reward], args=stage_args,
-                                  train_dataset=trl_dataset(problems, tokenizer), processing_class=tokenizer,
-                                  callbacks=list(callbacks or []), optimizers=(optimizer, scheduler),
-                                  **(trainer_kwargs or {}))
-        if optimizer is None:  # once, by TRL's own recipe (args.optim, weight-decay groups)
-            optimizer = trainer.create_optimizer()
-        if scheduler is None:  # once, over the whole budget: stages continue one schedule
-            scheduler = get_scheduler(args.lr_scheduler_type, optimizer=optimizer,
-                                      num_warmup_steps=args.get_warmup_steps(int(args.max_steps)),
-                                      num_training_steps=int(args.max_steps),
-                                      scheduler_specific_kwargs=args.lr_scheduler_kwargs)
-            trainer.lr_scheduler = scheduler
+        trainer = stage_trainer(problems, stage_args, callbacks, (optimizer, scheduler))
         reward.stage = stage
         lr_first = float(scheduler.get_last_lr()[0])
         if on_event:
@@ -350,5 +435,6 @@ def train_stages(
     return StagesResult(records, optimizer, scheduler, cfg, trainer)
 
 
-__all__ = ["CropiReward", "StageRecord", "StagesResult", "check_prompt_tokens", "live_policy", "prompt_value",
-           "require_trl", "scoring_config", "train_stages", "trl_dataset", "trl_prompt_ids"]
+__all__ = ["NEUTRAL_SETTINGS", "CropiReward", "StageRecord", "StagesResult", "check_prompt_tokens",
+           "check_trainer_kwargs", "live_policy", "prompt_value", "require_trl", "scoring_config", "train_stages",
+           "trl_dataset", "trl_prompt_ids"]
