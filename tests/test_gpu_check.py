@@ -26,6 +26,10 @@ def test_the_gpu_check_script_dry_run_writes_one_results_json_with_every_check(t
     assert checks["grpo"]["status"] == "ok" and checks["grpo"]["losses_finite"] and checks["grpo"]["train_steps"] == 2
     for name in ("ray", "trl", "vllm"):
         assert checks[name]["status"] == "ok" or checks[name]["reason"]
+    if checks["trl"]["status"] == "ok":
+        assert checks["trl"]["trained_equals_selected"] and checks["trl"]["optimizer_steps"] == [1, 2]
+    if checks["ray"]["status"] == "ok":
+        assert checks["ray"]["identical"]
     assert (tmp_path / "gpu_check.md").read_text().startswith("# GPU check")
 
 

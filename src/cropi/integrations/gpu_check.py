@@ -149,7 +149,7 @@ def check_trl(plan: CheckPlan) -> dict:
     from cropi.policy import load_policy
     from cropi.tasks.loading import load_data
 
-    pool = 16 if plan.quick else 160
+    pool = 8 if plan.quick else 160
     cfg = load_config(None, [f"data.suite.pool_size={pool}", "data.suite.val_size=16", "data.suite.test_size_targeted=4",
                              "data.suite.test_size_untargeted=2", "select.stages=2", "select.ratio=0.25",
                              "select.score.max_val_prompts=8", f"model.device={plan.device}"])
