@@ -6,9 +6,9 @@ it stopped, and each behaviour log-prob is log-softmax(logits / T) of the sample
 renormalisation.  ``hf`` is the built-in batched sampler; ``vllm`` (extra ``cropi[vllm]``) is in
 ``vllm_backend``, imported only when asked for.
 
-``identity()`` is what a store records of the backend besides the weights: everything else that decides which
-responses and log-probs it samples (for vLLM its version, dtype and engine arguments), so a resumed collection
-never mixes two engines' chunks.  ``close()`` frees what the backend holds (an engine's GPU memory); ``collect``
+``identity()`` is what a store records of the backend besides the weights: the rest of what decides which
+responses and log-probs it samples (for vLLM its version, dtype and engine arguments other than memory and batch
+sizing), so a resumed collection never mixes two engines' chunks.  ``close()`` frees what the backend holds (an engine's GPU memory); ``collect``
 calls it when it built the backend itself.
 """
 
