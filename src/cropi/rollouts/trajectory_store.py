@@ -4,7 +4,8 @@ Layout: a folder holding ``meta.json`` (what produced the store) and ``part-NNNN
 ``chunk_size`` consecutive prompts of the collection order.  Each chunk is written to a temporary name and
 renamed, so a crash never leaves a torn chunk; a rerun skips chunks already present (resume), and shards
 (``shard_index`` of ``num_shards``) take disjoint chunks, so sharded, resumed and single collections are
-identical.  One row per response:
+identical (with the ``hf`` backend; meta.json names the backend that sampled, ``backend_identity``, and a
+collection resumes only with the same one).  One row per response:
 
     prompt_id, sample_index, prompt_ids, response_ids, behavior_logprobs, reward, finish_reason,
     policy_tag, temperature, top_p
@@ -109,8 +110,9 @@ def _check_meta(folder: Path, meta: dict) -> None:
         return
     old = read_json(path)
     old = {"backend": "hf", **old}  # stores written before backends were recorded are hf stores
+    old.setdefault("backend_identity", {"name": old["backend"]})  # and before identities: the name alone
     for key in ("model_fingerprint", "tokenizer_fingerprint", "temperature", "top_p", "group_size",
-                "max_new_tokens", "seed", "chunk_size", "prompt_order_hash", "backend"):
+                "max_new_tokens", "seed", "chunk_size", "prompt_order_hash", "backend", "backend_identity"):
         if old.get(key) != meta.get(key):
             raise CropiError(
                 f"{path}: existing store has {key}={old.get(key)!r}, this collection has {meta.get(key)!r}; "
@@ -140,7 +142,12 @@ def collect(
     Sampling randomness is keyed by (seed, prompt id, sample index).  ``backend`` samples (default: the one
     named by ``cfg.backend``, on ``policy``); ``policy`` still encodes prompts, decodes responses and names the
     weights in the meta."""
-    backend = backend or make_backend(cfg.backend, policy, cfg.batch_size)  # a missing engine fails here: nothing written
+    if backend is None:  # built here, so closed here: an engine's GPU memory goes back to scoring and training
+        backend = make_backend(cfg.backend, policy, cfg.batch_size)  # a missing engine fails here: nothing written
+        try:
+            return collect(policy, problems, out_dir, cfg, policy_tag, shard_index, num_shards, on_prompts, backend)
+        finally:
+            backend.close()
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     ids = [p.id for p in problems]
@@ -161,6 +168,7 @@ def collect(
         "num_prompts": len(problems),
         "prompt_order_hash": _order_hash(problems),
         "backend": backend.name,
+        "backend_identity": backend.identity(),
     }
     _check_meta(folder, meta)
     params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
@@ -172,7 +180,7 @@ def collect(
             if on_prompts:
                 on_prompts(len(members))
             continue
-        table = _sample_chunk(policy, backend, members, params, cfg, policy_tag)
+        table = _sample_chunk(policy, backend, members, params, cfg, policy_tag, fp["model"])
         schema_meta = {b"cropi": json.dumps({**meta, "schema_version": SCHEMA_VERSION}).encode()}
         with atomic_path(path) as tmp:
             pq.write_table(table.replace_schema_metadata(schema_meta), tmp)
@@ -182,12 +190,12 @@ def collect(
 
 
 def _sample_chunk(policy: Policy, backend: RolloutBackend, members: Sequence[Problem], params: SamplingParams,
-                  cfg: CollectConfig, policy_tag: str) -> pa.Table:
+                  cfg: CollectConfig, policy_tag: str, weights: str) -> pa.Table:
     g = cfg.group_size
     prompt_tokens = [policy.encode_prompt(p.prompt) for p in members]
     rows_prompts = [prompt_tokens[i] for i in range(len(members)) for _ in range(g)]
     keys = [(cfg.seed, p.id, s) for p in members for s in range(g)]
-    gens = backend.generate(rows_prompts, keys, params)
+    gens = backend.generate(rows_prompts, keys, params, weights=weights)
     texts = [policy.decode_response(x.response_ids) for x in gens]
     rewards = grade_many([p for p in members for _ in range(g)], texts)
     return pa.table(

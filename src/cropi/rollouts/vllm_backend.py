@@ -19,9 +19,16 @@ finish reasons are read off the tokens ("stop": the response ends with an end-of
 vLLM versions disagree on which wins when the last allowed token is an EOS.
 
 The engine samples the policy's *current* weights: they are written (``save_pretrained``) to a temporary folder
-that vLLM loads, and the engine is rebuilt when the weights change (a curriculum refresh).  One engine is kept
-per process.  ``CROPI_VLLM_ENGINE_ARGS`` (a JSON object) adds or overrides ``LLM(...)`` arguments, e.g.
+that vLLM loads, and the engine is keyed on the weights' fingerprint passed with each ``generate`` (the one the
+store records; computed afresh when none is passed), so it is rebuilt when the weights change (training, a
+curriculum refresh).  One engine is kept per process; ``close()`` (``close_engine``) shuts it down, which
+``collect`` does when it built the backend itself, so scoring and training get the GPU memory back.
+``CROPI_VLLM_ENGINE_ARGS`` (a JSON object) adds or overrides ``LLM(...)`` arguments, e.g.
 ``{"gpu_memory_utilization": 0.3, "enforce_eager": true}``.
+
+``identity()`` (recorded in the store's meta) is the vLLM version and every engine argument, dtype included,
+except those in ``CAPACITY_ARGS``: they size memory and batches, so a resumed collection on another GPU may need
+other values.
 """
 
 from __future__ import annotations
@@ -43,6 +50,11 @@ LOGPROBS_MODE = "processed_logprobs"
 ENGINE_ARGS_ENV = "CROPI_VLLM_ENGINE_ARGS"
 # The engine shares the GPU with the policy cropi trains and scores with: leave it room by default.
 DEFAULT_ENGINE_ARGS: dict[str, Any] = {"gpu_memory_utilization": 0.5}
+# Engine arguments left out of a store's identity: they size memory and batches.  Another size can change which
+# requests share a batch (vLLM's kernels are not promised batch-invariant), a difference accepted so that a
+# collection can resume on another GPU.
+CAPACITY_ARGS = frozenset({"gpu_memory_utilization", "kv_cache_memory_bytes", "swap_space", "cpu_offload_gb",
+                           "max_num_seqs", "max_num_batched_tokens", "disable_log_stats"})
 
 
 def request_seed(key: Sequence) -> int:
@@ -181,28 +193,38 @@ def _engine_for(policy: Policy, fingerprint: str, args: dict[str, Any]):
 
 @dataclass
 class VllmBackend:
-    """Samples with vLLM from ``policy``'s weights at the time of its first ``generate``; the engine starts then,
+    """Samples with vLLM from ``policy``'s weights as they are at each ``generate``; the engine starts at the first,
     so a collection whose chunks are all stored starts none."""
 
     policy: Policy
     engine_overrides: dict[str, Any] = field(default_factory=dict)
     name: str = "vllm"
-    _fingerprint: str | None = None
 
-    def generate(self, prompts: Sequence[Sequence[int]], keys: Sequence[tuple],
-                 params: SamplingParams) -> list[Generation]:
+    def engine_args(self) -> dict[str, Any]:
+        dtype = str(next(self.policy.model.parameters()).dtype).removeprefix("torch.")
+        return engine_args(dtype, self.engine_overrides)
+
+    def identity(self) -> dict:
+        vllm = require("vllm", "vllm", "rollout.backend=vllm")
+        args = {k: v for k, v in self.engine_args().items() if k not in CAPACITY_ARGS}
+        # a JSON round trip: the identity is compared with the one read back from meta.json
+        return json.loads(json.dumps({"name": self.name, "vllm_version": str(vllm.__version__),
+                                      "engine_args": args}, sort_keys=True, default=str))
+
+    def generate(self, prompts: Sequence[Sequence[int]], keys: Sequence[tuple], params: SamplingParams,
+                 weights: str | None = None) -> list[Generation]:
         if len(keys) != len(prompts):
             raise ValueError("sampling needs one key per prompt row")
         eos = self.policy.eos_token_ids
         requests = [sampling_kwargs(params, k, eos) for k in keys]  # refuse bad parameters before starting
         vllm = require("vllm", "vllm", "rollout.backend=vllm")
-        if self._fingerprint is None:
-            self._fingerprint = model_fingerprint(self.policy.model)
-        dtype = str(next(self.policy.model.parameters()).dtype).removeprefix("torch.")
-        llm = _engine_for(self.policy, self._fingerprint, engine_args(dtype, self.engine_overrides))
+        llm = _engine_for(self.policy, weights or model_fingerprint(self.policy.model), self.engine_args())
         outputs = llm.generate([{"prompt_token_ids": list(p)} for p in prompts],
                                [vllm.SamplingParams(**r) for r in requests], use_tqdm=False)
         return [generation_from_output(p, o, eos, params.max_new_tokens) for p, o in zip(prompts, outputs)]
+
+    def close(self) -> None:
+        close_engine()
 
 
 def vllm_backend(policy: Policy, **engine_overrides: Any) -> VllmBackend:

@@ -13,8 +13,8 @@ collected and scored on the same GPU is the control row: it shows what |Δ| crop
 Targets, for the bf16 engine: mean |Δ| <= 0.02 nats and mean ESS >= 0.98 (a policy sampled by vLLM in bf16 and
 scored in fp32 must look on-policy to the importance ratios).
 
-``--quick`` (the tiny policy, 64 prompts x G = 8, T = 0.7, eager engines) takes well under two minutes on one GPU;
-it writes to runs/bench-quick/ unless --out is given.  Without it: 256 prompts, T in {0.7, 1.0}, written to
+``--quick`` (the tiny policy, 64 prompts x G = 8, T = 0.7, eager engines; its time on a GPU is not yet measured)
+writes to runs/bench-quick/ unless --out is given.  Without it: 256 prompts, T in {0.7, 1.0}, written to
 benchmarks/results/vllm_parity.{json,md}.
 """
 
@@ -129,7 +129,7 @@ def parity_markdown(result: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny run (< 2 minutes on one GPU)")
+    ap.add_argument("--quick", action="store_true", help="tiny run: 64 prompts, T = 0.7, eager engines")
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--dtype", action="append", default=None, help="vLLM engine dtype (repeatable)")
