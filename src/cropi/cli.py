@@ -521,6 +521,11 @@ def _warn_about_data(cfg, problems, caps=("rollout", "eval")) -> None:
                    f"characters: use --model smollm2 or your own HF model for real data", err=True)
 
 
+def _val_stores(specs: List[str]) -> dict[str, Path]:
+    """``--val-store NAME=PATH`` (or ``PATH``, named after its folder), one per validation set."""
+    return {name: Path(path) for name, path in (s.split("=", 1) if "=" in s else (Path(s).name, s) for s in specs)}
+
+
 def _split_problems(suite, kind: str, set_name: str) -> list:
     """The problems ``collect --split`` names.  Validation sets stay apart: scoring takes one mean gradient per
     set (``score --val-store NAME=PATH``), so one store must not mix two sets."""
@@ -595,7 +600,7 @@ def score(
         raise CropiError("--shard/--range need --gradients DIR (where the shards meet)")
     if not (part or span) and out is None:
         raise CropiError("--out is required (the scores file)")
-    vals = {name: path for name, path in (s.split("=", 1) if "=" in s else (Path(s).name, s) for s in val_store)}
+    vals = _val_stores(val_store)
     n = store_meta(pool_store)["num_prompts"]
     policy = None if ray_job else load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype)
     s, t0, job = cfg.select.score, time.perf_counter(), None
@@ -666,7 +671,7 @@ def verl_cmd(
     """
     from cropi.integrations.verl import VerlPlan, parse_command, run_verl
 
-    vals = {name: Path(path) for name, path in (s.split("=", 1) if "=" in s else (Path(s).name, s) for s in val_store)}
+    vals = _val_stores(val_store)
     plan = VerlPlan(pool_store, vals, list(verl_arg or []) + list(extra or []), parse_command(launcher),
                     parse_command(merger), verl_python)
     # escaped: paths may hold brackets, which rich reads as markup; soft-wrapped: paths stay whole for copying
