@@ -207,7 +207,7 @@ def _shard_or_range(shard: Optional[str], prange: Optional[str]) -> tuple[tuple[
 
 RayOpt = typer.Option(False, "--ray", help="Shard over Ray actors, one per GPU (else per CPU), on a local Ray "
                       "started for the job or on --ray-address; results are bit-identical to one process with "
-                      "--ray-threads torch threads.  Needs cropi[ray].")
+                      "--ray-threads torch threads.  Needs the ray extra (pip install cropi\\[ray]).")
 RayAddressOpt = typer.Option(None, "--ray-address", help="Ray cluster to run on (implies --ray), e.g. auto or "
                              "ray://HEAD:10001; paths must be on a filesystem every node sees.")
 RayWorkersOpt = typer.Option(None, "--ray-workers", help="Ray actors (default: the cluster's GPUs, else its CPUs / "
@@ -891,7 +891,7 @@ def bench_ray(
 ):
     """Scoring sharded over Ray, 1 vs 2 workers on the embedded pool in one run, next to one process without Ray:
     bit-identical scores (checked bitwise), prompts per second and their ratio, Ray start-up apart; collection
-    likewise.  Writes ray_scoring.json / ray_scoring.md.  Needs cropi[ray]."""
+    likewise.  Writes ray_scoring.json / ray_scoring.md.  Needs the ray extra (pip install cropi\\[ray])."""
     from cropi.experiments.benchmarks.ray_scoring import RayScoringPlan, run
     from cropi.extras import require
     from cropi.integrations import ray_shards
