@@ -243,3 +243,29 @@ def test_builtin_sampler_logprobs_equal_teacher_forced_ones_in_fp32(problems, tm
     assert p["backend"] == "hf" and p["prompts"] == 12 and p["responses"] == 48 and p["tokens"] > 48
     assert p["mean_abs_delta"] <= 1e-5 and p["max_abs_delta"] <= 1e-4
     assert p["min_ess"] >= 0.9999
+
+
+def test_the_curriculums_behaviour_stores_share_one_backend_and_close_it_once(micro_policy, tmp_path, monkeypatch):
+    from cropi.config import load_config
+    from cropi.rollouts.backend import HFBackend
+    from cropi.tasks.synthetic import build_suite
+    from cropi.training import curriculum
+
+    made, closed = [], []
+
+    class CountedHF(HFBackend):
+        def close(self) -> None:
+            closed.append(self)
+
+    def make(name, policy, batch_size=512):
+        made.append(CountedHF(policy, batch_size))
+        return made[-1]
+
+    monkeypatch.setattr(curriculum, "make_backend", make)
+    cfg = load_config(None, ["data.suite.pool_size=8", "data.suite.val_size=4", "rollout.group_size=2",
+                             "rollout.max_new_tokens=2"])
+    stores = curriculum.behaviour_stores(micro_policy, build_suite(cfg.data.suite), cfg, tmp_path)
+    assert len(stores.validation) == 2  # pool + two validation stores were collected ...
+    assert len(made) == 1 and closed == made  # ... by one backend, closed once
+    curriculum.behaviour_stores(micro_policy, build_suite(cfg.data.suite), cfg, tmp_path)
+    assert len(made) == 1  # nothing left to collect: no backend (no engine) is started

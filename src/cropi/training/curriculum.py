@@ -31,6 +31,7 @@ from cropi.config import RunConfig
 from cropi.errors import CropiError
 from cropi.io import read_json, write_json
 from cropi.policy import Policy
+from cropi.rollouts.backend import make_backend
 from cropi.rollouts.trajectory_store import CollectConfig, collect, collection_complete, pass_rates, store_meta, subset_store
 from cropi.scores.engine import score_pool
 from cropi.scores.ranking import top_n
@@ -63,16 +64,23 @@ def behaviour_stores(policy: Policy, suite: Suite, cfg: RunConfig, folder: Path,
     if not suite.validation:
         raise CropiError("influence selection needs at least one validation set (data.validation_files or the "
                          "embedded suite's targeted families)")
-    for name, problems, path in jobs:
-        if (path / "meta.json").exists() and collection_complete(path) and name in timing:
-            continue
-        if on_event:
-            on_event({"event": "collect", "store": name, "prompts": len(problems)})
-        t0 = time.perf_counter()
-        # rollout.seed, not train.seed: the behaviour stores are sampled once and shared by every training seed
-        collect(policy, problems, path, CollectConfig.from_rollout(cfg.rollout), policy_tag=tag)
-        timing[name] = timing.get(name, 0.0) + time.perf_counter() - t0
-        write_json(timing_path, {"seconds": timing})
+    ccfg = CollectConfig.from_rollout(cfg.rollout)
+    backend = None  # one engine for every store (a vLLM engine takes seconds to start), closed once at the end
+    try:
+        for name, problems, path in jobs:
+            if (path / "meta.json").exists() and collection_complete(path) and name in timing:
+                continue
+            if on_event:
+                on_event({"event": "collect", "store": name, "prompts": len(problems)})
+            t0 = time.perf_counter()
+            backend = backend or make_backend(ccfg.backend, policy, ccfg.batch_size)
+            # rollout.seed, not train.seed: the behaviour stores are sampled once and shared by every training seed
+            collect(policy, problems, path, ccfg, policy_tag=tag, backend=backend)
+            timing[name] = timing.get(name, 0.0) + time.perf_counter() - t0
+            write_json(timing_path, {"seconds": timing})
+    finally:
+        if backend is not None:
+            backend.close()
     return BehaviourStores(folder / "pool", {n: folder / f"val-{n}" for n in suite.validation},
                            sum(timing.values()))
 
