@@ -110,7 +110,8 @@ def test_trainer_command_line_composes_with_verls_config(micro_model_dir, tmp_pa
             "trainer.save_freq", "actor_rollout_ref.rollout.n", "actor_rollout_ref.actor.optim.lr",
             "reward.custom_reward_function.path", "actor_rollout_ref.actor.loss_agg_mode", "trainer.logger",
             "algorithm.adv_estimator", "data.extra_flag", "actor_rollout_ref.model.path", "trainer.total_epochs",
-            "data.val_files", "actor_rollout_ref.rollout.name", *SCHEDULE_KEYS, *CHAT_TEMPLATE_KEYS]
+            "data.val_files", "actor_rollout_ref.rollout.name", "actor_rollout_ref.actor.optim.betas",
+            *SCHEDULE_KEYS, *CHAT_TEMPLATE_KEYS]
     out = probe({"job": "compose", "overrides": run.trainer_args(1, train, 3), "keys": keys}, tmp_path)
     assert out["data.train_files"] == str(train.resolve())
     assert out["trainer.total_training_steps"] == 6 and out["trainer.total_epochs"] == 6
@@ -125,6 +126,7 @@ def test_trainer_command_line_composes_with_verls_config(micro_model_dir, tmp_pa
     assert out["data.extra_flag"] == "spaced value" and out["actor_rollout_ref.model.path"] == str(model.resolve())
     assert out["data.val_files"] == str((tmp_path / "run folder" / "val.parquet").resolve())
     assert out["actor_rollout_ref.rollout.name"] == "vllm"
+    assert out["actor_rollout_ref.actor.optim.betas"] in ([0.9, 0.99], "[0.9, 0.99]")  # cropi's Adam betas
     # the keys cropi verl guards exist in verl's config, at the values it accepts by default
     assert [out[k] for k in SCHEDULE_KEYS] == ["constant", None, 0.0]
     assert [out[k] for k in CHAT_TEMPLATE_KEYS] == ["{}", None]  # the probe writes an empty mapping as text

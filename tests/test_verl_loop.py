@@ -165,6 +165,7 @@ def test_user_overrides_reach_the_command_line_once_and_win_over_the_mapped_defa
         assert o["actor_rollout_ref.actor.optim.lr"] == "1e-6"  # --verl-arg, over cropi's train.lr
         assert o["trainer.logger"] == "[console,tensorboard]" and o["trainer.n_gpus_per_node"] == "1"  # after --
         assert o["actor_rollout_ref.rollout.n"] == "8" and o["algorithm.adv_estimator"] == "grpo"  # mapped from cropi
+        assert o["actor_rollout_ref.actor.optim.betas"] == "[0.9,0.99]"  # cropi's Adam betas, not verl's 0.999
         assert o["reward.custom_reward_function.path"].endswith("cropi/integrations/verl_reward.py")
     assert call["argv"][-3:] == ["actor_rollout_ref.actor.optim.lr=1e-6", "trainer.logger=[console,tensorboard]",
                                  "trainer.n_gpus_per_node=1"]

@@ -161,6 +161,7 @@ def mapped_defaults(cfg: RunConfig, batch_prompts: int) -> dict[str, str]:
         "actor_rollout_ref.actor.ppo_epochs": str(t.ppo_epochs),
         "actor_rollout_ref.actor.optim.lr": hydra_value(t.lr),
         "actor_rollout_ref.actor.optim.weight_decay": hydra_value(t.weight_decay),
+        "actor_rollout_ref.actor.optim.betas": f"[{hydra_value(t.betas[0])},{hydra_value(t.betas[1])}]",
         "actor_rollout_ref.actor.clip_ratio": hydra_value(t.clip_eps),
         "actor_rollout_ref.actor.grad_clip": hydra_value(t.max_grad_norm),
         "actor_rollout_ref.actor.loss_agg_mode": {"grpo": "seq-mean-token-mean",
