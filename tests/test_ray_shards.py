@@ -83,8 +83,9 @@ def test_ray_scores_on_two_workers_equal_one_process_bitwise(ray_cluster, stores
     # a resumed Ray job recomputes a damaged chunk of a finished shard and ends bit-identical again
     cut = sorted(shards[0].glob("chunk-*.parquet"))[0]
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
-    _ok(runner.invoke(app, base + ["--mode", "exact", "--ray", "--ray-workers", "2", "--gradients", str(tmp / "ray"),
-                                   "--out", str(tmp / "ray.parquet")]))
+    r = _ok(runner.invoke(app, base + ["--mode", "exact", "--ray", "--ray-workers", "2", "--gradients",
+                                       str(tmp / "ray"), "--out", str(tmp / "ray.parquet")]))
+    assert f"warning: {cut} is damaged" in " ".join(r.output.split()) and "recomputing it" in r.output
     assert _chunks(shards) == whole and table_bits(read_scores(tmp / "ray.parquet")[0]) == table_bits(one)
 
 

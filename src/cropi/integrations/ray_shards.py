@@ -24,6 +24,7 @@ started here runs its workers at the driver's niceness (Ray's default is 15) unl
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import deque
@@ -35,7 +36,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 from cropi.config import RunConfig
 from cropi.errors import CropiError
 from cropi.extras import require
-from cropi.io import first_line, table_bits
+from cropi.io import first_line, log, table_bits
 
 FAIL_AFTER_CHUNKS_ENV = "CROPI_RAY_FAIL_AFTER_CHUNKS"
 WORKER_NICENESS_ENV = "RAY_worker_niceness"  # Ray's own setting (default 15)
@@ -98,6 +99,15 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
 
 
 # ----------------------------------------------------------------------------- the actor
+class _KeepWarnings(logging.Handler):
+    def __init__(self, sink: list[str]):
+        super().__init__(logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append(record.getMessage())
+
+
 class ShardWorker:
     """One Ray actor: the policy, loaded once, and the engine's shard functions run on it."""
 
@@ -114,6 +124,14 @@ class ShardWorker:
             self.init_error = exc
         self.fail_after_chunks = fail_after_chunks
         self.chunks = 0
+        # cropi's warnings (a damaged chunk recomputed, ...) go back to the driver, which prints them: the
+        # actors' own output stays in Ray's logs
+        self.warnings: list[str] = []
+        logging.getLogger("cropi").addHandler(_KeepWarnings(self.warnings))
+
+    def take_warnings(self) -> list[str]:
+        taken, self.warnings[:] = list(self.warnings), []
+        return taken
 
     def _chunk_done(self, _prompts: int) -> None:
         self.chunks += 1
@@ -224,6 +242,8 @@ class _Workers:
             except CropiError as exc:
                 error = error or exc
                 continue  # a dead actor is not idle again
+            for message in ray.get(actor.take_warnings.remote()):
+                log.warning("%s", message)
             idle.append(actor)
             if on_done and task.prompts:
                 on_done(task.prompts)
