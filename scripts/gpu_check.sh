@@ -4,7 +4,7 @@
 # src/cropi/integrations/gpu_check.py for what each check measures.
 #
 # On a machine without network: run scripts/gpu_wheels.sh where pip works, copy .whl/ with the tree, and
-# this script installs them into /tmp/site first (WHEELS=DIR names another folder, WHEELS= none).  cropi
+# this script installs them into a fresh temporary folder first (WHEELS=DIR names another folder, WHEELS= none).  cropi
 # itself runs from src/ (no install needed).
 # Extra arguments go to the checks, e.g. `--only projector,grpo` or `--device cpu --quick` (a dry run).
 set -euo pipefail
@@ -13,8 +13,9 @@ OUT=${OUT:-runs/gpu-check}
 PY=${PYTHON:-python3}
 WHEELS=${WHEELS-.whl}
 if [ -n "$WHEELS" ] && compgen -G "$WHEELS/*.whl" >/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  SITE=$(mktemp -d)
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl
+  export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 exec "$PY" -m cropi.integrations.gpu_check --out "$OUT" "$@"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Download, into .whl/, the wheels the GPU check needs beyond what a CUDA PyTorch image usually holds
 # (torch, transformers, accelerate, pyarrow, pandas): cropi's grader (math-verify) and the TRL check.
-# For a GPU machine without network: copy .whl/ there with the tree; gpu_check.sh installs them into /tmp/site.
+# For a GPU machine without network: copy .whl/ there with the tree; gpu_check.sh installs them into a temporary folder.
 # Ray (a 79 MB wheel for CPython 3.12) and vLLM (hundreds of MB, with its own CUDA torch) are left out: their
 # checks run only where they are already installed.
 set -euo pipefail

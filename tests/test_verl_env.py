@@ -1,5 +1,5 @@
 """cropi's verl files read by verl's real code, in verl's own environment ($CROPI_VERL_PYTHON, default
-/work/venvs/verl/bin/python; skipped when absent): RLHFDataset on the stage parquet and the prompt tokens verl's
+~/venvs/verl/bin/python as the README sets it up; skipped when absent): RLHFDataset on the stage parquet and the prompt tokens verl's
 agent loop builds from its rows (against cropi's), verl's reward-function loader on cropi's reward module, hydra
 composition of the trainer command line, and verl's model merger on a checkpoint in the layout the launcher
 stand-in writes.
@@ -25,7 +25,7 @@ from cropi.tasks.problem import Problem
 
 from tests.test_verl_loop import with_chat_template
 
-VERL_PYTHON = os.environ.get("CROPI_VERL_PYTHON", "/work/venvs/verl/bin/python")
+VERL_PYTHON = os.environ.get("CROPI_VERL_PYTHON", str(Path.home() / "venvs" / "verl" / "bin" / "python"))
 PROBE = Path(__file__).with_name("verl_env_probe.py")
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not Path(VERL_PYTHON).is_file(), reason=f"no verl environment at {VERL_PYTHON}")]
