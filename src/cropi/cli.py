@@ -36,7 +36,7 @@ app = typer.Typer(
 model_app = typer.Typer(help="Fetch and inspect models.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 bench_app = typer.Typer(help="Influence-engine benchmarks: projection speed, fidelity on real gradients, exact scoring, scoring cost, "
-                        "scoring on Ray.",
+                        "scoring on Ray, every GPU check.",
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 console = Console(stderr=True)
@@ -867,10 +867,10 @@ def bench_gpu(
     quick: bool = typer.Option(False, help="Toy sizes (the tiny model's shapes, 16 prompts, 2 steps)."),
     only: Optional[str] = typer.Option(None, help="Comma-separated subset of projector,grpo,ray,trl,vllm."),
 ):
-    """Every GPU check in one run (at most 8 minutes on one GPU, embedded tiny policy): the CUDA projector at
+    """Every GPU check in one run (sized for 8 minutes on one GPU, embedded tiny policy): the CUDA projector at
     SmolLM2 size against the CPU kernel, cropi's own collect/score/GRPO on CUDA, a 2-worker Ray scoring smoke
     test, a short TRL run and vLLM log-prob parity (each engine's check is skipped, with the reason, where it
-    does not import).  The same as scripts/gpu_check.sh, which also installs carried wheels first."""
+    does not import).  The same as scripts/gpu_check.sh, which also installs the wheels of .whl/ first (scripts/gpu_wheels.sh)."""
     from cropi.integrations.gpu_check import main as run_gpu_check
 
     code = run_gpu_check(["--out", str(out), "--device", device, *(["--quick"] * quick),
