@@ -33,6 +33,15 @@ def test_the_gpu_check_script_dry_run_writes_one_results_json_with_every_check(t
     assert (tmp_path / "gpu_check.md").read_text().startswith("# GPU check")
 
 
+def test_a_rerun_starts_from_an_empty_scratch_folder_not_the_last_runs_checkpoints(tmp_path):
+    from cropi.integrations.gpu_check import CheckPlan, run_checks
+
+    left = tmp_path / "work" / "grpo" / "train" / "checkpoints"
+    left.mkdir(parents=True)
+    res = run_checks(CheckPlan("cpu", True, tmp_path / "work"), tmp_path, only=["projector"])
+    assert res["checks"]["projector"]["status"] == "ok" and not left.exists()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_every_gpu_check_passes_on_cuda_within_eight_minutes(tmp_path):

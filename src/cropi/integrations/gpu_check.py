@@ -185,8 +185,14 @@ CHECKS: dict[str, Callable[[CheckPlan], dict]] = {
 
 
 def run_checks(plan: CheckPlan, out_dir: str | Path, only: list[str] | None = None) -> dict:
-    """Run every check (or ``only`` these) and write ``gpu_check.json`` / ``.md`` into ``out_dir``."""
+    """Run every check (or ``only`` these) and write ``gpu_check.json`` / ``.md`` into ``out_dir``.  The scratch
+    folder ``plan.work`` is emptied first: a rerun must not resume the last run's stores and checkpoints (its GRPO
+    check would then train no step and report nothing)."""
+    import shutil
+
     from cropi.experiments.report import machine_description
+
+    shutil.rmtree(plan.work, ignore_errors=True)
 
     results: dict = {"schema_version": SCHEMA_VERSION, "machine": machine_description(), "device": plan.device,
                      "quick": plan.quick, "checks": {}}
