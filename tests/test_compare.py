@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -199,18 +200,35 @@ def test_selector_variants_switch_on_our_departures():
 
     assert parse_selector("cropi") == ("cropi", {})
     base, settings = parse_selector("cropi+drift+reprobe")
-    assert base == "cropi" and settings["drift_ess_threshold"] > 0 and settings["reprobe_prompts"] > 0
+    assert base == "cropi" and settings["select.drift_ess_threshold"] > 0 and settings["select.reprobe_prompts"] > 0
     with pytest.raises(ConfigError):
         parse_selector("cropi+bogus")
     with pytest.raises(ConfigError):
         parse_selector("random+drift")
-    assert parse_selector("cropi+refresh+candidates2000") == ("cropi", {"refresh_every": 1, "candidates": 2000})
-    assert parse_selector("static_influence+candidates30") == ("static_influence", {"candidates": 30})
-    assert parse_selector("cropi+refresh+stages8") == ("cropi", {"refresh_every": 1, "stages": 8})
+    assert parse_selector("cropi+refresh+candidates2000") == ("cropi", {"select.refresh_every": 1,
+                                                                        "select.candidates": 2000})
+    assert parse_selector("static_influence+candidates30") == ("static_influence", {"select.candidates": 30})
+    assert parse_selector("cropi+refresh+stages8") == ("cropi", {"select.refresh_every": 1, "select.stages": 8})
+    assert parse_selector("cropi+greso") == ("cropi", {"train.filter.method": "greso"})
     for bad in ("random+candidates30", "cropi+candidates0", "static_influence+refresh", "cropi+stages2",
                 "static_influence+stages8"):
         with pytest.raises(ConfigError):
             parse_selector(bad)
+
+
+def test_peers_are_the_full_pool_with_their_batch_rule_and_gradalign_is_refreshed_cropi_rounds():
+    from cropi.config import RunConfig
+    from cropi.experiments.compare import run_config
+
+    cfg = RunConfig()
+    for peer in ("dapo", "greso", "online_filter"):
+        c = run_config(cfg, Path("/tmp/x"), peer, 1)
+        assert (c.train.selector, c.train.filter.method, c.train.seed) == ("full", peer, 1)
+    c = run_config(cfg, Path("/tmp/x"), "gradalign", 0)
+    # fresh on-policy rollouts each round, 10 steps a round, the top 1/20 of 1,280 candidates
+    assert c.train.selector == "cropi" and c.select.refresh_every == 1 and c.train.filter.method == "none"
+    assert c.select.stages * 10 == c.train.steps and c.select.candidates == 1280
+    assert c.select.size == 64
 
 
 def test_run_lock_claims_once_and_takes_over_stale_locks(tmp_path):

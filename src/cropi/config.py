@@ -90,6 +90,35 @@ class RolloutConfig:
 
 
 @dataclass
+class FilterConfig:
+    """How each GRPO step builds its batch of ``train.prompts_per_step`` groups (the peers' methods,
+    ``cropi.training.batches``).  ``none`` trains on the next prompts of the seeded order, whatever their rewards."""
+
+    method: str = setting("none", "none (plain GRPO), dapo (DAPO dynamic sampling: drop groups with equal rewards, "
+                          "refill), greso (GRESO: also skip, before rollout, prompts whose recent groups had equal "
+                          "rewards), online_filter (SPEED-RL: screen with a few samples, finish the mixed ones).",
+                          one_of("none", "dapo", "greso", "online_filter"))
+    # verl's DAPO recipe samples 3x the train batch per generation batch
+    gen_batch_prompts: int = setting(96, "Prompts sampled per generation batch (dapo, online_filter; "
+                                     "greso's largest).", at_least(1))
+    max_num_gen_batches: int = setting(10, "Generation batches at most per step; then the batch is filled with "
+                                       "groups that had equal rewards (they add no gradient).", at_least(1))
+    screen_samples: int = setting(4, "online_filter: responses per prompt in the screening round (fewer than G).", at_least(1))
+    greso_p_easy: float = setting(0.5, "greso: starting exploration probability of prompts whose groups were all "
+                                  "correct.", in_unit_interval)
+    greso_p_hard: float = setting(0.5, "greso: starting exploration probability of prompts whose groups were all "
+                                  "wrong.", in_unit_interval)
+    greso_step: float = setting(0.01, "greso: how far an exploration probability moves per step.", in_unit_interval)
+    # GRESO's code splits the target one third all-correct, two thirds all-wrong
+    greso_target: float = setting(0.25, "greso: share of the sampled groups that may have equal rewards (a third "
+                                  "of it all-correct, two thirds all-wrong); the probabilities move towards it.",
+                                  in_unit_interval)
+    greso_p_min: float = setting(0.05, "greso: the least exploration probability.", in_unit_interval)
+    greso_p_max: float = setting(0.95, "greso: the largest exploration probability.", in_unit_interval)
+    greso_min_gen_prompts: int = setting(16, "greso: the fewest prompts of an adaptive generation batch.", at_least(1))
+
+
+@dataclass
 class TrainConfig:
     selector: str = setting("full", "Which prompts GRPO trains on: full, random, learnability, pass_rate, "
                             "static_influence, cropi.")
@@ -112,6 +141,7 @@ class TrainConfig:
     eval_every: int = setting(10, "Greedy evaluation every this many steps (and at the end).", at_least(1))
     checkpoint_every: int = setting(50, "Checkpoint every this many steps (and at the end); --resume restarts there.",
                                     at_least(1))
+    filter: FilterConfig = setting(factory=FilterConfig, help="How each step's batch is built (the peers' methods).")
 
 
 @dataclass
@@ -149,6 +179,8 @@ class SelectConfig:
     state is carried across stages: a stage boundary changes the data, not the optimisation problem."""
 
     ratio: float = setting(0.1, "Share of the pool selected, the same for every selector.", fraction)
+    size: int = setting(0, "Prompts selected per stage whatever the pool size (0 = ratio x pool), e.g. what a stage "
+                        "trains on in a pool much larger than that.", at_least(0))
     stages: int = setting(4, "Curriculum stages, between 1 and train.steps (cropi re-scores and re-selects at each).",
                           at_least(1))
     stores: str | None = setting(None, "Folder of the behaviour stores (pool and validation trajectories of the "
@@ -341,6 +373,10 @@ def problems(cfg: RunConfig) -> Iterator[tuple[str, str]]:
         yield "select.stages", f"{cfg.select.stages!r}: must be between 1 and train.steps ({cfg.train.steps})"
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg.model.device):
         yield "model.device", f"{cfg.model.device!r}: must be auto, cpu, cuda, cuda:N or mps"
+    f = cfg.train.filter
+    if f.method == "online_filter" and f.screen_samples >= cfg.rollout.group_size:
+        yield "train.filter.screen_samples", (f"{f.screen_samples!r}: must be below rollout.group_size "
+                                              f"({cfg.rollout.group_size})")
     if cfg.rollout.backend == "vllm" and cfg.rollout.top_p != 1.0:
         # vLLM's processed log-probs are renormalised over the nucleus; the stored ones must be of the full softmax
         yield "rollout.top_p", f"{cfg.rollout.top_p!r}: must be 1.0 with rollout.backend=vllm"

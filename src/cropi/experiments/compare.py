@@ -20,7 +20,7 @@ from cropi.experiments.report import machine_description, write_comparison_repor
 from cropi.experiments.run import run_training
 from cropi.io import read_json, read_jsonl, write_json, write_text
 from cropi.selection import make_selector
-from cropi.selection.variants import parse_selector
+from cropi.selection.variants import apply_settings, parse_selector
 from cropi.tasks.loading import load_data
 from cropi.tasks.suite import Suite
 
@@ -28,10 +28,9 @@ from cropi.tasks.suite import Suite
 def run_config(cfg: RunConfig, out: Path, name: str, seed: int) -> RunConfig:
     """The config of one run of a comparison: its selector (with a variant's settings), seed and shared stores."""
     c = copy.deepcopy(cfg)
-    base, settings = parse_selector(name)
+    base, settings = parse_selector(name, cfg)
     c.train.selector, c.train.seed = base, seed
-    for key, value in settings.items():
-        setattr(c.select, key, value)
+    apply_settings(c, settings)
     c.select.stores = str(Path(out) / "stores")
     return c
 

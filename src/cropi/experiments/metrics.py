@@ -14,6 +14,8 @@ Definitions (as in the paper's Table 1, but measured on test splits the scores n
   (evaluation excluded; collection is charged to every run that uses the behaviour stores, although the
   comparison collects them once).
 - final_targeted: mean of the last 3 evaluations.
+- Noise floor: each full-data seed's own acceleration against the seed-mean full-data curve.  With several
+  seeds some always come out "faster" than their mean; an acceleration below the largest of them is a tie.
 """
 
 from __future__ import annotations
@@ -163,6 +165,8 @@ def compute_results(summaries: dict[str, dict[int, dict]], machine: str, budget_
                 "score_seconds": s.get("score_seconds") or 0.0,
                 "select_seconds": s.get("select_seconds") or 0.0,
                 "train_seconds": s.get("train_seconds") or 0.0,
+                "seconds_by_kind": s.get("seconds_by_kind"),
+                "sampled_sequences": s.get("sampled_sequences"),
                 "evaluations": len(curve),
                 "curve": [{"step": c["step"], "targeted": c["targeted"], "untargeted": c.get("untargeted"),
                            "seconds": c["seconds"]} for c in curve],
@@ -176,6 +180,18 @@ def compute_results(summaries: dict[str, dict[int, dict]], machine: str, budget_
                 "step_acceleration", "wall_acceleration", "final_targeted", "best_targeted", "best_untargeted")},
         }
     out["partial_gain"] = partial_gain(summaries, steps, sm, mean_t[0], threshold)
+    out["noise_floor"] = noise_floor(out["selectors"]["full"])
+    return out
+
+
+def noise_floor(full: dict) -> dict:
+    """How far full data's own seeds stray from their seed mean: each seed's acceleration against the seed-mean
+    curve.  An acceleration inside this spread (below its largest value) is a tie with full data."""
+    out = {}
+    for key in ("step_acceleration", "wall_acceleration"):
+        vals = [r[key] for r in full["seeds"].values() if r[key] is not None]
+        out[key] = {"median": median(vals) if vals else None, "max": max(vals) if vals else None,
+                    "seeds": [r[key] for r in full["seeds"].values()]}
     return out
 
 

@@ -33,6 +33,7 @@ from cropi.tasks.loading import load_data
 from cropi.tasks.suite import Suite
 from cropi.training import checkpoint
 from cropi.training.curriculum import Curriculum, behaviour_stores, recollect_seconds
+from cropi.training.batches import make_batch_builder
 from cropi.training.grpo import start_session, train_grpo
 
 
@@ -67,6 +68,19 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> int:
     rows = [r for r in read_jsonl(metrics) if done > 0 and r.get("step", 0) <= done]
     write_text(metrics, "".join(json.dumps(r) + "\n" for r in rows))
     return done
+
+
+def seconds_by_kind(state, collect_seconds: float, stage_info: list[dict]) -> dict[str, float]:
+    """Where a run's charged seconds went.  rollouts: sampling the trained groups; refills: groups sampled and
+    dropped; screening: the online filter's screening samples; collection: behaviour stores, refreshes,
+    drift re-collections and re-probes; scoring: influence scoring; selection: the rest of choosing a stage's
+    prompts; training: the updates.  They add up to the seconds axis of the curves."""
+    collection = collect_seconds + recollect_seconds(stage_info)
+    scoring = sum(s.get("score_seconds", 0.0) for s in stage_info)
+    kinds = {"rollouts": state.rollout_seconds, "refills": state.refill_seconds, "screening": state.screen_seconds,
+             "collection": collection, "scoring": scoring,
+             "selection": max(0.0, state.select_seconds - collection - scoring), "training": state.update_seconds}
+    return {k: round(v, 2) for k, v in kinds.items()}
 
 
 def run_training(
@@ -109,6 +123,8 @@ def run_training(
         stores = behaviour_stores(policy, suite, cfg, Path(cfg.select.stores) if cfg.select.stores else run_dir / "stores",
                                   on_event=on_event)
     session = start_session(policy, cfg.train, run_dir)
+    if cfg.train.filter.method != "none":
+        session.batches = make_batch_builder(cfg)
     state = session.state
     if state.step == 0 and stores is not None:
         state.select_seconds = stores.collect_seconds  # charged even when the stores were reused
@@ -146,6 +162,10 @@ def run_training(
         "recollect_seconds": round(recollect_seconds(stage_info), 2),
         "select_seconds": round(state.select_seconds, 2),
         "score_seconds": round(sum(s.get("score_seconds", 0.0) for s in stage_info), 2),
+        "seconds_by_kind": seconds_by_kind(state, stores.collect_seconds if stores else 0.0, stage_info),
+        "filter": cfg.train.filter.method,
+        "sampled_sequences": state.sampled_sequences,
+        "skipped_prompts": state.skipped_prompts,
         "curve": curve,
         **summarize_curve(curve),
         "stage_summaries": stage_info,

@@ -35,6 +35,11 @@ def top_n(n_pool: int, ratio: float) -> int:
     return max(1, int(math.floor(ratio * n_pool)))
 
 
+def selection_size(n_pool: int, ratio: float, size: int = 0) -> int:
+    """Prompts one selection keeps: ``size`` when set (at most the pool), else ``top_n(n_pool, ratio)``."""
+    return min(size, n_pool) if size > 0 else top_n(n_pool, ratio)
+
+
 def ranked(scores: Mapping[str, float]) -> list[str]:
     """Ids by descending score, ties by id."""
     return sorted(scores, key=lambda i: (-scores[i], i))

@@ -1,7 +1,7 @@
 """Selectors: which pool prompts a GRPO stage trains on (METHOD.md §5-6).
 
-One small interface, six implementations.  Every selector returns at most ``top_n(len(pool), ratio)`` prompt
-ids (``full`` returns all), so every run trains with the same step size and budget; only the prompts differ.
+One small interface, six implementations.  Every selector returns at most ``selection_size(len(pool), ratio,
+size)`` prompt ids (``full`` returns all), so every run trains with the same step size and budget; only the prompts differ.
 
     full              every pool prompt
     random            a seeded random ``ratio`` of the pool, fixed for the run
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Protocol, Sequence
 
 from cropi.selection.baselines import select_full, select_learnability, select_pass_rate, select_random
-from cropi.scores.ranking import top_n
+from cropi.scores.ranking import selection_size
 from cropi.tasks.problem import Problem
 
 
@@ -35,10 +35,11 @@ class SelectionContext:
     stage: int
     pass_rates: Callable[[], Mapping[str, float]]  # behaviour pass rate per prompt id
     influence: Callable[[], list[str]]  # prompt ids ranked by fused influence for the current policy, best first
+    fixed_size: int = 0  # ``select.size``: prompts per selection, whatever the pool size (0 = ratio)
 
     @property
     def size(self) -> int:
-        return top_n(len(self.pool), self.ratio)
+        return selection_size(len(self.pool), self.ratio, self.fixed_size)
 
 
 class Selector(Protocol):
@@ -68,9 +69,9 @@ SELECTORS: dict[str, Selector] = {
     s.name: s
     for s in (
         _Simple("full", False, False, lambda c: select_full([p.id for p in c.pool])),
-        _Simple("random", False, False, lambda c: select_random([p.id for p in c.pool], c.ratio, c.seed)),
-        _Simple("learnability", True, False, lambda c: select_learnability(c.pass_rates(), c.ratio)),
-        _Simple("pass_rate", True, False, lambda c: select_pass_rate(c.pass_rates(), c.ratio, c.seed)),
+        _Simple("random", False, False, lambda c: select_random([p.id for p in c.pool], c.ratio, c.seed, c.size)),
+        _Simple("learnability", True, False, lambda c: select_learnability(c.pass_rates(), c.ratio, c.size)),
+        _Simple("pass_rate", True, False, lambda c: select_pass_rate(c.pass_rates(), c.ratio, c.seed, c.size)),
         _Simple("static_influence", True, False, _influence_top),
         _Simple("cropi", True, True, _influence_top),
     )

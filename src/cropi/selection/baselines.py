@@ -14,10 +14,10 @@ def select_full(ids: Sequence[str]) -> list[str]:
     return list(ids)
 
 
-def select_random(ids: Sequence[str], ratio: float, seed: int) -> list[str]:
+def select_random(ids: Sequence[str], ratio: float, seed: int, n: int | None = None) -> list[str]:
     pool = sorted(ids)
     random.Random(f"random:{seed}").shuffle(pool)
-    return pool[: top_n(len(pool), ratio)]
+    return pool[: n or top_n(len(pool), ratio)]
 
 
 def select_learnability(pass_rates: Mapping[str, float], ratio: float, n: int | None = None) -> list[str]:
@@ -25,8 +25,8 @@ def select_learnability(pass_rates: Mapping[str, float], ratio: float, n: int | 
     return ranked({k: p * (1 - p) for k, p in pass_rates.items()})[: n or top_n(len(pass_rates), ratio)]
 
 
-def select_pass_rate(pass_rates: Mapping[str, float], ratio: float, seed: int) -> list[str]:
+def select_pass_rate(pass_rates: Mapping[str, float], ratio: float, seed: int, n: int | None = None) -> list[str]:
     """Uniform among prompts with 0 < p < 1 (never p in {0, 1}); at most the selection size."""
     eligible = sorted(k for k, p in pass_rates.items() if 0 < p < 1)
     random.Random(f"pass_rate:{seed}").shuffle(eligible)
-    return eligible[: top_n(len(pass_rates), ratio)]
+    return eligible[: n or top_n(len(pass_rates), ratio)]

@@ -19,36 +19,84 @@ Why each variant exists (the settings are conventional defaults, not fitted to r
 - ``stagesN`` (cropi): re-selects N times within the same step budget instead of the comparison's stage count,
   to see whether more frequent re-scoring pays.  Fewer than 3 stages would make cropi (nearly) static
   influence, so N >= 3.
+- ``dapo``, ``greso``, ``online_filter`` (any selector): that batch rule inside the selected prompts.
+
+The peers (selector names of their own, each a base selector with settings; ``cropi.training.batches`` says what
+each re-implements and simplifies):
+
+- ``dapo``, ``greso``, ``online_filter``: the full pool, with that batch rule (``train.filter.method``).
+- ``gradalign`` (GradAlign, arXiv 2602.21492): cropi re-scoring from fresh on-policy rollouts every round —
+  ``refresh`` on a candidate subset — with GradAlign's round shape scaled to 32 prompts per step: 10 steps per
+  round, 1,280 fresh candidates, the top 1/20 of them (64) kept, so a round covers its subset five times, as in
+  GradAlign's example (5,120 candidates, 256 kept, 10 steps of 128).  Simplified: the candidates are a seeded
+  random subset per round rather than consecutive chunks of one shuffle, and several validation sets are fused
+  by reciprocal rank where GradAlign has one.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from cropi.errors import ConfigError
 
-VARIANT_SETTINGS = {"drift": {"drift_ess_threshold": 0.5}, "reprobe": {"reprobe_prompts": 200},
-                    "refresh": {"refresh_every": 1}}
+VARIANT_SETTINGS = {"drift": {"select.drift_ess_threshold": 0.5}, "reprobe": {"select.reprobe_prompts": 200},
+                    "refresh": {"select.refresh_every": 1}}
+BATCH_RULES = ("dapo", "greso", "online_filter")  # flags any selector takes
+GRADALIGN_CANDIDATES, GRADALIGN_KEEP, GRADALIGN_ROUND_STEPS = 1280, 1 / 20, 10
+# selector name -> (base selector, settings); a callable value is computed from the comparison's config
+PEERS: dict[str, tuple[str, dict[str, Any]]] = {
+    **{rule: ("full", {"train.filter.method": rule}) for rule in BATCH_RULES},
+    "gradalign": ("cropi", {
+        "select.refresh_every": 1,
+        "select.candidates": GRADALIGN_CANDIDATES,
+        "select.size": round(GRADALIGN_CANDIDATES * GRADALIGN_KEEP),
+        "select.stages": lambda cfg: max(3, cfg.train.steps // GRADALIGN_ROUND_STEPS),
+    }),
+}
+
+
 # Flags with a number: flag name -> (the ``select`` key it sets, the selectors it applies to, the least N).
 NUMBERED_FLAGS = {"candidates": ("candidates", ("cropi", "static_influence"), 1), "stages": ("stages", ("cropi",), 3)}
 
 
-def parse_selector(spec: str) -> tuple[str, dict]:
-    """``"cropi+drift+reprobe"`` -> (``"cropi"``, the ``select`` settings it switches on)."""
+def parse_selector(spec: str, cfg=None) -> tuple[str, dict]:
+    """``"cropi+drift+reprobe"`` -> (``"cropi"``, the dotted settings it switches on).  A peer's settings that
+    depend on the run (``gradalign``'s) are computed from ``cfg``; without it they are left out."""
     base, *flags = spec.split("+")
     settings: dict = {}
+    if base in PEERS:
+        base, peer = PEERS[base]
+        for key, value in peer.items():
+            if callable(value):
+                if cfg is None:
+                    continue
+                value = value(cfg)
+            settings[key] = value
     for flag in flags:
         numbered = re.fullmatch(r"([a-z]+)(\d+)", flag)
         if numbered and numbered.group(1) in NUMBERED_FLAGS:
             key, bases, least = NUMBERED_FLAGS[numbered.group(1)]
             if base not in bases or int(numbered.group(2)) < least:
                 raise ConfigError(f"selector {spec!r}: {flag!r} applies to {' and '.join(bases)}, with N >= {least}")
-            settings[key] = int(numbered.group(2))
+            settings[f"select.{key}"] = int(numbered.group(2))
+        elif flag in BATCH_RULES:
+            settings["train.filter.method"] = flag
         elif flag not in VARIANT_SETTINGS:
-            raise ConfigError(f"selector {spec!r}: unknown variant {flag!r} "
-                              f"(known: {', '.join(VARIANT_SETTINGS)}, {', '.join(f + 'N' for f in NUMBERED_FLAGS)})")
+            raise ConfigError(f"selector {spec!r}: unknown variant {flag!r} (known: {', '.join(VARIANT_SETTINGS)}, "
+                              f"{', '.join(BATCH_RULES)}, {', '.join(f + 'N' for f in NUMBERED_FLAGS)})")
         elif base != "cropi":
             raise ConfigError(f"selector {spec!r}: {flag!r} applies to cropi only")
         else:
             settings.update(VARIANT_SETTINGS[flag])
     return base, settings
+
+
+def apply_settings(cfg, settings: dict) -> None:
+    """Set each dotted ``section.key`` of ``settings`` on ``cfg`` in place."""
+    for dotted, value in settings.items():
+        *path, key = dotted.split(".")
+        node = cfg
+        for part in path:
+            node = getattr(node, part)
+        setattr(node, key, value)

@@ -34,7 +34,7 @@ from cropi.policy import Policy
 from cropi.rollouts.backend import make_backend
 from cropi.rollouts.trajectory_store import CollectConfig, collect, collection_complete, pass_rates, store_meta, subset_store
 from cropi.scores.engine import score_pool
-from cropi.scores.ranking import top_n
+from cropi.scores.ranking import selection_size
 from cropi.selection import SelectionContext, Selector
 from cropi.selection.baselines import select_learnability
 from cropi.selection.diagnostics import selection_diagnostics
@@ -130,7 +130,8 @@ class Curriculum:
             info["reused_from_stage"] = 0
         else:
             ctx = SelectionContext(self.suite.pool, self.cfg.select.ratio, self.cfg.train.seed, stage,
-                                   pass_rates=lambda: self._pass_rates(stage), influence=lambda: self._influence(stage, info))
+                                   pass_rates=lambda: self._pass_rates(stage), influence=lambda: self._influence(stage, info),
+                                   fixed_size=self.cfg.select.size)
             selected = self.selector.select(ctx)
         if not selected:
             raise CropiError(f"stage {stage}: selector {self.selector.name!r} chose no prompts")
@@ -139,8 +140,7 @@ class Curriculum:
                  else self._pass_rates(stage) if self.stores else None)
         previous = self._record(stage - 1)["selected"] if stage > 0 else None
         # as many as a stage selects, also when a candidate refresh left rollouts for only part of the pool
-        learn = (select_learnability(rates, self.cfg.select.ratio, n=top_n(len(self.suite.pool), self.cfg.select.ratio))
-                 if rates else None)
+        learn = select_learnability(rates, self.cfg.select.ratio, n=self._size()) if rates else None
         info["diagnostics"] = selection_diagnostics(selected, self.suite.pool, rates, previous, learn)
         if "reprobe" in info:
             info["reprobe"]["selected"] = len(set(selected) & set(info["reprobe"].get("mixed_ids", [])))
@@ -178,7 +178,7 @@ class Curriculum:
             if held != len(ids):  # a partial (refreshed) store must hold every candidate it is scored on
                 raise CropiError(f"{pool}: holds {held} of the stage's {len(ids)} candidates")
         result = score_pool(self.policy, pool, validation, self.stage_dir(stage) / f"scores{tag}.parquet", self.cfg,
-                            overlays=overlays, select_n=top_n(len(self.suite.pool), self.cfg.select.ratio))
+                            overlays=overlays, select_n=self._size())
         rows = result.table.to_pylist()
         # drift is judged on β's pool groups; re-probed groups are on-policy (ESS = 1)
         vals = sorted(r["ess"] for r in rows if r["usable"] and not r.get("reprobed"))
@@ -192,6 +192,9 @@ class Curriculum:
             "mode": result.mode,
         }
         return result.ranking.ids, summary
+
+    def _size(self) -> int:
+        return selection_size(len(self.suite.pool), self.cfg.select.ratio, self.cfg.select.size)
 
     def _candidate_ids(self, stage: int) -> list[str]:
         """The stage's seeded candidate subset (``select.candidates`` pool ids); at stage 0 static influence

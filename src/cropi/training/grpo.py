@@ -20,8 +20,6 @@ continues exactly as the uninterrupted run would.
 
 from __future__ import annotations
 
-import functools
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,40 +30,26 @@ import torch
 from cropi.objective import group_advantages, kl_penalty, loss_spec, policy_loss, response_logprobs
 from cropi.policy import Policy
 from cropi.rollouts.batch import pack
-from cropi.rollouts.sampler import SamplingParams, generate
-from cropi.tasks import Problem, grade_many
-from cropi.config import RolloutConfig, TrainConfig
+from cropi.tasks import Problem
+from cropi.config import RolloutConfig, RunConfig, TrainConfig
 from cropi.training import checkpoint
+from cropi.training.batches import Batch, BatchBuilder, make_batch_builder, sample_groups, step_prompts  # noqa: F401
 
 
 @dataclass
 class StepStats:
     step: int
     reward_mean: float
-    mixed_groups: float  # share of groups with non-zero reward variance (the ones that carry gradient)
+    mixed_groups: float  # share of the trained groups with non-zero reward variance (the ones that carry gradient)
     loss: float
     grad_norm: float
     response_tokens: int
-    rollout_seconds: float
-    train_seconds: float
-
-
-def step_prompts(problems: Sequence[Problem], step: int, n: int, seed: int) -> list[Problem]:
-    """The ``n`` prompts of ``step``: consecutive slices of seeded per-epoch permutations (no replacement
-    within an epoch)."""
-    size = len(problems)
-    out = []
-    for j in range(step * n, step * n + n):
-        epoch, pos = divmod(j, size)
-        out.append(problems[_epoch_order(seed, epoch, size)[pos]])
-    return out
-
-
-@functools.lru_cache(maxsize=4)
-def _epoch_order(seed: int, epoch: int, size: int) -> tuple[int, ...]:
-    order = list(range(size))
-    random.Random(f"{seed}:{epoch}").shuffle(order)
-    return tuple(order)
+    rollout_seconds: float  # sampling and grading the trained groups
+    train_seconds: float  # the update
+    refill_seconds: float = 0.0  # groups sampled and dropped (batches.py)
+    screen_seconds: float = 0.0
+    sampled_sequences: int = 0
+    skipped_prompts: int = 0
 
 
 def grpo_step(
@@ -77,24 +61,33 @@ def grpo_step(
     rollout: RolloutConfig,
     ref_model: torch.nn.Module | None = None,
 ) -> StepStats:
-    """One GRPO step on ``problems``: sample, grade, normalise, update."""
-    model, g, dev = policy.model, rollout.group_size, policy.device
+    """One plain GRPO step on ``problems``: sample G responses each, grade, normalise, update."""
     t0 = time.perf_counter()
-    model.eval()
-    prompt_tokens = [policy.encode_prompt(p.prompt) for p in problems]
-    rows = [prompt_tokens[i] for i in range(len(problems)) for _ in range(g)]
-    keys = [(train.seed, "train", step, p.id, s) for p in problems for s in range(g)]
-    params = SamplingParams(temperature=rollout.temperature, top_p=rollout.top_p,
-                            max_new_tokens=rollout.max_new_tokens)
-    gens = generate(policy, rows, params, keys=keys, batch_size=rollout.batch_size)
-    texts = [policy.decode_response(x.response_ids) for x in gens]
-    rewards = torch.tensor(grade_many([p for p in problems for _ in range(g)], texts)).view(len(problems), g)
+    groups = sample_groups(policy, problems, (train.seed, "train", step), range(rollout.group_size), rollout)
+    batch = Batch(groups, sampled_sequences=len(problems) * rollout.group_size)
+    batch.seconds["rollouts"] = time.perf_counter() - t0
+    return grpo_update(policy, optimizer, batch, step, train, rollout, ref_model)
+
+
+def grpo_update(
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    step: int,
+    train: TrainConfig,
+    rollout: RolloutConfig,
+    ref_model: torch.nn.Module | None = None,
+) -> StepStats:
+    """The GRPO update on a built batch: group-normalised advantages, the shared policy loss, AdamW."""
+    model, dev = policy.model, policy.device
+    gens = [x for grp in batch.groups for x in grp.gens]
+    rewards = torch.tensor([grp.rewards for grp in batch.groups])
     advantages = group_advantages(rewards).view(-1)
     t1 = time.perf_counter()
 
     model.train()
-    batch = pack([x.prompt_ids for x in gens], [x.response_ids for x in gens],
-                 [x.behavior_logprobs for x in gens], policy.pad_token_id)
+    packed = pack([x.prompt_ids for x in gens], [x.response_ids for x in gens],
+                  [x.behavior_logprobs for x in gens], policy.pad_token_id)
     n = len(gens)
     spec = loss_spec(train, rollout)
     loss_total, grad_norm = 0.0, 0.0
@@ -102,8 +95,8 @@ def grpo_step(
         optimizer.zero_grad(set_to_none=True)
         for start in range(0, n, train.micro_batch):
             sl = slice(start, start + train.micro_batch)
-            ids, att = batch.input_ids[sl].to(dev), batch.attention_mask[sl].to(dev)
-            resp, blp = batch.response_mask[sl].to(dev), batch.behavior_logprobs[sl].to(dev)
+            ids, att = packed.input_ids[sl].to(dev), packed.attention_mask[sl].to(dev)
+            resp, blp = packed.response_mask[sl].to(dev), packed.behavior_logprobs[sl].to(dev)
             # Trim the shared left padding of this micro-batch (pure speed; positions follow the mask).
             first = int(att.any(0).float().argmax())
             ids, att, resp, blp = ids[:, first:], att[:, first:], resp[:, first:], blp[:, first:]
@@ -121,8 +114,10 @@ def grpo_step(
     model.eval()
     t2 = time.perf_counter()
     mixed = float((rewards.std(dim=1) > 0).float().mean())
+    c = batch.seconds
     return StepStats(step, float(rewards.mean()), mixed, loss_total, grad_norm,
-                     sum(len(x.response_ids) for x in gens), t1 - t0, t2 - t1)
+                     sum(len(x.response_ids) for x in gens), c["rollouts"], t2 - t1, c["refills"], c["screening"],
+                     batch.sampled_sequences, batch.skipped_prompts)
 
 
 def make_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
@@ -135,11 +130,16 @@ class TrainState:
     """What a resumed run needs besides weights and optimizer state."""
 
     step: int = 0
-    train_seconds: float = 0.0  # rollout + update seconds, evaluation excluded
+    train_seconds: float = 0.0  # every second the trainer spends (all kinds below but selection), evaluation excluded
     select_seconds: float = 0.0  # collection + scoring + selection seconds charged to this run (curriculum)
-    rollout_seconds: float = 0.0
+    rollout_seconds: float = 0.0  # sampling the trained groups
     response_tokens: int = 0
-    extra: dict = field(default_factory=dict)
+    refill_seconds: float = 0.0  # sampling groups that were dropped (dynamic sampling, GRESO)
+    screen_seconds: float = 0.0  # SPEED-RL's screening samples
+    update_seconds: float = 0.0
+    sampled_sequences: int = 0
+    skipped_prompts: int = 0
+    extra: dict = field(default_factory=dict)  # the batch rule's resumable state (batches.py)
 
 
 @dataclass
@@ -149,6 +149,7 @@ class Session:
     optimizer: torch.optim.Optimizer
     state: TrainState
     ref_model: torch.nn.Module | None = None
+    batches: BatchBuilder | None = None  # how each step's batch is built (plain GRPO when None)
 
 
 def start_session(policy: Policy, train: TrainConfig, run_dir: Path) -> Session:
@@ -213,11 +214,21 @@ def train_grpo(
         maybe_eval(0)
     while state.step < steps:
         step = state.step
-        stats = grpo_step(policy, optimizer, step_prompts(problems, step, train.prompts_per_step, train.seed),
-                          step, train, rollout, ref_model)
+        if session.batches is None:
+            stats = grpo_step(policy, optimizer, step_prompts(problems, step, train.prompts_per_step, train.seed),
+                              step, train, rollout, ref_model)
+        else:
+            stats = grpo_update(policy, optimizer, session.batches.build(policy, problems, step, state.extra),
+                                step, train, rollout, ref_model)
         state.step = step + 1
-        state.train_seconds += stats.rollout_seconds + stats.train_seconds
+        state.train_seconds += (stats.rollout_seconds + stats.train_seconds + stats.refill_seconds
+                                + stats.screen_seconds)
         state.rollout_seconds += stats.rollout_seconds
+        state.refill_seconds += stats.refill_seconds
+        state.screen_seconds += stats.screen_seconds
+        state.update_seconds += stats.train_seconds
+        state.sampled_sequences += stats.sampled_sequences
+        state.skipped_prompts += stats.skipped_prompts
         state.response_tokens += stats.response_tokens
         if log:
             log({"event": "step", **stats.__dict__, "step": state.step,

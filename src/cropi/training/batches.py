@@ -1,0 +1,317 @@
+"""How a GRPO step builds its batch of ``train.prompts_per_step`` groups: plain GRPO, and the batch rules of the
+methods users pick instead of data selection (``train.filter.method``).
+
+Every rule hands the update exactly ``prompts_per_step`` groups of G responses, so "equal steps" always means an
+equal number of updates of the same size.  What differs is how many responses were sampled to find them, and
+every sampled response is charged: the seconds of a step are split into
+
+    rollouts   sampling and grading the groups the update trains on
+    refills    sampling and grading groups drawn and then dropped (equal rewards, or past the batch)
+    screening  SPEED-RL's screening samples
+
+The rules (each a re-implementation from its paper; what is simplified is said):
+
+- ``none``: the next ``prompts_per_step`` prompts of the seeded per-epoch order, whatever their rewards.
+- ``dapo`` (DAPO dynamic sampling, arXiv 2503.14476; verl's ``algorithm.filter_groups``): sample
+  ``gen_batch_prompts`` prompts at a time, keep the groups whose rewards differ, refill until the batch is full,
+  drop the surplus.  verl stops with an error after ``max_num_gen_batches``; here the batch is filled with
+  equal-reward groups instead (they add no gradient, as in plain GRPO), so a comparison never dies mid-run.
+- ``greso`` (GRESO, arXiv 2506.02177): dynamic sampling, but before rollout each prompt whose last ``z`` groups
+  in a row had equal rewards is skipped with probability 1 − p^z.  p is kept apart for all-correct ("easy") and
+  all-wrong ("hard") prompts and moves by ``greso_step`` per step towards the share of equal-reward groups
+  ``greso_target``.  The paper also adapts the generation batch size; here it stays ``gen_batch_prompts``.
+- ``online_filter`` (SPEED-RL, arXiv 2506.09016; online difficulty filtering, arXiv 2504.03380): screen each prompt with
+  ``screen_samples`` responses, keep those with 0 < pass rate < 1, sample the rest of their G responses and
+  train on all G.  The screening responses are the first of the G (sampling is keyed per response), so a kept
+  group is exactly the one plain sampling would have drawn.
+GradAlign (arXiv 2602.21492) is not a batch rule: it re-selects by round, like cropi, from fresh on-policy
+rollouts, so it is a curriculum selector (``cropi.selection.variants``).
+
+State that must survive a resume (the prompt-stream cursor, GRESO's histories and probabilities) lives in
+``TrainState.extra`` and is saved with every checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+from cropi.config import RolloutConfig, RunConfig
+from cropi.policy import Policy
+from cropi.rollouts.sampler import Generation, SamplingParams, generate
+from cropi.rollouts.trajectory_store import PromptGroup
+from cropi.tasks import Problem, grade_many
+
+COST_KINDS = ("rollouts", "refills", "screening")
+
+
+@dataclass
+class Group:
+    """One prompt's sampled responses and their rewards."""
+
+    problem: Problem
+    gens: list[Generation]
+    rewards: list[float]
+
+    @property
+    def mixed(self) -> bool:
+        """Rewards differ, so the group's advantages are not all zero."""
+        return max(self.rewards) > min(self.rewards)
+
+
+@dataclass
+class Batch:
+    """What one step trains on, with what it cost to find."""
+
+    groups: list[Group]
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COST_KINDS, 0.0))
+    sampled_sequences: int = 0  # every response sampled this step, screening and refills included
+    skipped_prompts: int = 0  # prompts passed over before rollout (greso)
+
+
+def step_prompts(problems: Sequence[Problem], step: int, n: int, seed: int) -> list[Problem]:
+    """The ``n`` prompts of ``step``: consecutive slices of seeded per-epoch permutations (no replacement
+    within an epoch)."""
+    return stream_prompts(problems, step * n, n, seed)
+
+
+def stream_prompts(problems: Sequence[Problem], start: int, n: int, seed: int) -> list[Problem]:
+    """Positions ``start .. start + n - 1`` of the endless stream of seeded per-epoch permutations."""
+    size = len(problems)
+    out = []
+    for j in range(start, start + n):
+        epoch, pos = divmod(j, size)
+        out.append(problems[_epoch_order(seed, epoch, size)[pos]])
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, size: int) -> tuple[int, ...]:
+    order = list(range(size))
+    random.Random(f"{seed}:{epoch}").shuffle(order)
+    return tuple(order)
+
+
+def sample_groups(policy: Policy, problems: Sequence[Problem], key: tuple, samples: range,
+                  rollout: RolloutConfig) -> list[Group]:
+    """Responses ``samples`` (indices into the group) for each problem, keyed by ``(*key, prompt id, index)``, so
+    a response does not depend on what else is sampled with it."""
+    if not problems or len(samples) == 0:
+        return [Group(p, [], []) for p in problems]
+    r = rollout
+    policy.model.eval()
+    tokens = [policy.encode_prompt(p.prompt) for p in problems]
+    rows = [tokens[i] for i in range(len(problems)) for _ in samples]
+    keys = [(*key, p.id, s) for p in problems for s in samples]
+    params = SamplingParams(temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens)
+    gens = generate(policy, rows, params, keys=keys, batch_size=r.batch_size)
+    rewards = grade_many([p for p in problems for _ in samples], [policy.decode_response(x.response_ids) for x in gens])
+    k = len(samples)
+    return [Group(p, gens[i * k:(i + 1) * k], rewards[i * k:(i + 1) * k]) for i, p in enumerate(problems)]
+
+
+class BatchBuilder(Protocol):
+    def build(self, policy: Policy, problems: Sequence[Problem], step: int, extra: dict) -> Batch: ...
+
+
+@dataclass
+class PlainBatches:
+    """Plain GRPO: the step's slice of the seeded order."""
+
+    cfg: RunConfig
+
+    def build(self, policy: Policy, problems: Sequence[Problem], step: int, extra: dict) -> Batch:
+        t = self.cfg.train
+        t0 = time.perf_counter()
+        prompts = step_prompts(problems, step, t.prompts_per_step, t.seed)
+        groups = sample_groups(policy, prompts, (t.seed, "train", step), range(self.cfg.rollout.group_size), self.cfg.rollout)
+        batch = Batch(groups, sampled_sequences=len(prompts) * self.cfg.rollout.group_size)
+        batch.seconds["rollouts"] = time.perf_counter() - t0
+        return batch
+
+
+def _take(problems: Sequence[Problem], extra: dict, n: int, seed: int) -> list[Problem]:
+    """The next ``n`` prompts of the stream; the cursor is part of the resumable state."""
+    start = extra.get("cursor", 0)
+    extra["cursor"] = start + n
+    return stream_prompts(problems, start, n, seed)
+
+
+def _fill(kept: list[Group], spare: list[Group], n: int) -> list[Group]:
+    return kept + spare[: n - len(kept)]
+
+
+@dataclass
+class DynamicSampling:
+    """DAPO's dynamic sampling: refill with generation batches until ``prompts_per_step`` groups have mixed rewards."""
+
+    cfg: RunConfig
+
+    def candidates(self, problems: Sequence[Problem], step: int, extra: dict, n: int) -> tuple[list[Problem], int]:
+        """The prompts of the next generation batch and how many were skipped to find them."""
+        return _take(problems, extra, n, self.cfg.train.seed), 0
+
+    def observe(self, groups: Sequence[Group], extra: dict) -> None:
+        """Record what was sampled (GRESO's reward history)."""
+
+    def end_step(self, groups: Sequence[Group], extra: dict, n_problems: int) -> None:
+        """After the step's last generation batch (GRESO adapts its probabilities)."""
+
+    def generation_size(self, kept: int, drawn: Sequence[Group], last: Sequence[Group]) -> int:
+        return self.cfg.train.filter.gen_batch_prompts
+
+    def build(self, policy: Policy, problems: Sequence[Problem], step: int, extra: dict) -> Batch:
+        t, f, g = self.cfg.train, self.cfg.train.filter, self.cfg.rollout.group_size
+        n = t.prompts_per_step
+        kept: list[Group] = []
+        spare: list[Group] = []
+        drawn: list[Group] = []
+        seconds, skipped = 0.0, 0
+        groups: list[Group] = []
+        for draw in range(f.max_num_gen_batches):
+            prompts, k = self.candidates(problems, step, extra, self.generation_size(len(kept), drawn, groups))
+            skipped += k
+            t0 = time.perf_counter()
+            groups = sample_groups(policy, prompts, (t.seed, "train", step, draw), range(g), self.cfg.rollout)
+            seconds += time.perf_counter() - t0
+            self.observe(groups, extra)
+            drawn += groups
+            for grp in groups:
+                (kept if grp.mixed and len(kept) < n else spare).append(grp)
+            if len(kept) >= n:
+                break
+        self.end_step(drawn, extra, len(problems))
+        batch = Batch(_fill(kept, spare, n), sampled_sequences=len(drawn) * g, skipped_prompts=skipped)
+        # the seconds of a generation batch are shared evenly by its groups
+        batch.seconds["rollouts"] = seconds * len(batch.groups) / len(drawn)
+        batch.seconds["refills"] = seconds - batch.seconds["rollouts"]
+        return batch
+
+
+class Greso(DynamicSampling):
+    """Dynamic sampling behind GRESO's pre-rollout filter (this module's docstring)."""
+
+    def generation_size(self, kept: int, drawn: Sequence[Group], last: Sequence[Group]) -> int:
+        """GRESO's adaptive generation batch: enough prompts, at the last batch's yield and a 1.25 margin, for
+        the groups still missing, between ``greso_min_gen_prompts`` and ``gen_batch_prompts``."""
+        f = self.cfg.train.filter
+        if not last:
+            return f.gen_batch_prompts
+        yield_ = sum(g.mixed for g in last) / len(last)
+        missing = self.cfg.train.prompts_per_step - kept
+        want = math.ceil(missing / max(yield_, 1e-6) * 1.25)
+        return max(f.greso_min_gen_prompts, min(want, f.gen_batch_prompts))
+
+    def candidates(self, problems: Sequence[Problem], step: int, extra: dict, n: int) -> tuple[list[Problem], int]:
+        seed = self.cfg.train.seed
+        history = extra.setdefault("greso_history", {})  # prompt id -> [kind, consecutive equal-reward groups]
+        p = self.probabilities(extra)
+        out: list[Problem] = []
+        skipped = 0
+        # a stage made only of skippable prompts must still train: look at most one epoch ahead
+        for _ in range(len(problems)):
+            cursor = extra.get("cursor", 0)
+            prompt = _take(problems, extra, 1, seed)[0]
+            kind, z = history.get(prompt.id, ("", 0))
+            keep = max(p[kind] ** z, 0.01) if z > 0 else 1.0
+            if random.Random(f"greso:{seed}:{cursor}").random() >= keep:
+                skipped += 1
+                continue
+            out.append(prompt)
+            if len(out) == n:
+                break
+        return out + _take(problems, extra, n - len(out), seed), skipped
+
+    def probabilities(self, extra: dict) -> dict[str, float]:
+        f = self.cfg.train.filter
+        return extra.setdefault("greso_p", {"easy": f.greso_p_easy, "hard": f.greso_p_hard})
+
+    def observe(self, groups: Sequence[Group], extra: dict) -> None:
+        history = extra.setdefault("greso_history", {})
+        for grp in groups:
+            if grp.mixed:
+                history.pop(grp.problem.id, None)
+            else:
+                kind = "easy" if grp.rewards[0] > 0 else "hard"
+                old_kind, z = history.get(grp.problem.id, (kind, 0))
+                history[grp.problem.id] = [kind, z + 1 if old_kind == kind else 1]
+
+    def end_step(self, groups: Sequence[Group], extra: dict, n_problems: int) -> None:
+        """Move each exploration probability one step: down (skip more) when its kind's share of this step's
+        groups reached its target, else up.  Only after the first epoch, when every prompt has a history."""
+        f = self.cfg.train.filter
+        p = self.probabilities(extra)
+        if extra.get("cursor", 0) < n_problems or not groups:
+            return
+        for kind, target in (("easy", f.greso_target / 3), ("hard", 2 * f.greso_target / 3)):
+            share = sum(1 for g in groups if not g.mixed and (g.rewards[0] > 0) == (kind == "easy")) / len(groups)
+            move = -f.greso_step if share >= target else f.greso_step
+            p[kind] = min(f.greso_p_max, max(f.greso_p_min, p[kind] + move))
+
+
+@dataclass
+class SpeedScreening:
+    """SPEED-RL: screen with a few responses, complete the groups with intermediate pass rates.  Qualified prompts
+    beyond the batch wait in a queue (in ``extra``) and are completed first at the next step, as SPEED's
+    continuation set; their screening responses are then one update old, which the PPO ratio accounts for."""
+
+    cfg: RunConfig
+
+    def build(self, policy: Policy, problems: Sequence[Problem], step: int, extra: dict) -> Batch:
+        t, f, g = self.cfg.train, self.cfg.train.filter, self.cfg.rollout.group_size
+        n, k = t.prompts_per_step, f.screen_samples
+        by_id = {p.id: p for p in problems}
+        # a stage change can leave queued prompts that this stage does not train on
+        queue = [q for q in extra.get("online_filter_queue", []) if q["id"] in by_id]
+        batch = Batch([])
+        for draw in range(f.max_num_gen_batches + 1):
+            if len(queue) < n - len(batch.groups) and draw < f.max_num_gen_batches:
+                prompts = _take(problems, extra, f.gen_batch_prompts, t.seed)
+                t0 = time.perf_counter()
+                screens = sample_groups(policy, prompts, (t.seed, "train", step, draw), range(k), self.cfg.rollout)
+                batch.seconds["screening"] += time.perf_counter() - t0
+                batch.sampled_sequences += len(prompts) * k
+                queue += [_queued(s, (t.seed, "train", step, draw)) for s in screens if s.mixed]
+            chosen, queue = queue[: n - len(batch.groups)], queue[n - len(batch.groups):]
+            t0 = time.perf_counter()
+            # continued with the screening step's keys, so without an update in between a completed group is
+            # exactly the one plain sampling would have drawn
+            keys = sorted({tuple(q["key"]) for q in chosen}, key=str)
+            for key in keys:
+                part = [q for q in chosen if tuple(q["key"]) == key]
+                rest = sample_groups(policy, [by_id[q["id"]] for q in part], key, range(k, g), self.cfg.rollout)
+                batch.groups += [Group(r.problem, _unqueued(q) + r.gens, q["rewards"] + r.rewards) for q, r in zip(part, rest)]
+            batch.seconds["rollouts"] += time.perf_counter() - t0
+            batch.sampled_sequences += len(chosen) * (g - k)
+            if len(batch.groups) == n:
+                break
+        extra["online_filter_queue"] = queue
+        if len(batch.groups) < n:
+            # not enough prompts passed the screen: the rest of the batch is plain, unscreened groups
+            t0 = time.perf_counter()
+            missing = n - len(batch.groups)
+            batch.groups += sample_groups(policy, _take(problems, extra, missing, t.seed),
+                                          (t.seed, "train", step, "fill"), range(g), self.cfg.rollout)
+            batch.seconds["rollouts"] += time.perf_counter() - t0
+            batch.sampled_sequences += missing * g
+        return batch
+
+
+def _queued(screen: Group, key: tuple) -> dict:
+    """A screened group as JSON (the queue is part of the resumable state)."""
+    return {"id": screen.problem.id, "key": list(key), "rewards": list(screen.rewards),
+            "gens": [[x.prompt_ids, x.response_ids, x.behavior_logprobs, x.finish_reason] for x in screen.gens]}
+
+
+def _unqueued(q: dict) -> list[Generation]:
+    return [Generation(list(a), list(b), list(c), d) for a, b, c, d in q["gens"]]
+
+
+def make_batch_builder(cfg: RunConfig) -> BatchBuilder:
+    """The batch rule ``cfg.train.filter.method``."""
+    method = cfg.train.filter.method
+    return {"none": PlainBatches, "dapo": DynamicSampling, "greso": Greso, "online_filter": SpeedScreening}[method](cfg)

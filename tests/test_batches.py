@@ -1,0 +1,131 @@
+"""The peers' batch rules (training/batches.py): equal-size updates, honest charging, GRESO's skip law, resume."""
+
+import json
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cropi.config import load_config
+from cropi.tasks.synthetic import SuiteConfig, build_suite
+from cropi.training.batches import Group, Greso, make_batch_builder, sample_groups, stream_prompts
+from tests.conftest import small_suite_overrides
+
+RULES = ("dapo", "greso", "online_filter")
+
+
+def _cfg(method="none", **extra):
+    sets = small_suite_overrides() + [
+        "train.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=8", "eval.max_new_tokens=8",
+        "train.eval_every=2", "train.checkpoint_every=2", "model.device=cpu", "select.stages=1",
+        f"train.filter.method={method}", "train.filter.gen_batch_prompts=8", "train.filter.screen_samples=2",
+        "train.filter.greso_min_gen_prompts=2",
+    ] + [f"{k}={v}" for k, v in extra.items()]
+    return load_config(None, sets)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from cropi.policy import load_policy
+
+    return load_policy("tiny", "cpu", "float32")
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return build_suite(SuiteConfig(pool_size=120, val_size=4, test_size_targeted=4, test_size_untargeted=4)).pool
+
+
+@pytest.mark.parametrize("method", RULES)
+def test_every_rule_trains_on_exactly_prompts_per_step_full_groups(tiny, pool, method):
+    cfg = _cfg(method)
+    builder, extra = make_batch_builder(cfg), {}
+    for step in range(3):
+        batch = builder.build(tiny, pool, step, extra)
+        assert len(batch.groups) == 4 and all(len(g.gens) == len(g.rewards) == 4 for g in batch.groups)
+        assert batch.sampled_sequences >= 16 and set(batch.seconds) == {"rollouts", "refills", "screening"}
+        assert batch.seconds["rollouts"] > 0 and min(batch.seconds.values()) >= 0
+        if method in ("dapo", "greso", "online_filter"):
+            # the tiny policy solves about half of the suite, so a few generation batches always fill the step
+            assert all(g.mixed for g in batch.groups)
+        json.dumps(extra)  # the rule's state is saved with every checkpoint as JSON
+
+
+def test_dynamic_sampling_charges_every_dropped_group_as_refills(tiny, pool):
+    batch = make_batch_builder(_cfg("dapo")).build(tiny, pool, 0, {})
+    dropped = batch.sampled_sequences // 4 - len(batch.groups)
+    assert dropped > 0 and batch.seconds["refills"] > 0
+    # seconds split evenly over the drawn groups
+    assert batch.seconds["refills"] / batch.seconds["rollouts"] == pytest.approx(dropped / len(batch.groups))
+
+
+def test_a_screened_and_completed_group_is_the_group_plain_sampling_draws(tiny, pool):
+    cfg = _cfg("online_filter")
+    extra: dict = {}
+    batch = make_batch_builder(cfg).build(tiny, pool, 0, extra)
+    for grp in batch.groups[:2]:
+        # the screening key of a group's generation batch: (seed, "train", step, draw)
+        for draw in range(cfg.train.filter.max_num_gen_batches):
+            plain = sample_groups(tiny, [grp.problem], (0, "train", 0, draw), range(4), cfg.rollout)[0]
+            if [x.response_ids for x in plain.gens[:2]] == [x.response_ids for x in grp.gens[:2]]:
+                break
+        assert [x.response_ids for x in plain.gens] == [x.response_ids for x in grp.gens]
+        assert plain.rewards == grp.rewards
+
+
+def test_greso_skips_a_prompt_with_z_equal_reward_groups_at_rate_one_minus_p_to_the_z(pool):
+    cfg = _cfg("greso")
+    greso = Greso(cfg)
+    for z, p in ((1, 0.5), (2, 0.5), (3, 0.8)):
+        extra = {"greso_history": {q.id: ["hard", z] for q in pool}, "greso_p": {"easy": 0.5, "hard": p}}
+        kept = skipped = 0
+        for _ in range(20):
+            out, k = greso.candidates(pool, 0, extra, 4)
+            kept, skipped = kept + len(out), skipped + k
+        assert kept / (kept + skipped) == pytest.approx(p ** z, abs=0.06)
+    # prompts without history are never skipped
+    out, k = greso.candidates(pool, 0, {}, 10)
+    assert k == 0 and [q.id for q in out] == [q.id for q in stream_prompts(pool, 0, 10, 0)]
+
+
+def test_greso_probabilities_move_towards_the_target_share_within_bounds(pool):
+    cfg = _cfg("greso")
+    greso = Greso(cfg)
+    extra = {"cursor": len(pool), "greso_p": {"easy": 0.06, "hard": 0.5}}
+    all_easy = [Group(pool[0], [], [1.0, 1.0])] * 10
+    greso.end_step(all_easy, extra, len(pool))
+    assert extra["greso_p"]["easy"] == pytest.approx(0.05)  # clipped at greso_p_min
+    assert extra["greso_p"]["hard"] == pytest.approx(0.51)  # no all-wrong groups: explore them more
+    before = dict(extra["greso_p"])
+    greso.end_step(all_easy, {"cursor": 3, "greso_p": before}, len(pool))  # first epoch: no change
+    assert before == {"easy": 0.05, "hard": 0.51}
+
+
+def test_greso_history_counts_consecutive_equal_reward_groups_of_one_kind(pool):
+    greso, extra = Greso(_cfg("greso")), {}
+    p = pool[0]
+    for rewards in ([0, 0], [0, 0], [1, 1], [1, 1], [1, 1]):
+        greso.observe([Group(p, [], rewards)], extra)
+    assert extra["greso_history"][p.id] == ["easy", 3]
+    greso.observe([Group(p, [], [0, 1])], extra)
+    assert p.id not in extra["greso_history"]
+
+
+@pytest.mark.parametrize("method", ["greso", "online_filter"])
+def test_a_resumed_filtered_run_equals_the_uninterrupted_one(tmp_path, method):
+    from cropi.experiments.run import run_training
+
+    run_training(_cfg(method, **{"train.steps": 4}), tmp_path / "full")
+    part = _cfg(method, **{"train.steps": 4})
+    part.train.steps = 2
+    run_training(part, tmp_path / "part")
+    (tmp_path / "part" / "config.yaml").unlink()  # the budget changed; the rest is identical
+    summary = run_training(_cfg(method, **{"train.steps": 4}), tmp_path / "part", resume=True)
+    a = load_file(str(tmp_path / "full" / "final_model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "part" / "final_model" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    kinds = summary["seconds_by_kind"]
+    assert summary["filter"] == method and kinds["rollouts"] > 0 and kinds["training"] > 0
+    # the kinds add up to the charged seconds (collection, scoring and selection are zero without a selector)
+    assert sum(kinds.values()) == pytest.approx(summary["train_seconds"] + summary["select_seconds"], abs=0.1)
