@@ -32,7 +32,7 @@ from cropi.selection import make_selector
 from cropi.tasks.loading import load_data
 from cropi.tasks.suite import Suite
 from cropi.training import checkpoint
-from cropi.training.curriculum import Curriculum, behaviour_stores, recollect_seconds
+from cropi.training.curriculum import Curriculum, behaviour_stores, initial_pool_ids, recollect_seconds
 from cropi.training.batches import make_batch_builder
 from cropi.training.grpo import start_session, train_grpo
 
@@ -120,8 +120,11 @@ def run_training(
     # Behaviour stores come from the *starting* policy, so they are made before a checkpoint is loaded.
     stores = None
     if selector.needs_rollouts:
-        stores = behaviour_stores(policy, suite, cfg, Path(cfg.select.stores) if cfg.select.stores else run_dir / "stores",
-                                  on_event=on_event)
+        folder = Path(cfg.select.stores) if cfg.select.stores else run_dir / "stores"
+        served = initial_pool_ids(cfg, suite)
+        if served is not None:  # a store of this run's first candidates only: not the shared whole-pool one
+            folder = run_dir / "stores"
+        stores = behaviour_stores(policy, suite, cfg, folder, on_event=on_event, pool_ids=served)
     session = start_session(policy, cfg.train, run_dir)
     if cfg.train.filter.method != "none":
         session.batches = make_batch_builder(cfg)

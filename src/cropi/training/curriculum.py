@@ -92,6 +92,32 @@ def recollect_seconds(stage_summaries: list[dict]) -> float:
                + s.get("reprobe", {}).get("seconds", 0.0) for s in stage_summaries)
 
 
+def candidate_ids(cfg: RunConfig, suite: Suite, stage: int) -> list[str]:
+    """The stage's seeded candidate subset (``select.candidates`` pool ids); at stage 0 static influence and
+    cropi of one seed score the same one.  A pure function of (seed, stage), so a refresh can sample exactly
+    the candidates of the stages it serves."""
+    ids = sorted(p.id for p in suite.pool)
+    random.Random(f"candidates:{cfg.train.seed}:{stage}").shuffle(ids)
+    return ids[: cfg.select.candidates]
+
+
+def served_candidates(cfg: RunConfig, suite: Suite, stage: int) -> set[str] | None:
+    """What a collection at ``stage`` must sample: with a candidate subset, the candidates of the stages until
+    the next scheduled refresh (or the end), since those stages score from this store; else the whole pool
+    (None)."""
+    sel = cfg.select
+    if sel.candidates <= 0:
+        return None
+    nxt = (stage // sel.refresh_every + 1) * sel.refresh_every if sel.refresh_every > 0 else sel.stages
+    return {p for s in range(stage, min(nxt, sel.stages)) for p in candidate_ids(cfg, suite, s)}
+
+
+def initial_pool_ids(cfg: RunConfig, suite: Suite) -> set[str] | None:
+    """The pool prompts the first behaviour store must hold: with candidates and scheduled refreshes, only those
+    scored before the first refresh (a fresh collection serves the rest), else the whole pool (None)."""
+    return served_candidates(cfg, suite, 0) if cfg.select.candidates > 0 and cfg.select.refresh_every > 0 else None
+
+
 class Curriculum:
     """Per-stage selection for one run.  ``selection(stage)`` returns the stage's record (selected ids,
     diagnostics, seconds), computing and writing it on first use."""
@@ -197,22 +223,10 @@ class Curriculum:
         return selection_size(len(self.suite.pool), self.cfg.select.ratio, self.cfg.select.size)
 
     def _candidate_ids(self, stage: int) -> list[str]:
-        """The stage's seeded candidate subset (``select.candidates`` pool ids); at stage 0 static influence
-        and cropi of one seed score the same one.  A pure function of (seed, stage), so a refresh can sample
-        exactly the candidates of the stages it serves."""
-        ids = sorted(p.id for p in self.suite.pool)
-        random.Random(f"candidates:{self.cfg.train.seed}:{stage}").shuffle(ids)
-        return ids[: self.cfg.select.candidates]
+        return candidate_ids(self.cfg, self.suite, stage)
 
     def _served_candidates(self, stage: int) -> set[str] | None:
-        """What a re-collection at ``stage`` must sample: with a candidate subset, the candidates of the stages
-        until the next scheduled refresh (or the end), since those stages score from this store; else the whole
-        pool (None)."""
-        sel = self.cfg.select
-        if sel.candidates <= 0:
-            return None
-        nxt = (stage // sel.refresh_every + 1) * sel.refresh_every if sel.refresh_every > 0 else sel.stages
-        return {p for s in range(stage, min(nxt, sel.stages)) for p in self._candidate_ids(s)}
+        return served_candidates(self.cfg, self.suite, stage)
 
     def _influence(self, stage: int, info: dict) -> list[str]:
         sel = self.cfg.select
