@@ -162,7 +162,7 @@ def test_compare_cli_end_to_end(tmp_path):
     from cropi.cli import app
     from tests.conftest import small_suite_overrides
 
-    args = ["compare", "--selectors", "cropi", "--seeds", "0", "--steps", "4", "--stages", "2",
+    args = ["compare", "--selectors", "cropi,dapo", "--seeds", "0", "--steps", "4", "--stages", "2",
             "--out", str(tmp_path / "cmp"), "--select-ratio", "0.25"]
     for s in small_suite_overrides() + ["data.suite.val_size=16", "model.device=cpu", "train.prompts_per_step=4",
                                         "rollout.max_new_tokens=8", "eval.max_new_tokens=8", "train.eval_every=1",
@@ -171,10 +171,21 @@ def test_compare_cli_end_to_end(tmp_path):
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "cmp" / "results.json").read_text())
-    assert set(res["selectors"]) == {"full", "cropi"}
+    assert set(res["selectors"]) == {"full", "cropi", "dapo"}
     row = res["selectors"]["cropi"]["seeds"]["0"]
     assert len(row["curve"]) == 5 and row["collect_seconds"] > 0 and row["score_seconds"] > 0
     assert "paired_se_vs_full" in row
+    # every charged second has a kind, and a peer's dropped groups are charged as refills
+    kinds = res["selectors"]["dapo"]["seeds"]["0"]["seconds_by_kind"]
+    assert kinds["refills"] > 0 and kinds["collection"] == 0 and res["noise_floor"]["step_acceleration"]["seeds"]
+    assert "## Seconds by kind" in (tmp_path / "cmp" / "report.md").read_text()
+    # the cost model reads the same folder
+    from cropi.experiments.benchmarks.cost_model import main as cost_model
+
+    cost_model(["--compare", str(tmp_path / "cmp"), "--out", str(tmp_path / "cost")])
+    model = json.loads((tmp_path / "cost" / "cost_model.json").read_text())
+    for block in model["model"].values():
+        assert block["update_seconds_per_step"] > 0 and set(block["methods"]) >= {"full", "cropi", "dapo"}
     assert "report.md" in r.output and (tmp_path / "cmp" / "report.md").exists()
     # the stores were collected once and shared
     assert (tmp_path / "cmp" / "stores" / "pool" / "meta.json").exists()
@@ -268,3 +279,16 @@ def test_worker_runs_only_unclaimed_runs_and_writes_no_results(tmp_path):
     cfg = load_config(None, small_suite_overrides() + ["model.device=cpu", "train.steps=2", "select.stages=1"])
     assert run_compare(cfg, ["full"], [0], out, worker=True) is None
     assert not (out / "results.json").exists() and not (run / "config.yaml").exists()
+
+
+def test_demo_verdict_says_faster_only_when_fewer_steps_and_less_time():
+    from cropi.cli import demo_verdict
+
+    def res(step, wall):
+        return {"selectors": {"cropi": {"median": {"step_acceleration": step, "wall_acceleration": wall}}}}
+
+    assert demo_verdict(res(2.0, 1.5)) == ("verdict: cropi is faster than full data to full data's best: "
+                                           "2.00x fewer steps and 1.50x less time")
+    assert "is not faster" in demo_verdict(res(2.0, 0.5)) and "2.00x more time" in demo_verdict(res(2.0, 0.5))
+    assert "never reached" in demo_verdict(res(None, None))
+    assert "never sooner in seconds" in demo_verdict(res(1.2, None))

@@ -349,6 +349,23 @@ def _print_compare(results: dict, out: Path) -> None:
                + (f", cropi {pct(c['best_untargeted'])}" if "cropi" in sel else ""))
 
 
+def demo_verdict(results: dict, name: str = "cropi") -> str:
+    """One plain sentence: is ``name`` faster than full data to full data's best, in steps and in seconds."""
+    m = results["selectors"][name]["median"]
+    step, wall = m["step_acceleration"], m["wall_acceleration"]
+    if step is None:
+        return f"verdict: {name} is not faster than full data: it never reached full data's best within the budget"
+    in_steps = f"{step:.2f}x fewer steps" if step >= 1 else f"{1 / step:.2f}x more steps"
+    if wall is None:
+        in_time = "but never sooner in seconds"
+    elif wall >= 1:
+        in_time = f"and {wall:.2f}x less time"
+    else:
+        in_time = f"but {1 / wall:.2f}x more time"
+    faster = "faster" if step > 1 and wall is not None and wall > 1 else "not faster"
+    return f"verdict: {name} is {faster} than full data to full data's best: {in_steps} {in_time}"
+
+
 def _int_list(flag: str, text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -436,6 +453,7 @@ def demo(
         if helper is not None:
             helper.wait()
     _print_compare(results, out)
+    typer.echo(demo_verdict(results))
 
 
 # -- collect, score, select, eval -------------------------------------------------------------------------------

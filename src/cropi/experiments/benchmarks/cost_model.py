@@ -1,0 +1,210 @@
+"""The paper's scale, on paper: a wall-clock model of each method at the authors' workload, built from costs
+measured on this testbed (``docs/cost-model.md`` explains it).
+
+What is measured here, from a comparison folder (``cropi compare --out DIR``):
+
+- per full-data GRPO step: rollout seconds and update seconds (``metrics.jsonl``);
+- scoring: seconds per gradient computed (pool prompts with mixed rewards, plus the validation prompts of the
+  means), over every stage of the influence runs (``stages/*/selection.json``), as a multiple of the update
+  seconds of one trained prompt;
+- collection: seconds per collected prompt, as a multiple of the rollout seconds of one trained prompt;
+- per run: responses sampled per trained response (the peers' refills and screening), the number of scoring
+  stages, and the median step-level acceleration to full data's threshold (``results.json``).
+
+What is modelled: the workload's update seconds per step from FLOPs (8·N per token: forward, backward and the
+old-log-prob forward) at an assumed utilisation, and its rollout seconds from the rollout share of a full-data
+step, an input (real RLVR generation dominates; here responses are 10 tokens).  A measured multiple then prices
+each method's extra work at that scale.  Steps to the threshold are full data's at the workload divided by the
+testbed's step-level acceleration:
+whether they carry over is the question the doc answers, not something this script knows.
+
+    python -m cropi.experiments.benchmarks.cost_model --compare DIR [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cropi import SCHEMA_VERSION
+from cropi.io import read_json, read_jsonl, write_json, write_text
+
+
+@dataclass
+class Workload:
+    """The paper's setting (METHOD.md): Qwen2.5-1.5B, a 50k-prompt pool, 128 prompts × G = 8 per step."""
+
+    params: float = 1.54e9
+    pool: int = 50_000
+    prompts_per_step: int = 128
+    group_size: int = 8
+    response_tokens: int = 500
+    prompt_tokens: int = 150
+    gpus: int = 8
+    peak_flops: float = 989e12  # H100 SXM dense bf16
+    utilisation: float = 0.35  # model FLOPs utilisation of the update
+    rollout_shares: tuple[float, ...] = (0.3, 0.5, 0.7)  # of a full-data step's seconds
+    authors_rescore_every: int = 10  # steps between whole-pool re-scorings in the authors' scripts
+    validation_prompts: int = 200  # in the means, per scoring (two sets of 100)
+
+    def update_seconds(self) -> float:
+        tokens = self.prompts_per_step * self.group_size * (self.response_tokens + self.prompt_tokens)
+        return 8 * self.params * tokens / (self.gpus * self.peak_flops * self.utilisation)
+
+
+@dataclass
+class Measured:
+    rollout_seconds_per_step: float
+    update_seconds_per_step: float
+    prompts_per_step: int
+    score_multiple: float  # seconds per computed gradient / update seconds per trained prompt
+    collect_multiple: float | None  # seconds per collected prompt / rollout seconds per trained prompt
+    usable_share: float | None  # of scored pool prompts, mixed rewards under the behaviour policy
+    methods: dict = field(default_factory=dict)  # name -> per-method facts
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.fmean(xs) if xs else None
+
+
+def measure(compare_dir: Path) -> Measured:
+    """The testbed's costs, from a comparison folder's run folders and results."""
+    compare_dir = Path(compare_dir)
+    results = read_json(compare_dir / "results.json")
+    runs = compare_dir / "runs"
+    steps = [r for d in runs.glob("full-s*") for r in read_jsonl(d / "metrics.jsonl") if r.get("event") == "step"]
+    roll = statistics.fmean(r["rollout_seconds"] for r in steps)
+    upd = statistics.fmean(r["train_seconds"] for r in steps)
+    summary = read_json(next(runs.glob("full-s*")) / "summary.json")
+    b, g = summary["prompts_per_step"], summary["group_size"]
+    per_grad, collect, usable = [], [], []
+    methods = {}
+    for name, block in results["selectors"].items():
+        seeds = {}
+        for seed, row in block["seeds"].items():
+            folder = runs / f"{name}-s{seed}"
+            s = read_json(folder / "summary.json")
+            stages = [read_json(p) for p in sorted((folder / "stages").glob("stage-*/selection.json"))]
+            scored = [st for st in stages if "ess" in st]
+            for st in scored:
+                n = st["ess"]["usable"] + s["config"]["select"]["score"]["max_val_prompts"] * len(st["behaviour"]["validation"])
+                per_grad.append(st["ess"]["score_seconds"] / n)
+                usable.append(st["ess"]["usable"] / st["ess"]["candidates"])
+            first = _first_collection(s)
+            if first:
+                collect.append(s["collect_seconds"] / first)
+            trained = s["steps"] * b * g
+            seeds[seed] = {"sampled_per_trained": (s.get("sampled_sequences") or trained) / trained,
+                           "scoring_stages": len(scored),
+                           "scored_gradients": sum(st["ess"]["usable"] for st in scored),
+                           "collected_prompts": _collected(s, stages)}
+        methods[name] = {k: _mean([v[k] for v in seeds.values()]) for k in next(iter(seeds.values()))}
+        # the median over seeds, as the comparison reports it (None when the median seed never reached it)
+        methods[name]["step_acceleration"] = block["median"]["step_acceleration"]
+    return Measured(roll, upd, b, _mean(per_grad) / (upd / b), _mean(collect) / (roll / b) if collect else None,
+                    _mean(usable), methods)
+
+
+def _first_collection(summary: dict) -> int:
+    """Pool prompts in a run's first behaviour store: its first candidates with scheduled refreshes, else the pool."""
+    if not summary.get("collect_seconds"):
+        return 0
+    sel = summary["config"]["select"]
+    return sel["candidates"] if sel["candidates"] and sel["refresh_every"] else summary["config"]["data"]["suite"]["pool_size"]
+
+
+def _collected(summary: dict, stages: list[dict]) -> int:
+    """Prompts sampled by collections (the first store and every refresh), from the run's records."""
+    return _first_collection(summary) + sum(st.get("refresh", {}).get("pool_prompts", 0) for st in stages)
+
+
+def model(m: Measured, w: Workload, full_steps: float, budget_steps: int) -> dict:
+    """Seconds of each method at the workload for each rollout share, to the threshold.
+
+    A method's scoring and collection per step are its testbed totals over the budget divided by the budget
+    (spread evenly over its steps), times the batch ratio: the same regime at 128 prompts per step scores and
+    collects 4× the prompts per step (its candidates scale with what a stage consumes).  The validation
+    prompts of each scoring do not scale."""
+    scale = w.prompts_per_step / m.prompts_per_step
+    upd = w.update_seconds()
+    out = {}
+    for share in w.rollout_shares:
+        roll = upd * share / (1 - share)
+        per_prompt_update, per_prompt_roll = upd / w.prompts_per_step, roll / w.prompts_per_step
+        grad = m.score_multiple * per_prompt_update
+        rows = {}
+        for name, f in m.methods.items():
+            acc = f["step_acceleration"]
+            steps = full_steps / acc if acc else None
+            step_seconds = upd + roll * f["sampled_per_trained"]
+            # the testbed's per-run scoring and collection, per step, scaled to the workload's pool and batch
+            grads_per_step = f["scored_gradients"] / budget_steps * scale
+            val_per_step = f["scoring_stages"] * w.validation_prompts / budget_steps
+            collected_per_step = f["collected_prompts"] / budget_steps * scale
+            extra = (grads_per_step + val_per_step) * grad + collected_per_step * per_prompt_roll * (m.collect_multiple or 1.0)
+            rows[name] = {"steps": steps, "seconds_per_step": step_seconds + extra,
+                          "hours": None if steps is None else steps * (step_seconds + extra) / 3600}
+        full_h = rows["full"]["hours"]
+        for r in rows.values():
+            r["wall_acceleration"] = None if r["hours"] is None or not full_h else full_h / r["hours"]
+        # the authors' regime: the whole pool re-scored every few steps from one collection
+        usable = m.usable_share or 0.33
+        authors = (upd + roll + (usable * w.pool + w.validation_prompts) * grad / w.authors_rescore_every)
+        rows["authors' regime (per step, steps not modelled)"] = {
+            "seconds_per_step": authors, "first_collection_hours": w.pool * per_prompt_roll / 3600}
+        out[str(share)] = {"update_seconds_per_step": upd, "rollout_seconds_per_step": roll, "methods": rows}
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--compare", type=Path, required=True, help="A `cropi compare` folder (results.json, runs/).")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--full-steps", type=float, default=650, help="Full-data steps to the threshold at the workload "
+                    "(the paper's ≈ 650 steps for CROPI's run).")
+    a = ap.parse_args(argv)
+    measured = measure(a.compare)
+    w = Workload()
+    table = model(measured, w, a.full_steps, read_json(a.compare / "results.json")["budget_steps"])
+    data = {"schema_version": SCHEMA_VERSION, "benchmark": "cost_model", "compare": str(a.compare),
+            "workload": asdict(w), "measured": asdict(measured), "model": table}
+    a.out.mkdir(parents=True, exist_ok=True)
+    write_json(a.out / "cost_model.json", data)
+    write_text(a.out / "cost_model.md", render(data))
+
+
+def render(data: dict) -> str:
+    m, w = data["measured"], data["workload"]
+    lines = ["# Cost model: the paper's workload, from the testbed's measured costs", "",
+             f"From `{data['compare']}`. Workload: {w['params'] / 1e9:.2f}B parameters, {w['pool']:,}-prompt pool, "
+             f"{w['prompts_per_step']} prompts × G = {w['group_size']}, {w['response_tokens']}-token responses, "
+             f"{w['gpus']} GPUs at {w['utilisation']:.0%} of {w['peak_flops'] / 1e12:.0f} TFLOP/s.", "",
+             "Measured on the testbed:", "",
+             f"- full-data step: {m['rollout_seconds_per_step']:.3f} s of rollouts, {m['update_seconds_per_step']:.3f} s "
+             f"of update ({m['prompts_per_step']} prompts)",
+             f"- one scoring gradient costs {m['score_multiple']:.2f}× the update seconds of one trained prompt",
+             f"- one collected prompt costs {m['collect_multiple']:.2f}× the rollout seconds of one trained prompt"
+             if m["collect_multiple"] else "- collection: no whole-pool collection in this comparison",
+             f"- usable share of scored prompts: {m['usable_share']:.2f}" if m["usable_share"] else "", ""]
+    for share, block in data["model"].items():
+        lines += [f"## Rollout share {float(share):.0%} of a full-data step", "",
+                  f"Update {block['update_seconds_per_step']:.2f} s, rollouts {block['rollout_seconds_per_step']:.2f} s per step.", "",
+                  "| method | steps to threshold | seconds per step | hours | wall-clock vs full |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for name, r in block["methods"].items():
+            if "steps" not in r:
+                lines.append(f"| {name} | — | {r['seconds_per_step']:.2f} | first collection {r['first_collection_hours']:.2f} h | — |")
+                continue
+            fmt = lambda x, d=2: "never (median seed)" if x is None else f"{x:.{d}f}"
+            lines.append(f"| {name} | {fmt(r['steps'], 0)} | {r['seconds_per_step']:.2f} | {fmt(r['hours'])} | "
+                         f"{fmt(r['wall_acceleration'])}{'×' if r['wall_acceleration'] else ''} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
