@@ -12,7 +12,7 @@ from cropi.tasks.synthetic import SuiteConfig, build_suite
 from cropi.training.batches import Group, Greso, make_batch_builder, sample_groups, stream_prompts
 from tests.conftest import small_suite_overrides
 
-RULES = ("dapo", "greso", "online_filter")
+RULES = ("dapo", "greso", "online_filter", "influence_filter")
 
 
 def _cfg(method="none", **extra):
@@ -33,20 +33,25 @@ def tiny():
 
 
 @pytest.fixture(scope="module")
-def pool():
-    return build_suite(SuiteConfig(pool_size=120, val_size=4, test_size_targeted=4, test_size_untargeted=4)).pool
+def suite():
+    return build_suite(SuiteConfig(pool_size=120, val_size=8, test_size_targeted=4, test_size_untargeted=4))
+
+
+@pytest.fixture(scope="module")
+def pool(suite):
+    return suite.pool
 
 
 @pytest.mark.parametrize("method", RULES)
-def test_every_rule_trains_on_exactly_prompts_per_step_full_groups(tiny, pool, method):
-    cfg = _cfg(method)
-    builder, extra = make_batch_builder(cfg), {}
+def test_every_rule_trains_on_exactly_prompts_per_step_full_groups(tiny, suite, method):
+    cfg, pool = _cfg(method), suite.pool
+    builder, extra = make_batch_builder(cfg, suite.validation), {}
     for step in range(3):
         batch = builder.build(tiny, pool, step, extra)
         assert len(batch.groups) == 4 and all(len(g.gens) == len(g.rewards) == 4 for g in batch.groups)
-        assert batch.sampled_sequences >= 16 and set(batch.seconds) == {"rollouts", "refills", "screening"}
+        assert batch.sampled_sequences >= 16 and set(batch.seconds) == {"rollouts", "refills", "screening", "scoring"}
         assert batch.seconds["rollouts"] > 0 and min(batch.seconds.values()) >= 0
-        if method in ("dapo", "greso", "online_filter"):
+        if method != "none":
             # the tiny policy solves about half of the suite, so a few generation batches always fill the step
             assert all(g.mixed for g in batch.groups)
         json.dumps(extra)  # the rule's state is saved with every checkpoint as JSON
@@ -129,3 +134,39 @@ def test_a_resumed_filtered_run_equals_the_uninterrupted_one(tmp_path, method):
     assert summary["filter"] == method and kinds["rollouts"] > 0 and kinds["training"] > 0
     # the kinds add up to the charged seconds (collection, scoring and selection are zero without a selector)
     assert sum(kinds.values()) == pytest.approx(summary["train_seconds"] + summary["select_seconds"], abs=0.1)
+
+
+def test_influence_filter_trains_on_the_screened_groups_best_aligned_with_validation(tiny, suite):
+    """The chosen groups are the top prompts_per_step of the screened mixed ones by fused cosine, recomputed here
+    from the same screening responses with the scores module's ranking."""
+    from cropi.scores.engine import make_score_estimator
+    from cropi.scores.ranking import rank
+    from cropi.training.batches import InfluenceScreening, _flat_gradients, prompt_group
+
+    cfg = _cfg("influence_filter", **{"train.filter.influence_candidates": 2})
+    rule = InfluenceScreening(cfg, suite.validation)
+    extra: dict = {}
+    batch = rule.build(tiny, suite.pool, 0, extra)
+    assert batch.seconds["scoring"] > 0 and all(g.mixed for g in batch.groups)
+    # redo the screen: the same keys give the same screening responses
+    screened = []
+    for draw in range(cfg.train.filter.max_num_gen_batches):
+        prompts = stream_prompts(suite.pool, draw * 8, 8, 0)
+        screened += [s for s in sample_groups(tiny, prompts, (0, "train", 0, draw), range(2), cfg.rollout) if s.mixed]
+        if len(screened) >= 8:
+            break
+    est = make_score_estimator(tiny, cfg)
+    ids, rows = _flat_gradients(est, [prompt_group(s, 1.0) for s in screened])
+    scores = {v: {p: float(r @ m / (r.norm() * m.norm())) for p, r in zip(ids, rows)} for v, m in rule._means.items()}
+    assert [g.problem.id for g in batch.groups] == rank(scores, 4).ids
+
+
+def test_the_cropi_selector_runs_the_influence_filter_and_its_stored_config_says_so():
+    from cropi.errors import ConfigError
+    from cropi.experiments.run import resolve_selector
+
+    cfg = _cfg(**{"train.selector": "cropi"})
+    assert resolve_selector(cfg).train.filter.method == "influence_filter" and cfg.train.filter.method == "none"
+    assert resolve_selector(_cfg(**{"train.selector": "cropi_curriculum"})).train.filter.method == "none"
+    with pytest.raises(ConfigError, match="conflicts"):
+        resolve_selector(_cfg("dapo", **{"train.selector": "cropi"}))

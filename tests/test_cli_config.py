@@ -12,7 +12,7 @@ from cropi.cli import app
 from cropi.config import RunConfig, load_config, to_dict
 
 runner = CliRunner()
-COMPARE_DEFAULT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "compare-default-config.yaml"
+COMPARE_DEFAULT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "compare-peers-config.yaml"
 
 
 class _Resolved(Exception):
@@ -38,7 +38,7 @@ def _resolved(monkeypatch, args: list[str]) -> RunConfig:
 def test_train_and_compare_share_the_comparisons_default_budget(monkeypatch):
     for cmd in ("train", "compare"):
         cfg = _resolved(monkeypatch, [cmd])
-        assert (cfg.train.steps, cfg.select.stages, cfg.train.eval_every) == (200, 4, 10)
+        assert (cfg.train.steps, cfg.select.stages, cfg.train.eval_every) == (600, 4, 20)
 
 
 def test_compare_defaults_resolve_to_the_committed_comparison_config(monkeypatch):
@@ -59,7 +59,7 @@ def test_compare_budget_on_the_command_line_keeps_twenty_evaluations(monkeypatch
     assert (cfg.train.steps, cfg.select.stages, cfg.train.eval_every) == (50, 2, 2)
     cfg = _resolved(monkeypatch, ["compare", "--steps", "400", "--set", "train.eval_every=7"])
     assert cfg.train.eval_every == 7  # --set comes last
-    assert _resolved(monkeypatch, ["train", "--steps", "400"]).train.eval_every == 10
+    assert _resolved(monkeypatch, ["train", "--steps", "400"]).train.eval_every == 20
 
 
 def test_steps_per_stage_multiplies_the_stages_in_force(monkeypatch, tmp_path):
@@ -105,7 +105,7 @@ def test_trl_names_are_accepted_by_set(monkeypatch):
 def test_help_shows_the_config_defaults():
     for cmd in ("train", "compare"):
         out = " ".join(runner.invoke(app, [cmd, "--help"]).output.replace("│", " ").split())
-        assert "(train.steps; default 200)" in out and "(select.stages; default 4)" in out
+        assert "(train.steps; default 600)" in out and "(select.stages; default 4)" in out
     out = runner.invoke(app, ["bench", "projection", "--help"], terminal_width=200).output
     assert "--projector" in out and "--config" not in out
 
@@ -151,7 +151,7 @@ def test_collect_rejects_bad_input_before_writing(tmp_path, option, expect):
     ("select.ratio=1.5", "select.ratio: 1.5: must be in (0, 1]"),
     ("select.ratio=0", "select.ratio: 0.0: must be in (0, 1]"),
     ("select.stages=0", "select.stages: 0: must be >= 1"),
-    ("select.stages=201", "select.stages: 201: must be between 1 and train.steps (200)"),
+    ("select.stages=601", "select.stages: 601: must be between 1 and train.steps (600)"),
     ("select.refresh_every=-1", "select.refresh_every: -1: must be >= 0"),
     ("select.drift_ess_threshold=-0.5", "select.drift_ess_threshold: -0.5: must be in [0, 1]"),
     ("select.drift_ess_threshold=1.01", "select.drift_ess_threshold: 1.01: must be in [0, 1]"),  # ESS <= 1
@@ -207,7 +207,7 @@ def test_a_missing_data_file_stops_train_and_compare_before_any_output(tmp_path,
 
 def test_a_selector_variant_that_breaks_the_budget_stops_compare_before_any_output(tmp_path):
     out = tmp_path / "cmp"
-    _rejected(["compare", "--out", str(out), "--selectors", "full,cropi+stages500"], "select.stages: 500", out)
+    _rejected(["compare", "--out", str(out), "--selectors", "full,cropi_curriculum+stages700"], "select.stages: 700", out)
 
 
 def test_steps_per_stage_multiplies_the_stages_set_with_set(monkeypatch):

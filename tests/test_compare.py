@@ -162,7 +162,7 @@ def test_compare_cli_end_to_end(tmp_path):
     from cropi.cli import app
     from tests.conftest import small_suite_overrides
 
-    args = ["compare", "--selectors", "cropi,dapo", "--seeds", "0", "--steps", "4", "--stages", "2",
+    args = ["compare", "--selectors", "cropi_curriculum,dapo,cropi", "--seeds", "0", "--steps", "4", "--stages", "2",
             "--out", str(tmp_path / "cmp"), "--select-ratio", "0.25"]
     for s in small_suite_overrides() + ["data.suite.val_size=16", "model.device=cpu", "train.prompts_per_step=4",
                                         "rollout.max_new_tokens=8", "eval.max_new_tokens=8", "train.eval_every=1",
@@ -171,13 +171,16 @@ def test_compare_cli_end_to_end(tmp_path):
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "cmp" / "results.json").read_text())
-    assert set(res["selectors"]) == {"full", "cropi", "dapo"}
-    row = res["selectors"]["cropi"]["seeds"]["0"]
+    assert set(res["selectors"]) == {"full", "cropi_curriculum", "dapo", "cropi"}
+    row = res["selectors"]["cropi_curriculum"]["seeds"]["0"]
     assert len(row["curve"]) == 5 and row["collect_seconds"] > 0 and row["score_seconds"] > 0
     assert "paired_se_vs_full" in row
     # every charged second has a kind, and a peer's dropped groups are charged as refills
     kinds = res["selectors"]["dapo"]["seeds"]["0"]["seconds_by_kind"]
     assert kinds["refills"] > 0 and kinds["collection"] == 0 and res["noise_floor"]["step_acceleration"]["seeds"]
+    # cropi's default screens and scores inside its steps, with no behaviour store
+    kinds = res["selectors"]["cropi"]["seeds"]["0"]["seconds_by_kind"]
+    assert kinds["screening"] > 0 and kinds["scoring"] > 0 and kinds["collection"] == 0
     assert "## Seconds by kind" in (tmp_path / "cmp" / "report.md").read_text()
     # the cost model reads the same folder
     from cropi.experiments.benchmarks.cost_model import main as cost_model
@@ -189,7 +192,7 @@ def test_compare_cli_end_to_end(tmp_path):
     assert "report.md" in r.output and (tmp_path / "cmp" / "report.md").exists()
     # the stores were collected once and shared
     assert (tmp_path / "cmp" / "stores" / "pool" / "meta.json").exists()
-    assert not (tmp_path / "cmp" / "runs" / "cropi-s0" / "stores").exists()
+    assert not (tmp_path / "cmp" / "runs" / "cropi_curriculum-s0" / "stores").exists()
     # rerunning resumes: nothing is redone — no run starts, and no finished run's files are rewritten
     runs = tmp_path / "cmp" / "runs"
     finished = sorted(p for p in runs.rglob("*") if p.is_file() and p.name in ("summary.json", "metrics.jsonl")
@@ -209,19 +212,19 @@ def test_selector_variants_switch_on_our_departures():
     from cropi.errors import ConfigError
     from cropi.selection.variants import parse_selector
 
-    assert parse_selector("cropi") == ("cropi", {})
-    base, settings = parse_selector("cropi+drift+reprobe")
-    assert base == "cropi" and settings["select.drift_ess_threshold"] > 0 and settings["select.reprobe_prompts"] > 0
+    assert parse_selector("cropi_curriculum") == ("cropi_curriculum", {})
+    base, settings = parse_selector("cropi_curriculum+drift+reprobe")
+    assert base == "cropi_curriculum" and settings["select.drift_ess_threshold"] > 0 and settings["select.reprobe_prompts"] > 0
     with pytest.raises(ConfigError):
-        parse_selector("cropi+bogus")
+        parse_selector("cropi_curriculum+bogus")
     with pytest.raises(ConfigError):
         parse_selector("random+drift")
-    assert parse_selector("cropi+refresh+candidates2000") == ("cropi", {"select.refresh_every": 1,
+    assert parse_selector("cropi_curriculum+refresh+candidates2000") == ("cropi_curriculum", {"select.refresh_every": 1,
                                                                         "select.candidates": 2000})
     assert parse_selector("static_influence+candidates30") == ("static_influence", {"select.candidates": 30})
-    assert parse_selector("cropi+refresh+stages8") == ("cropi", {"select.refresh_every": 1, "select.stages": 8})
-    assert parse_selector("cropi+greso") == ("cropi", {"train.filter.method": "greso"})
-    for bad in ("random+candidates30", "cropi+candidates0", "static_influence+refresh", "cropi+stages2",
+    assert parse_selector("cropi_curriculum+refresh+stages8") == ("cropi_curriculum", {"select.refresh_every": 1, "select.stages": 8})
+    assert parse_selector("cropi_curriculum+greso") == ("cropi_curriculum", {"train.filter.method": "greso"})
+    for bad in ("random+candidates30", "cropi_curriculum+candidates0", "static_influence+refresh", "cropi_curriculum+stages2",
                 "static_influence+stages8"):
         with pytest.raises(ConfigError):
             parse_selector(bad)
@@ -237,7 +240,7 @@ def test_peers_are_the_full_pool_with_their_batch_rule_and_gradalign_is_refreshe
         assert (c.train.selector, c.train.filter.method, c.train.seed) == ("full", peer, 1)
     c = run_config(cfg, Path("/tmp/x"), "gradalign", 0)
     # fresh on-policy rollouts each round, 10 steps a round, the top 1/20 of 1,280 candidates
-    assert c.train.selector == "cropi" and c.select.refresh_every == 1 and c.train.filter.method == "none"
+    assert c.train.selector == "cropi_curriculum" and c.select.refresh_every == 1 and c.train.filter.method == "none"
     assert c.select.stages * 10 == c.train.steps and c.select.candidates == 1280
     assert c.select.size == 64
 

@@ -50,9 +50,9 @@ def test_random_full_and_influence_selectors():
     assert len(r0) == 4 and len(set(r0)) == 4 and r0 == make_selector("random").select(_ctx(seed=0))
     assert r0 != make_selector("random").select(_ctx(seed=1))
     assert sorted(make_selector("full").select(_ctx())) == sorted(RATES)
-    for name in ("static_influence", "cropi"):
+    for name in ("static_influence", "cropi_curriculum"):
         assert make_selector(name).select(_ctx(ratio=0.2)) == INFLUENCE[:4]
-    assert SELECTORS["cropi"].every_stage and not SELECTORS["static_influence"].every_stage
+    assert SELECTORS["cropi_curriculum"].every_stage and not SELECTORS["static_influence"].every_stage
 
 
 def test_unknown_selector_is_a_config_error():
@@ -65,7 +65,7 @@ def test_unknown_selector_is_a_config_error():
 # -- the curriculum driver -----------------------------------------------------------------------------------
 
 
-def _sets(model_dir, selector="cropi", steps=6, stages=3, **extra):
+def _sets(model_dir, selector="cropi_curriculum", steps=6, stages=3, **extra):
     # The embedded tiny policy (not the random micro model): influence needs mixed reward groups, in the
     # validation sets too, and a random policy never solves an arithmetic problem.
     return small_suite_overrides() + [

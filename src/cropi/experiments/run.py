@@ -16,13 +16,14 @@ The run folder holds everything needed to understand and reproduce the result:
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
 from typing import Callable
 
 from cropi.config import RunConfig, dump_config, to_dict, validate
-from cropi.errors import CropiError
+from cropi.errors import ConfigError, CropiError
 from cropi.evaluation.evaluate import evaluate
 from cropi.experiments.metrics import stage_bounds, summarize_curve
 from cropi.experiments.report import machine_description, write_run_report
@@ -37,11 +38,25 @@ from cropi.training.batches import make_batch_builder
 from cropi.training.grpo import start_session, train_grpo
 
 
+def resolve_selector(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the selector's batch rule written into ``train.filter.method`` (``cropi`` runs its steps with
+    ``influence_filter``), so the stored config says what ran; a different rule set by hand is refused."""
+    rule = make_selector(cfg.train.selector).batch_rule
+    if rule == "none" or cfg.train.filter.method == rule:
+        return cfg
+    if cfg.train.filter.method != "none":
+        raise ConfigError(f"train.filter.method: {cfg.train.filter.method!r} conflicts with selector "
+                          f"{cfg.train.selector!r}, which builds its batches with {rule!r}")
+    out = copy.deepcopy(cfg)
+    out.train.filter.method = rule
+    return out
+
+
 def check_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> Suite:
     """Everything that can refuse a run, before it writes anything: the config, the selector, the data files and
     the run folder (an existing one needs ``resume`` and the same config).  Returns the loaded data."""
     validate(cfg)  # a config built in Python gets the same checks as one loaded from a file
-    make_selector(cfg.train.selector)
+    cfg = resolve_selector(cfg)
     suite = load_data(cfg.data)
     cfg_path = Path(run_dir) / "config.yaml"
     if cfg_path.exists():
@@ -73,12 +88,13 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> int:
 def seconds_by_kind(state, collect_seconds: float, stage_info: list[dict]) -> dict[str, float]:
     """Where a run's charged seconds went.  rollouts: sampling the trained groups; refills: groups sampled and
     dropped; screening: the online filter's screening samples; collection: behaviour stores, refreshes,
-    drift re-collections and re-probes; scoring: influence scoring; selection: the rest of choosing a stage's
+    drift re-collections and re-probes; scoring: influence scoring (per stage, and a batch rule's per step);
+    selection: the rest of choosing a stage's
     prompts; training: the updates.  They add up to the seconds axis of the curves."""
     collection = collect_seconds + recollect_seconds(stage_info)
     scoring = sum(s.get("score_seconds", 0.0) for s in stage_info)
     kinds = {"rollouts": state.rollout_seconds, "refills": state.refill_seconds, "screening": state.screen_seconds,
-             "collection": collection, "scoring": scoring,
+             "collection": collection, "scoring": scoring + state.step_score_seconds,
              "selection": max(0.0, state.select_seconds - collection - scoring), "training": state.update_seconds}
     return {k: round(v, 2) for k, v in kinds.items()}
 
@@ -97,6 +113,7 @@ def run_training(
     at step granularity: a stage's selection is written before it trains, and the policy it was made with is
     the checkpoint at the stage boundary."""
     run_dir = Path(run_dir)
+    cfg = resolve_selector(validate(cfg))
     suite = check_run(cfg, run_dir, resume)
     selector = make_selector(cfg.train.selector)
     eval_sets = suite.test if cfg.eval.split == "test" else suite.validation
@@ -127,7 +144,7 @@ def run_training(
         stores = behaviour_stores(policy, suite, cfg, folder, on_event=on_event, pool_ids=served)
     session = start_session(policy, cfg.train, run_dir)
     if cfg.train.filter.method != "none":
-        session.batches = make_batch_builder(cfg)
+        session.batches = make_batch_builder(cfg, suite.validation)
     state = session.state
     if state.step == 0 and stores is not None:
         state.select_seconds = stores.collect_seconds  # charged even when the stores were reused

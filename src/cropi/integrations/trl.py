@@ -229,7 +229,7 @@ def check_trainer_kwargs(trainer_kwargs: dict | None) -> None:
             raise CropiError(f"trainer_kwargs[{name!r}]: {TRAINER_ARGUMENTS[name]}")
 
 
-def scoring_config(args, cfg: RunConfig, selector: str = "cropi") -> RunConfig:
+def scoring_config(args, cfg: RunConfig, selector: str = "cropi_curriculum") -> RunConfig:
     """``cfg`` with what scoring shares with TRL taken from TRL's ``args``: the budget (``max_steps``), the
     loss (``loss_type`` -> ``train.aggregation``, ``epsilon``, ``num_iterations`` -> ``train.ppo_epochs``,
     ``beta`` -> ``train.kl_coef``), the sampling of the behaviour stores (``temperature``, ``top_p``,
@@ -265,7 +265,9 @@ def scoring_config(args, cfg: RunConfig, selector: str = "cropi") -> RunConfig:
                         max_new_tokens=int(args.max_completion_length)),
     )
     validate(out)
-    make_selector(selector)
+    if make_selector(selector).batch_rule != "none":  # TRL builds its own batches; cropi acts at stage boundaries
+        raise CropiError(f"selector {selector!r} chooses each step's batch, which TRL's trainer does itself; "
+                         "use cropi_curriculum (selection at stage boundaries)")
     return out
 
 
@@ -342,7 +344,7 @@ def train_stages(
     args,
     cfg: RunConfig,
     out: str | Path,
-    selector: str = "cropi",
+    selector: str = "cropi_curriculum",
     callbacks: Sequence | None = None,
     optimizers: tuple = (None, None),
     on_event: Callable[[dict], None] | None = None,

@@ -1,6 +1,6 @@
 """Selectors: which pool prompts a GRPO stage trains on (METHOD.md §5-6).
 
-One small interface, six implementations.  Every selector returns at most ``selection_size(len(pool), ratio,
+One small interface, seven implementations.  Every selector returns at most ``selection_size(len(pool), ratio,
 size)`` prompt ids (``full`` returns all), so every run trains with the same step size and budget; only the prompts differ.
 
     full              every pool prompt
@@ -8,10 +8,13 @@ size)`` prompt ids (``full`` returns all), so every run trains with the same ste
     learnability      top ``ratio`` by p(1 − p) of the behaviour pass rate, fixed
     pass_rate         uniform among prompts with 0 < p < 1, fixed
     static_influence  top ``ratio`` by POPI influence at θ = β (one scoring pass), fixed
-    cropi             re-scored with the current policy at every stage (same stored trajectories)
+    cropi_curriculum  re-scored with the current policy at every stage (same stored trajectories): the paper's
+                      curriculum
+    cropi             the default: the whole pool, each step's batch chosen by influence among the prompts an
+                      online screen found learnable (batch rule ``influence_filter``, training/batches.py)
 
-A selector declares whether it needs behaviour rollouts (their collection is charged to its wall-clock) and
-whether it chooses again at every stage; the curriculum (``cropi.training.curriculum``) supplies pass rates
+A selector declares whether it needs behaviour rollouts (their collection is charged to its wall-clock), whether
+it chooses again at every stage, and the batch rule its steps use (``none`` for plain GRPO on its prompts); the curriculum (``cropi.training.curriculum``) supplies pass rates
 and influence rankings lazily through a ``SelectionContext``.
 """
 
@@ -46,6 +49,7 @@ class Selector(Protocol):
     name: str
     needs_rollouts: bool  # uses the behaviour store (its collection time counts for this selector)
     every_stage: bool  # chooses again at every stage (otherwise the stage-0 choice is kept)
+    batch_rule: str  # train.filter.method its steps use ("none": the config's)
 
     def select(self, ctx: SelectionContext) -> list[str]: ...
 
@@ -56,6 +60,7 @@ class _Simple:
     needs_rollouts: bool
     every_stage: bool
     fn: Callable[[SelectionContext], list[str]]
+    batch_rule: str = "none"
 
     def select(self, ctx: SelectionContext) -> list[str]:
         return self.fn(ctx)
@@ -73,7 +78,8 @@ SELECTORS: dict[str, Selector] = {
         _Simple("learnability", True, False, lambda c: select_learnability(c.pass_rates(), c.ratio, c.size)),
         _Simple("pass_rate", True, False, lambda c: select_pass_rate(c.pass_rates(), c.ratio, c.seed, c.size)),
         _Simple("static_influence", True, False, _influence_top),
-        _Simple("cropi", True, True, _influence_top),
+        _Simple("cropi_curriculum", True, True, _influence_top),
+        _Simple("cropi", False, False, lambda c: select_full([p.id for p in c.pool]), batch_rule="influence_filter"),
     )
 }
 

@@ -1,32 +1,34 @@
-"""Selector variants: a selector name with ``+flag`` suffixes, e.g. ``cropi+drift+reprobe`` or
+"""Selector variants: a selector name with ``+flag`` suffixes, e.g. ``cropi_curriculum+drift+reprobe`` or
 ``static_influence+candidates2000``, each flag switching on one ``select`` setting for that selector.
 
 Why each variant exists (the settings are conventional defaults, not fitted to results):
 
-- ``drift`` (cropi): POPI's bias grows as the trained policy moves away from the behaviour policy that sampled
-  the stored trajectories.  Re-collecting once the pool's median ESS falls below one half (the usual
-  resampling rule for importance weights) keeps the scores close to on-policy, paying collection only when the
-  drift is measured.
-- ``reprobe`` (cropi): a prompt whose stored group had equal rewards has zero gradient forever, so it could
-  never be chosen even after the policy changed; re-sampling 200 such prompts per stage
-  (``select.reprobe_samples`` responses each) lets
-  the ones that became learnable back in.
-- ``refresh`` (cropi): re-collects with the current policy at every stage, so the stored rewards that decide
-  which groups have a gradient at all are the current policy's, whatever the ESS says.
-- ``candidatesN`` (cropi, static_influence): scoring costs one backward pass per pool prompt; scoring (and
-  refreshing) only a seeded subset of N pool prompts per stage cuts that cost.  Both selectors draw the same
-  subset at stage 0, so they stay comparable.
-- ``stagesN`` (cropi): re-selects N times within the same step budget instead of the comparison's stage count,
-  to see whether more frequent re-scoring pays.  Fewer than 3 stages would make cropi (nearly) static
-  influence, so N >= 3.
-- ``dapo``, ``greso``, ``online_filter`` (any selector): that batch rule inside the selected prompts.
+- ``drift`` (cropi_curriculum): POPI's bias grows as the trained policy moves away from the behaviour policy
+  that sampled the stored trajectories.  Re-collecting once the pool's median ESS falls below one half (the
+  usual resampling rule for importance weights) keeps the scores close to on-policy, paying collection only
+  when the drift is measured.
+- ``reprobe`` (cropi_curriculum): a prompt whose stored group had equal rewards has zero gradient forever, so it
+  could never be chosen even after the policy changed; re-sampling 200 such prompts per stage
+  (``select.reprobe_samples`` responses each) lets the ones that became learnable back in.
+- ``refresh`` (cropi_curriculum): re-collects with the current policy at every stage, so the stored rewards that
+  decide which groups have a gradient at all are the current policy's, whatever the ESS says.
+- ``candidatesN`` (cropi_curriculum, static_influence): scoring costs one backward pass per pool prompt; scoring
+  (and refreshing) only a seeded subset of N pool prompts per stage cuts that cost.  Both selectors draw the
+  same subset at stage 0, so they stay comparable.
+- ``sizeN`` (cropi_curriculum, static_influence): selects N prompts per stage (``select.size``) instead of the
+  ratio of the pool, e.g. about what a stage trains on.
+- ``stagesN`` (cropi_curriculum): re-selects N times within the same step budget instead of the comparison's
+  stage count, to see whether more frequent re-scoring pays.  Fewer than 3 stages would make it (nearly)
+  static influence, so N >= 3.
+- ``dapo``, ``greso``, ``online_filter``, ``influence_filter`` (any selector): that batch rule inside the
+  selected prompts.
 
 The peers (selector names of their own, each a base selector with settings; ``cropi.training.batches`` says what
 each re-implements and simplifies):
 
 - ``dapo``, ``greso``, ``online_filter``: the full pool, with that batch rule (``train.filter.method``).
-- ``gradalign`` (GradAlign, arXiv 2602.21492): cropi re-scoring from fresh on-policy rollouts every round —
-  ``refresh`` on a candidate subset — with GradAlign's round shape scaled to 32 prompts per step: 10 steps per
+- ``gradalign`` (GradAlign, arXiv 2602.21492): cropi_curriculum re-scoring from fresh on-policy rollouts every
+  round — ``refresh`` on a candidate subset — with GradAlign's round shape scaled to 32 prompts per step: 10 steps per
   round, 1,280 fresh candidates, the top 1/20 of them (64) kept, so a round covers its subset five times, as in
   GradAlign's example (5,120 candidates, 256 kept, 10 steps of 128).  Simplified: the candidates are a seeded
   random subset per round rather than consecutive chunks of one shuffle, and several validation sets are fused
@@ -42,12 +44,12 @@ from cropi.errors import ConfigError
 
 VARIANT_SETTINGS = {"drift": {"select.drift_ess_threshold": 0.5}, "reprobe": {"select.reprobe_prompts": 200},
                     "refresh": {"select.refresh_every": 1}}
-BATCH_RULES = ("dapo", "greso", "online_filter")  # flags any selector takes
+BATCH_RULES = ("dapo", "greso", "online_filter", "influence_filter")  # flags any selector takes
 GRADALIGN_CANDIDATES, GRADALIGN_KEEP, GRADALIGN_ROUND_STEPS = 1280, 1 / 20, 10
 # selector name -> (base selector, settings); a callable value is computed from the comparison's config
 PEERS: dict[str, tuple[str, dict[str, Any]]] = {
-    **{rule: ("full", {"train.filter.method": rule}) for rule in BATCH_RULES},
-    "gradalign": ("cropi", {
+    **{rule: ("full", {"train.filter.method": rule}) for rule in ("dapo", "greso", "online_filter")},
+    "gradalign": ("cropi_curriculum", {
         "select.refresh_every": 1,
         "select.candidates": GRADALIGN_CANDIDATES,
         "select.size": round(GRADALIGN_CANDIDATES * GRADALIGN_KEEP),
@@ -57,11 +59,13 @@ PEERS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 # Flags with a number: flag name -> (the ``select`` key it sets, the selectors it applies to, the least N).
-NUMBERED_FLAGS = {"candidates": ("candidates", ("cropi", "static_influence"), 1), "stages": ("stages", ("cropi",), 3)}
+NUMBERED_FLAGS = {"candidates": ("candidates", ("cropi_curriculum", "static_influence"), 1),
+                  "stages": ("stages", ("cropi_curriculum",), 3),
+                  "size": ("size", ("cropi_curriculum", "static_influence"), 1)}
 
 
 def parse_selector(spec: str, cfg=None) -> tuple[str, dict]:
-    """``"cropi+drift+reprobe"`` -> (``"cropi"``, the dotted settings it switches on).  A peer's settings that
+    """``"cropi_curriculum+drift+reprobe"`` -> (``"cropi_curriculum"``, the dotted settings it switches on).  A peer's settings that
     depend on the run (``gradalign``'s) are computed from ``cfg``; without it they are left out."""
     base, *flags = spec.split("+")
     settings: dict = {}
@@ -85,8 +89,8 @@ def parse_selector(spec: str, cfg=None) -> tuple[str, dict]:
         elif flag not in VARIANT_SETTINGS:
             raise ConfigError(f"selector {spec!r}: unknown variant {flag!r} (known: {', '.join(VARIANT_SETTINGS)}, "
                               f"{', '.join(BATCH_RULES)}, {', '.join(f + 'N' for f in NUMBERED_FLAGS)})")
-        elif base != "cropi":
-            raise ConfigError(f"selector {spec!r}: {flag!r} applies to cropi only")
+        elif base != "cropi_curriculum":
+            raise ConfigError(f"selector {spec!r}: {flag!r} applies to cropi_curriculum only")
         else:
             settings.update(VARIANT_SETTINGS[flag])
     return base, settings

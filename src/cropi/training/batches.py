@@ -7,7 +7,8 @@ every sampled response is charged: the seconds of a step are split into
 
     rollouts   sampling and grading the groups the update trains on
     refills    sampling and grading groups drawn and then dropped (equal rewards, or past the batch)
-    screening  SPEED-RL's screening samples
+    screening  screening samples (online_filter, influence_filter)
+    scoring    influence_filter's gradients (candidates and validation means)
 
 The rules (each a re-implementation from its paper; what is simplified is said):
 
@@ -24,6 +25,14 @@ The rules (each a re-implementation from its paper; what is simplified is said):
   ``screen_samples`` responses, keep those with 0 < pass rate < 1, sample the rest of their G responses and
   train on all G.  The screening responses are the first of the G (sampling is keyed per response), so a kept
   group is exactly the one plain sampling would have drawn.
+- ``influence_filter`` (cropi's influence inside the online filter): screen as ``online_filter`` does until
+  ``influence_candidates`` × ``prompts_per_step`` prompts have mixed screening rewards, rank them by the cosine of
+  their on-policy GRPO gradient (the POPI estimate at θ = β, from the screening responses alone) to each
+  validation set's mean gradient, fuse the sets by reciprocal rank (``cropi.scores.ranking``), and complete and
+  train on the top ``prompts_per_step``.  The validation means come from fresh samples of the first
+  ``select.score.max_val_prompts`` prompts of each set, re-sampled every ``influence_refresh`` steps (a resumed
+  run re-samples them with the resumed policy unless it resumes on a refresh step).
+
 GradAlign (arXiv 2602.21492) is not a batch rule: it re-selects by round, like cropi, from fresh on-policy
 rollouts, so it is a curriculum selector (``cropi.selection.variants``).
 
@@ -38,7 +47,9 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Mapping, Protocol, Sequence
+
+import torch
 
 from cropi.config import RolloutConfig, RunConfig
 from cropi.policy import Policy
@@ -46,7 +57,7 @@ from cropi.rollouts.sampler import Generation, SamplingParams, generate
 from cropi.rollouts.trajectory_store import PromptGroup
 from cropi.tasks import Problem, grade_many
 
-COST_KINDS = ("rollouts", "refills", "screening")
+COST_KINDS = ("rollouts", "refills", "screening", "scoring")
 
 
 @dataclass
@@ -311,7 +322,102 @@ def _unqueued(q: dict) -> list[Generation]:
     return [Generation(list(a), list(b), list(c), d) for a, b, c, d in q["gens"]]
 
 
-def make_batch_builder(cfg: RunConfig) -> BatchBuilder:
-    """The batch rule ``cfg.train.filter.method``."""
+def prompt_group(grp: Group, temperature: float) -> PromptGroup:
+    """A sampled group as the estimator's input (its behaviour log-probs are the sampling ones: on-policy)."""
+    return PromptGroup(grp.problem.id, list(grp.gens[0].prompt_ids), [list(x.response_ids) for x in grp.gens],
+                       [list(x.behavior_logprobs) for x in grp.gens], list(grp.rewards), temperature)
+
+
+def _flat_gradients(estimator, groups: Sequence[PromptGroup]) -> tuple[list[str], list[torch.Tensor]]:
+    ids, rows = [], []
+    for gb in estimator.gradients(groups).batches:
+        for b, pid in enumerate(gb.prompt_ids):
+            ids.append(pid)
+            rows.append(torch.cat([gb.grads[n][b].reshape(-1) for n in estimator.param_names]))
+    return ids, rows
+
+
+@dataclass
+class InfluenceScreening:
+    """cropi's influence ranking of the prompts the online filter's screen let through (this module's docstring)."""
+
+    cfg: RunConfig
+    validation: Mapping[str, Sequence[Problem]]
+    _means: dict = field(default_factory=dict)
+    _means_step: int = -1
+
+    def _validation_means(self, policy: Policy, step: int, estimator) -> dict[str, torch.Tensor]:
+        f, t, g = self.cfg.train.filter, self.cfg.train, self.cfg.rollout.group_size
+        if self._means and step - self._means_step < f.influence_refresh:
+            return self._means
+        at = step - step % f.influence_refresh
+        means = {}
+        for name, problems in self.validation.items():
+            probs = list(problems)[: self.cfg.select.score.max_val_prompts]
+            groups = sample_groups(policy, probs, (t.seed, "validation", at), range(g), self.cfg.rollout)
+            _, rows = _flat_gradients(estimator, [prompt_group(x, self.cfg.rollout.temperature) for x in groups if x.mixed])
+            if rows:
+                means[name] = torch.stack(rows).mean(0)
+        self._means, self._means_step = means, at
+        return means
+
+    def build(self, policy: Policy, problems: Sequence[Problem], step: int, extra: dict) -> Batch:
+        from cropi.scores.engine import make_score_estimator
+        from cropi.scores.ranking import rank
+
+        t, f, g = self.cfg.train, self.cfg.train.filter, self.cfg.rollout.group_size
+        n, k = t.prompts_per_step, f.screen_samples
+        want = max(n, math.ceil(n * f.influence_candidates))
+        batch = Batch([])
+        mixed: list[tuple[Group, tuple]] = []
+        for draw in range(f.max_num_gen_batches):
+            key = (t.seed, "train", step, draw)
+            prompts = _take(problems, extra, f.gen_batch_prompts, t.seed)
+            t0 = time.perf_counter()
+            screens = sample_groups(policy, prompts, key, range(k), self.cfg.rollout)
+            batch.seconds["screening"] += time.perf_counter() - t0
+            batch.sampled_sequences += len(prompts) * k
+            mixed += [(s, key) for s in screens if s.mixed]
+            if len(mixed) >= want:
+                break
+        t0 = time.perf_counter()
+        estimator = make_score_estimator(policy, self.cfg)
+        means = self._validation_means(policy, step, estimator)
+        ids, rows = _flat_gradients(estimator, [prompt_group(s, self.cfg.rollout.temperature) for s, _ in mixed])
+        scores = {}
+        for v, m in means.items():
+            mn = float(m.norm())
+            scores[v] = {pid: float(r @ m) / (float(r.norm()) * mn) if mn and float(r.norm()) else 0.0
+                         for pid, r in zip(ids, rows)}
+        order = rank(scores, n).ids if scores else []
+        order += [s.problem.id for s, _ in mixed if s.problem.id not in set(order)]
+        batch.seconds["scoring"] = time.perf_counter() - t0
+        by_id = {s.problem.id: (s, key) for s, key in mixed}
+        chosen = [by_id[i] for i in order[:n]]
+        t0 = time.perf_counter()
+        done: dict[str, Group] = {}
+        for key in sorted({key for _, key in chosen}, key=str):
+            part = [s for s, kk in chosen if kk == key]
+            rest = sample_groups(policy, [s.problem for s in part], key, range(k, g), self.cfg.rollout)
+            done.update({s.problem.id: Group(s.problem, s.gens + r.gens, s.rewards + r.rewards) for s, r in zip(part, rest)})
+        batch.groups = [done[s.problem.id] for s, _ in chosen]  # best aligned first
+        batch.sampled_sequences += len(chosen) * (g - k)
+        if len(batch.groups) < n:  # the screen let too few through: the rest are plain, unscreened groups
+            missing = n - len(batch.groups)
+            batch.groups += sample_groups(policy, _take(problems, extra, missing, t.seed),
+                                          (t.seed, "train", step, "fill"), range(g), self.cfg.rollout)
+            batch.sampled_sequences += missing * g
+        batch.seconds["rollouts"] = time.perf_counter() - t0
+        return batch
+
+
+def make_batch_builder(cfg: RunConfig, validation: Mapping[str, Sequence[Problem]] | None = None) -> BatchBuilder:
+    """The batch rule ``cfg.train.filter.method`` (influence_filter needs the validation sets)."""
     method = cfg.train.filter.method
+    if method == "influence_filter":
+        if not validation:
+            from cropi.errors import CropiError
+
+            raise CropiError("train.filter.method=influence_filter needs validation sets (the embedded suite's, or --val)")
+        return InfluenceScreening(cfg, validation)
     return {"none": PlainBatches, "dapo": DynamicSampling, "greso": Greso, "online_filter": SpeedScreening}[method](cfg)

@@ -48,6 +48,7 @@ class StepStats:
     train_seconds: float  # the update
     refill_seconds: float = 0.0  # groups sampled and dropped (batches.py)
     screen_seconds: float = 0.0
+    score_seconds: float = 0.0  # influence_filter's gradients
     sampled_sequences: int = 0
     skipped_prompts: int = 0
 
@@ -117,7 +118,7 @@ def grpo_update(
     c = batch.seconds
     return StepStats(step, float(rewards.mean()), mixed, loss_total, grad_norm,
                      sum(len(x.response_ids) for x in gens), c["rollouts"], t2 - t1, c["refills"], c["screening"],
-                     batch.sampled_sequences, batch.skipped_prompts)
+                     c["scoring"], batch.sampled_sequences, batch.skipped_prompts)
 
 
 def make_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
@@ -135,7 +136,8 @@ class TrainState:
     rollout_seconds: float = 0.0  # sampling the trained groups
     response_tokens: int = 0
     refill_seconds: float = 0.0  # sampling groups that were dropped (dynamic sampling, GRESO)
-    screen_seconds: float = 0.0  # SPEED-RL's screening samples
+    screen_seconds: float = 0.0  # screening samples (online_filter, influence_filter)
+    step_score_seconds: float = 0.0  # influence_filter's per-step gradients
     update_seconds: float = 0.0
     sampled_sequences: int = 0
     skipped_prompts: int = 0
@@ -222,10 +224,11 @@ def train_grpo(
                                 step, train, rollout, ref_model)
         state.step = step + 1
         state.train_seconds += (stats.rollout_seconds + stats.train_seconds + stats.refill_seconds
-                                + stats.screen_seconds)
+                                + stats.screen_seconds + stats.score_seconds)
         state.rollout_seconds += stats.rollout_seconds
         state.refill_seconds += stats.refill_seconds
         state.screen_seconds += stats.screen_seconds
+        state.step_score_seconds += stats.score_seconds
         state.update_seconds += stats.train_seconds
         state.sampled_sequences += stats.sampled_sequences
         state.skipped_prompts += stats.skipped_prompts

@@ -1,22 +1,18 @@
 """The paper's scale, on paper: a wall-clock model of each method at the authors' workload, built from costs
 measured on this testbed (``docs/cost-model.md`` explains it).
 
-What is measured here, from a comparison folder (``cropi compare --out DIR``):
-
-- per full-data GRPO step: rollout seconds and update seconds (``metrics.jsonl``);
-- scoring: seconds per gradient computed (pool prompts with mixed rewards, plus the validation prompts of the
-  means), over every stage of the influence runs (``stages/*/selection.json``), as a multiple of the update
-  seconds of one trained prompt;
-- collection: seconds per collected prompt, as a multiple of the rollout seconds of one trained prompt;
-- per run: responses sampled per trained response (the peers' refills and screening), the number of scoring
-  stages, and the median step-level acceleration to full data's threshold (``results.json``).
+What is measured here, from a comparison folder (``cropi compare --out DIR``): full data's rollout and update
+seconds per step (``metrics.jsonl``); each method's seconds per step by kind (``summary.json``: rollouts,
+refills, screening, collection, scoring, selection, training); the cost of one scoring gradient against the
+update of one trained prompt and the usable share of scored prompts (``stages/*/selection.json``); and each
+method's median step-level acceleration to full data's threshold (``results.json``).
 
 What is modelled: the workload's update seconds per step from FLOPs (8·N per token: forward, backward and the
 old-log-prob forward) at an assumed utilisation, and its rollout seconds from the rollout share of a full-data
-step, an input (real RLVR generation dominates; here responses are 10 tokens).  A measured multiple then prices
-each method's extra work at that scale.  Steps to the threshold are full data's at the workload divided by the
-testbed's step-level acceleration:
-whether they carry over is the question the doc answers, not something this script knows.
+step, an input (real RLVR generation dominates; here responses are 10 tokens).  Each method's per-step seconds
+are scaled kind by kind: sampling by the ratio of rollout seconds, forward + backward work by the ratio of update
+seconds.  Steps to the threshold are full data's at the workload divided by the testbed's step-level
+acceleration: whether they carry over is the question the doc answers, not something this script knows.
 
     python -m cropi.experiments.benchmarks.cost_model --compare DIR [--out benchmarks/results]
 """
@@ -99,10 +95,11 @@ def measure(compare_dir: Path) -> Measured:
                 collect.append(s["collect_seconds"] / first)
             trained = s["steps"] * b * g
             seeds[seed] = {"sampled_per_trained": (s.get("sampled_sequences") or trained) / trained,
-                           "scoring_stages": len(scored),
-                           "scored_gradients": sum(st["ess"]["usable"] for st in scored),
-                           "collected_prompts": _collected(s, stages)}
-        methods[name] = {k: _mean([v[k] for v in seeds.values()]) for k in next(iter(seeds.values()))}
+                           "scoring_stages": len(scored), "collected_prompts": _collected(s, stages),
+                           **{f"per_step_{k}": v / s["steps"] for k, v in (s.get("seconds_by_kind") or {}).items()}}
+        methods[name] = {k: _mean([v.get(k) for v in seeds.values()]) for k in next(iter(seeds.values()))}
+        methods[name]["seconds_per_step"] = {k[len("per_step_"):]: methods[name].pop(k)
+                                             for k in list(methods[name]) if k.startswith("per_step_")}
         # the median over seeds, as the comparison reports it (None when the median seed never reached it)
         methods[name]["step_acceleration"] = block["median"]["step_acceleration"]
     return Measured(roll, upd, b, _mean(per_grad) / (upd / b), _mean(collect) / (roll / b) if collect else None,
@@ -117,45 +114,48 @@ def _first_collection(summary: dict) -> int:
     return sel["candidates"] if sel["candidates"] and sel["refresh_every"] else summary["config"]["data"]["suite"]["pool_size"]
 
 
-def _collected(summary: dict, stages: list[dict]) -> int:
+def _collected(summary: dict, stages: list[dict]) -> int:  # noqa: D401
     """Prompts sampled by collections (the first store and every refresh), from the run's records."""
     return _first_collection(summary) + sum(st.get("refresh", {}).get("pool_prompts", 0) for st in stages)
 
 
-def model(m: Measured, w: Workload, full_steps: float, budget_steps: int) -> dict:
+ROLLOUT_KINDS = ("rollouts", "refills", "screening", "collection")  # sampling: scaled like generation
+UPDATE_KINDS = ("training", "scoring")  # forward + backward passes: scaled like the update
+
+
+def model(m: Measured, w: Workload, full_steps: float) -> dict:
     """Seconds of each method at the workload for each rollout share, to the threshold.
 
-    A method's scoring and collection per step are its testbed totals over the budget divided by the budget
-    (spread evenly over its steps), times the batch ratio: the same regime at 128 prompts per step scores and
-    collects 4× the prompts per step (its candidates scale with what a stage consumes).  The validation
-    prompts of each scoring do not scale."""
-    scale = w.prompts_per_step / m.prompts_per_step
+    A method's seconds per step on the testbed, by kind (its totals divided by its steps), are scaled kind by
+    kind: sampling (rollouts, refills, screening, collection) by the workload's rollout seconds per step over
+    the testbed's, forward + backward work (training, scoring) by the update seconds per step likewise.  Work that
+    grows with the batch (candidates, screens) therefore scales with it; the validation prompts of a scoring,
+    which do not, are charged 4x too much: a pessimism against the influence methods, small next to the rest."""
     upd = w.update_seconds()
     out = {}
     for share in w.rollout_shares:
         roll = upd * share / (1 - share)
-        per_prompt_update, per_prompt_roll = upd / w.prompts_per_step, roll / w.prompts_per_step
-        grad = m.score_multiple * per_prompt_update
+        k_roll, k_upd = roll / m.rollout_seconds_per_step, upd / m.update_seconds_per_step
         rows = {}
         for name, f in m.methods.items():
             acc = f["step_acceleration"]
             steps = full_steps / acc if acc else None
-            step_seconds = upd + roll * f["sampled_per_trained"]
-            # the testbed's per-run scoring and collection, per step, scaled to the workload's pool and batch
-            grads_per_step = f["scored_gradients"] / budget_steps * scale
-            val_per_step = f["scoring_stages"] * w.validation_prompts / budget_steps
-            collected_per_step = f["collected_prompts"] / budget_steps * scale
-            extra = (grads_per_step + val_per_step) * grad + collected_per_step * per_prompt_roll * (m.collect_multiple or 1.0)
-            rows[name] = {"steps": steps, "seconds_per_step": step_seconds + extra,
-                          "hours": None if steps is None else steps * (step_seconds + extra) / 3600}
+            kinds = f["seconds_per_step"]
+            scaled = {k: v * (k_roll if k in ROLLOUT_KINDS else k_upd if k in UPDATE_KINDS else 1.0)
+                      for k, v in kinds.items()}
+            per_step = sum(scaled.values())
+            rows[name] = {"steps": steps, "seconds_per_step": per_step,
+                          "seconds_per_step_by_kind": scaled,
+                          "hours": None if steps is None else steps * per_step / 3600}
         full_h = rows["full"]["hours"]
         for r in rows.values():
             r["wall_acceleration"] = None if r["hours"] is None or not full_h else full_h / r["hours"]
         # the authors' regime: the whole pool re-scored every few steps from one collection
         usable = m.usable_share or 0.33
-        authors = (upd + roll + (usable * w.pool + w.validation_prompts) * grad / w.authors_rescore_every)
+        grad = m.score_multiple * upd / w.prompts_per_step
+        authors = upd + roll + (usable * w.pool + w.validation_prompts) * grad / w.authors_rescore_every
         rows["authors' regime (per step, steps not modelled)"] = {
-            "seconds_per_step": authors, "first_collection_hours": w.pool * per_prompt_roll / 3600}
+            "seconds_per_step": authors, "first_collection_hours": w.pool * roll / w.prompts_per_step / 3600}
         out[str(share)] = {"update_seconds_per_step": upd, "rollout_seconds_per_step": roll, "methods": rows}
     return out
 
@@ -169,7 +169,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     measured = measure(a.compare)
     w = Workload()
-    table = model(measured, w, a.full_steps, read_json(a.compare / "results.json")["budget_steps"])
+    table = model(measured, w, a.full_steps)
     data = {"schema_version": SCHEMA_VERSION, "benchmark": "cost_model", "compare": str(a.compare),
             "workload": asdict(w), "measured": asdict(measured), "model": table}
     a.out.mkdir(parents=True, exist_ok=True)

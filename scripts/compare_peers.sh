@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The committed comparison against the peers, and the two further draws of the embedded suite: every run
+# single-threaded, two processes sharing each folder (one per core; runs are claimed with lock files), so the
+# wall-clock of every run is measured under the same load.  Resumable: rerun to continue, finished runs are kept.
+#
+#   runs/compare-peers          3 seeds: full, the paper's baselines, the peers, cropi and a cropi_curriculum variant
+#   runs/compare-peers-draw1    another pool draw (data.suite.pool_seed=1): full, cropi, the best peer
+#   runs/compare-peers-draw2    another draw and difficulty mix (pool_seed=2, easier levels)
+#
+# It takes many hours on 2 cores (a cropi run of 600 steps is about an hour); the results feed
+# benchmarks/results/compare-peers.* and docs/results.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CROPI=${CROPI:-.venv/bin/cropi}
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+MAIN=full,cropi,online_filter,dapo,gradalign,greso,random,learnability,pass_rate,static_influence,cropi_curriculum+candidates1280+size80+stages60
+DRAW=full,cropi,online_filter
+both() {  # two processes on one comparison folder; the second only runs what the first has not claimed
+  "$CROPI" compare "$@" &
+  sleep 20
+  "$CROPI" compare "$@" >/dev/null
+  wait
+}
+both --seeds 0,1,2 --selectors "$MAIN" --out runs/compare-peers
+both --seeds 0,1,2 --selectors "$DRAW" --set data.suite.pool_seed=1 --out runs/compare-peers-draw1
+both --seeds 0,1,2 --selectors "$DRAW" --set data.suite.pool_seed=2 \
+  --set "data.suite.difficulty_weights=[3.0,3.0,2.0,1.0,1.0]" --out runs/compare-peers-draw2
