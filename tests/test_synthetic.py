@@ -9,7 +9,7 @@ def _keys(problems):
 def test_suite_is_deterministic_and_sized():
     a, b = build_suite(), build_suite()
     assert [p.to_dict() for p in a.pool] == [p.to_dict() for p in b.pool]
-    assert len(a.pool) == 4000
+    assert len(a.pool) == SuiteConfig().pool_size == 12800
     assert len(FAMILIES) >= 6 and len(a.targeted) >= 2 and len(a.untargeted) >= 1
     assert set(a.validation) == set(a.targeted)
     assert all(len(a.test[f]) == 500 for f in a.targeted)
