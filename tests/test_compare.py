@@ -295,3 +295,22 @@ def test_demo_verdict_says_faster_only_when_fewer_steps_and_less_time():
     assert "is not faster" in demo_verdict(res(2.0, 0.5)) and "2.00x more time" in demo_verdict(res(2.0, 0.5))
     assert "never reached" in demo_verdict(res(None, None))
     assert "never sooner in seconds" in demo_verdict(res(1.2, None))
+
+
+def test_peer_targets_and_the_noise_floor_call_a_slower_cropi_not_met_and_a_spread_a_tie():
+    from cropi.experiments.report import target_verdicts
+
+    full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]
+    summaries = {
+        "full": {0: {"curve": _curve(full)}, 1: {"curve": _curve([0.30, 0.35, 0.40, 0.42, 0.42, 0.42, 0.42])}},
+        "cropi": {0: {"curve": _curve([0.30, 0.35, 0.40, 0.42, 0.42, 0.42, 0.42])}},  # as full data's seed 1
+        "dapo": {0: {"curve": _curve([0.30, 0.45, 0.46, 0.46, 0.46, 0.46, 0.46])}},
+    }
+    results = compute_results(summaries, "m", 60)
+    v = {(x["selector"], x["target"]): x for x in target_verdicts(results)}
+    peer = v[("cropi", "step-level acceleration >= every peer's (median)")]
+    assert not peer["met"] and "dapo" in peer["measured"]
+    floor = results["noise_floor"]["step_acceleration"]
+    cropi_acc = results["selectors"]["cropi"]["median"]["step_acceleration"]
+    assert cropi_acc > 1 and floor["max"] == pytest.approx(cropi_acc)  # as quick as full data's faster seed
+    assert "a tie" in v[("cropi", "step-level acceleration >= 3.0x (median over seeds)")]["measured"]
