@@ -44,16 +44,19 @@ def write_run_report(run_dir: Path, summary: dict) -> None:
     plot_curves({summary["selector"]: summary["curve"]}, run_dir / "accuracy.png",
                 f"{summary['selector']} · model {summary.get('model')} · seed {summary['seed']}", split=split)
     curve = summary["curve"]
+    kinds = summary.get("seconds_by_kind") or {}
     lines = [
         f"# cropi run: {summary['selector']} (seed {summary['seed']})",
         "",
         f"- model: `{summary.get('model')}`; {summary['steps']} GRPO steps of {summary.get('prompts_per_step')} "
         f"prompts x G={summary.get('group_size')}",
         f"- machine: {summary.get('machine')}",
-        f"- training wall time (rollouts + updates, evaluation excluded): {summary['train_seconds']:.1f} s; "
+        f"- training wall time (rollouts, refills, screening and per-step scoring, updates; evaluation excluded): "
+        f"{summary['train_seconds']:.1f} s; "
         f"{summary.get('steps_per_minute', 0):.2f} GRPO steps/min; rollout {summary.get('rollout_tokens_per_second', 0):.0f} tokens/s",
         f"- targeted {split} accuracy: step 0 {100 * curve[0]['targeted']:.1f}% -> best {100 * summary['best_targeted']:.1f}% "
         f"(last-3 mean {100 * summary.get('final_targeted', 0):.1f}%)",
+        *([f"- seconds by kind: " + ", ".join(f"{k} {v:.0f}" for k, v in kinds.items())] if kinds else []),
         "",
         "![accuracy](accuracy.png)",
         "",
