@@ -177,6 +177,14 @@ def _signal_lines(results: dict) -> list[str]:
     return lines
 
 
+def _kind(row: dict, kind: str, fallback: str | None = None) -> float:
+    """A run's seconds of one kind (``seconds_by_kind``), or an older summary's field for it."""
+    kinds = row.get("seconds_by_kind")
+    if kinds:
+        return kinds.get(kind, 0.0)
+    return row.get(fallback, 0.0) if fallback else 0.0
+
+
 KINDS = ("rollouts", "refills", "screening", "collection", "scoring", "selection", "training")
 
 
@@ -270,10 +278,13 @@ def write_comparison_report(results: dict, out: Path) -> None:
         lines += ["", "## Break-even"]
     for name in variants:
         rows = list(sel[name]["seeds"].values())
-        overhead = statistics.fmean(r["collect_seconds"] + r["score_seconds"] for r in rows)
+        # by kind where recorded: a batch rule's screening and per-step scoring are overhead too
+        collect = statistics.fmean(_kind(r, "collection", "collect_seconds") + _kind(r, "screening") for r in rows)
+        score = statistics.fmean(_kind(r, "scoring", "score_seconds") for r in rows)
+        overhead = collect + score
         lines += ["",
-                  f"{name} pays {statistics.fmean(r['collect_seconds'] for r in rows):.0f} s of collection and "
-                  f"{statistics.fmean(r['score_seconds'] for r in rows):.0f} s of scoring (all stages) per run, "
+                  f"{name} pays {collect:.0f} s of collection and screening and "
+                  f"{score:.0f} s of scoring (all stages and steps) per run, "
                   f"{overhead:.0f} s in all. Full data needs {results['full_seconds_to_threshold']:.0f} s of training "
                   f"to reach the threshold; {name} saves wall-clock only if its training seconds to the threshold are "
                   f"below {results['full_seconds_to_threshold'] - overhead:.0f} s."]
