@@ -230,15 +230,15 @@ def test_selector_variants_switch_on_our_departures():
             parse_selector(bad)
 
 
-def test_peers_are_the_full_pool_with_their_batch_rule_and_gradalign_is_refreshed_cropi_rounds():
+def test_peers_are_the_full_pool_with_their_batch_rule_and_gradalign_is_refreshed_cropi_rounds(tmp_path):
     from cropi.config import RunConfig
     from cropi.experiments.compare import run_config
 
     cfg = RunConfig()
     for peer in ("dapo", "greso", "online_filter"):
-        c = run_config(cfg, Path("/tmp/x"), peer, 1)
+        c = run_config(cfg, tmp_path, peer, 1)
         assert (c.train.selector, c.train.filter.method, c.train.seed) == ("full", peer, 1)
-    c = run_config(cfg, Path("/tmp/x"), "gradalign", 0)
+    c = run_config(cfg, tmp_path, "gradalign", 0)
     # fresh on-policy rollouts each round, 10 steps a round, the top 1/20 of 1,280 candidates
     assert c.train.selector == "cropi_curriculum" and c.select.refresh_every == 1 and c.train.filter.method == "none"
     assert c.select.stages * 10 == c.train.steps and c.select.candidates == 1280
