@@ -100,8 +100,8 @@ class FilterConfig:
                           "prompts by the cosine of their on-policy gradient to the validation gradient, train on the top).",
                           one_of("none", "dapo", "greso", "online_filter", "influence_filter"))
     # verl's DAPO recipe samples 3x the train batch per generation batch
-    gen_batch_prompts: int = setting(96, "Prompts sampled per generation batch (dapo, online_filter; "
-                                     "greso's largest).", at_least(1))
+    gen_batch_prompts: int = setting(96, "Prompts sampled per generation batch (dapo, online_filter, "
+                                     "influence_filter; greso's largest).", at_least(1))
     max_num_gen_batches: int = setting(10, "Generation batches at most per step; then the batch is filled with "
                                        "groups that had equal rewards (they add no gradient).", at_least(1))
     screen_samples: int = setting(4, "online_filter: responses per prompt in the screening round (fewer than G).", at_least(1))

@@ -363,7 +363,7 @@ class InfluenceScreening:
 
     def build(self, policy: Policy, problems: Sequence[Problem], step: int, extra: dict) -> Batch:
         from cropi.scores.engine import make_score_estimator
-        from cropi.scores.ranking import rank
+        from cropi.scores.ranking import cosine_scores, rank
 
         t, f, g = self.cfg.train, self.cfg.train.filter, self.cfg.rollout.group_size
         n, k = t.prompts_per_step, f.screen_samples
@@ -385,10 +385,9 @@ class InfluenceScreening:
         means = self._validation_means(policy, step, estimator)
         ids, rows = _flat_gradients(estimator, [prompt_group(s, self.cfg.rollout.temperature) for s, _ in mixed])
         scores = {}
-        for v, m in means.items():
-            mn = float(m.norm())
-            scores[v] = {pid: float(r @ m) / (float(r.norm()) * mn) if mn and float(r.norm()) else 0.0
-                         for pid, r in zip(ids, rows)}
+        if rows:
+            stacked = torch.stack(rows)
+            scores = {v: dict(zip(ids, cosine_scores(stacked, m).tolist())) for v, m in means.items()}
         order = rank(scores, n).ids if scores else []
         order += [s.problem.id for s, _ in mixed if s.problem.id not in set(order)]
         batch.seconds["scoring"] = time.perf_counter() - t0

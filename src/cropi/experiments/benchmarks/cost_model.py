@@ -95,7 +95,6 @@ def measure(compare_dir: Path) -> Measured:
                 collect.append(s["collect_seconds"] / first)
             trained = s["steps"] * b * g
             seeds[seed] = {"sampled_per_trained": (s.get("sampled_sequences") or trained) / trained,
-                           "scoring_stages": len(scored), "collected_prompts": _collected(s, stages),
                            **{f"per_step_{k}": v / s["steps"] for k, v in (s.get("seconds_by_kind") or {}).items()}}
         methods[name] = {k: _mean([v.get(k) for v in seeds.values()]) for k in next(iter(seeds.values()))}
         methods[name]["seconds_per_step"] = {k[len("per_step_"):]: methods[name].pop(k)
@@ -112,11 +111,6 @@ def _first_collection(summary: dict) -> int:
         return 0
     sel = summary["config"]["select"]
     return sel["candidates"] if sel["candidates"] and sel["refresh_every"] else summary["config"]["data"]["suite"]["pool_size"]
-
-
-def _collected(summary: dict, stages: list[dict]) -> int:  # noqa: D401
-    """Prompts sampled by collections (the first store and every refresh), from the run's records."""
-    return _first_collection(summary) + sum(st.get("refresh", {}).get("pool_prompts", 0) for st in stages)
 
 
 ROLLOUT_KINDS = ("rollouts", "refills", "screening", "collection")  # sampling: scaled like generation
