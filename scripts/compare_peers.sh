@@ -13,12 +13,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CROPI=${CROPI:-.venv/bin/cropi}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-MAIN=full,cropi,online_filter,dapo,gradalign,greso,random,learnability,pass_rate,static_influence,cropi_curriculum+candidates1280+size80+stages60
+MAIN=full,online_filter,dapo,gradalign,greso,random,learnability,pass_rate,static_influence,cropi_curriculum+candidates1280+size80+stages60,cropi
 DRAW=full,cropi,online_filter
-both() {  # two processes on one comparison folder; the second only runs what the first has not claimed
+PROCS=${PROCS:-2}  # processes per folder; PROCS=1 leaves a core free, at the same load per run
+both() {  # PROCS processes on one comparison folder; the later ones only run what the first has not claimed
   "$CROPI" compare "$@" &
-  sleep 20
-  "$CROPI" compare "$@" >/dev/null
+  for _ in $(seq 2 "$PROCS"); do
+    sleep 20
+    "$CROPI" compare "$@" >/dev/null &
+  done
   wait
 }
 both --seeds 0,1,2 --selectors "$MAIN" --out runs/compare-peers

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from cropi.config import load_config
 from cropi.tasks.synthetic import SuiteConfig, build_suite
-from cropi.training.batches import Group, Greso, make_batch_builder, sample_groups, stream_prompts
+from cropi.training.batches import Group, Greso, _screen_observe, _screen_take, make_batch_builder, sample_groups, stream_prompts
 from tests.conftest import small_suite_overrides
 
 RULES = ("dapo", "greso", "online_filter", "influence_filter")
@@ -94,6 +94,26 @@ def test_greso_skips_a_prompt_with_z_equal_reward_groups_at_rate_one_minus_p_to_
     assert k == 0 and [q.id for q in out] == [q.id for q in stream_prompts(pool, 0, 10, 0)]
 
 
+def test_the_screen_skip_screens_a_prompt_with_z_equal_reward_screens_at_rate_p_to_the_z(pool):
+    for z, p in ((1, 0.5), (2, 0.5), (1, 0.2)):
+        cfg = _cfg("influence_filter", **{"train.filter.screen_skip_p": p})
+        extra = {"screen_history": {q.id: z for q in pool}}
+        kept = skipped = 0
+        for _ in range(20):
+            out, k = _screen_take(pool, extra, 4, cfg)
+            kept, skipped = kept + len(out), skipped + k
+        assert kept / (kept + skipped) == pytest.approx(max(p ** z, 0.01), abs=0.06)
+    # p = 1 (the default) and prompts without history: the plain stream, nothing recorded
+    for cfg, extra in ((_cfg("online_filter"), {"screen_history": {q.id: 3 for q in pool}}),
+                       (_cfg("online_filter", **{"train.filter.screen_skip_p": 0.5}), {})):
+        out, k = _screen_take(pool, extra, 10, cfg)
+        assert k == 0 and [q.id for q in out] == [q.id for q in stream_prompts(pool, 0, 10, 0)]
+    cfg, extra, q = _cfg("online_filter", **{"train.filter.screen_skip_p": 0.5}), {}, pool[0]
+    for rewards, z in (([0, 0], 1), ([1, 1], 2), ([0, 1], None)):
+        _screen_observe([Group(q, [], rewards)], extra, cfg)
+        assert extra["screen_history"].get(q.id) == z  # equal-reward screens in a row, of either kind
+
+
 def test_greso_probabilities_move_towards_the_target_share_within_bounds(pool):
     cfg = _cfg("greso")
     greso = Greso(cfg)
@@ -117,19 +137,22 @@ def test_greso_history_counts_consecutive_equal_reward_groups_of_one_kind(pool):
     assert p.id not in extra["greso_history"]
 
 
-@pytest.mark.parametrize("method", ["greso", "online_filter"])
-def test_a_resumed_filtered_run_equals_the_uninterrupted_one(tmp_path, method):
+@pytest.mark.parametrize("method,skip", [("greso", 1.0), ("online_filter", 1.0), ("online_filter", 0.5)])
+def test_a_resumed_filtered_run_equals_the_uninterrupted_one(tmp_path, method, skip):
     from cropi.experiments.run import run_training
 
-    run_training(_cfg(method, **{"train.steps": 4}), tmp_path / "full")
-    part = _cfg(method, **{"train.steps": 4})
+    sets = {"train.steps": 4, "train.filter.screen_skip_p": skip}
+    run_training(_cfg(method, **sets), tmp_path / "full")
+    part = _cfg(method, **sets)
     part.train.steps = 2
     run_training(part, tmp_path / "part")
     (tmp_path / "part" / "config.yaml").unlink()  # the budget changed; the rest is identical
-    summary = run_training(_cfg(method, **{"train.steps": 4}), tmp_path / "part", resume=True)
+    summary = run_training(_cfg(method, **sets), tmp_path / "part", resume=True)
     a = load_file(str(tmp_path / "full" / "final_model" / "model.safetensors"))
     b = load_file(str(tmp_path / "part" / "final_model" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    if skip < 1:
+        assert summary["skipped_prompts"] > 0  # the skip acted across the resume
     kinds = summary["seconds_by_kind"]
     assert summary["filter"] == method and kinds["rollouts"] > 0 and kinds["training"] > 0
     # the kinds add up to the charged seconds (collection, scoring and selection are zero without a selector)

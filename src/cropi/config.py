@@ -121,6 +121,9 @@ class FilterConfig:
     influence_refresh: int = setting(10, "influence_filter: re-sample the validation groups and their mean gradients "
                                      "every this many steps.", at_least(1))
     greso_min_gen_prompts: int = setting(16, "greso: the fewest prompts of an adaptive generation batch.", at_least(1))
+    screen_skip_p: float = setting(1.0, "online_filter, influence_filter: GRESO's pre-rollout skip applied to the "
+                                   "screen: a prompt whose last z screens in a row had equal rewards is screened "
+                                   "with probability max(p^z, 0.01); 1 screens every prompt.", in_unit_interval)
 
 
 @dataclass

@@ -33,10 +33,14 @@ The rules (each a re-implementation from its paper; what is simplified is said):
   ``select.score.max_val_prompts`` prompts of each set, re-sampled every ``influence_refresh`` steps (a resumed
   run re-samples them with the resumed policy unless it resumes on a refresh step).
 
+Both screening rules can put GRESO's pre-rollout skip in front of the screen (``screen_skip_p`` < 1): a prompt
+whose last z screens in a row had equal rewards is screened with probability max(p^z, 0.01), p fixed.
+
 GradAlign (arXiv 2602.21492) is not a batch rule: it re-selects by round, like cropi, from fresh on-policy
 rollouts, so it is a curriculum selector (``cropi.selection.variants``).
 
-State that must survive a resume (the prompt-stream cursor, GRESO's histories and probabilities) lives in
+State that must survive a resume (the prompt-stream cursor, GRESO's and the screen's histories, GRESO's
+probabilities, the online filter's queue) lives in
 ``TrainState.extra`` and is saved with every checkpoint.
 """
 
@@ -81,7 +85,7 @@ class Batch:
     groups: list[Group]
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COST_KINDS, 0.0))
     sampled_sequences: int = 0  # every response sampled this step, screening and refills included
-    skipped_prompts: int = 0  # prompts passed over before rollout (greso)
+    skipped_prompts: int = 0  # prompts passed over before rollout (greso, screen_skip_p)
 
 
 def step_prompts(problems: Sequence[Problem], step: int, n: int, seed: int) -> list[Problem]:
@@ -150,6 +154,39 @@ def _take(problems: Sequence[Problem], extra: dict, n: int, seed: int) -> list[P
     start = extra.get("cursor", 0)
     extra["cursor"] = start + n
     return stream_prompts(problems, start, n, seed)
+
+
+def _screen_take(problems: Sequence[Problem], extra: dict, n: int, cfg: RunConfig) -> tuple[list[Problem], int]:
+    """The next ``n`` prompts to screen, after GRESO's skip (``train.filter.screen_skip_p``), and how many were
+    skipped.  A prompt's count of equal-reward screens in a row is in ``extra["screen_history"]``."""
+    p, seed = cfg.train.filter.screen_skip_p, cfg.train.seed
+    if p >= 1.0:
+        return _take(problems, extra, n, seed), 0
+    history = extra.setdefault("screen_history", {})
+    out: list[Problem] = []
+    skipped = 0
+    for _ in range(len(problems)):  # at most one epoch ahead, so a stage of skippable prompts still trains
+        cursor = extra.get("cursor", 0)
+        prompt = _take(problems, extra, 1, seed)[0]
+        z = history.get(prompt.id, 0)
+        if z and random.Random(f"screen-skip:{seed}:{cursor}").random() >= max(p ** z, 0.01):
+            skipped += 1
+            continue
+        out.append(prompt)
+        if len(out) == n:
+            break
+    return out + _take(problems, extra, n - len(out), seed), skipped
+
+
+def _screen_observe(screens: Sequence[Group], extra: dict, cfg: RunConfig) -> None:
+    if cfg.train.filter.screen_skip_p >= 1.0:
+        return
+    history = extra.setdefault("screen_history", {})
+    for s in screens:
+        if s.mixed:
+            history.pop(s.problem.id, None)
+        else:
+            history[s.problem.id] = history.get(s.problem.id, 0) + 1
 
 
 def _fill(kept: list[Group], spare: list[Group], n: int) -> list[Group]:
@@ -281,11 +318,13 @@ class SpeedScreening:
         batch = Batch([])
         for draw in range(f.max_num_gen_batches + 1):
             if len(queue) < n - len(batch.groups) and draw < f.max_num_gen_batches:
-                prompts = _take(problems, extra, f.gen_batch_prompts, t.seed)
+                prompts, skipped = _screen_take(problems, extra, f.gen_batch_prompts, self.cfg)
                 t0 = time.perf_counter()
                 screens = sample_groups(policy, prompts, (t.seed, "train", step, draw), range(k), self.cfg.rollout)
                 batch.seconds["screening"] += time.perf_counter() - t0
                 batch.sampled_sequences += len(prompts) * k
+                batch.skipped_prompts += skipped
+                _screen_observe(screens, extra, self.cfg)
                 queue += [_queued(s, (t.seed, "train", step, draw)) for s in screens if s.mixed]
             chosen, queue = queue[: n - len(batch.groups)], queue[n - len(batch.groups):]
             t0 = time.perf_counter()
@@ -372,11 +411,13 @@ class InfluenceScreening:
         mixed: list[tuple[Group, tuple]] = []
         for draw in range(f.max_num_gen_batches):
             key = (t.seed, "train", step, draw)
-            prompts = _take(problems, extra, f.gen_batch_prompts, t.seed)
+            prompts, skipped = _screen_take(problems, extra, f.gen_batch_prompts, self.cfg)
             t0 = time.perf_counter()
             screens = sample_groups(policy, prompts, key, range(k), self.cfg.rollout)
             batch.seconds["screening"] += time.perf_counter() - t0
             batch.sampled_sequences += len(prompts) * k
+            batch.skipped_prompts += skipped
+            _screen_observe(screens, extra, self.cfg)
             mixed += [(s, key) for s in screens if s.mixed]
             if len(mixed) >= want:
                 break
