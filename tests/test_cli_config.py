@@ -151,7 +151,6 @@ def test_collect_rejects_bad_input_before_writing(tmp_path, option, expect):
     ("select.ratio=1.5", "select.ratio: 1.5: must be in (0, 1]"),
     ("select.ratio=0", "select.ratio: 0.0: must be in (0, 1]"),
     ("select.stages=0", "select.stages: 0: must be >= 1"),
-    ("select.stages=601", "select.stages: 601: must be between 1 and train.steps (600)"),
     ("select.refresh_every=-1", "select.refresh_every: -1: must be >= 0"),
     ("select.drift_ess_threshold=-0.5", "select.drift_ess_threshold: -0.5: must be in [0, 1]"),
     ("select.drift_ess_threshold=1.01", "select.drift_ess_threshold: 1.01: must be in [0, 1]"),  # ESS <= 1
@@ -173,6 +172,19 @@ def test_collect_rejects_bad_input_before_writing(tmp_path, option, expect):
 def test_run_commands_reject_bad_config_before_any_output(tmp_path, cmd, override, expect):
     out = tmp_path / "run"
     _rejected([cmd, "--out", str(out), "--set", override], expect, out)
+
+
+@pytest.mark.parametrize("cmd", ["train", "compare"])
+def test_more_stages_than_steps_are_refused_only_for_the_selector_that_re_selects_every_stage(tmp_path, cmd):
+    from cropi.experiments.run import resolve_selector
+
+    out = tmp_path / "run"
+    which = ["--selector", "cropi_curriculum"] if cmd == "train" else ["--selectors", "cropi,cropi_curriculum"]
+    _rejected([cmd, "--out", str(out), *which, "--set", "select.stages=601"],
+              "select.stages: 601: must be at most train.steps (600) for 'cropi_curriculum'", out)
+    for selector in ("full", "cropi", "static_influence"):  # they choose once: a short run keeps one stage a step
+        cfg = resolve_selector(load_config(None, [f"train.selector={selector}", "train.steps=2"]))
+        assert (cfg.select.stages, cfg.train.steps) == (2, 2)
 
 
 def test_compare_rejects_a_bad_selector_before_writing(tmp_path):

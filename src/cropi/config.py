@@ -191,7 +191,8 @@ class SelectConfig:
     ratio: float = setting(0.1, "Share of the pool selected, the same for every selector.", fraction)
     size: int = setting(0, "Prompts selected per stage whatever the pool size (0 = ratio x pool), e.g. what a stage "
                         "trains on in a pool much larger than that.", at_least(0))
-    stages: int = setting(4, "Curriculum stages, between 1 and train.steps (cropi re-scores and re-selects at each).",
+    stages: int = setting(4, "Curriculum stages, at most train.steps for cropi_curriculum, which re-scores and "
+                          "re-selects at each (the other selectors keep at most train.steps).",
                           at_least(1))
     stores: str | None = setting(None, "Folder of the behaviour stores (pool and validation trajectories of the "
                                  "starting policy); default RUN/stores.  A comparison shares one between its runs.")
@@ -379,8 +380,6 @@ def problems(cfg: RunConfig) -> Iterator[tuple[str, str]]:
         message = check(value) if check is not None and value is not None else None  # None: the key's "off"
         if message:
             yield key, f"{value!r}: {message}"
-    if not 1 <= cfg.select.stages <= max(1, cfg.train.steps):
-        yield "select.stages", f"{cfg.select.stages!r}: must be between 1 and train.steps ({cfg.train.steps})"
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg.model.device):
         yield "model.device", f"{cfg.model.device!r}: must be auto, cpu, cuda, cuda:N or mps"
     f = cfg.train.filter

@@ -17,9 +17,8 @@ from cropi.config import RunConfig, dump_config, validate
 from cropi.experiments.locks import claim, release
 from cropi.experiments.metrics import compute_results, training_signal
 from cropi.experiments.report import machine_description, write_comparison_report
-from cropi.experiments.run import run_training
+from cropi.experiments.run import resolve_selector, run_training
 from cropi.io import read_json, read_jsonl, write_json, write_text
-from cropi.selection import make_selector
 from cropi.selection.variants import apply_settings, parse_selector
 from cropi.tasks.loading import load_data
 from cropi.tasks.suite import Suite
@@ -39,7 +38,7 @@ def check_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int]
     """Every run's config and selector, and the data, checked before the comparison writes anything."""
     for name in ["full", *selectors]:
         for seed in seeds:
-            make_selector(validate(run_config(cfg, Path(out), name, seed)).train.selector)
+            resolve_selector(validate(run_config(cfg, Path(out), name, seed)))
     return load_data(cfg.data)
 
 

@@ -40,14 +40,24 @@ from cropi.training.grpo import start_session, train_grpo
 
 def resolve_selector(cfg: RunConfig) -> RunConfig:
     """``cfg`` with the selector's batch rule written into ``train.filter.method`` (``cropi`` runs its steps with
-    ``influence_filter``), so the stored config says what ran; a different rule set by hand is refused."""
-    rule = make_selector(cfg.train.selector).batch_rule
-    if rule == "none" or cfg.train.filter.method == rule:
-        return cfg
-    if cfg.train.filter.method != "none":
-        raise ConfigError(f"train.filter.method: {cfg.train.filter.method!r} conflicts with selector "
-                          f"{cfg.train.selector!r}, which builds its batches with {rule!r}")
-    out = copy.deepcopy(cfg)
+    ``influence_filter``), so the stored config says what ran; a different rule set by hand is refused.  A
+    selector that chooses once keeps at most ``train.steps`` stages (a short run of it is not refused for the
+    default stage count); one that re-selects every stage needs a step per stage."""
+    selector = make_selector(cfg.train.selector)
+    out = cfg
+    if cfg.select.stages > cfg.train.steps:
+        if selector.every_stage:
+            raise ConfigError(f"select.stages: {cfg.select.stages!r}: must be at most train.steps "
+                              f"({cfg.train.steps}) for {cfg.train.selector!r}, which re-selects every stage")
+        out = copy.deepcopy(cfg)
+        out.select.stages = cfg.train.steps
+    rule = selector.batch_rule
+    if rule == "none" or out.train.filter.method == rule:
+        return out
+    if out.train.filter.method != "none":
+        raise ConfigError(f"train.filter.method: {out.train.filter.method!r} conflicts with selector "
+                          f"{out.train.selector!r}, which builds its batches with {rule!r}")
+    out = copy.deepcopy(out)
     out.train.filter.method = rule
     return out
 
