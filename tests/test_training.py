@@ -104,3 +104,22 @@ def test_validation_split_evaluation_for_choosing_settings(micro_model_dir, tmp_
     with pytest.raises(ConfigError, match="eval.split"):
         run_training(_cfg(micro_model_dir, steps=2, **{"eval.split": "tests"}), tmp_path / "bad")
     assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
+def test_a_stored_config_resumes_when_a_key_added_since_has_its_default_and_only_then(micro_model_dir):
+    import yaml
+
+    from cropi.config import dump_config
+    from cropi.experiments.run import same_config
+
+    cfg = _cfg(micro_model_dir)
+    older = yaml.safe_load(dump_config(cfg))
+    del older["train"]["filter"]["screen_skip_p"]  # as written before the key existed
+    older_text = yaml.safe_dump(older, sort_keys=False)
+    assert same_config(dump_config(cfg), cfg) and same_config(older_text, cfg)
+    cfg.train.filter.screen_skip_p = 0.5  # the new key away from its default: a different run
+    assert not same_config(older_text, cfg)
+    changed = yaml.safe_load(dump_config(_cfg(micro_model_dir)))
+    changed["train"]["lr"] = 0.5
+    assert not same_config(yaml.safe_dump(changed), _cfg(micro_model_dir))
+    assert not same_config("train: [1, 2]\n", cfg) and not same_config("train:\n  lr: [\n", cfg)

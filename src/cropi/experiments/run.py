@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from cropi.config import RunConfig, dump_config, to_dict, validate
+import yaml
+
+from cropi.config import RunConfig, dump_config, from_dict, to_dict, validate
 from cropi.errors import ConfigError, CropiError
 from cropi.evaluation.evaluate import evaluate
 from cropi.experiments.metrics import stage_bounds, summarize_curve
@@ -62,6 +64,17 @@ def resolve_selector(cfg: RunConfig) -> RunConfig:
     return out
 
 
+def same_config(stored: str, cfg: RunConfig) -> bool:
+    """Whether a run folder's stored config is ``cfg``.  A key added to cropi after the run started reads as its
+    default, so the run resumes where that default is what it would run with."""
+    if stored == dump_config(cfg):
+        return True
+    try:
+        return dump_config(from_dict(RunConfig, yaml.safe_load(stored) or {})) == dump_config(cfg)
+    except (yaml.YAMLError, ConfigError, TypeError, AttributeError):  # not a config of this version: not the same
+        return False
+
+
 def check_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> Suite:
     """Everything that can refuse a run, before it writes anything: the config, the selector, the data files and
     the run folder (an existing one needs ``resume`` and the same config).  Returns the loaded data."""
@@ -72,7 +85,7 @@ def check_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> Suit
     if cfg_path.exists():
         if not resume:
             raise CropiError(f"{run_dir}: run folder already exists; pass --resume to continue it or choose a new --out")
-        if cfg_path.read_text() != dump_config(cfg):
+        if not same_config(cfg_path.read_text(), cfg):
             raise CropiError(f"{cfg_path}: this run was started with a different config; resume with "
                              f"--config {cfg_path} and no overrides")
     return suite
