@@ -112,6 +112,10 @@ def test_the_screen_skip_screens_a_prompt_with_z_equal_reward_screens_at_rate_p_
     for rewards, z in (([0, 0], 1), ([1, 1], 2), ([0, 1], None)):
         _screen_observe([Group(q, [], rewards)], extra, cfg)
         assert extra["screen_history"].get(q.id) == z  # equal-reward screens in a row, of either kind
+    # influence_filter's ranked-out prompts count as screens that gave the batch nothing, when asked to
+    r = pool[1]
+    _screen_observe([Group(q, [], [0, 1]), Group(r, [], [1, 0])], extra, cfg, useless=[r.id])
+    assert q.id not in extra["screen_history"] and extra["screen_history"][r.id] == 1
 
 
 def test_greso_probabilities_move_towards_the_target_share_within_bounds(pool):
@@ -166,7 +170,8 @@ def test_influence_filter_trains_on_the_screened_groups_best_aligned_with_valida
     from cropi.scores.ranking import rank
     from cropi.training.batches import InfluenceScreening, _flat_gradients, prompt_group
 
-    cfg = _cfg("influence_filter", **{"train.filter.influence_candidates": 2})
+    cfg = _cfg("influence_filter", **{"train.filter.influence_candidates": 2, "train.filter.screen_skip_p": 0.5,
+                                      "train.filter.screen_skip_ranked_out": "true"})
     rule = InfluenceScreening(cfg, suite.validation)
     extra: dict = {}
     batch = rule.build(tiny, suite.pool, 0, extra)
@@ -182,6 +187,10 @@ def test_influence_filter_trains_on_the_screened_groups_best_aligned_with_valida
     ids, rows = _flat_gradients(est, [prompt_group(s, 1.0) for s in screened])
     scores = {v: {p: float(r @ m / (r.norm() * m.norm())) for p, r in zip(ids, rows)} for v, m in rule._means.items()}
     assert [g.problem.id for g in batch.groups] == rank(scores, 4).ids
+    # the skip's history: every screened prompt but the chosen ones had one screen that gave the batch nothing
+    chosen = {g.problem.id for g in batch.groups}
+    history = extra["screen_history"]
+    assert not chosen & set(history) and {s.problem.id for s in screened} - chosen <= set(history)
 
 
 def test_the_cropi_selector_runs_the_influence_filter_and_its_stored_config_says_so():

@@ -124,6 +124,9 @@ class FilterConfig:
     screen_skip_p: float = setting(1.0, "online_filter, influence_filter: GRESO's pre-rollout skip applied to the "
                                    "screen: a prompt whose last z screens in a row had equal rewards is screened "
                                    "with probability max(p^z, 0.01); 1 screens every prompt.", in_unit_interval)
+    screen_skip_ranked_out: bool = setting(False, "influence_filter: with screen_skip_p < 1, a mixed prompt ranked "
+                                           "out of the batch counts as an equal-reward screen does (it is screened "
+                                           "less often until it makes a batch).")
 
 
 @dataclass

@@ -178,12 +178,15 @@ def _screen_take(problems: Sequence[Problem], extra: dict, n: int, cfg: RunConfi
     return out + _take(problems, extra, n - len(out), seed), skipped
 
 
-def _screen_observe(screens: Sequence[Group], extra: dict, cfg: RunConfig) -> None:
+def _screen_observe(screens: Sequence[Group], extra: dict, cfg: RunConfig, useless: Sequence[str] = ()) -> None:
+    """Count each screened prompt's screens in a row that gave the batch nothing: equal rewards, or the ids in
+    ``useless`` (mixed, but ranked out); a prompt that made it starts again at 0."""
     if cfg.train.filter.screen_skip_p >= 1.0:
         return
     history = extra.setdefault("screen_history", {})
+    out = set(useless)
     for s in screens:
-        if s.mixed:
+        if s.mixed and s.problem.id not in out:
             history.pop(s.problem.id, None)
         else:
             history[s.problem.id] = history.get(s.problem.id, 0) + 1
@@ -409,6 +412,7 @@ class InfluenceScreening:
         want = max(n, math.ceil(n * f.influence_candidates))
         batch = Batch([])
         mixed: list[tuple[Group, tuple]] = []
+        screened: list[Group] = []
         for draw in range(f.max_num_gen_batches):
             key = (t.seed, "train", step, draw)
             prompts, skipped = _screen_take(problems, extra, f.gen_batch_prompts, self.cfg)
@@ -417,7 +421,7 @@ class InfluenceScreening:
             batch.seconds["screening"] += time.perf_counter() - t0
             batch.sampled_sequences += len(prompts) * k
             batch.skipped_prompts += skipped
-            _screen_observe(screens, extra, self.cfg)
+            screened += screens
             mixed += [(s, key) for s in screens if s.mixed]
             if len(mixed) >= want:
                 break
@@ -434,6 +438,7 @@ class InfluenceScreening:
         batch.seconds["scoring"] = time.perf_counter() - t0
         by_id = {s.problem.id: (s, key) for s, key in mixed}
         chosen = [by_id[i] for i in order[:n]]
+        _screen_observe(screened, extra, self.cfg, order[n:] if f.screen_skip_ranked_out else ())
         t0 = time.perf_counter()
         done: dict[str, Group] = {}
         for key in sorted({key for _, key in chosen}, key=str):
