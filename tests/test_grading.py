@@ -215,7 +215,9 @@ def test_batch_kills_each_stuck_item_and_finishes_the_rest():
     scores = verify_answers(["1", "1", "1", "2"], [TOWER, LONG_LATEX, DEEP_FRAC, "2"], timeout=1.0)
     secs = time.monotonic() - t
     assert scores == [0.0, 0.0, 0.0, 1.0]
-    assert secs < 3 * LIMIT_S, f"took {secs:.2f} s"
+    # each stuck item is killed at its limit (unkilled, any one of them runs for minutes); the slack is for a
+    # loaded machine
+    assert secs < 6 * LIMIT_S, f"took {secs:.2f} s"
 
 
 def test_recovers_when_idle_workers_die():
