@@ -199,6 +199,11 @@ def test_the_cropi_selector_runs_the_influence_filter_and_its_stored_config_says
 
     cfg = _cfg(**{"train.selector": "cropi"})
     assert resolve_selector(cfg).train.filter.method == "influence_filter" and cfg.train.filter.method == "none"
+    # the screen skip in force is written in: cropi's chosen one, the online filter's none (as published)
+    assert resolve_selector(cfg).train.filter.screen_skip_p == 0.5 and cfg.train.filter.screen_skip_p is None
+    assert resolve_selector(_cfg("online_filter")).train.filter.screen_skip_p == 1.0
+    assert resolve_selector(_cfg(**{"train.selector": "cropi", "train.filter.screen_skip_p": 1})).train.filter.screen_skip_p == 1
+    assert resolve_selector(_cfg()).train.filter.screen_skip_p is None  # no screen, nothing to say
     assert resolve_selector(_cfg(**{"train.selector": "cropi_curriculum"})).train.filter.method == "none"
     with pytest.raises(ConfigError, match="conflicts"):
         resolve_selector(_cfg("dapo", **{"train.selector": "cropi"}))

@@ -121,12 +121,13 @@ class FilterConfig:
     influence_refresh: int = setting(10, "influence_filter: re-sample the validation groups and their mean gradients "
                                      "every this many steps.", at_least(1))
     greso_min_gen_prompts: int = setting(16, "greso: the fewest prompts of an adaptive generation batch.", at_least(1))
-    screen_skip_p: float = setting(1.0, "online_filter, influence_filter: GRESO's pre-rollout skip applied to the "
-                                   "screen: a prompt whose last z screens in a row had equal rewards is screened "
-                                   "with probability max(p^z, 0.01); 1 screens every prompt.", in_unit_interval)
-    screen_skip_ranked_out: bool = setting(False, "influence_filter: with screen_skip_p < 1, a mixed prompt ranked "
-                                           "out of the batch counts as an equal-reward screen does (it is screened "
-                                           "less often until it makes a batch).")
+    screen_skip_p: float | None = setting(None, "online_filter, influence_filter: GRESO's pre-rollout skip in front "
+                                          "of the screen: a prompt whose last z screens in a row gave the batch "
+                                          "nothing is screened again with probability max(p^z, 0.01); 1 screens "
+                                          "every prompt.  Unset: 0.5 for influence_filter (chosen on validation), "
+                                          "1 for online_filter (as published).", in_unit_interval)
+    screen_skip_ranked_out: bool = setting(True, "influence_filter: a mixed prompt ranked out of the batch counts "
+                                           "as a screen that gave the batch nothing (as equal rewards do).")
 
 
 @dataclass

@@ -36,13 +36,14 @@ from cropi.tasks.loading import load_data
 from cropi.tasks.suite import Suite
 from cropi.training import checkpoint
 from cropi.training.curriculum import Curriculum, behaviour_stores, initial_pool_ids, recollect_seconds
-from cropi.training.batches import make_batch_builder
+from cropi.training.batches import SCREEN_SKIP_P, make_batch_builder, screen_skip_p
 from cropi.training.grpo import start_session, train_grpo
 
 
 def resolve_selector(cfg: RunConfig) -> RunConfig:
     """``cfg`` with the selector's batch rule written into ``train.filter.method`` (``cropi`` runs its steps with
-    ``influence_filter``), so the stored config says what ran; a different rule set by hand is refused.  A
+    ``influence_filter``) and that rule's screen skip into ``screen_skip_p``, so the stored config says what ran;
+    a different rule set by hand is refused.  A
     selector that chooses once keeps at most ``train.steps`` stages (a short run of it is not refused for the
     default stage count); one that re-selects every stage needs a step per stage."""
     selector = make_selector(cfg.train.selector)
@@ -54,13 +55,21 @@ def resolve_selector(cfg: RunConfig) -> RunConfig:
         out = copy.deepcopy(cfg)
         out.select.stages = cfg.train.steps
     rule = selector.batch_rule
-    if rule == "none" or out.train.filter.method == rule:
-        return out
-    if out.train.filter.method != "none":
-        raise ConfigError(f"train.filter.method: {out.train.filter.method!r} conflicts with selector "
-                          f"{out.train.selector!r}, which builds its batches with {rule!r}")
-    out = copy.deepcopy(out)
-    out.train.filter.method = rule
+    if rule != "none" and out.train.filter.method != rule:
+        if out.train.filter.method != "none":
+            raise ConfigError(f"train.filter.method: {out.train.filter.method!r} conflicts with selector "
+                              f"{out.train.selector!r}, which builds its batches with {rule!r}")
+        out = copy.deepcopy(out)
+        out.train.filter.method = rule
+    return resolve_filter(out)
+
+
+def resolve_filter(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the screen skip of its batch rule written in, where unset, so the stored config says what ran."""
+    if cfg.train.filter.method not in SCREEN_SKIP_P or cfg.train.filter.screen_skip_p is not None:
+        return cfg
+    out = copy.deepcopy(cfg)
+    out.train.filter.screen_skip_p = screen_skip_p(cfg)
     return out
 
 

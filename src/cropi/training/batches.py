@@ -34,7 +34,10 @@ The rules (each a re-implementation from its paper; what is simplified is said):
   run re-samples them with the resumed policy unless it resumes on a refresh step).
 
 Both screening rules can put GRESO's pre-rollout skip in front of the screen (``screen_skip_p`` < 1): a prompt
-whose last z screens in a row had equal rewards is screened with probability max(p^z, 0.01), p fixed.
+whose last z screens in a row gave the batch nothing is screened again with probability max(p^z, 0.01), p
+fixed.  "Nothing" is equal rewards, and for ``influence_filter`` also a mixed prompt ranked out of the batch
+(``screen_skip_ranked_out``), so the screen returns most to the prompts the ranking keeps.  influence_filter
+skips by default (p = 0.5, chosen on validation); the online filter does not, as published.
 
 GradAlign (arXiv 2602.21492) is not a batch rule: it re-selects by round, like cropi, from fresh on-policy
 rollouts, so it is a curriculum selector (``cropi.selection.variants``).
@@ -156,10 +159,21 @@ def _take(problems: Sequence[Problem], extra: dict, n: int, seed: int) -> list[P
     return stream_prompts(problems, start, n, seed)
 
 
+# the screen skip of each screening rule when train.filter.screen_skip_p is unset: influence_filter's was chosen
+# on validation (benchmarks/results/probe-validation.md); the online filter screens every prompt, as published
+SCREEN_SKIP_P = {"influence_filter": 0.5, "online_filter": 1.0}
+
+
+def screen_skip_p(cfg: RunConfig) -> float:
+    """The screen skip's p in force for ``cfg``'s batch rule."""
+    p = cfg.train.filter.screen_skip_p
+    return SCREEN_SKIP_P.get(cfg.train.filter.method, 1.0) if p is None else p
+
+
 def _screen_take(problems: Sequence[Problem], extra: dict, n: int, cfg: RunConfig) -> tuple[list[Problem], int]:
-    """The next ``n`` prompts to screen, after GRESO's skip (``train.filter.screen_skip_p``), and how many were
-    skipped.  A prompt's count of equal-reward screens in a row is in ``extra["screen_history"]``."""
-    p, seed = cfg.train.filter.screen_skip_p, cfg.train.seed
+    """The next ``n`` prompts to screen, after GRESO's skip (``screen_skip_p``), and how many were skipped.  A
+    prompt's count of screens in a row that gave the batch nothing is in ``extra["screen_history"]``."""
+    p, seed = screen_skip_p(cfg), cfg.train.seed
     if p >= 1.0:
         return _take(problems, extra, n, seed), 0
     history = extra.setdefault("screen_history", {})
@@ -181,7 +195,7 @@ def _screen_take(problems: Sequence[Problem], extra: dict, n: int, cfg: RunConfi
 def _screen_observe(screens: Sequence[Group], extra: dict, cfg: RunConfig, useless: Sequence[str] = ()) -> None:
     """Count each screened prompt's screens in a row that gave the batch nothing: equal rewards, or the ids in
     ``useless`` (mixed, but ranked out); a prompt that made it starts again at 0."""
-    if cfg.train.filter.screen_skip_p >= 1.0:
+    if screen_skip_p(cfg) >= 1.0:
         return
     history = extra.setdefault("screen_history", {})
     out = set(useless)
