@@ -18,11 +18,14 @@ DRAW=full,cropi,online_filter
 PROCS=${PROCS:-2}  # processes per folder; PROCS=1 leaves a core free, at the same load per run
 both() {  # PROCS processes on one comparison folder; the later ones only run what the first has not claimed
   "$CROPI" compare "$@" &
+  local first=$! pids=()
   for _ in $(seq 2 "$PROCS"); do
     sleep 20
     "$CROPI" compare "$@" >/dev/null &
+    pids+=($!)
   done
-  wait
+  wait "$first"  # a refused or failed comparison stops the script here
+  for p in "${pids[@]}"; do wait "$p"; done
 }
 both --seeds 0,1,2 --selectors "$MAIN" --out runs/compare-peers
 both --seeds 0,1,2 --selectors "$DRAW" --set data.suite.pool_seed=1 --out runs/compare-peers-draw1

@@ -398,7 +398,7 @@ def compare(
     acceleration vs full data, seconds collecting/scoring/training), OUT/report.md with plots, and one run
     folder per selector and seed under OUT/runs/.  Rerun the same command to resume; finished runs are kept.
     """
-    from cropi.config import dump_config
+    from cropi.experiments.run import same_config
     from cropi.selection.variants import parse_selector
     from cropi.selection import make_selector
 
@@ -407,7 +407,7 @@ def compare(
     for name in names:
         make_selector(parse_selector(name)[0])
     saved = out / "config.yaml"
-    if saved.exists() and saved.read_text() != dump_config(cfg):
+    if saved.exists() and not same_config(saved.read_text(), cfg):
         raise CropiError(f"{saved}: this comparison was started with a different config; use a new --out")
     results = _compare_with_progress(cfg, names if "full" in names else ["full", *names], seed_list, out)
     _print_compare(results, out)
