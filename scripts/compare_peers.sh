@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CROPI=${CROPI:-.venv/bin/cropi}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-MAIN=full,online_filter,dapo,gradalign,greso,random,learnability,pass_rate,static_influence,cropi_curriculum+candidates1280+size80+stages60,cropi
+MAIN=full,cropi,online_filter,dapo,greso,gradalign,cropi_curriculum+candidates1280+size80+stages60,static_influence,learnability,pass_rate,random
 DRAW=full,cropi,online_filter
 PROCS=${PROCS:-2}  # processes per folder; PROCS=1 leaves a core free, at the same load per run
 both() {  # PROCS processes on one comparison folder; the later ones only run what the first has not claimed
