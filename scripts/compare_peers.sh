@@ -7,6 +7,8 @@
 #   runs/compare-peers-draw1    another pool draw (data.suite.pool_seed=1): full, cropi, the best peer
 #   runs/compare-peers-draw2    another draw and difficulty mix (pool_seed=2, easier levels)
 #
+# Run nothing else beside it: a third process inflates the seconds of the runs in flight (each evaluation row
+# records the machine's load, and each summary its mean and largest, so a contended run can be found).
 # It takes many hours on 2 cores (a cropi run of 600 steps is about an hour); the results feed
 # benchmarks/results/compare-peers.* and docs/results.md.
 set -euo pipefail

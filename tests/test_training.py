@@ -33,6 +33,10 @@ def test_run_folder_summary_and_report(micro_model_dir, tmp_path):
     assert [c["step"] for c in s["curve"]] == [0, 2, 4]
     assert all(0 <= c["targeted"] <= 1 and 0 <= c["untargeted"] <= 1 for c in s["curve"])
     assert s["steps"] == 4 and summary["best_targeted"] == max(c["targeted"] for c in s["curve"])
+    # every evaluation records the machine's load, the summary its mean and largest (Linux reports it)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    loads = [r["load_1min"] for r in rows if r["event"] == "eval"]
+    assert len(loads) == 3 and s["load_1min_at_evals"] == {"mean": round(sum(loads) / 3, 2), "max": max(loads), "n": 3}
     # the resolved config reproduces the run
     again = load_config(run / "config.yaml")
     assert again.train.steps == 4 and again.model.name == str(micro_model_dir)

@@ -73,6 +73,12 @@ def resolve_filter(cfg: RunConfig) -> RunConfig:
     return out
 
 
+def load_summary(rows: list[dict]) -> dict | None:
+    """Mean and largest 1-minute load average over a run's evaluation rows (None where none recorded it)."""
+    loads = [r["load_1min"] for r in rows if r.get("event") == "eval" and "load_1min" in r]
+    return {"mean": round(sum(loads) / len(loads), 2), "max": max(loads), "n": len(loads)} if loads else None
+
+
 def same_config(stored: str, cfg: RunConfig) -> bool:
     """Whether a run folder's stored config is ``cfg``.  A key added to cropi after the run started reads as its
     default, so the run resumes where that default is what it would run with."""
@@ -231,6 +237,8 @@ def run_training(
         "per_family_final": last_eval.get("per_family"),
         "resumed_from_step": done,
         "elapsed_seconds_this_invocation": round(time.time() - t0, 1),
+        # the load beside the run: its seconds are comparable with another run's only under the same load
+        "load_1min_at_evals": load_summary(rows),
         "config": to_dict(cfg),
     }
     write_run_report(run_dir, summary)

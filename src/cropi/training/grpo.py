@@ -20,6 +20,7 @@ continues exactly as the uninterrupted run would.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,6 +179,15 @@ def start_session(policy: Policy, train: TrainConfig, run_dir: Path) -> Session:
     return Session(optimizer, state, ref_model)
 
 
+def machine_load() -> dict:
+    """The machine's 1-minute load average (runnable processes): the seconds of a run are comparable with
+    another's only under the same load, so every evaluation row records it (where the OS reports it)."""
+    try:
+        return {"load_1min": round(os.getloadavg()[0], 2)}
+    except (AttributeError, OSError):
+        return {}
+
+
 def train_grpo(
     policy: Policy,
     problems: Sequence[Problem],
@@ -208,7 +218,7 @@ def train_grpo(
         if evaluate_fn is None:
             return
         row = {"step": step, "event": "eval", "seconds": round(state.train_seconds + state.select_seconds, 3),
-               **evaluate_fn(policy, step)}
+               **evaluate_fn(policy, step), **machine_load()}
         if log:
             log(row)
 
