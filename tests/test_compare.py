@@ -181,7 +181,10 @@ def test_compare_cli_end_to_end(tmp_path):
     # cropi's default screens and scores inside its steps, with no behaviour store
     kinds = res["selectors"]["cropi"]["seeds"]["0"]["seconds_by_kind"]
     assert kinds["screening"] > 0 and kinds["scoring"] > 0 and kinds["collection"] == 0
-    assert "## Seconds by kind" in (tmp_path / "cmp" / "report.md").read_text()
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert "## Seconds by kind" in report and "| machine load |" in report
+    # each run's load beside it, from its evaluations (5 here), goes with its seconds
+    assert res["selectors"]["dapo"]["seeds"]["0"]["load_1min_at_evals"]["n"] == 5
     # the cost model reads the same folder
     from cropi.experiments.benchmarks.cost_model import main as cost_model
 

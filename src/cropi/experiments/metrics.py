@@ -167,6 +167,7 @@ def compute_results(summaries: dict[str, dict[int, dict]], machine: str, budget_
                 "train_seconds": s.get("train_seconds") or 0.0,
                 "seconds_by_kind": s.get("seconds_by_kind"),
                 "sampled_sequences": s.get("sampled_sequences"),
+                "load_1min_at_evals": s.get("load_1min_at_evals"),
                 "evaluations": len(curve),
                 "curve": [{"step": c["step"], "targeted": c["targeted"], "untargeted": c.get("untargeted"),
                            "seconds": c["seconds"]} for c in curve],

@@ -196,17 +196,22 @@ def _kind_lines(results: dict) -> list[str]:
         if runs:
             means = {k: statistics.fmean(r.get(k, 0.0) for r in runs) for k in KINDS}
             seqs = [r.get("sampled_sequences") for r in block["seeds"].values() if r.get("sampled_sequences")]
+            loads = [r["load_1min_at_evals"] for r in block["seeds"].values() if r.get("load_1min_at_evals")]
+            load = (f"{statistics.fmean(x['mean'] for x in loads):.1f} / {max(x['max'] for x in loads):.1f}"
+                    if loads else "—")
             rows.append(f"| {name} | " + " | ".join(f"{means[k]:.0f}" for k in KINDS)
-                        + f" | {sum(means.values()):.0f} | {statistics.fmean(seqs) if seqs else 0:.0f} |")
+                        + f" | {sum(means.values()):.0f} | {statistics.fmean(seqs) if seqs else 0:.0f} | {load} |")
     if not rows:
         return []
     return ["", "## Seconds by kind", "",
             "Seed means over the whole budget. rollouts: sampling the groups that were trained on; refills: groups "
             "sampled and dropped (equal rewards, past the batch); screening: the online filter's screening samples; "
             "collection: behaviour stores and every re-collection; scoring: influence scoring; selection: the rest "
-            "of choosing prompts; training: the updates. Evaluation is not charged.", "",
-            "| selector | " + " | ".join(KINDS) + " | total | sampled responses |",
-            "| --- | " + " | ".join("---:" for _ in KINDS) + " | ---: | ---: |", *rows]
+            "of choosing prompts; training: the updates. Evaluation is not charged. Machine load: the 1-minute load "
+            "average at the evaluations, mean / largest over the seeds (a load above the number of runs going side "
+            "by side means something else shared the machine and their seconds are inflated).", "",
+            "| selector | " + " | ".join(KINDS) + " | total | sampled responses | machine load |",
+            "| --- | " + " | ".join("---:" for _ in KINDS) + " | ---: | ---: | ---: |", *rows]
 
 
 def write_comparison_report(results: dict, out: Path) -> None:
