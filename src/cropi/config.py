@@ -96,15 +96,17 @@ class FilterConfig:
 
     method: str = setting("none", "none (plain GRPO), dapo (DAPO dynamic sampling: drop groups with equal rewards, "
                           "refill), greso (GRESO: also skip, before rollout, prompts whose recent groups had equal "
-                          "rewards), online_filter (SPEED-RL: screen with a few samples, finish the mixed ones) or influence_filter (cropi's influence inside the online filter: rank the screened mixed "
-                          "prompts by the cosine of their on-policy gradient to the validation gradient, train on the top).",
+                          "rewards), online_filter (SPEED-RL: screen with a few samples, finish the mixed ones) or "
+                          "influence_filter (cropi's influence inside the online filter: rank the screened mixed "
+                          "prompts by the cosine of their on-policy gradient to the validation gradient, train on "
+                          "the top).",
                           one_of("none", "dapo", "greso", "online_filter", "influence_filter"))
     # verl's DAPO recipe samples 3x the train batch per generation batch
     gen_batch_prompts: int = setting(96, "Prompts sampled per generation batch (dapo, online_filter, "
                                      "influence_filter; greso's largest).", at_least(1))
     max_num_gen_batches: int = setting(10, "Generation batches at most per step; then the batch is filled with "
                                        "groups that had equal rewards (they add no gradient).", at_least(1))
-    screen_samples: int = setting(4, "online_filter: responses per prompt in the screening round (fewer than G).", at_least(1))
+    screen_samples: int = setting(4, "online_filter, influence_filter: responses per prompt in the screening round (fewer than G).", at_least(1))
     greso_p_easy: float = setting(0.5, "greso: starting exploration probability of prompts whose groups were all "
                                   "correct.", in_unit_interval)
     greso_p_hard: float = setting(0.5, "greso: starting exploration probability of prompts whose groups were all "

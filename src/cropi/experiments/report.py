@@ -205,7 +205,8 @@ def _kind_lines(results: dict) -> list[str]:
         return []
     return ["", "## Seconds by kind", "",
             "Seed means over the whole budget. rollouts: sampling the groups that were trained on; refills: groups "
-            "sampled and dropped (equal rewards, past the batch); screening: the online filter's screening samples; "
+            "sampled and dropped (equal rewards, past the batch); screening: the screening samples of the online "
+            "filter and of cropi's batch rule; "
             "collection: behaviour stores and every re-collection; scoring: influence scoring; selection: the rest "
             "of choosing prompts; training: the updates. Evaluation is not charged. Machine load: the 1-minute load "
             "average at the evaluations, mean / largest over the seeds (a load above the number of runs going side "

@@ -43,9 +43,9 @@ from cropi.training.grpo import start_session, train_grpo
 def resolve_selector(cfg: RunConfig) -> RunConfig:
     """``cfg`` with the selector's batch rule written into ``train.filter.method`` (``cropi`` runs its steps with
     ``influence_filter``) and that rule's screen skip into ``screen_skip_p``, so the stored config says what ran;
-    a different rule set by hand is refused.  A
-    selector that chooses once keeps at most ``train.steps`` stages (a short run of it is not refused for the
-    default stage count); one that re-selects every stage needs a step per stage."""
+    a different rule set by hand is refused.  A selector that chooses once keeps at most ``train.steps`` stages
+    (a short run of it is not refused for the default stage count); one that re-selects every stage needs a
+    step per stage."""
     selector = make_selector(cfg.train.selector)
     out = cfg
     if cfg.select.stages > cfg.train.steps:
@@ -125,7 +125,7 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> int:
 
 def seconds_by_kind(state, collect_seconds: float, stage_info: list[dict]) -> dict[str, float]:
     """Where a run's charged seconds went.  rollouts: sampling the trained groups; refills: groups sampled and
-    dropped; screening: the online filter's screening samples; collection: behaviour stores, refreshes,
+    dropped; screening: the screening samples (online_filter, influence_filter); collection: behaviour stores, refreshes,
     drift re-collections and re-probes; scoring: influence scoring (per stage, and a batch rule's per step);
     selection: the rest of choosing a stage's
     prompts; training: the updates.  They add up to the seconds axis of the curves."""

@@ -54,7 +54,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 import torch
 
@@ -170,6 +170,25 @@ def screen_skip_p(cfg: RunConfig) -> float:
     return SCREEN_SKIP_P.get(cfg.train.filter.method, 1.0) if p is None else p
 
 
+def _take_kept(problems: Sequence[Problem], extra: dict, n: int, seed: int, salt: str,
+               keep: Callable[[Problem], float]) -> tuple[list[Problem], int]:
+    """The next ``n`` prompts of the stream that survive GRESO-style skipping: each is kept with probability
+    ``keep(prompt)``, drawn from a key of the stream position, so a resumed run skips the same ones.  Returns them
+    and how many were skipped."""
+    out: list[Problem] = []
+    skipped = 0
+    for _ in range(len(problems)):  # at most one epoch ahead, so a stage of skippable prompts still trains
+        cursor = extra.get("cursor", 0)
+        prompt = _take(problems, extra, 1, seed)[0]
+        if random.Random(f"{salt}:{seed}:{cursor}").random() >= keep(prompt):
+            skipped += 1
+            continue
+        out.append(prompt)
+        if len(out) == n:
+            break
+    return out + _take(problems, extra, n - len(out), seed), skipped
+
+
 def _screen_take(problems: Sequence[Problem], extra: dict, n: int, cfg: RunConfig) -> tuple[list[Problem], int]:
     """The next ``n`` prompts to screen, after GRESO's skip (``screen_skip_p``), and how many were skipped.  A
     prompt's count of screens in a row that gave the batch nothing is in ``extra["screen_history"]``."""
@@ -177,19 +196,12 @@ def _screen_take(problems: Sequence[Problem], extra: dict, n: int, cfg: RunConfi
     if p >= 1.0:
         return _take(problems, extra, n, seed), 0
     history = extra.setdefault("screen_history", {})
-    out: list[Problem] = []
-    skipped = 0
-    for _ in range(len(problems)):  # at most one epoch ahead, so a stage of skippable prompts still trains
-        cursor = extra.get("cursor", 0)
-        prompt = _take(problems, extra, 1, seed)[0]
+
+    def keep(prompt: Problem) -> float:
         z = history.get(prompt.id, 0)
-        if z and random.Random(f"screen-skip:{seed}:{cursor}").random() >= max(p ** z, 0.01):
-            skipped += 1
-            continue
-        out.append(prompt)
-        if len(out) == n:
-            break
-    return out + _take(problems, extra, n - len(out), seed), skipped
+        return max(p ** z, 0.01) if z else 1.0
+
+    return _take_kept(problems, extra, n, seed, "screen-skip", keep)
 
 
 def _screen_observe(screens: Sequence[Group], extra: dict, cfg: RunConfig, useless: Sequence[str] = ()) -> None:
@@ -272,24 +284,14 @@ class Greso(DynamicSampling):
         return max(f.greso_min_gen_prompts, min(want, f.gen_batch_prompts))
 
     def candidates(self, problems: Sequence[Problem], step: int, extra: dict, n: int) -> tuple[list[Problem], int]:
-        seed = self.cfg.train.seed
         history = extra.setdefault("greso_history", {})  # prompt id -> [kind, consecutive equal-reward groups]
         p = self.probabilities(extra)
-        out: list[Problem] = []
-        skipped = 0
-        # a stage made only of skippable prompts must still train: look at most one epoch ahead
-        for _ in range(len(problems)):
-            cursor = extra.get("cursor", 0)
-            prompt = _take(problems, extra, 1, seed)[0]
+
+        def keep(prompt: Problem) -> float:
             kind, z = history.get(prompt.id, ("", 0))
-            keep = max(p[kind] ** z, 0.01) if z > 0 else 1.0
-            if random.Random(f"greso:{seed}:{cursor}").random() >= keep:
-                skipped += 1
-                continue
-            out.append(prompt)
-            if len(out) == n:
-                break
-        return out + _take(problems, extra, n - len(out), seed), skipped
+            return max(p[kind] ** z, 0.01) if z > 0 else 1.0
+
+        return _take_kept(problems, extra, n, self.cfg.train.seed, "greso", keep)
 
     def probabilities(self, extra: dict) -> dict[str, float]:
         f = self.cfg.train.filter
