@@ -10,7 +10,8 @@
 # Run nothing else beside it: a third process inflates the seconds of the runs in flight (each evaluation row
 # records the machine's load, and each summary its mean and largest, so a contended run can be found).
 # It takes many hours on 2 cores (a cropi run of 600 steps is about an hour); the results feed
-# benchmarks/results/compare-peers.* and docs/results.md.
+# benchmarks/results/compare-peers.* and docs/results.md.  Runs finished on an earlier machine and kept with
+# `scripts/keep_compare_runs.sh save` are restored first; save again before the machine goes away.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CROPI=${CROPI:-.venv/bin/cropi}
@@ -18,6 +19,7 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 MAIN=full,cropi,online_filter,dapo,greso,gradalign,cropi_curriculum+candidates1280+size80+stages60,static_influence,learnability,pass_rate,random
 DRAW=full,cropi,online_filter
 PROCS=${PROCS:-2}  # processes per folder; PROCS=1 leaves a core free, at the same load per run
+bash scripts/keep_compare_runs.sh restore
 both() {  # PROCS processes on one comparison folder; the later ones only run what the first has not claimed
   "$CROPI" compare "$@" &
   local first=$! pids=()

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Keep the finished runs of the long comparisons in git, so that a comparison longer than one machine's
+# lifetime goes on where it stopped on the next machine.
+#
+#   scripts/keep_compare_runs.sh save      copy each finished run's record (config.yaml, summary.json,
+#                                          metrics.jsonl, final_eval_items.json, report.md) from runs/FOLDER/runs/
+#                                          to benchmarks/results/compare-runs/FOLDER/
+#   scripts/keep_compare_runs.sh restore   copy the kept records back where runs/FOLDER/runs/ lacks them
+#
+# A run counts as finished when its summary.json exists; `cropi compare` then reads the run and never redoes
+# it.  Checkpoints, final models and stores are not kept: they are large and a finished run does not need them.
+# Unfinished runs are not kept either (they restart from step 0 on a new machine).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KEPT=benchmarks/results/compare-runs
+FOLDERS=${FOLDERS:-"compare-peers compare-peers-draw1 compare-peers-draw2"}
+FILES="config.yaml summary.json metrics.jsonl final_eval_items.json report.md"
+case "${1:-}" in
+  save)
+    for folder in $FOLDERS; do
+      for run in runs/"$folder"/runs/*/; do
+        [ -f "$run/summary.json" ] || continue
+        dest="$KEPT/$folder/$(basename "$run")"
+        mkdir -p "$dest"
+        for f in $FILES; do [ -f "$run/$f" ] && cp "$run/$f" "$dest/$f.tmp" && mv "$dest/$f.tmp" "$dest/$f"; done
+        echo "kept $dest"
+      done
+    done ;;
+  restore)
+    for folder in $FOLDERS; do
+      for kept in "$KEPT/$folder"/*/; do
+        [ -f "$kept/summary.json" ] || continue
+        run="runs/$folder/runs/$(basename "$kept")"
+        [ -f "$run/summary.json" ] && continue
+        rm -rf "$run" && mkdir -p "$run"
+        # summary.json last: until it is there the run does not count as finished
+        for f in $FILES; do [ "$f" != summary.json ] && [ -f "$kept/$f" ] && cp "$kept/$f" "$run/$f"; done
+        cp "$kept/summary.json" "$run/summary.json"
+        echo "restored $run"
+      done
+    done ;;
+  *) echo "usage: $0 save|restore" >&2; exit 2 ;;
+esac
