@@ -317,3 +317,63 @@ def test_peer_targets_and_the_noise_floor_call_a_slower_cropi_not_met_and_a_spre
     cropi_acc = results["selectors"]["cropi"]["median"]["step_acceleration"]
     assert cropi_acc > 1 and floor["max"] == pytest.approx(cropi_acc)  # as quick as full data's faster seed
     assert "a tie" in v[("cropi", "step-level acceleration >= 3.0x (median over seeds)")]["measured"]
+
+
+def _draw(full_ys, cropi_ys_by_seed):
+    summaries = {"full": {0: {"curve": _curve(full_ys)}, 1: {"curve": _curve(full_ys)}},
+                 "cropi": {s: {"curve": _curve(ys)} for s, ys in cropi_ys_by_seed.items()}}
+    return compute_results(summaries, "m", 60)
+
+
+def test_draw_spread_is_the_range_of_draw_medians_beside_the_range_of_seeds(tmp_path):
+    from cropi.experiments.metrics import draw_spread
+
+    full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]
+    fast = [0.30, 0.40, 0.44, 0.45, 0.45, 0.45, 0.45]   # crosses 0.42 at step 18
+    slow = [0.30, 0.32, 0.35, 0.38, 0.41, 0.44, 0.44]   # later, at step ~ 45
+    a = _draw(full, {0: fast, 1: fast})
+    b = _draw(full, {0: fast, 1: slow})
+    sp = draw_spread({"a": a, "b": b})
+    step = sp["selectors"]["cropi"]["step_acceleration"]
+    ma, mb = a["selectors"]["cropi"]["median"]["step_acceleration"], b["selectors"]["cropi"]["median"]["step_acceleration"]
+    assert step["medians"] == {"a": ma, "b": mb}
+    assert step["between_draws"] == pytest.approx(abs(ma - mb)) and step["between_draws"] > 0
+    seeds_b = [r["step_acceleration"] for r in b["selectors"]["cropi"]["seeds"].values()]
+    assert step["between_seeds"]["a"] == pytest.approx(0.0)
+    assert step["between_seeds"]["b"] == pytest.approx(max(seeds_b) - min(seeds_b))
+    assert step["between_seeds_max"] == pytest.approx(step["between_seeds"]["b"])
+    # one draw: no spread between draws; the same draw twice: none either
+    assert draw_spread({"a": a})["selectors"]["cropi"]["final_targeted"]["between_draws"] == 0
+    assert draw_spread({"a": a, "a2": a})["selectors"]["full"]["step_acceleration"]["between_draws"] == 0
+
+
+def test_draw_spread_leaves_out_selectors_missing_from_a_draw_and_counts_never():
+    from cropi.experiments.metrics import draw_spread
+
+    full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]
+    a = _draw(full, {0: [0.30, 0.31, 0.32, 0.32, 0.32, 0.32, 0.32]})  # never reaches the threshold
+    b = compute_results({"full": {0: {"curve": _curve(full)}}}, "m", 60)
+    assert set(draw_spread({"a": a, "b": b})["selectors"]) == {"full"}
+    never = draw_spread({"a": a})["selectors"]["cropi"]["step_acceleration"]
+    assert never["never"] == 1 and never["between_draws"] is None and never["between_seeds_max"] is None
+
+
+def test_draws_cli_writes_its_report_and_refuses_a_folder_without_results(tmp_path):
+    from typer.testing import CliRunner
+
+    from cropi.cli import app
+    from cropi.io import write_json
+
+    full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]
+    for name, ys in (("draw-a", [0.30, 0.40, 0.44, 0.45, 0.45, 0.45, 0.45]),
+                     ("draw-b", [0.30, 0.32, 0.35, 0.38, 0.41, 0.44, 0.44])):
+        (tmp_path / name).mkdir()
+        write_json(tmp_path / name / "results.json", _draw(full, {0: ys}))
+    r = CliRunner().invoke(app, ["draws", str(tmp_path / "draw-a"), str(tmp_path / "draw-b"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "o" / "draws.md").read_text()
+    assert "draw-a" in text and "between draws" in text and "| cropi |" in text
+    assert json.loads((tmp_path / "o" / "draws.json").read_text())["schema_version"]
+    (tmp_path / "empty").mkdir()
+    r = CliRunner().invoke(app, ["draws", str(tmp_path / "empty"), "--out", str(tmp_path / "o2")])
+    assert r.exit_code == 2 and "results.json" in r.output and not (tmp_path / "o2").exists()

@@ -415,6 +415,36 @@ def compare(
 
 @app.command()
 @handles_errors
+def draws(
+    folders: List[Path] = typer.Argument(..., help="Comparison folders (each with results.json), one per pool draw; "
+                                         "each is named by its folder name."),
+    out: Path = typer.Option(Path("runs/draws"), "--out", "-o", help="Folder for draws.json and draws.md."),
+):
+    """The spread of a comparison's verdict between pool draws, next to its spread between seeds.
+
+    Run the same `cropi compare` on several draws of the pool (another --set data.suite.pool_seed=N, another
+    difficulty mix), then give their folders here.  For every selector run on every draw: each draw's median
+    step and wall-clock acceleration and final targeted accuracy, their range between draws, and the range
+    between seeds within a draw.
+    """
+    from cropi.experiments.metrics import draw_spread
+    from cropi.experiments.report import write_draws_report
+    from cropi.io import read_json
+
+    results = {}
+    for folder in folders:
+        path = folder / "results.json"
+        if not path.exists():
+            raise CropiError(f"{path}: not found; run (or finish) `cropi compare --out {folder}` first")
+        results[folder.name] = read_json(path)
+    if len(set(results)) < len(folders):
+        raise CropiError("draws: two comparison folders share a name; give folders with distinct names")
+    write_draws_report(draw_spread(results), out)
+    typer.echo(f"report: {out / 'draws.md'}")
+
+
+@app.command()
+@handles_errors
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Comparison folder."),
     steps: Optional[int] = STEPS.info,

@@ -232,3 +232,45 @@ def training_signal(rows: Sequence[dict], stages: int, steps: int) -> list[dict]
             per.setdefault(stage, []).append((float(rec["reward_mean"]), float(rec["mixed_groups"])))
     return [{"stage": st, "end_step": bounds[st + 1], "reward_mean": statistics.fmean(r for r, _ in per[st]),
              "mixed_groups": statistics.fmean(m for _, m in per[st])} for st in sorted(per)]
+
+
+SPREAD_KEYS = ("step_acceleration", "wall_acceleration", "final_targeted")
+
+
+def draw_spread(results_by_draw: dict[str, dict]) -> dict:
+    """How much a comparison's verdict moves with the draw of the pool, next to how much it moves with the
+    training seed.  ``results_by_draw``: ``{draw name: results.json}``, one comparison per pool draw.
+
+    Per selector run in every draw, and per key (step and wall-clock acceleration, final targeted accuracy):
+    each draw's median over seeds; ``between_draws`` is the range (max − min) of those medians, and
+    ``between_seeds`` the range of the per-seed values within each draw (and its largest).  A never-reached
+    acceleration is left out of the ranges and counted in ``never``."""
+    if not results_by_draw:
+        raise ConfigError("draw_spread needs at least one comparison")
+    common = set.intersection(*(set(r["selectors"]) for r in results_by_draw.values()))
+    first = next(iter(results_by_draw.values()))
+    out = {"schema_version": SCHEMA_VERSION, "draws": {}, "selectors": {}}
+    for draw, r in results_by_draw.items():
+        out["draws"][draw] = {"threshold_targeted": r["threshold_targeted"],
+                              "full_steps_to_threshold": r["full_steps_to_threshold"],
+                              "full_seconds_to_threshold": r["full_seconds_to_threshold"],
+                              "noise_floor": r.get("noise_floor")}
+    for name in [n for n in first["selectors"] if n in common]:
+        per_key = {}
+        for key in SPREAD_KEYS:
+            medians, seed_ranges, never = {}, {}, 0
+            for draw, r in results_by_draw.items():
+                block = r["selectors"][name]
+                medians[draw] = block["median"][key]
+                vals = [row[key] for row in block["seeds"].values() if row[key] is not None]
+                never += sum(row[key] is None for row in block["seeds"].values())
+                seed_ranges[draw] = max(vals) - min(vals) if vals else None
+            known = [m for m in medians.values() if m is not None]
+            ranges = [s for s in seed_ranges.values() if s is not None]
+            per_key[key] = {"medians": medians,
+                            "between_draws": max(known) - min(known) if known else None,
+                            "between_seeds": seed_ranges,
+                            "between_seeds_max": max(ranges) if ranges else None,
+                            "never": never}
+        out["selectors"][name] = per_key
+    return out

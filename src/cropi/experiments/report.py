@@ -300,3 +300,37 @@ def write_comparison_report(results: dict, out: Path) -> None:
                          f"in all (mean over {len(reached)} seed(s) that reached it).")
     lines += ["", *[f"![{p}]({p})" for p in plots], ""]
     write_text(out / "report.md", "\n".join(lines))
+
+
+def write_draws_report(spread: dict, out: Path) -> None:
+    """``out/draws.json`` and ``out/draws.md``: the spread between pool draws next to the spread between seeds
+    (``metrics.draw_spread``), for every selector that was run on every draw."""
+    out = Path(out)
+    write_json(out / "draws.json", spread)
+    draws = list(spread["draws"])
+    lines = ["# cropi compare: pool draws", "",
+             "The same comparison on several draws of the pool. For each selector: the median over seeds in each "
+             "draw, the spread *between draws* (largest minus smallest of those medians), and the spread *between "
+             "seeds* (largest minus smallest seed within a draw; the largest over the draws). A verdict that moves "
+             "more between draws than between seeds depends on the pool, not only on the seed.", "",
+             "| draw | threshold (targeted) | full data: steps / s to it | noise floor, steps (median / max) |",
+             "| --- | ---: | ---: | ---: |"]
+    for d, info in spread["draws"].items():
+        floor = (info.get("noise_floor") or {}).get("step_acceleration") or {}
+        lines.append(f"| {d} | {_fmt(info['threshold_targeted'], pct=True)}% | "
+                     f"{_fmt(info['full_steps_to_threshold'], digits=0)} / {_fmt(info['full_seconds_to_threshold'], digits=0)} | "
+                     f"{_x(floor.get('median'))} / {_x(floor.get('max'))} |")
+    labels = {"step_acceleration": "step accel.", "wall_acceleration": "wall accel.", "final_targeted": "final targeted"}
+    for key, label in labels.items():
+        pct = key == "final_targeted"
+        cell = (lambda v: "never" if v is None else f"{100 * v:.1f}%") if pct else _x
+        spread_cell = (lambda v: "—" if v is None else f"{100 * v:.1f} pts") if pct else (
+            lambda v: "—" if v is None else f"{v:.2f}")
+        lines += ["", f"## {label}", "",
+                  "| selector | " + " | ".join(draws) + " | between draws | between seeds (largest) | seeds never |",
+                  "| --- | " + " | ".join("---:" for _ in draws) + " | ---: | ---: | ---: |"]
+        for name, per in spread["selectors"].items():
+            s = per[key]
+            lines.append(f"| {name} | " + " | ".join(cell(s["medians"][d]) for d in draws)
+                         + f" | {spread_cell(s['between_draws'])} | {spread_cell(s['between_seeds_max'])} | {s['never']} |")
+    write_text(out / "draws.md", "\n".join(lines) + "\n")
