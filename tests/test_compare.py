@@ -227,8 +227,9 @@ def test_selector_variants_switch_on_our_departures():
     assert parse_selector("static_influence+candidates30") == ("static_influence", {"select.candidates": 30})
     assert parse_selector("cropi_curriculum+refresh+stages8") == ("cropi_curriculum", {"select.refresh_every": 1, "select.stages": 8})
     assert parse_selector("cropi_curriculum+greso") == ("cropi_curriculum", {"train.filter.method": "greso"})
+    assert parse_selector("cropi_curriculum+reuse") == ("cropi_curriculum", {"select.reuse_rollouts": True})
     for bad in ("random+candidates30", "cropi_curriculum+candidates0", "static_influence+refresh", "cropi_curriculum+stages2",
-                "static_influence+stages8"):
+                "static_influence+stages8", "static_influence+reuse"):
         with pytest.raises(ConfigError):
             parse_selector(bad)
 

@@ -250,3 +250,36 @@ def test_sigkill_mid_step_then_resume_is_bitwise_equal(micro_model_dir, tmp_path
     assert all(sel(tmp_path / "ref", s) == sel(tmp_path / "run", s) for s in range(3))
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["resumed_from_step"] == 3 and [c["step"] for c in summary["curve"]] == [0, 2, 4, 6]
+
+
+def test_reuse_scores_trained_prompts_from_their_latest_trained_group(micro_model_dir, tmp_path):
+    """select.reuse_rollouts: every step's trained groups are kept; the next stage scores each trained prompt
+    from its latest group (an on-policy row then), and one whose latest group had equal rewards is left out."""
+    from cropi.experiments.run import run_training
+    from cropi.rollouts.trajectory_store import prompt_groups, read_store
+
+    run = tmp_path / "r"
+    run_training(load_config(None, _sets(micro_model_dir, steps=4, stages=2, **{"select.reuse_rollouts": True})), run)
+    steps = [pq.read_table(run / "trained" / f"step-{s:05d}.parquet").to_pylist() for s in range(4)]
+    assert all(len(rows) == 4 * 8 for rows in steps)  # prompts_per_step x G rows each
+    latest = {}
+    for rows in steps[:2]:  # stage 1 starts at step 2: it sees the groups of steps 0 and 1
+        latest.update({g.prompt_id: g for g in prompt_groups(rows)})
+    rec = json.loads((run / "stages" / "stage-01" / "selection.json").read_text())
+    assert rec["reuse"]["prompts"] == len(latest) and (rec["reuse"]["from_step"], rec["reuse"]["to_step"]) == (0, 2)
+    assert "reuse" not in json.loads((run / "stages" / "stage-00" / "selection.json").read_text())
+    reused = {g.prompt_id: g for g in prompt_groups(read_store(rec["reuse"]["store"]).to_pylist())}
+    assert reused.keys() == latest.keys()
+    # this seed's groups hold both kinds, so both branches below are checked
+    assert {g.zero_variance for g in latest.values()} == {True, False}
+    for pid, g in latest.items():  # the overlay holds exactly the latest trained group
+        assert reused[pid].rewards == g.rewards and reused[pid].response_ids == g.response_ids
+    table = pq.read_table(run / "stages" / "stage-01" / "scores.parquet").to_pylist()
+    rows = {r["prompt_id"]: r for r in table}
+    for pid, g in latest.items():
+        assert rows[pid]["reprobed"] and rows[pid]["usable"] == (not g.zero_variance)
+        if g.zero_variance:  # learned (or hopeless) since β sampled it: no score, cannot be chosen
+            assert rows[pid]["fused_rank"] is None and pid not in rec["selected"]
+    assert not any(r["reprobed"] for pid, r in rows.items() if pid not in latest)
+    # the carried behaviour is β's: the next stage rebuilds the overlay from every step
+    assert rec["behaviour"]["overlays"] == []

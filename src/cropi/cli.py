@@ -383,11 +383,15 @@ def _int_list(flag: str, text: str) -> list[int]:
 def compare(
     cfg,
     selectors: str = typer.Option(COMPARE_SELECTORS, help="Comma-separated selectors (full is always run: it sets the "
-                                  "threshold).  cropi+drift, cropi+reprobe, cropi+refresh (and their combinations) switch on "
-                                  "our departures from the paper (drift control, blind-spot re-probe, re-collection "
-                                  "every stage); +candidatesN (cropi, static_influence) scores a seeded subset of N "
-                                  "pool prompts per stage (the selection stays ratio x the whole pool); +stagesN (cropi) "
-                                  "re-selects N times in the budget."),
+                                  "threshold).  cropi is the default (its batch rule ranks each step's screened prompts by "
+                                  "influence); the peers are dapo, greso, online_filter and gradalign.  "
+                                  "cropi_curriculum+drift, +reprobe, +refresh, +reuse (and their combinations) switch "
+                                  "on our departures from the paper (drift control, blind-spot re-probe, re-collection "
+                                  "every stage, scoring trained prompts from their trained groups); +candidatesN "
+                                  "(cropi_curriculum, static_influence) scores a seeded subset of N pool prompts per "
+                                  "stage; +sizeN selects N prompts per stage; +stagesN (cropi_curriculum) re-selects N "
+                                  "times in the budget; +dapo, +greso, +online_filter, +influence_filter build a "
+                                  "selector's batches with that rule."),
     seeds: str = typer.Option("0,1,2", help="Comma-separated training seeds (train.seed of each run)."),
     out: Path = typer.Option(Path("runs/compare"), "--out", "-o", help="Comparison folder (results.json, report.md, plots, runs/)."),
 ):

@@ -206,11 +206,16 @@ class SelectConfig:
     drift_ess_threshold: float = setting(0.0, "Re-collect the pool with the current policy when the median "
                                          "sequence-level ESS (in (0, 1]) falls below this (0 = never).", in_unit_interval)
     # with the behaviour policy's rewards, a prompt the policy has since mastered still looks mixed
-    refresh_every: int = setting(0, "cropi only: re-collect pool and validation trajectories with the current policy "
+    refresh_every: int = setting(0, "cropi_curriculum only: re-collect pool and validation trajectories with the current policy "
                                  "every this many stages, before scoring (0 = never).", at_least(0))
     reprobe_prompts: int = setting(0, "Re-sample this many zero-variance prompts per stage with the current policy, "
                                    "so they can enter the selection once learnable (0 = off).", at_least(0))
     reprobe_samples: int = setting(8, "Responses per re-probed prompt.", at_least(1))
+    # the trainer samples fresh groups of the prompts it trains on anyway: a free refresh of exactly those rows
+    reuse_rollouts: bool = setting(False, "cropi_curriculum only: each later stage scores a prompt the trainer "
+                                   "trained on from its latest trained group (sampled by the policy of that step) "
+                                   "instead of its older behaviour rows; a group with equal rewards leaves the "
+                                   "prompt out until it is sampled again.")
     # stage 0's subset is the same for static influence and cropi; scoring cost decides cropi's wall-clock
     candidates: int = setting(0, "Score only a seeded random subset of this many pool prompts per stage "
                               "(0 = the whole pool).", at_least(0))

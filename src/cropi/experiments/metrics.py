@@ -27,15 +27,10 @@ from typing import Sequence
 
 from cropi import SCHEMA_VERSION
 from cropi.errors import ConfigError
-from cropi.training.curriculum import recollect_seconds
+from cropi.training.curriculum import recollect_seconds, stage_bounds
 
 SMOOTH = 3
 PARTIAL_GAIN_FRACTIONS = (0.5, 0.75, 0.9)
-
-
-def stage_bounds(steps: int, stages: int) -> list[int]:
-    """Global step at which each stage starts, plus the budget: stage s trains steps [b[s], b[s+1])."""
-    return [round(i * steps / stages) for i in range(stages + 1)]
 
 
 def summarize_curve(curve: list[dict]) -> dict:

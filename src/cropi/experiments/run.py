@@ -10,6 +10,7 @@ The run folder holds everything needed to understand and reproduce the result:
     checkpoints/     resumable state (safetensors + JSON)
     stores/          behaviour trajectories of the starting policy (unless ``select.stores`` points elsewhere)
     stages/stage-NN/ selection.json (chosen ids, diagnostics, seconds), scores (influence selectors)
+    trained/         the groups each step trained on (cropi_curriculum with select.reuse_rollouts)
     final_model/     the trained policy as an ordinary HF folder
     summary.json, report.md, accuracy.png
 """
@@ -27,7 +28,7 @@ import yaml
 from cropi.config import RunConfig, dump_config, from_dict, to_dict, validate
 from cropi.errors import ConfigError, CropiError
 from cropi.evaluation.evaluate import evaluate
-from cropi.experiments.metrics import stage_bounds, summarize_curve
+from cropi.experiments.metrics import summarize_curve
 from cropi.experiments.report import machine_description, write_run_report
 from cropi.io import append_jsonl, read_jsonl, write_json, write_text
 from cropi.policy import load_policy
@@ -35,7 +36,8 @@ from cropi.selection import make_selector
 from cropi.tasks.loading import load_data
 from cropi.tasks.suite import Suite
 from cropi.training import checkpoint
-from cropi.training.curriculum import Curriculum, behaviour_stores, initial_pool_ids, recollect_seconds
+from cropi.training.curriculum import (Curriculum, behaviour_stores, initial_pool_ids, recollect_seconds, stage_bounds,
+                                      trained_groups_writer)
 from cropi.training.batches import SCREEN_SKIP_P, make_batch_builder, screen_skip_p
 from cropi.training.grpo import start_session, train_grpo
 
@@ -188,6 +190,7 @@ def run_training(
         state.select_seconds = stores.collect_seconds  # charged even when the stores were reused
     curriculum = Curriculum(cfg, selector, suite, policy, run_dir, stores, on_event)
     bounds = stage_bounds(cfg.train.steps, cfg.select.stages)
+    on_batch = trained_groups_writer(run_dir, cfg) if cfg.select.reuse_rollouts and selector.every_stage else None
     for stage in range(cfg.select.stages):
         start, end = bounds[stage], bounds[stage + 1]
         if state.step >= end:
@@ -198,7 +201,7 @@ def run_training(
         by_id = {p.id: p for p in suite.pool}
         problems = [by_id[i] for i in choice["selected"]]
         train_grpo(policy, problems, cfg.train, cfg.rollout, run_dir, evaluate_fn, log=log, steps=end,
-                   session=session)
+                   session=session, on_batch=on_batch)
     if last_items.get("step") == state.step:  # per-problem rewards of the final evaluation (paired SEs)
         write_json(run_dir / "final_eval_items.json", last_items)
     policy.model.save_pretrained(run_dir / "final_model", safe_serialization=True)

@@ -76,7 +76,6 @@ import torch
 
 from cropi.config import RunConfig, dump_config, validate
 from cropi.errors import CropiError
-from cropi.experiments.metrics import stage_bounds
 from cropi.extras import require
 from cropi.io import write_json, write_text
 from cropi.policy import Policy
@@ -85,7 +84,7 @@ from cropi.selection import make_selector
 from cropi.tasks import grade_many
 from cropi.tasks.problem import Problem
 from cropi.tasks.suite import Suite
-from cropi.training.curriculum import Curriculum, behaviour_stores
+from cropi.training.curriculum import Curriculum, behaviour_stores, stage_bounds
 
 # TRL loss_type -> cropi's train.aggregation: the two GRPO losses cropi's POPI estimator differentiates
 AGGREGATIONS = {"grpo": "grpo", "dr_grpo": "dr_grpo"}

@@ -286,20 +286,46 @@ def collection_complete(folder: str | Path) -> bool:
 def subset_store(folder: str | Path, prompt_ids: Sequence[str], out_dir: str | Path) -> Path:
     """A store holding only ``prompt_ids``' rows of ``folder`` (in ``folder``'s order), e.g. a seeded candidate
     subset to score.  Same meta (fingerprints, sampling setup) with the new prompt count; one chunk."""
-    folder, out = Path(folder), Path(out_dir)
+    folder = Path(folder)
     meta = store_meta(folder)
     wanted = set(prompt_ids)
     table = read_store(folder)
     mask = pa.array([p in wanted for p in table.column("prompt_id").to_pylist()])
-    table = table.filter(mask)
-    n = len(set(table.column("prompt_id").to_pylist()))
     import hashlib
 
-    sub_meta = {**meta, "num_prompts": n, "chunk_size": max(1, n), "subset_of": str(folder),
-                "prompt_order_hash": hashlib.sha256("\n".join(sorted(wanted)).encode()).hexdigest()[:16]}
+    return write_store(table.filter(mask), {**meta, "subset_of": str(folder), "prompt_order_hash": hashlib.sha256(
+        "\n".join(sorted(wanted)).encode()).hexdigest()[:16]}, out_dir)
+
+
+def write_store(table: pa.Table, meta: dict, out_dir: str | Path) -> Path:
+    """``table`` (store rows, grouped by prompt) as a one-chunk store with ``meta`` and its prompt count."""
+    out = Path(out_dir)
+    n = len(set(table.column("prompt_id").to_pylist()))
+    meta = {**meta, "num_prompts": n, "chunk_size": max(1, n)}
     out.mkdir(parents=True, exist_ok=True)
-    schema_meta = {b"cropi": json.dumps({**sub_meta, "schema_version": SCHEMA_VERSION}).encode()}
+    schema_meta = {b"cropi": json.dumps({**meta, "schema_version": SCHEMA_VERSION}).encode()}
     with atomic_path(_chunk_path(out, 0)) as tmp:
         pq.write_table(table.replace_schema_metadata(schema_meta), tmp)
-    write_json(out / "meta.json", sub_meta)
+    write_json(out / "meta.json", meta)
     return out
+
+
+def groups_table(groups: Sequence[tuple[str, Sequence, Sequence[float]]], policy_tag: str, temperature: float,
+                 top_p: float) -> pa.Table:
+    """Store rows of sampled groups ``(prompt id, generations, rewards)``, e.g. the groups a trainer sampled."""
+    rows = [(pid, i, gen, r) for pid, gens, rewards in groups for i, (gen, r) in enumerate(zip(gens, rewards))]
+    return pa.table(
+        {
+            "prompt_id": [pid for pid, *_ in rows],
+            "sample_index": [i for _, i, *_ in rows],
+            "prompt_ids": [list(g.prompt_ids) for *_, g, _ in rows],
+            "response_ids": [list(g.response_ids) for *_, g, _ in rows],
+            "behavior_logprobs": [list(g.behavior_logprobs) for *_, g, _ in rows],
+            "reward": [float(r) for *_, r in rows],
+            "finish_reason": [g.finish_reason for *_, g, _ in rows],
+            "policy_tag": [policy_tag] * len(rows),
+            "temperature": [temperature] * len(rows),
+            "top_p": [top_p] * len(rows),
+        },
+        schema=SCHEMA,
+    )

@@ -442,18 +442,20 @@ def _apply_overlays(policy, fp, estimator, overlays, root, projector, scorer, mo
                     per_set) -> list[bool]:
     """Score each overlay store and let its usable rows replace the pool's rows of the same prompts (later
     overlays win; prompts the scored pool does not hold are left out, as they cannot be chosen from it); returns
-    the ``reprobed`` column."""
+    the ``reprobed`` column (True where an overlay's row is in force).  An overlay whose meta says
+    ``"replaces": "all"`` (the trainer's own groups) replaces with its equal-reward rows too: such a prompt then
+    has no gradient and no score."""
     position = {p: i for i, p in enumerate(columns["prompt_id"])}
     reprobed = [False] * len(position)
     for i, store in enumerate(overlays, start=1):
-        _check_store(Path(store), policy)
+        replace_all = _check_store(Path(store), policy).get("replaces") == "all"
         writer = _writer(policy, fp, store, root / f"overlay-{i}", scorer, cfg)
         featurize(estimator, store, [StoreSink(scorer, writer)], 0, None, cfg.select.score.chunk_size,
                   cfg.select.score.stage)
         for index, vectors in iter_gradient_chunks([writer.folder], require_whole=True):
             extra: dict[str, dict[str, float]] = {name: {} for name in per_set}
             _chunk_scores(index, vectors, mode, means, scorer, extra)
-            for row in index.filter(index.column("usable")).to_pylist():
+            for row in (index if replace_all else index.filter(index.column("usable"))).to_pylist():
                 at = position.get(row["prompt_id"])
                 if at is None:  # e.g. an earlier stage's re-probe outside this stage's candidates
                     continue
@@ -461,7 +463,10 @@ def _apply_overlays(policy, fp, estimator, overlays, root, projector, scorer, mo
                     columns[key][at] = row[key]
                 reprobed[at] = True
                 for name in per_set:
-                    per_set[name][row["prompt_id"]] = extra[name][row["prompt_id"]]
+                    if row["usable"]:
+                        per_set[name][row["prompt_id"]] = extra[name][row["prompt_id"]]
+                    else:
+                        per_set[name].pop(row["prompt_id"], None)
     return reprobed
 
 

@@ -12,6 +12,9 @@ Why each variant exists (the settings are conventional defaults, not fitted to r
   (``select.reprobe_samples`` responses each) lets the ones that became learnable back in.
 - ``refresh`` (cropi_curriculum): re-collects with the current policy at every stage, so the stored rewards that
   decide which groups have a gradient at all are the current policy's, whatever the ESS says.
+- ``reuse`` (cropi_curriculum): the trainer samples a fresh group of every prompt it trains on; scoring those
+  prompts from their latest trained group instead of β's rows refreshes exactly the rows that are most out of
+  date, for free.  A prompt the policy has since learned (equal rewards) then drops out of the selection.
 - ``candidatesN`` (cropi_curriculum, static_influence): scoring costs one backward pass per pool prompt; scoring
   (and refreshing) only a seeded subset of N pool prompts per stage cuts that cost.  Both selectors draw the
   same subset at stage 0, so they stay comparable.
@@ -43,7 +46,7 @@ from typing import Any
 from cropi.errors import ConfigError
 
 VARIANT_SETTINGS = {"drift": {"select.drift_ess_threshold": 0.5}, "reprobe": {"select.reprobe_prompts": 200},
-                    "refresh": {"select.refresh_every": 1}}
+                    "refresh": {"select.refresh_every": 1}, "reuse": {"select.reuse_rollouts": True}}
 BATCH_RULES = ("dapo", "greso", "online_filter", "influence_filter")  # flags any selector takes
 GRADALIGN_CANDIDATES, GRADALIGN_KEEP, GRADALIGN_ROUND_STEPS = 1280, 1 / 20, 10
 # selector name -> (base selector, settings); a callable value is computed from the comparison's config

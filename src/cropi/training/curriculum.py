@@ -12,6 +12,9 @@ Beyond the paper (each off by default, switched in ``select``):
   policy (which becomes the new β) and the stage is scored again.
 - **Scheduled refresh** (``refresh_every``): the same re-collection on a fixed schedule, before scoring, so
   the stored rewards (which decide which groups have a gradient at all) are the current policy's.
+- **Trained-group reuse** (``reuse_rollouts``): the trainer samples a fresh group of each prompt it trains on.
+  Later stages score those prompts from their latest trained group instead of β's rows, a free refresh of
+  exactly the rows most out of date (``trained_groups_writer`` keeps them under ``RUN/trained/``).
 - **Blind-spot re-probe** (``reprobe_prompts``): a prompt whose behaviour group had equal rewards has zero
   gradient at every later stage, so the authors' code can never select it, even after the policy has learned
   enough to make it useful.  Each stage re-samples a seeded subset of such prompts with the current policy;
@@ -29,16 +32,19 @@ from typing import Callable
 
 from cropi.config import RunConfig
 from cropi.errors import CropiError
-from cropi.io import read_json, write_json
+from cropi.io import atomic_path, read_json, read_parquet, write_json
 from cropi.policy import Policy
 from cropi.rollouts.backend import make_backend
-from cropi.rollouts.trajectory_store import CollectConfig, collect, collection_complete, pass_rates, store_meta, subset_store
+from cropi.rollouts.trajectory_store import (CollectConfig, collect, collection_complete, groups_table, pass_rates,
+                                             store_meta, subset_store, write_store)
 from cropi.scores.engine import score_pool
 from cropi.scores.ranking import selection_size
 from cropi.selection import SelectionContext, Selector
 from cropi.selection.baselines import select_learnability
 from cropi.selection.diagnostics import selection_diagnostics
 from cropi.tasks.suite import Suite
+
+TRAINED = "trained"  # RUN/trained/step-NNNNN.parquet: the groups each GRPO step trained on (reuse_rollouts)
 
 @dataclass
 class BehaviourStores:
@@ -85,11 +91,33 @@ def behaviour_stores(policy: Policy, suite: Suite, cfg: RunConfig, folder: Path,
                            sum(timing.values()))
 
 
+def stage_bounds(steps: int, stages: int) -> list[int]:
+    """Global step at which each stage starts, plus the budget: stage s trains steps [b[s], b[s+1])."""
+    return [round(i * steps / stages) for i in range(stages + 1)]
+
+
 def recollect_seconds(stage_summaries: list[dict]) -> float:
     """Seconds spent sampling with the current policy after the first collection: drift control, scheduled
     refresh and blind-spot re-probes (part of each stage's selection seconds)."""
     return sum(s.get("drift", {}).get("collect_seconds", 0.0) + s.get("refresh", {}).get("collect_seconds", 0.0)
                + s.get("reprobe", {}).get("seconds", 0.0) for s in stage_summaries)
+
+
+def trained_groups_writer(run_dir: Path, cfg: RunConfig) -> Callable:
+    """``train_grpo``'s ``on_batch`` for ``select.reuse_rollouts``: each step's trained groups as store rows in
+    ``RUN/trained/step-NNNNN.parquet`` (a resumed run redoes the same steps and rewrites the same files)."""
+    import pyarrow.parquet as pq
+
+    folder = Path(run_dir) / TRAINED
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def write(step: int, batch) -> None:
+        table = groups_table([(g.problem.id, g.gens, g.rewards) for g in batch.groups], f"step-{step}",
+                             cfg.rollout.temperature, cfg.rollout.top_p)
+        with atomic_path(folder / f"step-{step:05d}.parquet") as tmp:
+            pq.write_table(table, tmp)
+
+    return write
 
 
 def candidate_ids(cfg: RunConfig, suite: Suite, stage: int) -> list[str]:
@@ -236,7 +264,11 @@ class Curriculum:
             pool, validation, overlays, seconds = self._recollect(stage, wanted)
             info["refresh"] = {"collect_seconds": seconds, "pool_prompts": (len(wanted) if wanted is not None
                                                                             else len(self.suite.pool))}
-        # after a refresh every prompt this stage can score was just sampled by this policy: nothing to re-probe
+        # after a refresh every prompt this stage can score was just sampled by this policy: nothing to reuse
+        if stage > 0 and sel.reuse_rollouts and "refresh" not in info:
+            reused, info["reuse"] = self._reused(stage, pool)
+            if reused is not None:
+                overlays = [*overlays, str(reused)]  # this stage's only: the next stage rebuilds it from every step
         if stage > 0 and sel.reprobe_prompts > 0 and "refresh" not in info:
             overlay, info["reprobe"] = self._reprobe(stage, pool, overlays)
             if overlay is not None:
@@ -252,9 +284,45 @@ class Curriculum:
                     stage, self._served_candidates(stage))
                 ranking, info["ess"] = self._score(stage, pool, validation, overlays, tag="-after-drift")
                 info["score_seconds"] += info["ess"]["score_seconds"]
+        carried = [o for o in overlays if o != info.get("reuse", {}).get("store")]
         info["behaviour"] = {"pool": str(pool), "validation": {k: str(v) for k, v in validation.items()},
-                             "overlays": overlays}
+                             "overlays": carried}
         return ranking
+
+    def _reused(self, stage: int, pool: Path) -> tuple[Path | None, dict]:
+        """The latest trained group of every prompt the stage scores, trained since its behaviour rows were
+        sampled, as an overlay store that replaces those rows (``"replaces": "all"``)."""
+        t0 = time.perf_counter()
+        bounds = stage_bounds(self.cfg.train.steps, self.cfg.select.stages)
+        since = 0  # a refresh or drift re-collection made newer behaviour rows than the groups trained before it
+        for s in range(stage - 1, -1, -1):
+            rec = self._record(s)
+            if rec and ("refresh" in rec or (rec.get("drift") or {}).get("fired")):
+                since = bounds[s]
+                break
+        scored = set(self._candidate_ids(stage)) if self.cfg.select.candidates > 0 else {p.id for p in self.suite.pool}
+        latest: dict[str, list[dict]] = {}
+        for step in range(since, bounds[stage]):
+            path = self.run_dir / TRAINED / f"step-{step:05d}.parquet"
+            if not path.exists():
+                raise CropiError(f"{path}: missing; the run was started without select.reuse_rollouts, or its "
+                                 "trained groups were deleted; start it again in a new folder")
+            rows: dict[str, list[dict]] = {}
+            for r in read_parquet(path, "start the run again in a new folder").to_pylist():
+                if r["prompt_id"] in scored:
+                    rows.setdefault(r["prompt_id"], []).append(r)
+            latest.update(rows)  # a later step's group of the same prompt wins
+        info = {"prompts": len(latest), "from_step": since, "to_step": bounds[stage]}
+        if not latest:
+            return None, {**info, "seconds": time.perf_counter() - t0}
+        import pyarrow as pa
+
+        from cropi.rollouts.trajectory_store import SCHEMA
+
+        table = pa.Table.from_pylist([r for rows in latest.values() for r in rows], schema=SCHEMA)
+        folder = write_store(table, {**store_meta(pool), "policy_tag": f"trained-{since}-{bounds[stage]}",
+                                     "replaces": "all"}, self.stage_dir(stage) / "reused")
+        return folder, {**info, "store": str(folder), "seconds": time.perf_counter() - t0}
 
     def _recollect(self, stage: int, pool_ids: set[str] | None = None) -> tuple[Path, dict[str, Path], list[str], float]:
         """Pool (or only ``pool_ids``) and validation trajectories of the current policy for ``stage`` (refresh

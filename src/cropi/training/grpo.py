@@ -64,11 +64,18 @@ def grpo_step(
     ref_model: torch.nn.Module | None = None,
 ) -> StepStats:
     """One plain GRPO step on ``problems``: sample G responses each, grade, normalise, update."""
+    return grpo_update(policy, optimizer, plain_batch(policy, problems, step, train, rollout), step, train, rollout,
+                       ref_model)
+
+
+def plain_batch(policy: Policy, problems: Sequence[Problem], step: int, train: TrainConfig,
+                rollout: RolloutConfig) -> Batch:
+    """Plain GRPO's batch: G fresh responses for each of ``problems``, graded."""
     t0 = time.perf_counter()
     groups = sample_groups(policy, problems, (train.seed, "train", step), range(rollout.group_size), rollout)
     batch = Batch(groups, sampled_sequences=len(problems) * rollout.group_size)
     batch.seconds["rollouts"] = time.perf_counter() - t0
-    return grpo_update(policy, optimizer, batch, step, train, rollout, ref_model)
+    return batch
 
 
 def grpo_update(
@@ -199,13 +206,16 @@ def train_grpo(
     steps: int | None = None,
     log: Callable[[dict], None] | None = None,
     session: "Session | None" = None,
+    on_batch: Callable[[int, Batch], None] | None = None,
 ) -> TrainState:
     """Run GRPO until global step ``steps`` (default ``train.steps``) on ``problems``, resuming from the latest
     checkpoint in ``run_dir`` if there is one.  ``evaluate_fn(policy, step)`` is called at step 0, every
     ``train.eval_every`` steps and at the end; its dict is passed to ``log`` with the step stats.
 
     A curriculum calls this once per stage with the stage's problems and end step, passing the same
-    ``session`` (optimizer, counters, reference model) so that nothing restarts at a stage boundary."""
+    ``session`` (optimizer, counters, reference model) so that nothing restarts at a stage boundary.
+    ``on_batch(step, batch)`` sees each step's batch before the update (the groups the policy of that step
+    sampled)."""
     if not problems:
         raise ValueError("no training problems")
     steps = train.steps if steps is None else steps
@@ -227,11 +237,13 @@ def train_grpo(
     while state.step < steps:
         step = state.step
         if session.batches is None:
-            stats = grpo_step(policy, optimizer, step_prompts(problems, step, train.prompts_per_step, train.seed),
-                              step, train, rollout, ref_model)
+            batch = plain_batch(policy, step_prompts(problems, step, train.prompts_per_step, train.seed), step, train,
+                                rollout)
         else:
-            stats = grpo_update(policy, optimizer, session.batches.build(policy, problems, step, state.extra),
-                                step, train, rollout, ref_model)
+            batch = session.batches.build(policy, problems, step, state.extra)
+        if on_batch:
+            on_batch(step, batch)
+        stats = grpo_update(policy, optimizer, batch, step, train, rollout, ref_model)
         state.step = step + 1
         state.train_seconds += (stats.rollout_seconds + stats.train_seconds + stats.refill_seconds
                                 + stats.screen_seconds + stats.score_seconds)
