@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KEPT=benchmarks/results/compare-runs
-FOLDERS=${FOLDERS:-"compare-peers compare-peers-draw1 compare-peers-draw2"}
+FOLDERS=${FOLDERS:-"compare-peers-long compare-peers compare-peers-draw1 compare-peers-draw2"}
 FILES="config.yaml summary.json metrics.jsonl final_eval_items.json report.md"
 case "${1:-}" in
   save)
