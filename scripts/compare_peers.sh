@@ -9,7 +9,11 @@
 #   runs/compare-peers-draw2    another draw and difficulty mix (pool_seed=2, easier levels)
 #
 # Run nothing else beside it: a third process inflates the seconds of the runs in flight (each evaluation row
-# records the machine's load, and each summary its mean and largest, so a contended run can be found).
+# records the machine's load, and each summary its mean and largest, so a contended run can be found).  Started
+# with setsid it has its own scheduler autogroup, so `nice` in another shell does not yield to it; lower that
+# shell's whole group instead (`echo 19 > /proc/self/autogroup`).  To edit the source while it runs, run it from
+# a detached worktree (`git worktree add --detach DIR HEAD`, DIR/runs linked to this runs/, PYTHONPATH=DIR/src).
+# Seconds are comparable only between runs on the same CPU model: each summary records its machine.
 # It takes many hours on 2 cores (a cropi run of 600 steps is about an hour); the results feed
 # benchmarks/results/compare-peers.* and docs/results.md.  Runs finished on an earlier machine and kept with
 # `scripts/keep_compare_runs.sh save` are restored first; save again before the machine goes away.
