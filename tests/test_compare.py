@@ -378,3 +378,21 @@ def test_draws_cli_writes_its_report_and_refuses_a_folder_without_results(tmp_pa
     (tmp_path / "empty").mkdir()
     r = CliRunner().invoke(app, ["draws", str(tmp_path / "empty"), "--out", str(tmp_path / "o2")])
     assert r.exit_code == 2 and "results.json" in r.output and not (tmp_path / "o2").exists()
+
+
+def test_runs_from_several_cpu_models_are_named_and_their_wall_clock_target_is_not_met(tmp_path):
+    from cropi.experiments.report import target_verdicts
+
+    full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]
+    fast = [0.30, 0.45, 0.46, 0.46, 0.46, 0.46, 0.46]
+    one = {"full": {0: {"curve": _curve(full), "machine": "Xeon, 2 cores"}},
+           "cropi": {0: {"curve": _curve(fast, dt=1.0), "machine": "Xeon, 2 cores, 24 GiB RAM"}}}
+    two = {"full": one["full"], "cropi": {0: {**one["cropi"][0], "machine": "EPYC, 2 cores"}}}
+    wall = "wall-clock acceleration >= 2.0x (median over seeds)"
+    r1, r2 = compute_results(one, "m", 60), compute_results(two, "m", 60)
+    assert r1["run_machines"] == ["Xeon"] and r2["run_machines"] == ["EPYC", "Xeon"]
+    v1 = {x["target"]: x for x in target_verdicts(r1) if x["selector"] == "cropi"}
+    v2 = {x["target"]: x for x in target_verdicts(r2) if x["selector"] == "cropi"}
+    assert v1[wall]["met"] and not v2[wall]["met"] and "not comparable" in v2[wall]["measured"]
+    write_comparison_report(r2, tmp_path)
+    assert "Runs from 2 CPU models" in (tmp_path / "report.md").read_text()

@@ -175,9 +175,17 @@ def compute_results(summaries: dict[str, dict[int, dict]], machine: str, budget_
             "median": {k: median([r[k] for r in seeds.values()]) for k in (
                 "step_acceleration", "wall_acceleration", "final_targeted", "best_targeted", "best_untargeted")},
         }
+    # seconds compare only on one CPU model: runs kept from several machines are named, so no ratio hides it
+    cpus = sorted({cpu_model(s.get("machine")) for runs in summaries.values() for s in runs.values()} - {None})
+    out["run_machines"] = cpus
     out["partial_gain"] = partial_gain(summaries, steps, sm, mean_t[0], threshold)
     out["noise_floor"] = noise_floor(out["selectors"]["full"])
     return out
+
+
+def cpu_model(machine: str | None) -> str | None:
+    """The CPU part of a machine description (``report.machine_description``: "CPU, N cores, ...")."""
+    return machine.split(",")[0].strip() if machine else None
 
 
 def noise_floor(full: dict) -> dict:
