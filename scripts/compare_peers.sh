@@ -36,7 +36,7 @@ both() {  # PROCS processes on one comparison folder; the later ones only run wh
   wait "$first"  # a refused or failed comparison stops the script here
   for p in "${pids[@]}"; do wait "$p"; done
 }
-# full data's first 600 steps are those of its 600-step runs (a step's batch depends on the seed and step only)
+# its first 600 steps should repeat the 600-step runs' (a step's batch depends on the seed and step only): compare them
 both --seeds 0,1,2 --selectors full --set train.steps=1200 --set train.eval_every=20 --out runs/compare-peers-long
 both --seeds 0,1,2 --selectors "$MAIN" --out runs/compare-peers
 both --seeds 0,1,2 --selectors "$DRAW" --set data.suite.pool_seed=1 --out runs/compare-peers-draw1

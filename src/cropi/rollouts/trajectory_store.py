@@ -198,21 +198,8 @@ def _sample_chunk(policy: Policy, backend: RolloutBackend, members: Sequence[Pro
     gens = backend.generate(rows_prompts, keys, params, weights=weights)
     texts = [policy.decode_response(x.response_ids) for x in gens]
     rewards = grade_many([p for p in members for _ in range(g)], texts)
-    return pa.table(
-        {
-            "prompt_id": [k[1] for k in keys],
-            "sample_index": [k[2] for k in keys],
-            "prompt_ids": [x.prompt_ids for x in gens],
-            "response_ids": [x.response_ids for x in gens],
-            "behavior_logprobs": [x.behavior_logprobs for x in gens],
-            "reward": rewards,
-            "finish_reason": [x.finish_reason for x in gens],
-            "policy_tag": [policy_tag] * len(gens),
-            "temperature": [cfg.temperature] * len(gens),
-            "top_p": [cfg.top_p] * len(gens),
-        },
-        schema=SCHEMA,
-    )
+    groups = [(p.id, gens[i * g:(i + 1) * g], rewards[i * g:(i + 1) * g]) for i, p in enumerate(members)]
+    return groups_table(groups, policy_tag, cfg.temperature, cfg.top_p)
 
 
 def store_meta(folder: str | Path) -> dict:

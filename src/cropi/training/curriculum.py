@@ -30,13 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from cropi.config import RunConfig
 from cropi.errors import CropiError
 from cropi.io import atomic_path, read_json, read_parquet, write_json
 from cropi.policy import Policy
 from cropi.rollouts.backend import make_backend
-from cropi.rollouts.trajectory_store import (CollectConfig, collect, collection_complete, groups_table, pass_rates,
-                                             store_meta, subset_store, write_store)
+from cropi.rollouts.trajectory_store import (SCHEMA, CollectConfig, collect, collection_complete, groups_table,
+                                             pass_rates, store_meta, subset_store, write_store)
 from cropi.scores.engine import score_pool
 from cropi.scores.ranking import selection_size
 from cropi.selection import SelectionContext, Selector
@@ -106,8 +109,6 @@ def recollect_seconds(stage_summaries: list[dict]) -> float:
 def trained_groups_writer(run_dir: Path, cfg: RunConfig) -> Callable:
     """``train_grpo``'s ``on_batch`` for ``select.reuse_rollouts``: each step's trained groups as store rows in
     ``RUN/trained/step-NNNNN.parquet`` (a resumed run redoes the same steps and rewrites the same files)."""
-    import pyarrow.parquet as pq
-
     folder = Path(run_dir) / TRAINED
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -315,10 +316,6 @@ class Curriculum:
         info = {"prompts": len(latest), "from_step": since, "to_step": bounds[stage]}
         if not latest:
             return None, {**info, "seconds": time.perf_counter() - t0}
-        import pyarrow as pa
-
-        from cropi.rollouts.trajectory_store import SCHEMA
-
         table = pa.Table.from_pylist([r for rows in latest.values() for r in rows], schema=SCHEMA)
         folder = write_store(table, {**store_meta(pool), "policy_tag": f"trained-{since}-{bounds[stage]}",
                                      "replaces": "all"}, self.stage_dir(stage) / "reused")
