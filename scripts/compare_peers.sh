@@ -3,10 +3,10 @@
 # single-threaded, two processes sharing each folder (one per core; runs are claimed with lock files), so the
 # wall-clock of every run is measured under the same load.  Resumable: rerun to continue, finished runs are kept.
 #
-#   runs/compare-peers-long     full data alone at twice the budget (1,200 steps), 3 seeds: has it plateaued by 600?
 #   runs/compare-peers          3 seeds: full, the paper's baselines, the peers, cropi and a cropi_curriculum variant
 #   runs/compare-peers-draw1    another pool draw (data.suite.pool_seed=1): full, cropi, the best peer
 #   runs/compare-peers-draw2    another draw and difficulty mix (pool_seed=2, easier levels)
+#   runs/compare-peers-long     full data alone at twice the budget (1,200 steps), 3 seeds: has it plateaued by 600?
 #
 # Run nothing else beside it: a third process inflates the seconds of the runs in flight (each evaluation row
 # records the machine's load, and each summary its mean and largest, so a contended run can be found).  Started
@@ -36,9 +36,9 @@ both() {  # PROCS processes on one comparison folder; the later ones only run wh
   wait "$first"  # a refused or failed comparison stops the script here
   for p in "${pids[@]}"; do wait "$p"; done
 }
-# its first 600 steps should repeat the 600-step runs' (a step's batch depends on the seed and step only): compare them
-both --seeds 0,1,2 --selectors full --set train.steps=1200 --set train.eval_every=20 --out runs/compare-peers-long
 both --seeds 0,1,2 --selectors "$MAIN" --out runs/compare-peers
 both --seeds 0,1,2 --selectors "$DRAW" --set data.suite.pool_seed=1 --out runs/compare-peers-draw1
 both --seeds 0,1,2 --selectors "$DRAW" --set data.suite.pool_seed=2 \
   --set "data.suite.difficulty_weights=[3.0,3.0,2.0,1.0,1.0]" --out runs/compare-peers-draw2
+# last, as it informs the reading of the budget but not the verdicts: its first 600 steps should repeat the 600-step runs' (a step's batch depends on the seed and step only): compare them
+both --seeds 0,1,2 --selectors full --set train.steps=1200 --set train.eval_every=20 --out runs/compare-peers-long
