@@ -380,19 +380,83 @@ def test_draws_cli_writes_its_report_and_refuses_a_folder_without_results(tmp_pa
     assert r.exit_code == 2 and "results.json" in r.output and not (tmp_path / "o2").exists()
 
 
-def test_runs_from_several_cpu_models_are_named_and_their_wall_clock_target_is_not_met(tmp_path):
+def test_wall_clock_acceleration_divides_by_full_datas_seconds_on_the_runs_own_machine(tmp_path):
     from cropi.experiments.report import target_verdicts
 
     full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]
     fast = [0.30, 0.45, 0.46, 0.46, 0.46, 0.46, 0.46]
-    one = {"full": {0: {"curve": _curve(full), "machine": "Xeon, 2 cores"}},
-           "cropi": {0: {"curve": _curve(fast, dt=1.0), "machine": "Xeon, 2 cores, 24 GiB RAM"}}}
-    two = {"full": one["full"], "cropi": {0: {**one["cropi"][0], "machine": "EPYC, 2 cores"}}}
+    here = {"full": {0: {"curve": _curve(full), "machine": "Xeon, 2 cores", "host": "a"}},
+            "cropi": {0: {"curve": _curve(fast, dt=4.0), "machine": "Xeon, 2 cores", "host": "a"}}}
+    one = compute_results(here, "m", 60)
+    # the same work on a machine k times as fast, its full data a reference run repeating seed 0 there
+    k = 2.5
+    moved = {"full": here["full"], "cropi": {0: {"curve": _curve(fast, dt=4.0 / k), "machine": "EPYC", "host": "b"}}}
+    ref = {"curve": _curve([0.2] * 7, dt=10.0 / k), "machine": "EPYC", "host": "b", "config": {"train": {"seed": 0}}}
+    two = compute_results(moved, "m", 60, references=[ref])
+    assert two["selectors"]["cropi"]["seeds"]["0"]["wall_acceleration"] == pytest.approx(
+        one["selectors"]["cropi"]["seeds"]["0"]["wall_acceleration"])
+    # a reference gives seconds only: the threshold and the steps are full data's own
+    assert two["threshold_targeted"] == one["threshold_targeted"]
+    assert two["full_steps_to_threshold"] == one["full_steps_to_threshold"]
+    assert two["hosts"]["b"] == {"cpu": "EPYC", "runs": 1, "reference_runs": 1,
+                                 "full_seconds_to_threshold": pytest.approx(one["full_seconds_to_threshold"] / k)}
+    # without a full-data run on its machine a run has no wall-clock number, and the target is not met
+    alone = compute_results(moved, "m", 60)
+    row = alone["selectors"]["cropi"]["seeds"]["0"]
+    assert row["wall_acceleration"] is None and not row["wall_reference"]
+    assert alone["selectors"]["cropi"]["wall_unreferenced"] == 1
     wall = "wall-clock acceleration >= 2.0x (median over seeds)"
-    r1, r2 = compute_results(one, "m", 60), compute_results(two, "m", 60)
-    assert r1["run_machines"] == ["Xeon"] and r2["run_machines"] == ["EPYC", "Xeon"]
-    v1 = {x["target"]: x for x in target_verdicts(r1) if x["selector"] == "cropi"}
-    v2 = {x["target"]: x for x in target_verdicts(r2) if x["selector"] == "cropi"}
-    assert v1[wall]["met"] and not v2[wall]["met"] and "not comparable" in v2[wall]["measured"]
-    write_comparison_report(r2, tmp_path)
-    assert "Runs from 2 CPU models" in (tmp_path / "report.md").read_text()
+    verdicts = {x["target"]: x for x in target_verdicts(alone) if x["selector"] == "cropi"}
+    assert one["selectors"]["cropi"]["median"]["wall_acceleration"] >= 2.0
+    assert not verdicts[wall]["met"] and "no full-data run on their machine" in verdicts[wall]["measured"]
+    write_comparison_report(two, tmp_path)
+    assert "Runs from 2 machines" in (tmp_path / "report.md").read_text()
+
+
+def test_a_comparison_resumed_on_another_machine_repeats_full_datas_first_seed_there(tmp_path):
+    from cropi.experiments.compare import reference_run
+    from cropi.experiments.report import host_id
+    from cropi.io import write_json
+
+    pending = [("full", 3, "full-s3"), ("full", 4, "full-s4"), ("cropi", 3, "cropi-s3")]
+    for run, host in (("full-s3", "elsewhere"), ("full-s4", "elsewhere")):
+        write_json(tmp_path / "runs" / run / "summary.json", {"host": host, "curve": []})
+    assert reference_run(tmp_path, pending) == f"full-s3@{host_id()[:8]}"
+    write_json(tmp_path / "runs" / "cropi-s3" / "summary.json", {"host": "elsewhere", "curve": []})
+    assert reference_run(tmp_path, pending) is None  # nothing left to run here
+    (tmp_path / "runs" / "cropi-s3" / "summary.json").unlink()
+    write_json(tmp_path / "runs" / "full-s4" / "summary.json", {"host": host_id(), "curve": []})
+    assert reference_run(tmp_path, pending) is None  # full data already ran on this machine
+
+
+
+
+def test_resumed_comparison_gets_a_full_data_reference_on_the_new_machine(tmp_path, monkeypatch):
+    import cropi.experiments.compare as compare_mod
+    import cropi.experiments.run as run_mod
+    from cropi.config import load_config
+    from cropi.io import read_json
+    from tests.conftest import small_suite_overrides
+
+    def on(host):
+        monkeypatch.setattr(compare_mod, "host_id", lambda: host)
+        monkeypatch.setattr(run_mod, "host_id", lambda: host)
+
+    out = tmp_path / "cmp"
+    cfg = load_config(None, small_suite_overrides() + ["model.device=cpu", "train.steps=2", "train.eval_every=1",
+                                                       "select.stages=1"])
+    on("machine-a")
+    compare_mod.run_compare(cfg, ["random"], [0], out)
+    assert not list((out / "runs").glob("*@*"))  # one machine: no reference
+    (out / "runs" / "random-s0" / "summary.json").unlink()  # as if it had not finished before the move
+    on("machine-b")
+    res = compare_mod.run_compare(cfg, ["random"], [0], out)
+    ref = read_json(out / "runs" / "full-s0@machine-" / "summary.json")
+    full = read_json(out / "runs" / "full-s0" / "summary.json")
+    assert ref["host"] == "machine-b" and full["host"] == "machine-a"
+    # the same seed: the same training, evaluation for evaluation (only its seconds are this machine's)
+    assert [c["targeted"] for c in ref["curve"]] == [c["targeted"] for c in full["curve"]]
+    assert set(res["hosts"]) == {"machine-a", "machine-b"} and res["hosts"]["machine-b"]["reference_runs"] == 1
+    assert res["selectors"]["random"]["seeds"]["0"]["host"] == "machine-b"
+    assert res["selectors"]["random"]["seeds"]["0"]["wall_reference"]
+    assert list(res["selectors"]["full"]["seeds"]) == ["0"]  # the reference is not another full-data seed

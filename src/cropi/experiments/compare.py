@@ -2,7 +2,9 @@
 
 This module schedules the runs and assembles the results; the numbers are defined in
 ``experiments/metrics.py``, the report in ``experiments/report.py``.  Each run is an ordinary run folder
-(``DIR/runs/SELECTOR-sSEED``), so the comparison resumes run by run and a finished run is never redone.
+(``DIR/runs/SELECTOR-sSEED``), so the comparison resumes run by run and a finished run is never redone.  Resumed
+on another machine, it first repeats full data's first seed there (``DIR/runs/full-sSEED@HOST``): wall-clock
+accelerations divide by full data's seconds on the run's own machine.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from typing import Callable, Sequence
 
 from cropi.config import RunConfig, dump_config, validate
 from cropi.experiments.locks import claim, release
-from cropi.experiments.metrics import compute_results, training_signal
-from cropi.experiments.report import machine_description, write_comparison_report
+from cropi.experiments.metrics import compute_results, host_of, training_signal
+from cropi.experiments.report import host_id, machine_description, write_comparison_report
 from cropi.experiments.run import resolve_selector, run_training
 from cropi.io import read_json, read_jsonl, write_json, write_text
 from cropi.selection.variants import apply_settings, parse_selector
@@ -42,6 +44,19 @@ def check_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int]
     return load_data(cfg.data)
 
 
+def reference_run(out: Path, pending: Sequence[tuple[str, int, str]]) -> str | None:
+    """The name of a reference run of full data for this machine, when one is needed: runs are left to do here
+    but full data's finished runs were measured on another machine (a comparison resumed elsewhere).  It
+    repeats full data's first seed, so that the runs done here have full-data seconds from the same machine."""
+    here = host_id()
+    todo = [r for _, _, r in pending if not (out / "runs" / r / "summary.json").exists()]
+    full_hosts = {host_of(read_json(out / "runs" / r / "summary.json")) for name, _, r in pending
+                  if name == "full" and r not in todo}
+    if not todo or not full_hosts or here in full_hosts:
+        return None
+    return f"full-s{pending[0][1]}@{here[:8]}"
+
+
 def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], out: str | Path,
                 on_run: Callable[[str, int, dict | None], None] | None = None,
                 on_event: Callable[[dict], None] | None = None, worker: bool = False) -> dict | None:
@@ -60,14 +75,17 @@ def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], 
 
     # Several `cropi compare` processes may share one folder (e.g. one per core): each run is claimed with a
     # lock file, runs claimed elsewhere are deferred, and every process ends with the whole result.
-    pending = [(name, seed) for name in order for seed in seeds]
+    pending = [(name, seed, f"{name}-s{seed}") for name in order for seed in seeds]
+    reference = reference_run(out, pending)
+    if reference:
+        pending.insert(0, ("full", seeds[0], reference))
     while pending:
         deferred = []
-        for name, seed in pending:
-            run_dir = out / "runs" / f"{name}-s{seed}"
+        for name, seed, run_name in pending:
+            run_dir = out / "runs" / run_name
             if not (run_dir / "summary.json").exists():
                 if not claim(run_dir):
-                    deferred.append((name, seed))
+                    deferred.append((name, seed, run_name))
                     continue
                 try:
                     if not (run_dir / "summary.json").exists():
@@ -78,6 +96,8 @@ def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], 
                 finally:
                     release(run_dir)
             summary = read_json(run_dir / "summary.json")
+            if run_name != f"{name}-s{seed}":
+                continue  # a reference run: read below, with every machine's
             if on_run:
                 on_run(name, seed, summary)
             summaries.setdefault(name, {})[seed] = summary
@@ -91,7 +111,8 @@ def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], 
     summaries = {name: dict(sorted(summaries[name].items())) for name in order if name in summaries}
     eval_sets = suite.test if cfg.eval.split == "test" else suite.validation
     targeted_ids = {f: [p.id for p in eval_sets[f]] for f in suite.targeted}
-    results = compute_results(summaries, machine_description(), cfg.train.steps, items, targeted_ids)
+    references = [read_json(p) for p in sorted((out / "runs").glob("full-s*@*/summary.json"))]
+    results = compute_results(summaries, machine_description(), cfg.train.steps, items, targeted_ids, references)
     for name, runs in summaries.items():
         for seed in runs:
             metrics = out / "runs" / f"{name}-s{seed}" / "metrics.jsonl"

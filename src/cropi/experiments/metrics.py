@@ -117,10 +117,41 @@ def median(vals: list) -> float | None:
     return mid
 
 
+def host_of(summary: dict) -> str:
+    """The machine a run's seconds were measured on (``report.host_id``); "unrecorded" for older summaries."""
+    return summary.get("host") or "unrecorded"
+
+
+def seconds_at_step(curve: Sequence[dict], step: float | None) -> float | None:
+    """A run's seconds at ``step``, linear between evaluations; None past its last one."""
+    if step is None:
+        return None
+    for a, b in zip(curve, curve[1:]):
+        if a["step"] <= step <= b["step"]:
+            f = (step - a["step"]) / (b["step"] - a["step"]) if b["step"] != a["step"] else 0.0
+            return a["seconds"] + f * (b["seconds"] - a["seconds"])
+    return float(curve[0]["seconds"]) if curve and curve[0]["step"] == step else None
+
+
+def full_seconds_by_host(full_runs: Sequence[dict], step: float | None) -> dict[str, float]:
+    """Full data's seconds to ``step`` on each machine: the mean over the full-data runs measured there.
+    Seconds are compared only on one machine, so a run's wall-clock acceleration divides by its own host's."""
+    by: dict[str, list[float]] = {}
+    for s in full_runs:
+        sec = seconds_at_step(s["curve"], step)
+        if sec is not None:
+            by.setdefault(host_of(s), []).append(sec)
+    return {h: statistics.fmean(v) for h, v in by.items()}
+
+
 def compute_results(summaries: dict[str, dict[int, dict]], machine: str, budget_steps: int,
                     items: dict[str, dict[int, dict]] | None = None,
-                    targeted_ids: dict[str, list[str]] | None = None) -> dict:
-    """results.json from run summaries ``{selector: {seed: summary}}`` (``full`` must be present)."""
+                    targeted_ids: dict[str, list[str]] | None = None,
+                    references: Sequence[dict] = ()) -> dict:
+    """results.json from run summaries ``{selector: {seed: summary}}`` (``full`` must be present).
+
+    ``references``: extra full-data runs (summaries), each repeating a seed of ``full`` on another machine;
+    they give that machine's full-data seconds and enter nothing else."""
     if "full" not in summaries or not summaries["full"]:
         raise ConfigError("a comparison needs the full-data selector (it defines the threshold)")
     full_curves = [s["curve"] for s in summaries["full"].values()]
@@ -129,6 +160,7 @@ def compute_results(summaries: dict[str, dict[int, dict]], machine: str, budget_
     threshold = max(sm)
     s_full = first_crossing(steps, sm, threshold)
     w_full = first_crossing(mean_sec, sm, threshold)
+    w_full_on = full_seconds_by_host([*summaries["full"].values(), *references], s_full)
     out = {"schema_version": SCHEMA_VERSION, "machine": machine, "budget_steps": budget_steps,
            "threshold_targeted": threshold, "full_steps_to_threshold": s_full, "full_seconds_to_threshold": w_full,
            "selectors": {}}
@@ -141,7 +173,8 @@ def compute_results(summaries: dict[str, dict[int, dict]], machine: str, budget_
             s_run = first_crossing(xs, ys, threshold)
             w_run = first_crossing(secs, ys, threshold)
             step_acc, step_bound = acceleration(s_full, s_run, _first_interval(xs))
-            wall_acc, wall_bound = acceleration(w_full, w_run, _first_interval(secs))
+            host = host_of(s)
+            wall_acc, wall_bound = acceleration(w_full_on.get(host), w_run, _first_interval(secs))
             tgt = [c["targeted"] for c in curve]
             unt = [c["untargeted"] for c in curve if c.get("untargeted") is not None]
             row = {
@@ -151,6 +184,9 @@ def compute_results(summaries: dict[str, dict[int, dict]], machine: str, budget_
                 "wall_acceleration_is_lower_bound": wall_bound,
                 "steps_to_threshold": s_run,
                 "seconds_to_threshold": w_run,
+                "host": host,
+                # False: no full-data run on this run's machine, so it has no wall-clock acceleration
+                "wall_reference": host in w_full_on,
                 "best_targeted": max(tgt),
                 "best_untargeted": max(unt) if unt else None,
                 "final_targeted": statistics.fmean(tgt[-3:]),
@@ -170,14 +206,27 @@ def compute_results(summaries: dict[str, dict[int, dict]], machine: str, budget_
             if items and targeted_ids and name != "full" and seed in items.get(name, {}) and seed in items.get("full", {}):
                 row["paired_se_vs_full"] = paired_se(items[name][seed], items["full"][seed], targeted_ids)
             seeds[str(seed)] = row
-        out["selectors"][name] = {
-            "seeds": seeds,
-            "median": {k: median([r[k] for r in seeds.values()]) for k in (
-                "step_acceleration", "wall_acceleration", "final_targeted", "best_targeted", "best_untargeted")},
-        }
-    # seconds compare only on one CPU model: runs kept from several machines are named, so no ratio hides it
+        med = {k: median([r[k] for r in seeds.values()]) for k in (
+            "step_acceleration", "final_targeted", "best_targeted", "best_untargeted")}
+        # a run without a full-data run on its machine has no wall-clock number: it is left out, and counted
+        walls = [r["wall_acceleration"] for r in seeds.values() if r["wall_reference"]]
+        med["wall_acceleration"] = median(walls)
+        out["selectors"][name] = {"seeds": seeds, "median": med,
+                                  "wall_unreferenced": sum(not r["wall_reference"] for r in seeds.values())}
     cpus = sorted({cpu_model(s.get("machine")) for runs in summaries.values() for s in runs.values()} - {None})
     out["run_machines"] = cpus
+    hosts: dict[str, dict] = {}
+    for s in [*[s for runs in summaries.values() for s in runs.values()], *references]:
+        h = hosts.setdefault(host_of(s), {"cpu": cpu_model(s.get("machine")), "runs": 0, "reference_runs": 0,
+                                          "full_seconds_to_threshold": w_full_on.get(host_of(s))})
+        h["runs"] += 1
+    for s in references:
+        hosts[host_of(s)]["reference_runs"] += 1
+        hosts[host_of(s)]["runs"] -= 1
+    out["hosts"] = hosts
+    out["reference_runs"] = [{"host": host_of(s), "seed": (s.get("config") or {}).get("train", {}).get("seed"),
+                              "curve": [{"step": c["step"], "targeted": c["targeted"], "seconds": c["seconds"]}
+                                        for c in s["curve"]]} for s in references]
     out["partial_gain"] = partial_gain(summaries, steps, sm, mean_t[0], threshold)
     out["noise_floor"] = noise_floor(out["selectors"]["full"])
     return out

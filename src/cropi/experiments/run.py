@@ -29,7 +29,7 @@ from cropi.config import RunConfig, dump_config, from_dict, to_dict, validate
 from cropi.errors import ConfigError, CropiError
 from cropi.evaluation.evaluate import evaluate
 from cropi.experiments.metrics import summarize_curve
-from cropi.experiments.report import machine_description, write_run_report
+from cropi.experiments.report import host_id, machine_description, write_run_report
 from cropi.io import append_jsonl, read_jsonl, write_json, write_text
 from cropi.policy import load_policy
 from cropi.selection import make_selector
@@ -232,6 +232,7 @@ def run_training(
         "stage_summaries": stage_info,
         "model": cfg.model.name,
         "machine": machine_description(),
+        "host": host_id(),
         "prompts_per_step": cfg.train.prompts_per_step,
         "group_size": cfg.rollout.group_size,
         "steps_per_minute": 60 * state.step / state.train_seconds if state.train_seconds else None,
