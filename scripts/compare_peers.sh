@@ -13,7 +13,8 @@
 # with setsid it has its own scheduler autogroup, so `nice` in another shell does not yield to it; lower that
 # shell's whole group instead (`echo 19 > /proc/self/autogroup`).  To edit the source while it runs, run it from
 # a detached worktree (`git worktree add --detach DIR HEAD`, DIR/runs linked to this runs/, PYTHONPATH=DIR/src).
-# Seconds are comparable only between runs on the same CPU model: each summary records its machine.
+# Seconds are comparable only between runs on the same machine: each summary records its host, and a folder
+# resumed on a new machine first repeats full data's first seed there (runs/full-s0@HOST) as its reference.
 # It takes many hours on 2 cores (a cropi run of 600 steps is about an hour); the results feed
 # benchmarks/results/compare-peers.* and docs/results.md.  Runs finished on an earlier machine and kept with
 # `scripts/keep_compare_runs.sh save` are restored first; save again before the machine goes away.
