@@ -155,7 +155,7 @@ def test_collect_rejects_bad_input_before_writing(tmp_path, option, expect):
     ("select.drift_ess_threshold=-0.5", "select.drift_ess_threshold: -0.5: must be in [0, 1]"),
     ("select.drift_ess_threshold=1.01", "select.drift_ess_threshold: 1.01: must be in [0, 1]"),  # ESS <= 1
     ("select.candidates=-1", "select.candidates: -1: must be >= 0"),
-    ("eval.split=train", "eval.split: 'train': must be one of test, validation"),
+    ("eval.split=train", "eval.split: 'train': must be one of test, validation, validation_unscored"),
     ("train.aggregation=dapo", "train.aggregation: 'dapo': must be one of grpo, dr_grpo"),
     ("loss_type=bnpo", "train.aggregation: 'bnpo': must be one of grpo, dr_grpo"),
     ("train.lr=0", "train.lr: 0.0: must be > 0"),

@@ -127,3 +127,21 @@ def test_a_stored_config_resumes_when_a_key_added_since_has_its_default_and_only
     changed["train"]["lr"] = 0.5
     assert not same_config(yaml.safe_dump(changed), _cfg(micro_model_dir))
     assert not same_config("train: [1, 2]\n", cfg) and not same_config("train:\n  lr: [\n", cfg)
+
+
+def test_validation_unscored_evaluates_only_the_validation_prompts_no_score_reads(micro_model_dir, tmp_path):
+    import pytest
+
+    from cropi.errors import ConfigError
+    from cropi.tasks.synthetic import SuiteConfig, build_suite
+
+    cfg = _cfg(micro_model_dir, steps=2, **{"eval.split": "validation_unscored", "select.score.max_val_prompts": 3})
+    run_training(cfg, tmp_path / "u")
+    items = json.loads((tmp_path / "u" / "final_eval_items.json").read_text())["items"]
+    suite = build_suite(SuiteConfig(pool_size=40, val_size=8, test_size_targeted=12, test_size_untargeted=6))
+    # the first 3 of each 8-prompt validation set drive the influence scores: only the other 5 are evaluated
+    assert set(items) == {p.id for probs in suite.validation.values() for p in probs[3:]}
+    too_many = _cfg(micro_model_dir, steps=2, **{"eval.split": "validation_unscored", "select.score.max_val_prompts": 8})
+    with pytest.raises(ConfigError, match="no prompts beyond"):
+        run_training(too_many, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

@@ -226,10 +226,13 @@ class SelectConfig:
 class EvalConfig:
     max_new_tokens: int = setting(10, "Response length cap of the greedy evaluation.", at_least(1))
     batch_size: int = setting(512, "Sequences per evaluation batch.", at_least(1))
-    # the embedded validation sets hold targeted families only and drive the influence scores, so they favour
-    # the influence selectors: rank variants of one selector on them, not selectors against each other
-    split: str = setting("test", "test (the reported curves) or validation (choose settings without looking at "
-                         "the test splits).", one_of("test", "validation"))
+    # the validation sets hold targeted families only and their first prompts drive the influence scores, so
+    # evaluating on them favours the influence selectors; validation_unscored leaves those prompts out
+    split: str = setting("test", "test (the reported curves); validation (choose settings without looking at "
+                         "the test splits); or validation_unscored: each validation set without its first "
+                         "select.score.max_val_prompts prompts, the ones influence scoring reads, so that selectors "
+                         "can be set against each other on validation.",
+                         one_of("test", "validation", "validation_unscored"))
 
 
 @dataclass

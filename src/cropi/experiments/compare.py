@@ -19,7 +19,7 @@ from cropi.config import RunConfig, dump_config, validate
 from cropi.experiments.locks import claim, release
 from cropi.experiments.metrics import compute_results, host_of, training_signal
 from cropi.experiments.report import host_id, machine_description, write_comparison_report
-from cropi.experiments.run import resolve_selector, run_training
+from cropi.experiments.run import evaluation_sets, resolve_selector, run_training
 from cropi.io import read_json, read_jsonl, write_json, write_text
 from cropi.selection.variants import apply_settings, parse_selector
 from cropi.tasks.loading import load_data
@@ -109,7 +109,7 @@ def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], 
             time.sleep(10)  # everything left is running in another process
         pending = deferred
     summaries = {name: dict(sorted(summaries[name].items())) for name in order if name in summaries}
-    eval_sets = suite.test if cfg.eval.split == "test" else suite.validation
+    eval_sets = evaluation_sets(cfg, suite)
     targeted_ids = {f: [p.id for p in eval_sets[f]] for f in suite.targeted}
     references = [read_json(p) for p in sorted((out / "runs").glob("full-s*@*/summary.json"))]
     results = compute_results(summaries, machine_description(), cfg.train.steps, items, targeted_ids, references)

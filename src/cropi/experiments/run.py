@@ -139,6 +139,24 @@ def seconds_by_kind(state, collect_seconds: float, stage_info: list[dict]) -> di
     return {k: round(v, 2) for k, v in kinds.items()}
 
 
+def evaluation_sets(cfg: RunConfig, suite: Suite) -> dict:
+    """The sets a run is evaluated on (``eval.split``).  validation_unscored drops each validation set's first
+    ``select.score.max_val_prompts`` prompts, exactly those that the online influence ranking (the ``cropi``
+    selector) reads.  The curriculum's scoring reads the first that many *usable* prompts of its stores, which
+    reach past them where some groups had equal rewards: for it the split is only mostly unscored."""
+    if cfg.eval.split == "test":
+        return suite.test
+    if cfg.eval.split == "validation":
+        return suite.validation
+    k = cfg.select.score.max_val_prompts
+    out = {name: list(probs)[k:] for name, probs in suite.validation.items()}
+    empty = [name for name, probs in out.items() if not probs]
+    if empty:
+        raise ConfigError(f"eval.split=validation_unscored: validation set {empty[0]!r} has no prompts beyond the "
+                          f"first select.score.max_val_prompts={k}")
+    return out
+
+
 def run_training(
     cfg: RunConfig,
     run_dir: str | Path,
@@ -156,7 +174,7 @@ def run_training(
     cfg = resolve_selector(validate(cfg))
     suite = check_run(cfg, run_dir, resume)
     selector = make_selector(cfg.train.selector)
-    eval_sets = suite.test if cfg.eval.split == "test" else suite.validation
+    eval_sets = evaluation_sets(cfg, suite)
     policy = load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype)
     done = _prepare_run_dir(run_dir, cfg, resume)
     metrics_path = run_dir / "metrics.jsonl"
