@@ -117,3 +117,39 @@ def test_exact_scoring_quick_path_ranks_exactly_as_the_fp64_reference(tmp_path):
     assert exact["mode"] == "exact" and exact["precision_at_10"] == 1.0 and exact["max_abs_cosine_error"] < 1e-5
     assert projected["max_abs_cosine_error"] > exact["max_abs_cosine_error"]  # k = 256: visible projection noise
     assert res["train_prompts"] == 20 and (tmp_path / "out" / "exact_scoring.md").exists()
+
+
+def _write_probe_run(run_dir, curve, finished, sampled=10):
+    import json
+    run_dir.mkdir(parents=True)
+    rows = []
+    for step, acc in curve:
+        rows.append({"event": "step", "step": step, "sampled_sequences": sampled})
+        rows.append({"event": "eval", "step": step, "seconds": float(step), "targeted": acc, "n": {"add": 100}})
+    (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    if finished:
+        (run_dir / "summary.json").write_text("{}")
+
+
+def test_probe_summary_ignores_a_stopped_runs_cut_short_last_point(tmp_path):
+    from cropi.experiments.benchmarks.probe_summary import summarize_probe
+
+    full = [(0, 0.3), (10, 0.4), (20, 0.5), (30, 0.6), (40, 0.6)]  # smoothed best 0.6 (last point, run finished)
+    _write_probe_run(tmp_path / "runs" / "full-s0", full, finished=True)
+    # stopped: its last two points smooth to 0.625 there, a crossing only the missing right neighbour allows
+    # (the complete window at step 30 is 0.517)
+    _write_probe_run(tmp_path / "runs" / "spike-s0", [(0, 0.3), (10, 0.4), (20, 0.3), (30, 0.4), (40, 0.85)],
+                     finished=False)
+    # stopped, crossing where its window is complete: smoothed 0.4, 0.6, 0.7 at 10, 20, 30 -> 0.6 at step 20
+    _write_probe_run(tmp_path / "runs" / "early-s0", [(0, 0.3), (10, 0.5), (20, 0.6), (30, 0.7), (40, 0.8), (50, 0.2)],
+                     finished=False)
+    res = summarize_probe(tmp_path)
+    assert abs(res["threshold"]["targeted"] - 0.6) < 1e-9
+    assert res["threshold"]["full_steps"] == 40.0
+    assert res["runs"]["spike-s0"]["steps_to_threshold"] is None
+    early = res["runs"]["early-s0"]
+    # slow reference: the smoothed value at step 20 is (0.5 + 0.6 + 0.7) / 3 = 0.6, the first at the threshold
+    assert abs(early["steps_to_threshold"] - 20.0) < 1e-9
+    assert abs(early["step_acceleration"] - 2.0) < 1e-9
+    assert early["sequences_to_threshold"] == 30  # steps 0, 10 and 20, 10 responses each
+    assert abs(early["last3"] - (0.7 + 0.8 + 0.2) / 3) < 1e-9
