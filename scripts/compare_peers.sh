@@ -15,6 +15,7 @@
 # a detached worktree (`git worktree add --detach DIR HEAD`, DIR/runs linked to this runs/, PYTHONPATH=DIR/src).
 # Seconds are comparable only between runs on the same machine: each summary records its host, and a folder
 # resumed on a new machine first repeats full data's first seed there (runs/full-s0@HOST) as its reference.
+# A kept run whose machine has no full-data run kept is not restored, so it is trained again here.
 # It takes many hours on 2 cores (a cropi run of 600 steps is about an hour); the results feed
 # benchmarks/results/compare-peers.* and docs/results.md.  Runs finished on an earlier machine and kept with
 # `scripts/keep_compare_runs.sh save` are restored first; save again before the machine goes away.

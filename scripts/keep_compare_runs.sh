@@ -7,6 +7,9 @@
 #                                          to benchmarks/results/compare-runs/FOLDER/
 #   scripts/keep_compare_runs.sh restore   copy the kept records back where runs/FOLDER/runs/ lacks them
 #
+# restore leaves out a run whose machine has no full-data run kept in its folder: its seconds could never be
+# set against full data's on the same machine, so it is trained again (a run's curve depends only on its seed
+# and config, so only its seconds change).
 # A run counts as finished when its summary.json exists; `cropi compare` then reads the run and never redoes
 # it.  Checkpoints, final models and stores are not kept: they are large and a finished run does not need them.
 # Unfinished runs are not kept either (they restart from step 0 on a new machine).
@@ -28,8 +31,17 @@ case "${1:-}" in
     done ;;
   restore)
     for folder in $FOLDERS; do
+      # the machines that have a full-data run (full-sN or a reference full-sN@HOST) kept in this folder
+      referenced=$(python3 -c 'import json, pathlib, sys
+print(" ".join(sorted({json.loads(p.read_text()).get("host") or "unrecorded"
+                       for p in pathlib.Path(sys.argv[1]).glob("full-s*/summary.json")})))' "$KEPT/$folder")
       for kept in "$KEPT/$folder"/*/; do
         [ -f "$kept/summary.json" ] || continue
+        host=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("host") or "unrecorded")' "$kept/summary.json")
+        if [[ " $referenced " != *" $host "* ]]; then
+          echo "not restored $(basename "$kept"): no full-data run on its machine ($host), so it is trained again"
+          continue
+        fi
         run="runs/$folder/runs/$(basename "$kept")"
         [ -f "$run/summary.json" ] && continue
         rm -rf "$run" && mkdir -p "$run"

@@ -460,3 +460,28 @@ def test_resumed_comparison_gets_a_full_data_reference_on_the_new_machine(tmp_pa
     assert res["selectors"]["random"]["seeds"]["0"]["host"] == "machine-b"
     assert res["selectors"]["random"]["seeds"]["0"]["wall_reference"]
     assert list(res["selectors"]["full"]["seeds"]) == ["0"]  # the reference is not another full-data seed
+
+
+def test_restore_leaves_out_kept_runs_whose_machine_has_no_full_data_run(tmp_path):
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(repo / "scripts" / "keep_compare_runs.sh", tmp_path / "scripts")
+    kept = tmp_path / "benchmarks" / "results" / "compare-runs" / "compare-peers"
+    for name, host in [("full-s0", "A"), ("full-s0@B", "B"), ("cropi-s0", "A"), ("cropi-s1", "B"),
+                       ("cropi-s2", "C"), ("dapo-s0", None)]:
+        (kept / name).mkdir(parents=True)
+        (kept / name / "summary.json").write_text(json.dumps({"host": host} if host else {}))
+        (kept / name / "metrics.jsonl").write_text("{}\n")
+    out = subprocess.run(["bash", "scripts/keep_compare_runs.sh", "restore"], cwd=tmp_path, check=True,
+                         capture_output=True, text=True, env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+                                                     "FOLDERS": "compare-peers"}).stdout
+    restored = sorted(p.name for p in (tmp_path / "runs" / "compare-peers" / "runs").iterdir())
+    assert restored == ["cropi-s0", "cropi-s1", "full-s0", "full-s0@B"]
+    assert "not restored cropi-s2" in out and "not restored dapo-s0" in out
+    assert (tmp_path / "runs" / "compare-peers" / "runs" / "cropi-s1" / "metrics.jsonl").read_text() == "{}\n"
