@@ -8,8 +8,8 @@
 #   scripts/keep_compare_runs.sh restore   copy the kept records back where runs/FOLDER/runs/ lacks them
 #
 # restore leaves out a run whose machine has no full-data run kept in its folder: its seconds could never be
-# set against full data's on the same machine, so it is trained again (a run's curve depends only on its seed
-# and config, so only its seconds change).
+# set against full data's on the same machine, so it is trained again, curve and seconds together (full data's
+# curve repeated exactly across three machines; screened runs repeated theirs for 229-271 steps, then drifted).
 # A run counts as finished when its summary.json exists; `cropi compare` then reads the run and never redoes
 # it.  Checkpoints, final models and stores are not kept: they are large and a finished run does not need them.
 # Unfinished runs are not kept either (they restart from step 0 on a new machine).

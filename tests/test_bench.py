@@ -151,5 +151,7 @@ def test_probe_summary_ignores_a_stopped_runs_cut_short_last_point(tmp_path):
     # slow reference: the smoothed value at step 20 is (0.5 + 0.6 + 0.7) / 3 = 0.6, the first at the threshold
     assert abs(early["steps_to_threshold"] - 20.0) < 1e-9
     assert abs(early["step_acceleration"] - 2.0) < 1e-9
+    assert abs(early["seconds_to_threshold"] - 20.0) < 1e-9  # these rows' seconds equal their steps
+    assert abs(early["wall_acceleration"] - 2.0) < 1e-9
     assert early["sequences_to_threshold"] == 30  # steps 0, 10 and 20, 10 responses each
     assert abs(early["last3"] - (0.7 + 0.8 + 0.2) / 3) < 1e-9

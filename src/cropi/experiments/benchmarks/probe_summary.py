@@ -6,7 +6,8 @@ A probe is a comparison folder whose runs evaluate on the validation sets (``eva
 ``validation_unscored``) and whose non-full runs may be stopped once they have shown what they will show.
 Stopped runs have no ``summary.json``, so this reads each run's ``metrics.jsonl``.  The threshold is full
 data's smoothed best (as in ``compute_results``); each run gives its steps and sampled responses to it, its
-accuracy every 100 steps, its last-3 mean and best.
+seconds to it (as each run's evaluation rows record them: comparable only between runs that shared one machine
+under one load), its accuracy every 100 steps, its last-3 mean and best.
 
 A stopped run's last evaluation has no right neighbour, so its smoothed value is a two-point mean that a
 full run would not have: crossings are read only where the smoothing window is complete, except at the end
@@ -18,7 +19,6 @@ Writes ``benchmarks/results/NAME.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,36 +26,28 @@ from cropi.errors import ConfigError
 from cropi.experiments.benchmarks.common import RESULTS_DIR
 from cropi.experiments.metrics import SMOOTH, first_crossing, smooth
 from cropi.experiments.report import machine_description
-from cropi.io import write_json
+from cropi.io import read_jsonl, write_json
 
 SCHEMA_VERSION = 1
 
 
 def read_run(run_dir: Path) -> tuple[list[dict], list[dict]]:
-    """(evaluation rows, step rows) of one run's ``metrics.jsonl``."""
-    evals, steps = [], []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        if row.get("event") == "eval":
-            evals.append(row)
-        elif row.get("event") == "step":
-            steps.append(row)
-    return evals, steps
+    """(evaluation rows, step rows) of one run's ``metrics.jsonl`` (a killed run's torn last line is dropped)."""
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    return [r for r in rows if r.get("event") == "eval"], [r for r in rows if r.get("event") == "step"]
 
 
-def readable_curve(evals: list[dict], finished: bool) -> tuple[list[float], list[float]]:
-    """(steps, smoothed targeted accuracy), without the trailing points whose window a stopped run cut short."""
+def readable_curve(evals: list[dict], finished: bool) -> tuple[list[float], list[float], list[float]]:
+    """(steps, seconds, smoothed targeted accuracy), without the trailing points whose window a stopped run
+    cut short."""
     xs = [float(e["step"]) for e in evals]
+    secs = [float(e["seconds"]) for e in evals]
     ys = smooth([e["targeted"] for e in evals])
-    if not finished:
-        cut = len(xs) - SMOOTH // 2
-        xs, ys = xs[:max(cut, 0)], ys[:max(cut, 0)]
-    return xs, ys
+    keep = len(xs) if finished else max(len(xs) - SMOOTH // 2, 0)
+    return xs[:keep], secs[:keep], ys[:keep]
 
 
-def summarize_probe(folder: Path, budget_steps: int | None = None) -> dict:
+def summarize_probe(folder: Path) -> dict:
     """Every run of the probe folder ``folder`` against full data's seed-0 run there."""
     runs_dir = Path(folder) / "runs"
     if not (runs_dir / "full-s0" / "metrics.jsonl").is_file():
@@ -67,13 +59,15 @@ def summarize_probe(folder: Path, budget_steps: int | None = None) -> dict:
         if evals:
             runs[run_dir.name] = (evals, steps, (run_dir / "summary.json").is_file())
     f_evals, _, f_done = runs["full-s0"]
-    fx, fy = readable_curve(f_evals, f_done)
+    fx, fsecs, fy = readable_curve(f_evals, f_done)
     threshold = max(fy)
     full_steps = first_crossing(fx, fy, threshold)
+    full_seconds = first_crossing(fsecs, fy, threshold)
     out_runs = {}
     for name, (evals, steps, done) in runs.items():
-        xs, ys = readable_curve(evals, done)
+        xs, secs, ys = readable_curve(evals, done)
         reached = first_crossing(xs, ys, threshold)
+        reached_s = first_crossing(secs, ys, threshold)
         sampled = (sum(r.get("sampled_sequences", 0) for r in steps if r["step"] <= reached)
                    if reached is not None else None)
         acc = {str(int(e["step"])): e["targeted"] for e in evals if int(e["step"]) % 100 == 0 and e["step"] > 0}
@@ -83,6 +77,8 @@ def summarize_probe(folder: Path, budget_steps: int | None = None) -> dict:
             "last_step": int(evals[-1]["step"]),
             "steps_to_threshold": reached,
             "step_acceleration": (full_steps / reached) if reached else None,
+            "seconds_to_threshold": reached_s,
+            "wall_acceleration": (full_seconds / reached_s) if reached_s else None,
             "sequences_to_threshold": sampled,
             "accuracy_every_100": acc,
             "last3": sum(last3) / len(last3),
@@ -92,8 +88,8 @@ def summarize_probe(folder: Path, budget_steps: int | None = None) -> dict:
             "curve": [[int(e["step"]), e["targeted"]] for e in evals],
         }
     return {"schema_version": SCHEMA_VERSION, "benchmark": "validation-probe", "folder": str(folder),
-            "config": cfg_path.read_text() if cfg_path.is_file() else None, "budget_steps": budget_steps,
-            "threshold": {"targeted": threshold, "full_steps": full_steps},
+            "config": cfg_path.read_text() if cfg_path.is_file() else None,
+            "threshold": {"targeted": threshold, "full_steps": full_steps, "full_seconds": full_seconds},
             "machine": machine_description(), "runs": out_runs}
 
 
