@@ -155,3 +155,39 @@ def test_probe_summary_ignores_a_stopped_runs_cut_short_last_point(tmp_path):
     assert abs(early["wall_acceleration"] - 2.0) < 1e-9
     assert early["sequences_to_threshold"] == 30  # steps 0, 10 and 20, 10 responses each
     assert abs(early["last3"] - (0.7 + 0.8 + 0.2) / 3) < 1e-9
+
+
+def test_cost_model_sets_each_runs_seconds_against_full_data_on_its_own_machine(tmp_path):
+    """Full data takes 1 s/step on machine A and 3 s/step on B (mean 2 s); a run on B that trains 6 s/step is 4 s
+    on the mean machine's scale, and a run on a machine with no full-data run is left out."""
+    from cropi.experiments.benchmarks.cost_model import measure
+    from cropi.io import write_json
+
+    runs = tmp_path / "runs"
+
+    def run(name, host, per_step, kinds, stages=()):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "metrics.jsonl").write_text("".join(
+            f'{{"event": "step", "step": {i}, "rollout_seconds": {per_step}, "train_seconds": {per_step}}}\n'
+            for i in range(1, 5)))
+        write_json(runs / name / "summary.json", {
+            "host": host, "steps": 4, "prompts_per_step": 2, "group_size": 2, "collect_seconds": 0.0,
+            "seconds_by_kind": {k: v * 4 for k, v in kinds.items()}, "stage_summaries": list(stages),
+            "config": {"select": {"candidates": 0, "refresh_every": 0, "score": {"max_val_prompts": 1}},
+                       "data": {"suite": {"pool_size": 10}}}})
+
+    run("full-s0", "A", 1.0, {"rollouts": 1.0, "training": 1.0})
+    run("full-s0@B", "B", 3.0, {"rollouts": 3.0, "training": 3.0})
+    ess = {"ess": {"usable": 3, "candidates": 6, "score_seconds": 12.0}, "behaviour": {"validation": {"a": 0}}}
+    run("x-s0", "B", 0.0, {"rollouts": 3.0, "training": 6.0, "selection": 0.5}, [ess])
+    run("x-s1", "C", 0.0, {"rollouts": 100.0, "training": 100.0})
+    write_json(tmp_path / "results.json", {"selectors": {
+        "full": {"seeds": {"0": {}}, "median": {"step_acceleration": 1.0}},
+        "x": {"seeds": {"0": {}, "1": {}}, "median": {"step_acceleration": 2.0}}}})
+    m = measure(tmp_path)
+    assert m.rollout_seconds_per_step == 2.0 and m.update_seconds_per_step == 2.0
+    x = m.methods["x"]
+    assert x["seeds_timed"] == 1 and x["seconds_per_step"] == {"rollouts": 2.0, "training": 4.0, "selection": 0.5}
+    # 12 s over 3 usable + 1 validation prompt on B is 2 s per gradient on the mean machine, against 1 s of
+    # update per trained prompt there
+    assert m.score_multiple == pytest.approx(2.0) and m.usable_share == 0.5

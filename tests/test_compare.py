@@ -192,6 +192,13 @@ def test_compare_cli_end_to_end(tmp_path):
     model = json.loads((tmp_path / "cost" / "cost_model.json").read_text())
     for block in model["model"].values():
         assert block["update_seconds_per_step"] > 0 and set(block["methods"]) >= {"full", "cropi", "dapo"}
+    # it needs only what keep_compare_runs.sh keeps of a run (no stages/ folder, no stores)
+    import shutil
+
+    kept = tmp_path / "kept"
+    shutil.copytree(tmp_path / "cmp", kept, ignore=shutil.ignore_patterns("stages", "stores", "final_model", "checkpoints"))
+    cost_model(["--compare", str(kept), "--out", str(tmp_path / "cost-kept")])
+    assert json.loads((tmp_path / "cost-kept" / "cost_model.json").read_text())["measured"] == model["measured"]
     assert "report.md" in r.output and (tmp_path / "cmp" / "report.md").exists()
     # the stores were collected once and shared
     assert (tmp_path / "cmp" / "stores" / "pool" / "meta.json").exists()

@@ -3,9 +3,10 @@ measured on this testbed (``docs/cost-model.md`` explains it).
 
 What is measured here, from a comparison folder (``cropi compare --out DIR``): full data's rollout and update
 seconds per step (``metrics.jsonl``); each method's seconds per step by kind (``summary.json``: rollouts,
-refills, screening, collection, scoring, selection, training); the cost of one scoring gradient against the
-update of one trained prompt and the usable share of scored prompts (``stages/*/selection.json``); and each
-method's median step-level acceleration to full data's threshold (``results.json``).
+refills, screening, collection, scoring, selection, training), set against full data's on the run's own
+machine; the cost of one scoring gradient against the update of one trained prompt and the usable share of
+scored prompts (the stage records in ``summary.json``, which the kept records of a run keep); and each method's
+median step-level acceleration to full data's threshold (``results.json``).
 
 What is modelled: the workload's update seconds per step from FLOPs (8·N per token: forward, backward and the
 old-log-prob forward) at an assumed utilisation, and its rollout seconds from the rollout share of a full-data
@@ -26,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cropi import SCHEMA_VERSION
+from cropi.errors import CropiError
+from cropi.experiments.metrics import host_of
 from cropi.io import read_json, read_jsonl, write_json, write_text
 
 
@@ -62,19 +65,36 @@ class Measured:
     methods: dict = field(default_factory=dict)  # name -> per-method facts
 
 
+ROLLOUT_KINDS = ("rollouts", "refills", "screening", "collection")  # sampling: scaled like generation
+UPDATE_KINDS = ("training", "scoring")  # forward + backward passes: scaled like the update
+
+
 def _mean(xs):
     xs = [x for x in xs if x is not None]
     return statistics.fmean(xs) if xs else None
 
 
+def _full_step_seconds(folder: Path) -> tuple[float, float]:
+    """A full-data run's mean rollout and update seconds per step (``metrics.jsonl``)."""
+    steps = [r for r in read_jsonl(folder / "metrics.jsonl") if r.get("event") == "step"]
+    return statistics.fmean(r["rollout_seconds"] for r in steps), statistics.fmean(r["train_seconds"] for r in steps)
+
+
 def measure(compare_dir: Path) -> Measured:
-    """The testbed's costs, from a comparison folder's run folders and results."""
+    """The testbed's costs, from a comparison folder's run folders and results.
+
+    Runs of one folder may come from several machines of different speed.  A run's seconds are therefore set
+    against full data's on its own machine (``full-sN`` or a reference ``full-sN@HOST``) and expressed on the
+    scale of the mean full-data step; a run whose machine has no full-data run is left out."""
     compare_dir = Path(compare_dir)
     results = read_json(compare_dir / "results.json")
     runs = compare_dir / "runs"
-    steps = [r for d in runs.glob("full-s*") for r in read_jsonl(d / "metrics.jsonl") if r.get("event") == "step"]
-    roll = statistics.fmean(r["rollout_seconds"] for r in steps)
-    upd = statistics.fmean(r["train_seconds"] for r in steps)
+    by_host: dict[str, list[tuple[float, float]]] = {}
+    for d in sorted(runs.glob("full-s*")):
+        by_host.setdefault(host_of(read_json(d / "summary.json")), []).append(_full_step_seconds(d))
+    full = [x for xs in by_host.values() for x in xs]
+    roll, upd = statistics.fmean(x[0] for x in full), statistics.fmean(x[1] for x in full)
+    host_full = {h: (statistics.fmean(x[0] for x in xs), statistics.fmean(x[1] for x in xs)) for h, xs in by_host.items()}
     summary = read_json(next(runs.glob("full-s*")) / "summary.json")
     b, g = summary["prompts_per_step"], summary["group_size"]
     per_grad, collect, usable = [], [], []
@@ -82,25 +102,33 @@ def measure(compare_dir: Path) -> Measured:
     for name, block in results["selectors"].items():
         seeds = {}
         for seed, row in block["seeds"].items():
-            folder = runs / f"{name}-s{seed}"
-            s = read_json(folder / "summary.json")
-            stages = [read_json(p) for p in sorted((folder / "stages").glob("stage-*/selection.json"))]
-            scored = [st for st in stages if "ess" in st]
-            for st in scored:
+            s = read_json(runs / f"{name}-s{seed}" / "summary.json")
+            if host_of(s) not in host_full:
+                continue
+            # this machine's seconds -> the mean full-data machine's, sampling and passes each by its own ratio
+            k_roll, k_upd = roll / host_full[host_of(s)][0], upd / host_full[host_of(s)][1]
+            scale = lambda kind: k_roll if kind in ROLLOUT_KINDS else k_upd if kind in UPDATE_KINDS else 1.0
+            for st in (st for st in s.get("stage_summaries") or [] if "ess" in st):
                 n = st["ess"]["usable"] + s["config"]["select"]["score"]["max_val_prompts"] * len(st["behaviour"]["validation"])
-                per_grad.append(st["ess"]["score_seconds"] / n)
+                per_grad.append(k_upd * st["ess"]["score_seconds"] / n)
                 usable.append(st["ess"]["usable"] / st["ess"]["candidates"])
             first = _first_collection(s)
             if first:
-                collect.append(s["collect_seconds"] / first)
+                collect.append(k_roll * s["collect_seconds"] / first)
             trained = s["steps"] * b * g
             seeds[seed] = {"sampled_per_trained": (s.get("sampled_sequences") or trained) / trained,
-                           **{f"per_step_{k}": v / s["steps"] for k, v in (s.get("seconds_by_kind") or {}).items()}}
+                           **{f"per_step_{k}": scale(k) * v / s["steps"] for k, v in (s.get("seconds_by_kind") or {}).items()}}
+        if not seeds:
+            continue
         methods[name] = {k: _mean([v.get(k) for v in seeds.values()]) for k in next(iter(seeds.values()))}
         methods[name]["seconds_per_step"] = {k[len("per_step_"):]: methods[name].pop(k)
                                              for k in list(methods[name]) if k.startswith("per_step_")}
+        methods[name]["seeds_timed"] = len(seeds)
         # the median over seeds, as the comparison reports it (None when the median seed never reached it)
         methods[name]["step_acceleration"] = block["median"]["step_acceleration"]
+    if not per_grad:
+        raise CropiError(f"{compare_dir}: no run scored a pool (no stage record with an 'ess' block), so the cost "
+                         "of a scoring gradient is unknown")
     return Measured(roll, upd, b, _mean(per_grad) / (upd / b), _mean(collect) / (roll / b) if collect else None,
                     _mean(usable), methods)
 
@@ -111,10 +139,6 @@ def _first_collection(summary: dict) -> int:
         return 0
     sel = summary["config"]["select"]
     return sel["candidates"] if sel["candidates"] and sel["refresh_every"] else summary["config"]["data"]["suite"]["pool_size"]
-
-
-ROLLOUT_KINDS = ("rollouts", "refills", "screening", "collection")  # sampling: scaled like generation
-UPDATE_KINDS = ("training", "scoring")  # forward + backward passes: scaled like the update
 
 
 def model(m: Measured, w: Workload, full_steps: float) -> dict:
@@ -138,7 +162,7 @@ def model(m: Measured, w: Workload, full_steps: float) -> dict:
             scaled = {k: v * (k_roll if k in ROLLOUT_KINDS else k_upd if k in UPDATE_KINDS else 1.0)
                       for k, v in kinds.items()}
             per_step = sum(scaled.values())
-            rows[name] = {"steps": steps, "seconds_per_step": per_step,
+            rows[name] = {"steps": steps, "seconds_per_step": per_step, "seeds_timed": f.get("seeds_timed"),
                           "seconds_per_step_by_kind": scaled,
                           "hours": None if steps is None else steps * per_step / 3600}
         full_h = rows["full"]["hours"]
@@ -187,14 +211,14 @@ def render(data: dict) -> str:
     for share, block in data["model"].items():
         lines += [f"## Rollout share {float(share):.0%} of a full-data step", "",
                   f"Update {block['update_seconds_per_step']:.2f} s, rollouts {block['rollout_seconds_per_step']:.2f} s per step.", "",
-                  "| method | steps to threshold | seconds per step | hours | wall-clock vs full |",
+                  "| method | steps to threshold | seconds per step (seeds timed) | hours | wall-clock vs full |",
                   "| --- | ---: | ---: | ---: | ---: |"]
         for name, r in block["methods"].items():
             if "steps" not in r:
-                lines.append(f"| {name} | — | {r['seconds_per_step']:.2f} | first collection {r['first_collection_hours']:.2f} h | — |")
+                lines.append(f"| {name} | — | {r['seconds_per_step']:.2f} (per step) | first collection {r['first_collection_hours']:.2f} h | — |")
                 continue
             fmt = lambda x, d=2: "never (median seed)" if x is None else f"{x:.{d}f}"
-            lines.append(f"| {name} | {fmt(r['steps'], 0)} | {r['seconds_per_step']:.2f} | {fmt(r['hours'])} | "
+            lines.append(f"| {name} | {fmt(r['steps'], 0)} | {r['seconds_per_step']:.2f} ({r['seeds_timed']}) | {fmt(r['hours'])} | "
                          f"{fmt(r['wall_acceleration'])}{'×' if r['wall_acceleration'] else ''} |")
         lines.append("")
     return "\n".join(lines)
