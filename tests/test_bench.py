@@ -160,7 +160,7 @@ def test_probe_summary_ignores_a_stopped_runs_cut_short_last_point(tmp_path):
 def test_cost_model_sets_each_runs_seconds_against_full_data_on_its_own_machine(tmp_path):
     """Full data takes 1 s/step on machine A and 3 s/step on B (mean 2 s); a run on B that trains 6 s/step is 4 s
     on the mean machine's scale, and a run on a machine with no full-data run is left out."""
-    from cropi.experiments.benchmarks.cost_model import measure
+    from cropi.experiments.benchmarks.cost_model import Workload, measure, model
     from cropi.io import write_json
 
     runs = tmp_path / "runs"
@@ -182,7 +182,7 @@ def test_cost_model_sets_each_runs_seconds_against_full_data_on_its_own_machine(
     run("x-s0", "B", 0.0, {"rollouts": 3.0, "training": 6.0, "selection": 0.5}, [ess])
     run("x-s1", "C", 0.0, {"rollouts": 100.0, "training": 100.0})
     write_json(tmp_path / "results.json", {"selectors": {
-        "full": {"seeds": {"0": {}}, "median": {"step_acceleration": 1.0}},
+        "full": {"seeds": {"0": {}}, "median": {"step_acceleration": None}},  # its median seed missed the mean's best
         "x": {"seeds": {"0": {}, "1": {}}, "median": {"step_acceleration": 2.0}}}})
     m = measure(tmp_path)
     assert m.rollout_seconds_per_step == 2.0 and m.update_seconds_per_step == 2.0
@@ -191,3 +191,6 @@ def test_cost_model_sets_each_runs_seconds_against_full_data_on_its_own_machine(
     # 12 s over 3 usable + 1 validation prompt on B is 2 s per gradient on the mean machine, against 1 s of
     # update per trained prompt there
     assert m.score_multiple == pytest.approx(2.0) and m.usable_share == 0.5
+    # full data's steps are the workload's by definition; x takes half as many, at its own cost per step
+    block = model(m, Workload(), 650)["0.5"]["methods"]
+    assert block["full"]["steps"] == 650 and block["x"]["steps"] == 325 and block["full"]["wall_acceleration"] == 1.0

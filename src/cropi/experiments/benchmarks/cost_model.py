@@ -90,12 +90,12 @@ def measure(compare_dir: Path) -> Measured:
     results = read_json(compare_dir / "results.json")
     runs = compare_dir / "runs"
     by_host: dict[str, list[tuple[float, float]]] = {}
-    for d in sorted(runs.glob("full-s*")):
+    for d in sorted(p.parent for p in runs.glob("full-s*/summary.json")):  # finished runs only
         by_host.setdefault(host_of(read_json(d / "summary.json")), []).append(_full_step_seconds(d))
     full = [x for xs in by_host.values() for x in xs]
     roll, upd = statistics.fmean(x[0] for x in full), statistics.fmean(x[1] for x in full)
     host_full = {h: (statistics.fmean(x[0] for x in xs), statistics.fmean(x[1] for x in xs)) for h, xs in by_host.items()}
-    summary = read_json(next(runs.glob("full-s*")) / "summary.json")
+    summary = read_json(next(runs.glob("full-s*/summary.json")))
     b, g = summary["prompts_per_step"], summary["group_size"]
     per_grad, collect, usable = [], [], []
     methods = {}
@@ -156,7 +156,8 @@ def model(m: Measured, w: Workload, full_steps: float) -> dict:
         k_roll, k_upd = roll / m.rollout_seconds_per_step, upd / m.update_seconds_per_step
         rows = {}
         for name, f in m.methods.items():
-            acc = f["step_acceleration"]
+            # full data's steps are the workload's by definition (its median seed may miss its seed-mean best)
+            acc = 1.0 if name == "full" else f["step_acceleration"]
             steps = full_steps / acc if acc else None
             kinds = f["seconds_per_step"]
             scaled = {k: v * (k_roll if k in ROLLOUT_KINDS else k_upd if k in UPDATE_KINDS else 1.0)
