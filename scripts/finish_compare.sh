@@ -2,6 +2,9 @@
 # Once scripts/compare_peers.sh has finished every folder: copy the comparison's results into
 # benchmarks/results/ (compare-peers.*, its plots, draws.*), and run the cost model on it.  Refuses, and copies
 # nothing, while a folder has no results.json (a comparison writes it only when all its runs are done).
+#
+#   scripts/finish_compare.sh          everything: the main comparison, the draws, the long budget, the cost model
+#   scripts/finish_compare.sh main     the main comparison and the cost model only (the others still running)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -9,14 +12,23 @@ CROPI=${CROPI:-.venv/bin/cropi}
 DEST=benchmarks/results
 MAIN=runs/compare-peers
 DRAWS=(runs/compare-peers runs/compare-peers-draw1 runs/compare-peers-draw2)
-for d in "${DRAWS[@]}" runs/compare-peers-long; do
+case "${1:-}" in
+  "") NEEDED=("${DRAWS[@]}" runs/compare-peers-long) ;;
+  main) NEEDED=("$MAIN") ;;
+  *) echo "finish_compare.sh: unknown argument '$1' (expected nothing or 'main')" >&2; exit 2 ;;
+esac
+for d in "${NEEDED[@]}"; do
   [[ -f $d/results.json ]] || { echo "finish_compare.sh: $d/results.json is missing: the comparison is not done" >&2; exit 2; }
 done
 cp "$MAIN/results.json" "$DEST/compare-peers.json"
 for png in "$MAIN"/*.png; do cp "$png" "$DEST/compare-peers-$(basename "$png")"; done
 # the report names its plots by their own names: point it at the copies
 sed -E 's/\]\(([a-z_]+\.png)\)/](compare-peers-\1)/g' "$MAIN/report.md" > "$DEST/compare-peers.md"
+"$PY" -m cropi.experiments.benchmarks.cost_model --compare "$MAIN" --out "$DEST"
+if [[ ${1:-} == main ]]; then
+  echo "finish_compare.sh: wrote $DEST/compare-peers.*, cost_model.*"
+  exit 0
+fi
 cp runs/compare-peers-long/results.json "$DEST/compare-peers-long.json"
 "$CROPI" draws "${DRAWS[@]}" --out "$DEST"
-"$PY" -m cropi.experiments.benchmarks.cost_model --compare "$MAIN" --out "$DEST"
-echo "finish_compare.sh: wrote $DEST/compare-peers.*, compare-peers-long.json, draws.*, cost_model.*"
+echo "finish_compare.sh: wrote $DEST/compare-peers.*, cost_model.*, compare-peers-long.json, draws.*"
