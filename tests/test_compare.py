@@ -492,3 +492,13 @@ def test_restore_leaves_out_kept_runs_whose_machine_has_no_full_data_run(tmp_pat
     assert restored == ["cropi-s0", "cropi-s1", "full-s0", "full-s0@B"]
     assert "not restored cropi-s2" in out and "not restored dapo-s0" in out
     assert (tmp_path / "runs" / "compare-peers" / "runs" / "cropi-s1" / "metrics.jsonl").read_text() == "{}\n"
+
+
+def test_an_acceleration_is_a_tie_only_inside_full_datas_seed_spread_on_both_sides():
+    from cropi.experiments.report import _tie_note
+
+    res = {"noise_floor": {"wall_acceleration": {"max": 1.25}}}
+    assert _tie_note(res, "wall_acceleration", 1.1) and _tie_note(res, "wall_acceleration", 0.85)
+    assert not _tie_note(res, "wall_acceleration", 1.3)  # faster than any full-data seed
+    assert not _tie_note(res, "wall_acceleration", 0.6)  # slower than 1/1.25: not a tie either
+    assert not _tie_note({}, "wall_acceleration", 1.0)

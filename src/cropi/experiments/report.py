@@ -112,9 +112,11 @@ def is_peer(name: str) -> bool:
 
 
 def _tie_note(results: dict, key: str, value) -> str:
-    """ "; a tie" when ``value`` is inside full data's own seed spread (metrics.noise_floor)."""
+    """ "; a tie" when ``value`` is inside full data's own seed spread (metrics.noise_floor): between 1/max and
+    max, as a seed as far below the mean as the farthest one above it would be."""
     top = (results.get("noise_floor") or {}).get(key, {}).get("max")
-    return "; inside full data's seed spread: a tie" if value is not None and top is not None and value <= top else ""
+    inside = value is not None and top is not None and top > 0 and 1 / max(top, 1.0) <= value <= top
+    return "; inside full data's seed spread: a tie" if inside else ""
 
 
 def target_verdicts(results: dict) -> list[dict]:
