@@ -69,6 +69,11 @@ ROLLOUT_KINDS = ("rollouts", "refills", "screening", "collection")  # sampling: 
 UPDATE_KINDS = ("training", "scoring")  # forward + backward passes: scaled like the update
 
 
+def _kind_factor(kind: str, k_roll: float, k_upd: float) -> float:
+    """The factor that carries a kind of seconds to another scale: sampling by ``k_roll``, passes by ``k_upd``."""
+    return k_roll if kind in ROLLOUT_KINDS else k_upd if kind in UPDATE_KINDS else 1.0
+
+
 def _mean(xs):
     xs = [x for x in xs if x is not None]
     return statistics.fmean(xs) if xs else None
@@ -107,7 +112,6 @@ def measure(compare_dir: Path) -> Measured:
                 continue
             # this machine's seconds -> the mean full-data machine's, sampling and passes each by its own ratio
             k_roll, k_upd = roll / host_full[host_of(s)][0], upd / host_full[host_of(s)][1]
-            scale = lambda kind: k_roll if kind in ROLLOUT_KINDS else k_upd if kind in UPDATE_KINDS else 1.0
             for st in (st for st in s.get("stage_summaries") or [] if "ess" in st):
                 n = st["ess"]["usable"] + s["config"]["select"]["score"]["max_val_prompts"] * len(st["behaviour"]["validation"])
                 per_grad.append(k_upd * st["ess"]["score_seconds"] / n)
@@ -117,7 +121,7 @@ def measure(compare_dir: Path) -> Measured:
                 collect.append(k_roll * s["collect_seconds"] / first)
             trained = s["steps"] * b * g
             seeds[seed] = {"sampled_per_trained": (s.get("sampled_sequences") or trained) / trained,
-                           **{f"per_step_{k}": scale(k) * v / s["steps"] for k, v in (s.get("seconds_by_kind") or {}).items()}}
+                           **{f"per_step_{k}": _kind_factor(k, k_roll, k_upd) * v / s["steps"] for k, v in (s.get("seconds_by_kind") or {}).items()}}
         if not seeds:
             continue
         methods[name] = {k: _mean([v.get(k) for v in seeds.values()]) for k in next(iter(seeds.values()))}
@@ -160,8 +164,7 @@ def model(m: Measured, w: Workload, full_steps: float) -> dict:
             acc = 1.0 if name == "full" else f["step_acceleration"]
             steps = full_steps / acc if acc else None
             kinds = f["seconds_per_step"]
-            scaled = {k: v * (k_roll if k in ROLLOUT_KINDS else k_upd if k in UPDATE_KINDS else 1.0)
-                      for k, v in kinds.items()}
+            scaled = {k: v * _kind_factor(k, k_roll, k_upd) for k, v in kinds.items()}
             per_step = sum(scaled.values())
             rows[name] = {"steps": steps, "seconds_per_step": per_step, "seeds_timed": f.get("seeds_timed"),
                           "seconds_per_step_by_kind": scaled,
