@@ -77,7 +77,7 @@ def test_full_data_at_threshold_from_the_start_gives_zero_or_equal_acceleration(
     assert r["partial_gain"]["0.5"]["selectors"]["full"]["median_step_acceleration"] == 1.0
     write_comparison_report(r, tmp_path)
     text = (tmp_path / "report.md").read_text()
-    assert "| full | 1.00× | 1.00× |" in text and "Break-even" in text
+    assert "| full | 1.00× | 1.00× |" in text
 
 
 def test_later_collections_are_charged_as_collection():
@@ -103,9 +103,31 @@ def test_report_from_a_small_results_file(tmp_path):
     r = compute_results(summaries, "m", 20)
     write_comparison_report(r, tmp_path)
     text = (tmp_path / "report.md").read_text()
-    assert "| cropi |" in text and "Break-even" in text and "accuracy_vs_steps.png" in text
+    assert "| cropi |" in text and "## Overhead" in text and "accuracy_vs_steps.png" in text
     assert "## Targets" in text and "step-level acceleration >= 3.0x" in text
     assert (tmp_path / "accuracy_vs_steps.png").stat().st_size > 0 and (tmp_path / "accuracy_vs_seconds.png").exists()
+
+
+def test_without_the_overhead_divides_each_runs_wall_acceleration_by_its_bare_share(tmp_path):
+    """The overhead table: share = overhead / charged seconds (seed mean); without it = median over seeds of
+    wall acceleration / (1 - share), each run against full data on its own machine."""
+    full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]  # full reaches the threshold at 50 s
+    fast = [0.30, 0.40, 0.44, 0.45, 0.45, 0.45, 0.45]  # crosses at step 18; at 18 * 2 = 36 s with dt = 20
+    kinds = {"rollouts": 10.0, "refills": 5.0, "screening": 15.0, "collection": 0.0, "scoring": 20.0,
+             "selection": 0.0, "training": 50.0}  # overhead 40 of 100 s
+    summaries = {"full": {0: {"curve": _curve(full)}},
+                 "cropi": {0: {"curve": _curve(fast, dt=20.0), "seconds_by_kind": kinds}},
+                 "random": {0: {"curve": _curve(fast)}}}
+    r = compute_results(summaries, "m", 60)
+    wall = r["selectors"]["cropi"]["seeds"]["0"]["wall_acceleration"]
+    assert wall == pytest.approx(50.0 / 36.0)
+    write_comparison_report(r, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    section = text[text.index("## Overhead"):]
+    assert f"| cropi | 40% | {wall:.2f}× | {wall / 0.6:.2f}× |" in section
+    assert "| random |" not in section and "| full |" not in section  # no overhead, no row
+    # the per-seed table splits the same seconds: extra sampling 20, scoring 20, training 60
+    assert "| cropi | 0 | unrecord | 18 | 36 | 45.0 | 20 | 20 | 60 |" in text
 
 
 def test_training_signal_per_stage_and_its_report_table(tmp_path):
@@ -132,6 +154,25 @@ def test_training_signal_per_stage_and_its_report_table(tmp_path):
     text = (tmp_path / "report.md").read_text()
     # stage 0 ends at step 10 (accuracy 35%), stage 1 at step 20 (40%)
     assert "| full | 0.15 / 1.00 / 35.0 @ 10 | 0.35 / 0.50 / 40.0 @ 20 |" in text
+
+
+def test_many_short_stages_are_shown_as_the_means_of_the_stages_in_each_span(tmp_path):
+    """A selector re-selecting every 10 steps is grouped into the spans of a 2-stage one: each cell the mean of
+    its stages ending in that span, and the accuracy at the last of them."""
+    summaries = {"full": {0: {"curve": _curve([0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75])}},
+                 "gradalign": {0: {"curve": _curve([0.3] * 10)}}}
+    r = compute_results(summaries, "m", 90)
+    r["selectors"]["full"]["seeds"]["0"]["training_signal"] = [
+        {"stage": 0, "end_step": 40, "reward_mean": 0.2, "mixed_groups": 0.5},
+        {"stage": 1, "end_step": 90, "reward_mean": 0.4, "mixed_groups": 0.5}]
+    r["selectors"]["gradalign"]["seeds"]["0"]["training_signal"] = [
+        {"stage": i, "end_step": 10 * (i + 1), "reward_mean": 0.1 * i, "mixed_groups": 1.0} for i in range(9)]
+    write_comparison_report(r, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "| selector | steps 0–40 | steps 40–90 |" in text
+    assert "| full | 0.20 / 0.50 / 50.0 @ 40 | 0.40 / 0.50 / 75.0 @ 90 |" in text
+    # stages 0-3 end at 10..40 (rewards 0, .1, .2, .3: mean .15); stages 4-8 at 50..90 (mean .6)
+    assert "| gradalign | 0.15 / 1.00 / 30.0 @ 40 | 0.60 / 1.00 / 30.0 @ 90 |" in text
 
 
 def test_target_verdicts_against_hand_computed_values():

@@ -1,5 +1,5 @@
 """Reports for people: one run's ``summary.json``, ``report.md`` and ``accuracy.png``; a comparison's
-``report.md`` with its target verdicts, tables and break-even; and the machine description both carry."""
+``report.md`` with its target verdicts, tables and overhead; and the machine description both carry."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import platform
 import statistics
 from pathlib import Path
 
-from cropi.experiments.metrics import SMOOTH
+from cropi.experiments.metrics import SMOOTH, median
 from cropi.experiments.plots import plot_comparison, plot_curves
 from cropi.io import write_json, write_text
 
@@ -160,43 +160,62 @@ def target_verdicts(results: dict) -> list[dict]:
     return out
 
 
+MAX_STAGE_COLUMNS = 8  # past this many stages a row is grouped into the spans of the fewest-staged selector
+
+
 def _signal_lines(results: dict) -> list[str]:
     """Per stage (seed means): the trained batches' reward and mixed-group share, and the targeted accuracy at
-    the stage's end, so one can see whether what a selector trains on is learned and whether that carries over."""
+    the stage's end, so one can see whether what a selector trains on is learned and whether that carries over.
+    A selector with many short stages (re-selecting every few steps) is shown over wider spans of steps -- the
+    stages of the selector with the fewest, or four equal parts of the budget -- each span the mean of the
+    stages that end in it, so that every row has the same few columns."""
     rows = []
     for name, block in results["selectors"].items():
         runs = [r for r in block["seeds"].values() if r.get("training_signal")]
-        if not runs:
-            continue
-        cells = []
-        for st in range(min(len(r["training_signal"]) for r in runs)):
-            sig = [r["training_signal"][st] for r in runs]
-            end = sig[0].get("end_step")
-            acc = [next((c["targeted"] for c in r["curve"] if end is not None and c["step"] >= end), None) for r in runs]
-            acc_txt = f"{100 * statistics.fmean(acc):.1f} @ {end}" if None not in acc else "—"
-            cells.append(f"{statistics.fmean(x['reward_mean'] for x in sig):.2f} / "
-                         f"{statistics.fmean(x['mixed_groups'] for x in sig):.2f} / {acc_txt}")
-        rows.append((name, cells))
+        if runs:
+            rows.append((name, runs, min(len(r["training_signal"]) for r in runs)))
     if not rows:
         return []
-    n = max(len(cells) for _, cells in rows)
-    lines = ["", "## What each stage trained on", "",
-             "Per stage, seed means: the reward of the trained batches / the share of their groups with mixed "
-             "rewards (the ones with a gradient) / targeted accuracy (%) @ the step that ends the stage (the first "
-             "evaluation at or after it). A reward that rises while the accuracy stays flat means the chosen prompts "
-             "are being learned without carrying over.", "",
-             "| selector | " + " | ".join(f"stage {s}" for s in range(n)) + " |",
-             "| --- | " + " | ".join("---:" for _ in range(n)) + " |"]
-    lines += [f"| {name} | " + " | ".join(cells + [""] * (n - len(cells))) + " |" for name, cells in rows]
-    return lines
 
+    def cell(runs: list[dict], stages: range, end) -> str:
+        sig = [r["training_signal"][st] for r in runs for st in stages]
+        acc = [next((c["targeted"] for c in r["curve"] if end is not None and c["step"] >= end), None) for r in runs]
+        acc_txt = f"{100 * statistics.fmean(acc):.1f} @ {end}" if None not in acc else "—"
+        return (f"{statistics.fmean(x['reward_mean'] for x in sig):.2f} / "
+                f"{statistics.fmean(x['mixed_groups'] for x in sig):.2f} / {acc_txt}")
 
-def _kind(row: dict, kind: str, fallback: str | None = None) -> float:
-    """A run's seconds of one kind (``seconds_by_kind``), or an older summary's field for it."""
-    kinds = row.get("seconds_by_kind")
-    if kinds:
-        return kinds.get(kind, 0.0)
-    return row.get(fallback, 0.0) if fallback else 0.0
+    fewest = min(rows, key=lambda row: row[2])
+    if max(n for *_, n in rows) <= MAX_STAGE_COLUMNS:
+        spans, header = None, [f"stage {s}" for s in range(max(n for *_, n in rows))]
+    else:
+        if fewest[2] <= MAX_STAGE_COLUMNS:
+            ends = [fewest[1][0]["training_signal"][st]["end_step"] for st in range(fewest[2])]
+        else:
+            budget = results["budget_steps"]
+            ends = [round(budget * q / 4) for q in range(1, 5)]
+        spans, header = ends, [f"steps {lo}–{hi}" for lo, hi in zip([0, *ends[:-1]], ends)]
+    table = []
+    for name, runs, n in rows:
+        if spans is None or n <= MAX_STAGE_COLUMNS and n == len(spans):
+            cells = [cell(runs, range(st, st + 1), runs[0]["training_signal"][st].get("end_step")) for st in range(n)]
+        else:
+            ends_run = [runs[0]["training_signal"][st].get("end_step") for st in range(n)]
+            cells, lo = [], 0
+            for hi in spans:
+                inside = [st for st in range(n) if ends_run[st] is not None and lo < ends_run[st] <= hi]
+                cells.append(cell(runs, range(inside[0], inside[-1] + 1), ends_run[inside[-1]]) if inside else "")
+                lo = hi
+        table.append(f"| {name} | " + " | ".join(cells + [""] * (len(header) - len(cells))) + " |")
+    grouped = ("" if spans is None else " Selectors with more than "
+               f"{MAX_STAGE_COLUMNS} stages are shown over spans of steps, each the mean of the stages ending in it, "
+               "with the accuracy at the last of them.")
+    return ["", "## What each stage trained on", "",
+            "Per stage, seed means: the reward of the trained batches / the share of their groups with mixed "
+            "rewards (the ones with a gradient) / targeted accuracy (%) @ the step that ends the stage (the first "
+            "evaluation at or after it). A reward that rises while the accuracy stays flat means the chosen prompts "
+            "are being learned without carrying over." + grouped, "",
+            "| selector | " + " | ".join(header) + " |",
+            "| --- | " + " | ".join("---:" for _ in header) + " |", *table]
 
 
 KINDS = ("rollouts", "refills", "screening", "collection", "scoring", "selection", "training")
@@ -227,6 +246,47 @@ def _kind_lines(results: dict) -> list[str]:
             "by side means something else shared the machine and their seconds are inflated).", "",
             "| selector | " + " | ".join(KINDS) + " | total | sampled responses | machine load |",
             "| --- | " + " | ".join("---:" for _ in KINDS) + " | ---: | ---: | ---: |", *rows]
+
+
+def _seconds_split(row: dict) -> tuple[float, float, float]:
+    """A run's charged seconds as (extra sampling, scoring, training): by kind where recorded, else from an
+    older summary's collection / scoring / training fields."""
+    if row.get("seconds_by_kind"):
+        k = row["seconds_by_kind"]
+        return (k.get("refills", 0.0) + k.get("screening", 0.0) + k.get("collection", 0.0),
+                k.get("scoring", 0.0) + k.get("selection", 0.0), k.get("rollouts", 0.0) + k.get("training", 0.0))
+    return (row.get("collect_seconds", 0.0), row.get("score_seconds", 0.0) + row.get("select_seconds", 0.0),
+            row.get("train_seconds", 0.0))
+
+
+def _overhead_lines(results: dict) -> list[str]:
+    """Per selector with overhead: its share of the charged seconds, and the wall-clock acceleration it would
+    have without it -- what the choice of prompts alone buys, against what choosing them costs."""
+    rows = []
+    for name, block in results["selectors"].items():
+        shares, bare = [], []
+        for r in block["seeds"].values():
+            extra, scoring, training = _seconds_split(r)
+            total = extra + scoring + training
+            if total <= 0:
+                continue
+            shares.append((extra + scoring) / total)
+            if r.get("wall_reference") and r.get("wall_acceleration") is not None and shares[-1] < 1:
+                # each run against full data on its own machine; assumes the overhead accrues evenly over the run
+                bare.append(r["wall_acceleration"] / (1 - shares[-1]))
+        if shares and statistics.fmean(shares) >= 0.005:  # full data and random have none to speak of
+            m = block["median"]
+            rows.append(f"| {name} | {100 * statistics.fmean(shares):.0f}% | "
+                        f"{_x(m.get('wall_acceleration'))} | {_x(median(bare) if bare else None)} |")
+    if not rows:
+        return []
+    return ["", "## Overhead", "",
+            "Overhead: the charged seconds spent on anything but the trained groups' rollouts and updates (refills, "
+            "screening, collection, scoring, selection), seed mean. Without it: each run's wall-clock acceleration "
+            "divided by (1 − its overhead share), median over the seeds -- an estimate that takes the overhead to "
+            "accrue evenly over the run (close for per-step rules such as a batch filter, rough for a collection made up front).", "",
+            "| selector | overhead share | wall accel. (median) | without the overhead (est.) |",
+            "| --- | ---: | ---: | ---: |", *rows]
 
 
 def write_comparison_report(results: dict, out: Path) -> None:
@@ -275,14 +335,18 @@ def write_comparison_report(results: dict, out: Path) -> None:
     if any(_any_lower_bound(b, k) for b in sel.values() for k in ("step_acceleration", "wall_acceleration")):
         lines += ["", "≥: a lower bound — some seed was at the threshold from its first evaluation, so its crossing "
                   "is charged the first evaluation interval."]
-    lines += ["", "Per seed:", "", "| selector | seed | steps to threshold | seconds to threshold | final targeted | "
-              "collect s | score s | train s | paired SE vs full (pts) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["", "Per seed (seconds over the whole budget: extra sampling = refills, screening and collection; "
+              "scoring = scoring and selection; training = the trained groups' rollouts and the updates):", "",
+              "| selector | seed | machine | steps to threshold | seconds to threshold | final targeted | "
+              "extra sampling s | scoring s | training s | paired SE vs full (pts) |",
+              "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, block in sel.items():
         for seed, r in block["seeds"].items():
             se = r.get("paired_se_vs_full")
-            lines.append(f"| {name} | {seed} | {_fmt(r['steps_to_threshold'], digits=0)} | "
+            extra, scoring, training = _seconds_split(r)
+            lines.append(f"| {name} | {seed} | {str(r.get('host') or '?')[:8]} | {_fmt(r['steps_to_threshold'], digits=0)} | "
                          f"{_fmt(r['seconds_to_threshold'], digits=0)} | {_fmt(r['final_targeted'], pct=True)} | "
-                         f"{r['collect_seconds']:.0f} | {r['score_seconds']:.0f} | {r['train_seconds']:.0f} | "
+                         f"{extra:.0f} | {scoring:.0f} | {training:.0f} | "
                          f"{'' if se is None else f'{100 * se:.2f}'} |")
     partial = results.get("partial_gain")
     if partial:
@@ -303,25 +367,7 @@ def write_comparison_report(results: dict, out: Path) -> None:
                   f"{_x(wa['max'])} in seconds. An acceleration inside that spread is a tie with full data."]
     lines += _kind_lines(results)
     lines += _signal_lines(results)
-    variants = [n for n in sel if n.startswith("cropi")] if results.get("full_seconds_to_threshold") is not None else []
-    if variants:
-        lines += ["", "## Break-even"]
-    for name in variants:
-        rows = list(sel[name]["seeds"].values())
-        # by kind where recorded: a batch rule's screening and per-step scoring are overhead too
-        collect = statistics.fmean(_kind(r, "collection", "collect_seconds") + _kind(r, "screening") for r in rows)
-        score = statistics.fmean(_kind(r, "scoring", "score_seconds") for r in rows)
-        overhead = collect + score
-        lines += ["",
-                  f"{name} pays {collect:.0f} s of collection and screening and "
-                  f"{score:.0f} s of scoring (all stages and steps) per run, "
-                  f"{overhead:.0f} s in all. Full data needs {results['full_seconds_to_threshold']:.0f} s of training "
-                  f"to reach the threshold; {name} saves wall-clock only if its training seconds to the threshold are "
-                  f"below {results['full_seconds_to_threshold'] - overhead:.0f} s."]
-        reached = [r for r in rows if r["seconds_to_threshold"] is not None]
-        if reached:
-            lines.append(f"Measured: {name} reached the threshold after {statistics.fmean(r['seconds_to_threshold'] for r in reached):.0f} s "
-                         f"in all (mean over {len(reached)} seed(s) that reached it).")
+    lines += _overhead_lines(results)
     lines += ["", *[f"![{p}]({p})" for p in plots], ""]
     write_text(out / "report.md", "\n".join(lines))
 
