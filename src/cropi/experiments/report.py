@@ -196,7 +196,7 @@ def _signal_lines(results: dict) -> list[str]:
         spans, header = ends, [f"steps {lo}–{hi}" for lo, hi in zip([0, *ends[:-1]], ends)]
     table = []
     for name, runs, n in rows:
-        if spans is None or n <= MAX_STAGE_COLUMNS and n == len(spans):
+        if spans is None:
             cells = [cell(runs, range(st, st + 1), runs[0]["training_signal"][st].get("end_step")) for st in range(n)]
         else:
             ends_run = [runs[0]["training_signal"][st].get("end_step") for st in range(n)]
@@ -284,7 +284,7 @@ def _overhead_lines(results: dict) -> list[str]:
             "Overhead: the charged seconds spent on anything but the trained groups' rollouts and updates (refills, "
             "screening, collection, scoring, selection), seed mean. Without it: each run's wall-clock acceleration "
             "divided by (1 − its overhead share), median over the seeds -- an estimate that takes the overhead to "
-            "accrue evenly over the run (close for per-step rules such as a batch filter, rough for a collection made up front).", "",
+            "accrue evenly over the run (a per-step rule such as a batch filter pays its overhead at every step; a collection made up front does not, so there it is rougher).", "",
             "| selector | overhead share | wall accel. (median) | without the overhead (est.) |",
             "| --- | ---: | ---: | ---: |", *rows]
 
