@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Once scripts/compare_peers.sh has finished every folder: copy the comparison's results into
-# benchmarks/results/ (compare-peers.*, its plots, draws.*), and run the cost model on it.  Refuses, and copies
+# benchmarks/results/ (compare-peers.*, its plots, draws.*), and run the cost model and the plateau check on it.  Refuses, and copies
 # nothing, while a folder has no results.json (a comparison writes it only when all its runs are done).
 #
 #   scripts/finish_compare.sh          everything: the main comparison, the draws, the long budget, the cost model
@@ -30,5 +30,6 @@ if [[ ${1:-} == main ]]; then
   exit 0
 fi
 cp runs/compare-peers-long/results.json "$DEST/compare-peers-long.json"
+"$PY" -m cropi.experiments.benchmarks.plateau --long "$DEST/compare-peers-long.json" --compare "$DEST/compare-peers.json" --out "$DEST"
 "$CROPI" draws "${DRAWS[@]}" --out "$DEST"
-echo "finish_compare.sh: wrote $DEST/compare-peers.*, cost_model.*, compare-peers-long.json, draws.*"
+echo "finish_compare.sh: wrote $DEST/compare-peers.*, cost_model.*, compare-peers-long.json, plateau.*, draws.*"

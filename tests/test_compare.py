@@ -543,3 +543,39 @@ def test_an_acceleration_is_a_tie_only_inside_full_datas_seed_spread_on_both_sid
     assert not _tie_note(res, "wall_acceleration", 1.3)  # faster than any full-data seed
     assert not _tie_note(res, "wall_acceleration", 0.6)  # slower than 1/1.25: not a tie either
     assert not _tie_note({}, "wall_acceleration", 1.0)
+
+
+def test_plateau_reading_against_hand_computed_values(tmp_path):
+    from cropi.experiments.benchmarks.plateau import main as plateau_main
+    from cropi.experiments.metrics import plateau_reading
+
+    def curve(ys, secs):
+        return [{"step": 2 * i, "targeted": y, "seconds": t} for i, (y, t) in enumerate(zip(ys, secs))]
+
+    # the long run repeats the main one for its first three evaluations, on a machine half as fast
+    long = {"budget_steps": 8, "selectors": {"full": {"seeds": {"0": {
+        "curve": curve([0.1, 0.2, 0.3, 0.4, 0.5], [0, 10, 20, 30, 40]), "host": "slow"}}}}}
+    main = {"budget_steps": 4, "threshold_targeted": 0.25, "full_steps_to_threshold": 4.0, "reference_runs": [],
+            "selectors": {"full": {"seeds": {"0": {"curve": curve([0.1, 0.2, 0.3], [0, 5, 10]), "host": "fast"}}},
+                          "x": {"seeds": {"0": {"curve": curve([0.3, 0.5, 0.5], [0, 4, 8]), "host": "fast"}}}}}
+    r = plateau_reading(long, main, block=4)
+    # smoothed long curve .15 .2 .3 .4 .45: best .45, crossed at step 8, 40 s; 20 s at the main budget
+    assert r["threshold_long"] == pytest.approx(0.45) and r["full_steps_to_threshold_long"] == pytest.approx(8.0)
+    assert r["full_mean_targeted_per_block"] == pytest.approx({"4": 0.25, "8": 0.45})
+    assert r["repeat"]["0"] == {"evaluations": 3, "max_abs_diff": 0.0}
+    # x: smoothed .4 .433 .5 crosses .45 at step 2.5, 5 s; full data on x's machine: 10 s at step 4, × 40/20
+    x = r["selectors"]["x"]["seeds"]["0"]
+    assert x["steps_to_threshold"] == pytest.approx(2.5)
+    assert x["step_acceleration"] == pytest.approx(8 / 2.5) and x["wall_acceleration"] == pytest.approx(20 / 5)
+    assert r["selectors"]["full"]["never"] == 1 and r["selectors"]["full"]["median"]["step_acceleration"] is None
+
+    (tmp_path / "long.json").write_text(json.dumps(long))
+    (tmp_path / "main.json").write_text(json.dumps(main))
+    assert plateau_main(["--long", str(tmp_path / "long.json"), "--compare", str(tmp_path / "main.json"),
+                         "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "plateau.md").read_text()
+    assert "| x | 3.20× | 4.00× | 1/1 | 2 |" in md  # 2.5 steps, printed to the nearest even step
+    # a "long" file whose budget is not longer is refused, and nothing is written
+    assert plateau_main(["--long", str(tmp_path / "main.json"), "--compare", str(tmp_path / "main.json"),
+                         "--out", str(tmp_path / "no")]) == 2
+    assert not (tmp_path / "no").exists()

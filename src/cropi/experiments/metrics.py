@@ -326,3 +326,70 @@ def draw_spread(results_by_draw: dict[str, dict]) -> dict:
                             "never": never}
         out["selectors"][name] = per_key
     return out
+
+
+def _block_means(steps: Sequence[float], values: Sequence[float], block: int) -> dict[str, float]:
+    """Mean of ``values`` over each ``block``-step span (k·block, (k+1)·block], keyed by the span's end."""
+    by: dict[int, list[float]] = {}
+    for s, v in zip(steps, values):
+        if s > 0:
+            by.setdefault(int(math.ceil(s / block) * block), []).append(v)
+    return {str(end): statistics.fmean(v) for end, v in sorted(by.items())}
+
+
+def plateau_reading(long: dict, main: dict, block: int = 100) -> dict:
+    """Has full data plateaued within the main comparison's budget, and do the verdicts hold if it has not?
+
+    ``long``: results.json of full data alone at a longer budget (same seeds, same settings otherwise);
+    ``main``: the comparison's results.json.  Returns
+    - full data's seed-mean targeted accuracy per ``block`` steps and its smoothed best at the long budget
+      (``threshold_long``, crossed at ``full_steps_to_threshold_long``), against the main threshold;
+    - ``repeat``: per seed, the largest difference between the long run's and the main run's targeted accuracy
+      at the evaluations both made within the main budget (0 when the long run repeats the main one);
+    - ``selectors``: every main run re-read against ``threshold_long`` within its own budget: steps, step-level
+      acceleration (full data's long crossing ÷ the run's), and a wall-clock acceleration whose full-data
+      seconds are the long runs' seconds to the crossing scaled to the run's machine by the ratio of full
+      data's seconds at the main budget there and in the long runs (an estimate: full data's cost per step is
+      taken to differ between machines by one factor)."""
+    budget = main["budget_steps"]
+    long_rows = list(long["selectors"]["full"]["seeds"].values())
+    steps, mean_t, mean_sec = mean_curve([r["curve"] for r in long_rows], "targeted")
+    sm = smooth(mean_t)
+    t_long = max(sm)
+    s_long = first_crossing(steps, sm, t_long)
+    secs_long = first_crossing(mean_sec, sm, t_long)
+    long_at_budget = seconds_at_step([{"step": s, "seconds": v} for s, v in zip(steps, mean_sec)], budget)
+    full_runs = [*main["selectors"]["full"]["seeds"].values(), *main.get("reference_runs", [])]
+    # full data's seconds to the main budget on each machine, scaled by the long runs' seconds-per-step profile
+    at_budget = full_seconds_by_host(full_runs, budget)
+    full_on = {h: v * secs_long / long_at_budget for h, v in at_budget.items()} if long_at_budget else {}
+    repeat = {}
+    for seed, row in long["selectors"]["full"]["seeds"].items():
+        ref = main["selectors"]["full"]["seeds"].get(seed)
+        if ref:
+            mine = {c["step"]: c["targeted"] for c in row["curve"] if c["step"] <= budget}
+            diffs = [abs(mine[c["step"]] - c["targeted"]) for c in ref["curve"] if c["step"] in mine]
+            repeat[seed] = {"evaluations": len(diffs), "max_abs_diff": max(diffs) if diffs else None}
+    selectors = {}
+    for name, sel in main["selectors"].items():
+        seeds = {}
+        for seed, row in sel["seeds"].items():
+            xs, secs = [c["step"] for c in row["curve"]], [c["seconds"] for c in row["curve"]]
+            ys = smooth([c["targeted"] for c in row["curve"]])
+            s_run, w_run = first_crossing(xs, ys, t_long), first_crossing(secs, ys, t_long)
+            step_acc, _ = acceleration(s_long, s_run, _first_interval(xs))
+            wall_acc, _ = acceleration(full_on.get(row.get("host") or "unrecorded"), w_run, _first_interval(secs))
+            seeds[seed] = {"steps_to_threshold": s_run, "step_acceleration": step_acc, "wall_acceleration": wall_acc}
+        selectors[name] = {"seeds": seeds,
+                           "median": {k: median([r[k] for r in seeds.values()])
+                                      for k in ("step_acceleration", "wall_acceleration")},
+                           "never": sum(r["steps_to_threshold"] is None for r in seeds.values())}
+    return {"schema_version": SCHEMA_VERSION, "budget_steps": budget, "long_budget_steps": long["budget_steps"],
+            "threshold_main": main["threshold_targeted"], "full_steps_to_threshold_main": main["full_steps_to_threshold"],
+            "threshold_long": t_long, "full_steps_to_threshold_long": s_long,
+            "full_mean_targeted_per_block": _block_means(steps, mean_t, block),
+            "full_seed_targeted_per_block": {seed: _block_means([c["step"] for c in r["curve"]],
+                                                                [c["targeted"] for c in r["curve"]], block)
+                                             for seed, r in long["selectors"]["full"]["seeds"].items()},
+            "full_smoothed_best_within_budget": max(v for s, v in zip(steps, sm) if s <= budget),
+            "repeat": repeat, "selectors": selectors}
