@@ -391,8 +391,11 @@ def test_draw_spread_is_the_range_of_draw_medians_beside_the_range_of_seeds(tmp_
     assert step["between_seeds"]["a"] == pytest.approx(0.0)
     assert step["between_seeds"]["b"] == pytest.approx(max(seeds_b) - min(seeds_b))
     assert step["between_seeds_max"] == pytest.approx(step["between_seeds"]["b"])
-    # one draw: no spread between draws; the same draw twice: none either
-    assert draw_spread({"a": a})["selectors"]["cropi"]["final_targeted"]["between_draws"] == 0
+    # against full data's seed mean in the same draw: cropi's fast seeds end at .45, full data's at .42
+    vs = sp["selectors"]["cropi"]["final_targeted_vs_full"]
+    assert vs["medians"]["a"] == pytest.approx(0.03) and vs["between_seeds"]["a"] == pytest.approx(0.0)
+    # one draw: no spread between draws to speak of; the same draw twice: none
+    assert draw_spread({"a": a})["selectors"]["cropi"]["final_targeted"]["between_draws"] is None
     assert draw_spread({"a": a, "a2": a})["selectors"]["full"]["step_acceleration"]["between_draws"] == 0
 
 
@@ -422,6 +425,8 @@ def test_draws_cli_writes_its_report_and_refuses_a_folder_without_results(tmp_pa
     assert r.exit_code == 0, r.output
     text = (tmp_path / "o" / "draws.md").read_text()
     assert "draw-a" in text and "between draws" in text and "| cropi |" in text
+    # full data's identical seeds put its own acceleration (1x) inside the noise floor; cropi's is outside it
+    assert "| full | 1.00× (tie) |" in text and "| cropi | 1.00×" not in text and "(tie)" not in text.split("| cropi |")[1].split("\n")[0]
     assert json.loads((tmp_path / "o" / "draws.json").read_text())["schema_version"]
     (tmp_path / "empty").mkdir()
     r = CliRunner().invoke(app, ["draws", str(tmp_path / "empty"), "--out", str(tmp_path / "o2")])

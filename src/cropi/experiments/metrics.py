@@ -286,7 +286,7 @@ def training_signal(rows: Sequence[dict], stages: int, steps: int) -> list[dict]
              "mixed_groups": statistics.fmean(m for _, m in per[st])} for st in sorted(per)]
 
 
-SPREAD_KEYS = ("step_acceleration", "wall_acceleration", "final_targeted")
+SPREAD_KEYS = ("step_acceleration", "wall_acceleration", "final_targeted", "final_targeted_vs_full")
 
 
 def draw_spread(results_by_draw: dict[str, dict]) -> dict:
@@ -294,9 +294,11 @@ def draw_spread(results_by_draw: dict[str, dict]) -> dict:
     training seed.  ``results_by_draw``: ``{draw name: results.json}``, one comparison per pool draw.
 
     Per selector run in every draw, and per key (step and wall-clock acceleration, final targeted accuracy):
-    each draw's median over seeds; ``between_draws`` is the range (max − min) of those medians, and
-    ``between_seeds`` the range of the per-seed values within each draw (and its largest).  A never-reached
-    acceleration is left out of the ranges and counted in ``never``."""
+    each draw's median over seeds; ``between_draws`` is the range (max − min) of those medians (None with fewer
+    than two), and ``between_seeds`` the range of the per-seed values within each draw (and its largest).  A
+    never-reached acceleration is left out of the ranges and counted in ``never``.  ``final_targeted_vs_full``
+    is a run's final targeted accuracy minus full data's seed mean in its draw: the draws differ in difficulty,
+    so the absolute accuracy moves with the draw even where the verdict does not."""
     if not results_by_draw:
         raise ConfigError("draw_spread needs at least one comparison")
     common = set.intersection(*(set(r["selectors"]) for r in results_by_draw.values()))
@@ -313,14 +315,20 @@ def draw_spread(results_by_draw: dict[str, dict]) -> dict:
             medians, seed_ranges, never = {}, {}, 0
             for draw, r in results_by_draw.items():
                 block = r["selectors"][name]
-                medians[draw] = block["median"][key]
-                vals = [row[key] for row in block["seeds"].values() if row[key] is not None]
-                never += sum(row[key] is None for row in block["seeds"].values())
+                if key == "final_targeted_vs_full":
+                    full_mean = statistics.fmean(row["final_targeted"] for row in r["selectors"]["full"]["seeds"].values())
+                    per_seed = [row["final_targeted"] - full_mean for row in block["seeds"].values()]
+                    medians[draw] = median(per_seed)
+                else:
+                    per_seed = [row[key] for row in block["seeds"].values()]
+                    medians[draw] = block["median"][key]
+                vals = [v for v in per_seed if v is not None]
+                never += sum(v is None for v in per_seed)
                 seed_ranges[draw] = max(vals) - min(vals) if vals else None
             known = [m for m in medians.values() if m is not None]
             ranges = [s for s in seed_ranges.values() if s is not None]
             per_key[key] = {"medians": medians,
-                            "between_draws": max(known) - min(known) if known else None,
+                            "between_draws": max(known) - min(known) if len(known) > 1 else None,
                             "between_seeds": seed_ranges,
                             "between_seeds_max": max(ranges) if ranges else None,
                             "never": never}
