@@ -567,7 +567,7 @@ def test_plateau_reading_against_hand_computed_values(tmp_path):
     # smoothed long curve .15 .2 .3 .4 .45: best .45, crossed at step 8, 40 s; 20 s at the main budget
     assert r["threshold_long"] == pytest.approx(0.45) and r["full_steps_to_threshold_long"] == pytest.approx(8.0)
     assert r["full_mean_targeted_per_block"] == pytest.approx({"4": 0.25, "8": 0.45})
-    assert r["repeat"]["0"] == {"evaluations": 3, "max_abs_diff": 0.0}
+    assert r["repeat"]["0"] == {"evaluations": 3, "max_abs_diff": 0.0, "first_differing_step": None}
     # x: smoothed .4 .433 .5 crosses .45 at step 2.5, 5 s; full data on x's machine: 10 s at step 4, × 40/20
     x = r["selectors"]["x"]["seeds"]["0"]
     assert x["steps_to_threshold"] == pytest.approx(2.5)

@@ -353,7 +353,8 @@ def plateau_reading(long: dict, main: dict, block: int = 100) -> dict:
     - full data's seed-mean targeted accuracy per ``block`` steps and its smoothed best at the long budget
       (``threshold_long``, crossed at ``full_steps_to_threshold_long``), against the main threshold;
     - ``repeat``: per seed, the largest difference between the long run's and the main run's targeted accuracy
-      at the evaluations both made within the main budget (0 when the long run repeats the main one);
+      at the evaluations both made within the main budget (0 when the long run repeats the main one), and the
+      first evaluation step at which they differ;
     - ``selectors``: every main run re-read against ``threshold_long`` within its own budget: steps, step-level
       acceleration (full data's long crossing ÷ the run's), and a wall-clock acceleration whose full-data
       seconds are the long runs' seconds to the crossing scaled to the run's machine by the ratio of full
@@ -376,8 +377,10 @@ def plateau_reading(long: dict, main: dict, block: int = 100) -> dict:
         ref = main["selectors"]["full"]["seeds"].get(seed)
         if ref:
             mine = {c["step"]: c["targeted"] for c in row["curve"] if c["step"] <= budget}
-            diffs = [abs(mine[c["step"]] - c["targeted"]) for c in ref["curve"] if c["step"] in mine]
-            repeat[seed] = {"evaluations": len(diffs), "max_abs_diff": max(diffs) if diffs else None}
+            both = [(c["step"], abs(mine[c["step"]] - c["targeted"])) for c in ref["curve"] if c["step"] in mine]
+            differ = [step for step, d in both if d > 0]
+            repeat[seed] = {"evaluations": len(both), "max_abs_diff": max((d for _, d in both), default=None),
+                            "first_differing_step": differ[0] if differ else None}
     selectors = {}
     for name, sel in main["selectors"].items():
         seeds = {}

@@ -44,9 +44,11 @@ def plateau_markdown(r: dict) -> str:
         f"at step {r['full_steps_to_threshold_main']:.0f}.",
         f"- At {r['long_budget_steps']} steps: {_pct(r['threshold_long'])}, at step "
         f"{r['full_steps_to_threshold_long']:.0f} ({100 * gain:+.1f} points).",
-        "- The long runs repeat the main runs within the main budget: largest difference in targeted accuracy "
-        + ", ".join(f"seed {s}: {100 * v['max_abs_diff']:.1f} points over {v['evaluations']} evaluations"
-                    for s, v in r["repeat"].items() if v["max_abs_diff"] is not None) + ".", "",
+        "- Within the main budget, the long runs against the main runs of the same seed: "
+        + "; ".join(f"seed {s}: " + ("identical at all " if v["first_differing_step"] is None else
+                                     f"identical before step {v['first_differing_step']}, then at most "
+                                     f"{100 * v['max_abs_diff']:.1f} points apart, over ") + f"{v['evaluations']} evaluations"
+                    for s, v in r["repeat"].items()) + ".", "",
         "Seed-mean targeted accuracy per 100 steps (mean of the evaluations in each span), and per seed:", "",
         "| steps | " + " | ".join(f"≤{k}" for k in blocks) + " |",
         "| --- | " + " | ".join("---:" for _ in blocks) + " |",
