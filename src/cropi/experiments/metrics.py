@@ -402,5 +402,4 @@ def plateau_reading(long: dict, main: dict, block: int = 100) -> dict:
             "full_seed_targeted_per_block": {seed: _block_means([c["step"] for c in r["curve"]],
                                                                 [c["targeted"] for c in r["curve"]], block)
                                              for seed, r in long["selectors"]["full"]["seeds"].items()},
-            "full_smoothed_best_within_budget": max(v for s, v in zip(steps, sm) if s <= budget),
             "repeat": repeat, "selectors": selectors}

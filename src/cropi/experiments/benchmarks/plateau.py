@@ -6,8 +6,8 @@ the main comparison.
 
 The long comparison (``cropi compare --selectors full --set train.steps=1200``) repeats full data's seeds of the
 main one with a longer budget; a step's batch depends only on the seed and the step, so its first evaluations
-repeat the main runs' (``repeat`` checks it).  From the two results files this writes ``plateau.json`` and
-``plateau.md``: full data's seed-mean targeted accuracy per 100 steps up to the long budget, its smoothed best
+should repeat the main runs' (``repeat`` says how far they do).  From the two results files this writes
+``NAME.json`` and ``NAME.md`` (``--name``, default ``plateau``): full data's seed-mean targeted accuracy per 100 steps up to the long budget, its smoothed best
 there against the main threshold, and every run of the main comparison re-read against the long threshold
 within its own budget (``metrics.plateau_reading`` defines each number).
 """
@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--long", type=Path, required=True, help="results.json of full data at the longer budget")
     ap.add_argument("--compare", type=Path, required=True, help="results.json of the main comparison")
-    ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for plateau.json and plateau.md")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for NAME.json and NAME.md")
+    ap.add_argument("--name", default="plateau", help="file name of the results, without extension")
     args = ap.parse_args(argv)
     try:
         for p in (args.long, args.compare):
@@ -95,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"plateau: {e}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "plateau.json", res)
-    write_text(args.out / "plateau.md", plateau_markdown(res))
-    print(f"plateau: wrote {args.out / 'plateau.json'}, {args.out / 'plateau.md'}")
+    write_json(args.out / f"{args.name}.json", res)
+    write_text(args.out / f"{args.name}.md", plateau_markdown(res))
+    print(f"plateau: wrote {args.out / args.name}.json, .md")
     return 0
 
 
