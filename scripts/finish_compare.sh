@@ -3,7 +3,7 @@
 # benchmarks/results/ (compare-peers.*, its plots, draws.*), and run the cost model and the plateau check on it.  Refuses, and copies
 # nothing, while a folder has no results.json (a comparison writes it only when all its runs are done).
 #
-#   scripts/finish_compare.sh          everything: the main comparison, the draws, the long budget, the cost model
+#   scripts/finish_compare.sh          everything: the main comparison, the draws, the long budget(s), the cost model
 #   scripts/finish_compare.sh main     the main comparison and the cost model only (the others still running)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,3 +33,10 @@ cp runs/compare-peers-long/results.json "$DEST/compare-peers-long.json"
 "$PY" -m cropi.experiments.benchmarks.plateau --long "$DEST/compare-peers-long.json" --compare "$DEST/compare-peers.json" --out "$DEST"
 "$CROPI" draws "${DRAWS[@]}" --out "$DEST"
 echo "finish_compare.sh: wrote $DEST/compare-peers.*, cost_model.*, compare-peers-long.json, plateau.*, draws.*"
+# full data at 2,400 steps, where it has finished (it informs the budget, not the verdicts)
+if [[ -f runs/compare-peers-2400/results.json ]]; then
+  cp runs/compare-peers-2400/results.json "$DEST/compare-peers-2400.json"
+  "$PY" -m cropi.experiments.benchmarks.plateau --long "$DEST/compare-peers-2400.json" --compare "$DEST/compare-peers.json" \
+    --out "$DEST" --name plateau-2400 --block 200
+  echo "finish_compare.sh: wrote $DEST/compare-peers-2400.json, plateau-2400.*"
+fi

@@ -580,6 +580,15 @@ def test_plateau_reading_against_hand_computed_values(tmp_path):
                          "--out", str(tmp_path)]) == 0
     md = (tmp_path / "plateau.md").read_text()
     assert "| x | 3.20× | 4.00× | 1/1 | 2 |" in md  # 2.5 steps, printed to the nearest even step
+    assert r["block_steps"] == 4 and r["long_eval_every"] == 2
+    assert "evaluated every 2 steps" in md and "over 6 steps" in md  # the smoothing window, in steps
+    # --block sets the table's spans: one column per 8 steps
+    assert plateau_main(["--long", str(tmp_path / "long.json"), "--compare", str(tmp_path / "main.json"),
+                         "--out", str(tmp_path / "b8"), "--block", "8"]) == 0
+    assert "| seed mean | 35.0% |" in (tmp_path / "b8" / "plateau.md").read_text()  # mean of .2 .3 .4 .5 (step 0 left out)
+    assert plateau_main(["--long", str(tmp_path / "long.json"), "--compare", str(tmp_path / "main.json"),
+                         "--out", str(tmp_path / "b0"), "--block", "0"]) == 2
+    assert not (tmp_path / "b0").exists()
     # a "long" file whose budget is not longer is refused, and nothing is written
     assert plateau_main(["--long", str(tmp_path / "main.json"), "--compare", str(tmp_path / "main.json"),
                          "--out", str(tmp_path / "no")]) == 2

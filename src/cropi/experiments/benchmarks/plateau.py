@@ -7,7 +7,8 @@ the main comparison.
 The long comparison (``cropi compare --selectors full --set train.steps=1200``) repeats full data's seeds of the
 main one with a longer budget; a step's batch depends only on the seed and the step, so its first evaluations
 should repeat the main runs' (``repeat`` says how far they do).  From the two results files this writes
-``NAME.json`` and ``NAME.md`` (``--name``, default ``plateau``): full data's seed-mean targeted accuracy per 100 steps up to the long budget, its smoothed best
+``NAME.json`` and ``NAME.md`` (``--name``, default ``plateau``): full data's seed-mean targeted accuracy per
+100 steps (``--block``) up to the long budget, its smoothed best
 there against the main threshold, and every run of the main comparison re-read against the long threshold
 within its own budget (``metrics.plateau_reading`` defines each number).
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from cropi.errors import CropiError
 from cropi.experiments.benchmarks.common import RESULTS_DIR
-from cropi.experiments.metrics import plateau_reading
+from cropi.experiments.metrics import SMOOTH, plateau_reading
 from cropi.io import read_json, write_json, write_text
 
 
@@ -39,7 +40,9 @@ def plateau_markdown(r: dict) -> str:
     lines = [
         "# Full data at a longer budget: has it plateaued?", "",
         f"Full data alone, {r['long_budget_steps']} steps, the main comparison's seeds and settings, against the main "
-        f"comparison's {r['budget_steps']}-step budget.", "",
+        f"comparison's {r['budget_steps']}-step budget.",
+        f"The long runs are evaluated every {r['long_eval_every']:.0f} steps, so their smoothed best averages {SMOOTH} "
+        f"evaluations over {SMOOTH * r['long_eval_every']:.0f} steps." if r.get("long_eval_every") else "", "",
         f"- Main threshold (seed-mean smoothed best within {r['budget_steps']} steps): {_pct(r['threshold_main'])}, "
         f"at step {r['full_steps_to_threshold_main']:.0f}.",
         f"- At {r['long_budget_steps']} steps: {_pct(r['threshold_long'])}, at step "
@@ -49,7 +52,7 @@ def plateau_markdown(r: dict) -> str:
                                      f"identical before step {v['first_differing_step']}, then at most "
                                      f"{100 * v['max_abs_diff']:.1f} points apart, over ") + f"{v['evaluations']} evaluations"
                     for s, v in r["repeat"].items()) + ".", "",
-        "Seed-mean targeted accuracy per 100 steps (mean of the evaluations in each span), and per seed:", "",
+        f"Seed-mean targeted accuracy per {r['block_steps']} steps (mean of the evaluations in each span), and per seed:", "",
         "| steps | " + " | ".join(f"≤{k}" for k in blocks) + " |",
         "| --- | " + " | ".join("---:" for _ in blocks) + " |",
         "| seed mean | " + " | ".join(_pct(v) for v in blocks.values()) + " |",
@@ -81,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compare", type=Path, required=True, help="results.json of the main comparison")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for NAME.json and NAME.md")
     ap.add_argument("--name", default="plateau", help="file name of the results, without extension")
+    ap.add_argument("--block", type=int, default=100,
+                    help="steps per column of the accuracy table (a longer budget reads better in wider spans)")
     args = ap.parse_args(argv)
     try:
         for p in (args.long, args.compare):
@@ -91,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             raise CropiError("both results files need full data's runs")
         if long["budget_steps"] <= main_["budget_steps"]:
             raise CropiError(f"{args.long}: its budget ({long['budget_steps']} steps) is not longer than the main one's")
-        res = plateau_reading(long, main_)
+        if args.block <= 0:
+            raise CropiError(f"--block must be a positive number of steps, not {args.block}")
+        res = plateau_reading(long, main_, block=args.block)
     except CropiError as e:
         print(f"plateau: {e}", file=sys.stderr)
         return 2
