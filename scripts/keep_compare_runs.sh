@@ -9,7 +9,8 @@
 #
 # restore leaves out a run whose machine has no full-data run kept in its folder: its seconds could never be
 # set against full data's on the same machine, so it is trained again, curve and seconds together (full data's
-# curve repeated exactly across three machines; screened runs repeated theirs for 229-271 steps, then drifted).
+# curve repeated exactly on three of four machines and differed from step 497 on the fourth; screened runs
+# repeated theirs for 229-271 steps, then drifted).
 # A run counts as finished when its summary.json exists; `cropi compare` then reads the run and never redoes
 # it.  Checkpoints, final models and stores are not kept: they are large and a finished run does not need them.
 # Unfinished runs are not kept either (they restart from step 0 on a new machine).

@@ -6,7 +6,9 @@ the main comparison.
 
 The long comparison (``cropi compare --selectors full --set train.steps=1200``) repeats full data's seeds of the
 main one with a longer budget; a step's batch depends only on the seed and the step, so its first evaluations
-should repeat the main runs' (``repeat`` says how far they do).  From the two results files this writes
+should repeat the main runs' (``repeat`` says how far they do).  They do exactly only on a machine that computes
+like the main runs' one: machines sold under one CPU name have been seen to fall into two such kinds, whose
+runs part after a few hundred steps.  From the two results files this writes
 ``NAME.json`` and ``NAME.md`` (``--name``, default ``plateau``): full data's seed-mean targeted accuracy per
 100 steps (``--block``) up to the long budget, its smoothed best
 there against the main threshold, and every run of the main comparison re-read against the long threshold
