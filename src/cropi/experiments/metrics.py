@@ -396,7 +396,8 @@ def plateau_reading(long: dict, main: dict, block: int = 100) -> dict:
                                       for k in ("step_acceleration", "wall_acceleration")},
                            "never": sum(r["steps_to_threshold"] is None for r in seeds.values())}
     return {"schema_version": SCHEMA_VERSION, "budget_steps": budget, "long_budget_steps": long["budget_steps"],
-            "block_steps": block, "long_eval_every": _first_interval(steps), "threshold_main": main["threshold_targeted"], "full_steps_to_threshold_main": main["full_steps_to_threshold"],
+            "block_steps": block, "long_eval_every": _first_interval(steps),
+            "threshold_main": main["threshold_targeted"], "full_steps_to_threshold_main": main["full_steps_to_threshold"],
             "threshold_long": t_long, "full_steps_to_threshold_long": s_long,
             "full_mean_targeted_per_block": _block_means(steps, mean_t, block),
             "full_seed_targeted_per_block": {seed: _block_means([c["step"] for c in r["curve"]],
