@@ -7,7 +7,7 @@
 #   runs/compare-peers-draw1    another pool draw (data.suite.pool_seed=1): full, cropi, the best peer
 #   runs/compare-peers-draw2    another draw and difficulty mix (pool_seed=2, easier levels)
 #   runs/compare-peers-long     full data alone at twice the budget (1,200 steps), 3 seeds: has it plateaued by 600?
-#   runs/compare-peers-2400     full data alone at four times the budget (2,400 steps), 3 seeds
+#   runs/compare-peers-2400     four times the budget (2,400 steps), 3 seeds: full data, then cropi and the peers
 #
 # Run nothing else beside it: a third process inflates the seconds of the runs in flight (each evaluation row
 # records the machine's load, and each summary its mean and largest, so a contended run can be found).  Started
@@ -47,3 +47,7 @@ both --seeds 0,1,2 --selectors "$DRAW" --set data.suite.pool_seed=2 \
 both --seeds 0,1,2 --selectors full --set train.steps=1200 --set train.eval_every=20 --out runs/compare-peers-long
 # full data still rises at 1,200 steps (benchmarks/results/plateau.md): where does it level off?
 both --seeds 0,1,2 --selectors full --set train.steps=2400 --set train.eval_every=40 --out runs/compare-peers-2400
+# cropi's default and the peers at that budget, against full data's best there (about 30 core-hours).  Full data
+# ran there contended, so the folder first repeats its first seed under the usual load (full-s0@HOST).
+both --seeds 0,1,2 --selectors full,cropi,online_filter,dapo,greso --set train.steps=2400 --set train.eval_every=40 \
+  --out runs/compare-peers-2400

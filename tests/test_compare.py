@@ -466,6 +466,51 @@ def test_wall_clock_acceleration_divides_by_full_datas_seconds_on_the_runs_own_m
     assert "Runs from 2 machines" in (tmp_path / "report.md").read_text()
 
 
+def test_a_contended_run_has_no_wall_clock_acceleration_and_is_no_machines_seconds_reference(tmp_path):
+    from cropi.experiments.metrics import contended, cores_of
+    from cropi.experiments.report import target_verdicts
+
+    assert cores_of("AMD EPYC, 2 cores, 24 GiB RAM, no GPU") == 2 and cores_of("EPYC") is None and cores_of(None) is None
+    two = "Xeon, 2 cores"
+    assert not contended({"machine": two, "load_1min_at_evals": {"mean": 2.5}})  # two runs on two cores
+    assert contended({"machine": two, "load_1min_at_evals": {"mean": 2.51}})
+    assert not contended({"machine": "Xeon", "load_1min_at_evals": {"mean": 9.0}})  # cores unknown
+    assert not contended({"machine": two})  # load not recorded
+
+    full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]
+    fast = [0.30, 0.45, 0.46, 0.46, 0.46, 0.46, 0.46]
+    calm, busy = {"mean": 2.0, "max": 2.2, "n": 7}, {"mean": 3.2, "max": 5.0, "n": 7}
+
+    def run(ys, dt, load, seed=0):
+        return {"curve": _curve(ys, dt=dt), "machine": two, "host": "a", "load_1min_at_evals": load,
+                "config": {"train": {"seed": seed}}}
+
+    clean = compute_results({"full": {0: run(full, 10.0, calm)}, "cropi": {0: run(fast, 4.0, calm)}}, "m", 60)
+    # full data measured while sharing the cores (1.5x slower): not a reference; a clean repeat of it is
+    slow = {"full": {0: run(full, 15.0, busy)}, "cropi": {0: run(fast, 4.0, calm)}}
+    alone = compute_results(slow, "m", 60)
+    row = alone["selectors"]["cropi"]["seeds"]["0"]
+    assert row["wall_acceleration"] is None and not row["wall_reference"] and not row["contended"]
+    assert alone["selectors"]["full"]["seeds"]["0"]["contended"]
+    write_comparison_report(alone, tmp_path)
+    assert "not measured in seconds" in (tmp_path / "report.md").read_text()
+    fixed = compute_results(slow, "m", 60, references=[run([0.2] * 7, 10.0, calm)])
+    assert fixed["selectors"]["cropi"]["seeds"]["0"]["wall_acceleration"] == pytest.approx(
+        clean["selectors"]["cropi"]["seeds"]["0"]["wall_acceleration"])
+    assert fixed["selectors"]["full"]["seeds"]["0"]["wall_acceleration"] is None  # its own seconds are inflated
+    assert fixed["selectors"]["full"]["seeds"]["0"]["step_acceleration"] == pytest.approx(1.0)  # steps are not
+    # a contended selector run: its step acceleration stands, its seconds give none, and the target says why
+    crowded = compute_results({"full": {0: run(full, 10.0, calm)}, "cropi": {0: run(fast, 4.0, busy)}}, "m", 60)
+    c = crowded["selectors"]["cropi"]
+    assert c["seeds"]["0"]["wall_acceleration"] is None and c["seeds"]["0"]["contended"] and c["wall_contended"] == 1
+    assert c["median"]["wall_acceleration"] is None
+    assert c["median"]["step_acceleration"] == clean["selectors"]["cropi"]["median"]["step_acceleration"]
+    assert clean["selectors"]["cropi"]["median"]["wall_acceleration"] >= 2.0
+    wall = {x["target"]: x for x in target_verdicts(crowded) if x["selector"] == "cropi"}[
+        "wall-clock acceleration >= 2.0x (median over seeds)"]
+    assert not wall["met"] and "more processes than cores" in wall["measured"]
+
+
 def test_a_comparison_resumed_on_another_machine_repeats_full_datas_first_seed_there(tmp_path):
     from cropi.experiments.compare import reference_run
     from cropi.experiments.report import host_id
@@ -480,6 +525,10 @@ def test_a_comparison_resumed_on_another_machine_repeats_full_datas_first_seed_t
     (tmp_path / "runs" / "cropi-s3" / "summary.json").unlink()
     write_json(tmp_path / "runs" / "full-s4" / "summary.json", {"host": host_id(), "curve": []})
     assert reference_run(tmp_path, pending) is None  # full data already ran on this machine
+    # ... unless it ran there contended: its seconds are inflated, so it is repeated
+    write_json(tmp_path / "runs" / "full-s4" / "summary.json",
+               {"host": host_id(), "curve": [], "machine": "X, 2 cores", "load_1min_at_evals": {"mean": 3.2}})
+    assert reference_run(tmp_path, pending) == f"full-s3@{host_id()[:8]}"
 
 
 

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 from cropi.config import RunConfig, dump_config, validate
 from cropi.experiments.locks import claim, release
-from cropi.experiments.metrics import compute_results, host_of, training_signal
+from cropi.experiments.metrics import compute_results, contended, host_of, training_signal
 from cropi.experiments.report import host_id, machine_description, write_comparison_report
 from cropi.experiments.run import evaluation_sets, resolve_selector, run_training
 from cropi.io import read_json, read_jsonl, write_json, write_text
@@ -47,12 +47,15 @@ def check_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int]
 def reference_run(out: Path, pending: Sequence[tuple[str, int, str]]) -> str | None:
     """The name of a reference run of full data for this machine, when one is needed: runs are left to do here
     but full data's finished runs were measured on another machine (a comparison resumed elsewhere).  It
-    repeats full data's first seed, so that the runs done here have full-data seconds from the same machine."""
+    repeats full data's first seed, so that the runs done here have full-data seconds from the same machine.
+    Also when full data's runs here were contended (their seconds inflated)."""
     here = host_id()
     todo = [r for _, _, r in pending if not (out / "runs" / r / "summary.json").exists()]
-    full_hosts = {host_of(read_json(out / "runs" / r / "summary.json")) for name, _, r in pending
-                  if name == "full" and r not in todo}
-    if not todo or not full_hosts or here in full_hosts:
+    full_done = [read_json(out / "runs" / r / "summary.json") for name, _, r in pending
+                 if name == "full" and r not in todo]
+    # a contended full-data run is no seconds reference (metrics.contended), so it is repeated here as well
+    clean_hosts = {host_of(s) for s in full_done if not contended(s)}
+    if not todo or not full_done or here in clean_hosts:
         return None
     return f"full-s{pending[0][1]}@{here[:8]}"
 

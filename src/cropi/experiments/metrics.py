@@ -13,6 +13,9 @@ Definitions (as in the paper's Table 1, but measured on test splits the scores n
 - Wall-clock acceleration: the same with the runs' cumulative collection + scoring + training seconds
   (evaluation excluded; collection is charged to every run that uses the behaviour stores, although the
   comparison collects them once).
+- A contended run (``contended``: its mean 1-minute load at the evaluations above its machine's cores + 0.5, so
+  more processes than cores shared them) has inflated seconds: it gets no wall-clock acceleration, and a
+  contended full-data run is no machine's seconds reference.
 - final_targeted: mean of the last 3 evaluations.
 - Noise floor: each full-data seed's own acceleration against the seed-mean full-data curve.  With several
   seeds some always come out "faster" than their mean; an acceleration below the largest of them is a tie.
@@ -122,6 +125,26 @@ def host_of(summary: dict) -> str:
     return summary.get("host") or "unrecorded"
 
 
+CONTENTION_MARGIN = 0.5  # load above cores + this: more runnable processes than cores, not scheduling noise
+
+
+def cores_of(machine: str | None) -> int | None:
+    """The core count in a machine description (``report.machine_description``: "CPU, N cores, ...")."""
+    for part in (machine or "").split(","):
+        words = part.split()
+        if len(words) == 2 and words[1] == "cores" and words[0].isdigit():
+            return int(words[0])
+    return None
+
+
+def contended(summary: dict) -> bool:
+    """Whether a run shared its cores with more processes than there were cores: its mean 1-minute load at the
+    evaluations exceeds the cores + ``CONTENTION_MARGIN``.  Its seconds are then not comparable; False where
+    the load or the cores were not recorded."""
+    load, cores = (summary.get("load_1min_at_evals") or {}).get("mean"), cores_of(summary.get("machine"))
+    return load is not None and cores is not None and load > cores + CONTENTION_MARGIN
+
+
 def seconds_at_step(curve: Sequence[dict], step: float | None) -> float | None:
     """A run's seconds at ``step``, linear between evaluations; None past its last one."""
     if step is None:
@@ -134,11 +157,12 @@ def seconds_at_step(curve: Sequence[dict], step: float | None) -> float | None:
 
 
 def full_seconds_by_host(full_runs: Sequence[dict], step: float | None) -> dict[str, float]:
-    """Full data's seconds to ``step`` on each machine: the mean over the full-data runs measured there.
-    Seconds are compared only on one machine, so a run's wall-clock acceleration divides by its own host's."""
+    """Full data's seconds to ``step`` on each machine: the mean over the uncontended full-data runs measured
+    there.  Seconds are compared only on one machine, so a run's wall-clock acceleration divides by its own
+    host's."""
     by: dict[str, list[float]] = {}
     for s in full_runs:
-        sec = seconds_at_step(s["curve"], step)
+        sec = None if contended(s) else seconds_at_step(s["curve"], step)
         if sec is not None:
             by.setdefault(host_of(s), []).append(sec)
     return {h: statistics.fmean(v) for h, v in by.items()}
@@ -173,8 +197,9 @@ def compute_results(summaries: dict[str, dict[int, dict]], machine: str, budget_
             s_run = first_crossing(xs, ys, threshold)
             w_run = first_crossing(secs, ys, threshold)
             step_acc, step_bound = acceleration(s_full, s_run, _first_interval(xs))
-            host = host_of(s)
-            wall_acc, wall_bound = acceleration(w_full_on.get(host), w_run, _first_interval(secs))
+            host, crowded = host_of(s), contended(s)
+            wall_acc, wall_bound = acceleration(None if crowded else w_full_on.get(host), w_run,
+                                                _first_interval(secs))
             tgt = [c["targeted"] for c in curve]
             unt = [c["untargeted"] for c in curve if c.get("untargeted") is not None]
             row = {
@@ -187,6 +212,8 @@ def compute_results(summaries: dict[str, dict[int, dict]], machine: str, budget_
                 "host": host,
                 # False: no full-data run on this run's machine, so it has no wall-clock acceleration
                 "wall_reference": host in w_full_on,
+                # True: more processes than cores shared it, so its seconds are inflated and give no acceleration
+                "contended": crowded,
                 "best_targeted": max(tgt),
                 "best_untargeted": max(unt) if unt else None,
                 "final_targeted": statistics.fmean(tgt[-3:]),
@@ -208,11 +235,12 @@ def compute_results(summaries: dict[str, dict[int, dict]], machine: str, budget_
             seeds[str(seed)] = row
         med = {k: median([r[k] for r in seeds.values()]) for k in (
             "step_acceleration", "final_targeted", "best_targeted", "best_untargeted")}
-        # a run without a full-data run on its machine has no wall-clock number: it is left out, and counted
-        walls = [r["wall_acceleration"] for r in seeds.values() if r["wall_reference"]]
+        # a run without a full-data run on its machine, or contended, has no wall-clock number: left out, counted
+        walls = [r["wall_acceleration"] for r in seeds.values() if r["wall_reference"] and not r["contended"]]
         med["wall_acceleration"] = median(walls)
         out["selectors"][name] = {"seeds": seeds, "median": med,
-                                  "wall_unreferenced": sum(not r["wall_reference"] for r in seeds.values())}
+                                  "wall_unreferenced": sum(not r["wall_reference"] for r in seeds.values()),
+                                  "wall_contended": sum(r["contended"] for r in seeds.values())}
     cpus = sorted({cpu_model(s.get("machine")) for runs in summaries.values() for s in runs.values()} - {None})
     out["run_machines"] = cpus
     hosts: dict[str, dict] = {}
