@@ -33,10 +33,17 @@ cp runs/compare-peers-long/results.json "$DEST/compare-peers-long.json"
 "$PY" -m cropi.experiments.benchmarks.plateau --long "$DEST/compare-peers-long.json" --compare "$DEST/compare-peers.json" --out "$DEST"
 "$CROPI" draws "${DRAWS[@]}" --out "$DEST"
 echo "finish_compare.sh: wrote $DEST/compare-peers.*, cost_model.*, compare-peers-long.json, plateau.*, draws.*"
-# full data at 2,400 steps, where it has finished (it informs the budget, not the verdicts)
-if [[ -f runs/compare-peers-2400/results.json ]]; then
-  cp runs/compare-peers-2400/results.json "$DEST/compare-peers-2400.json"
+# the 2,400-step folder, where it has finished: full data's plateau check, and once cropi and the peers have
+# finished there too (results.json is rewritten only then), their comparison at that budget
+LONG=runs/compare-peers-2400
+if [[ -f $LONG/results.json ]]; then
+  cp "$LONG/results.json" "$DEST/compare-peers-2400.json"
   "$PY" -m cropi.experiments.benchmarks.plateau --long "$DEST/compare-peers-2400.json" --compare "$DEST/compare-peers.json" \
     --out "$DEST" --name plateau-2400 --block 200
   echo "finish_compare.sh: wrote $DEST/compare-peers-2400.json, plateau-2400.*"
+  if "$PY" -c 'import json, sys; sys.exit("cropi" not in json.load(open(sys.argv[1]))["selectors"])' "$LONG/results.json"; then
+    for png in "$LONG"/*.png; do cp "$png" "$DEST/compare-peers-2400-$(basename "$png")"; done
+    sed -E 's/\]\(([a-z_]+\.png)\)/](compare-peers-2400-\1)/g' "$LONG/report.md" > "$DEST/compare-peers-2400.md"
+    echo "finish_compare.sh: wrote $DEST/compare-peers-2400.md and its plots"
+  fi
 fi

@@ -347,6 +347,10 @@ def test_demo_verdict_says_faster_only_when_fewer_steps_and_less_time():
     assert "is not faster" in demo_verdict(res(2.0, 0.5)) and "2.00x more time" in demo_verdict(res(2.0, 0.5))
     assert "never reached" in demo_verdict(res(None, None))
     assert "never sooner in seconds" in demo_verdict(res(1.2, None))
+    busy = res(1.2, None)
+    busy["selectors"]["cropi"]["wall_contended"] = 1  # reached it, but its seconds are not comparable
+    assert demo_verdict(busy) == ("verdict: cropi reached full data's best in 1.20x fewer steps; its seconds not "
+                                  "measured (1 run(s) shared the cores with more processes than cores)")
 
 
 def test_peer_targets_and_the_noise_floor_call_a_slower_cropi_not_met_and_a_spread_a_tie():
@@ -397,6 +401,11 @@ def test_draw_spread_is_the_range_of_draw_medians_beside_the_range_of_seeds(tmp_
     # one draw: no spread between draws to speak of; the same draw twice: none
     assert draw_spread({"a": a})["selectors"]["cropi"]["final_targeted"]["between_draws"] is None
     assert draw_spread({"a": a, "a2": a})["selectors"]["full"]["step_acceleration"]["between_draws"] == 0
+    # a wall-clock acceleration not measured (a contended run) is left out but is no "never reached"
+    c = json.loads(json.dumps(b))
+    c["selectors"]["cropi"]["seeds"]["1"]["wall_acceleration"] = None
+    wall = draw_spread({"a": a, "c": c})["selectors"]["cropi"]["wall_acceleration"]
+    assert wall["never"] == 0 and wall["between_seeds"]["c"] == pytest.approx(0.0)
 
 
 def test_draw_spread_leaves_out_selectors_missing_from_a_draw_and_counts_never():
@@ -461,7 +470,7 @@ def test_wall_clock_acceleration_divides_by_full_datas_seconds_on_the_runs_own_m
     wall = "wall-clock acceleration >= 2.0x (median over seeds)"
     verdicts = {x["target"]: x for x in target_verdicts(alone) if x["selector"] == "cropi"}
     assert one["selectors"]["cropi"]["median"]["wall_acceleration"] >= 2.0
-    assert not verdicts[wall]["met"] and "no full-data run on their machine" in verdicts[wall]["measured"]
+    assert not verdicts[wall]["met"] and "no uncontended full-data run on their machine" in verdicts[wall]["measured"]
     write_comparison_report(two, tmp_path)
     assert "Runs from 2 machines" in (tmp_path / "report.md").read_text()
 
@@ -498,7 +507,11 @@ def test_a_contended_run_has_no_wall_clock_acceleration_and_is_no_machines_secon
     assert fixed["selectors"]["cropi"]["seeds"]["0"]["wall_acceleration"] == pytest.approx(
         clean["selectors"]["cropi"]["seeds"]["0"]["wall_acceleration"])
     assert fixed["selectors"]["full"]["seeds"]["0"]["wall_acceleration"] is None  # its own seconds are inflated
-    assert fixed["selectors"]["full"]["seeds"]["0"]["step_acceleration"] == pytest.approx(1.0)  # steps are not
+    # the report's full-data seconds to the threshold are the uncontended runs' only
+    assert alone["full_seconds_to_threshold"] is None
+    assert clean["full_seconds_to_threshold"] == pytest.approx(compute_results(
+        {"full": {0: run(full, 10.0, calm), 1: run(full, 15.0, busy, seed=1)}}, "m", 60)["full_seconds_to_threshold"])
+    assert fixed["reference_runs"][0]["contended"] is False
     # a contended selector run: its step acceleration stands, its seconds give none, and the target says why
     crowded = compute_results({"full": {0: run(full, 10.0, calm)}, "cropi": {0: run(fast, 4.0, busy)}}, "m", 60)
     c = crowded["selectors"]["cropi"]
@@ -529,6 +542,17 @@ def test_a_comparison_resumed_on_another_machine_repeats_full_datas_first_seed_t
     write_json(tmp_path / "runs" / "full-s4" / "summary.json",
                {"host": host_id(), "curve": [], "machine": "X, 2 cores", "load_1min_at_evals": {"mean": 3.2}})
     assert reference_run(tmp_path, pending) == f"full-s3@{host_id()[:8]}"
+    # one begun here for another seed is finished rather than a second begun
+    (tmp_path / "runs" / f"full-s9@{host_id()[:8]}").mkdir()
+    assert reference_run(tmp_path, pending) == f"full-s9@{host_id()[:8]}"
+    # a clean reference already made here, for another seed, is enough
+    write_json(tmp_path / "runs" / f"full-s9@{host_id()[:8]}" / "summary.json",
+               {"host": host_id(), "curve": [], "machine": "X, 2 cores", "load_1min_at_evals": {"mean": 2.0}})
+    assert reference_run(tmp_path, pending) is None
+    # and one made here that was contended too is not tried again (those runs get no wall-clock number)
+    write_json(tmp_path / "runs" / f"full-s9@{host_id()[:8]}" / "summary.json",
+               {"host": host_id(), "curve": [], "machine": "X, 2 cores", "load_1min_at_evals": {"mean": 3.0}})
+    assert reference_run(tmp_path, pending) is None
 
 
 
@@ -543,6 +567,9 @@ def test_resumed_comparison_gets_a_full_data_reference_on_the_new_machine(tmp_pa
     def on(host):
         monkeypatch.setattr(compare_mod, "host_id", lambda: host)
         monkeypatch.setattr(run_mod, "host_id", lambda: host)
+
+    # the real load would make these runs count as contended on a busy machine (metrics.contended)
+    monkeypatch.setattr("cropi.training.grpo.machine_load", lambda: {})
 
     out = tmp_path / "cmp"
     cfg = load_config(None, small_suite_overrides() + ["model.device=cpu", "train.steps=2", "train.eval_every=1",
@@ -562,6 +589,14 @@ def test_resumed_comparison_gets_a_full_data_reference_on_the_new_machine(tmp_pa
     assert res["selectors"]["random"]["seeds"]["0"]["host"] == "machine-b"
     assert res["selectors"]["random"]["seeds"]["0"]["wall_reference"]
     assert list(res["selectors"]["full"]["seeds"]) == ["0"]  # the reference is not another full-data seed
+    # a reference begun on a third machine by a resume with seed 1 is finished there, with seed 1
+    (out / "runs" / "random-s0" / "summary.json").unlink()
+    on("thirdbox-c")
+    (out / "runs" / "full-s1@thirdbox").mkdir()
+    compare_mod.run_compare(cfg, ["random"], [0], out)
+    third = read_json(out / "runs" / "full-s1@thirdbox" / "summary.json")
+    assert third["host"] == "thirdbox-c" and third["config"]["train"]["seed"] == 1
+    assert not (out / "runs" / "full-s0@thirdbox").exists()
 
 
 def test_restore_leaves_out_kept_runs_whose_machine_has_no_full_data_run(tmp_path):
@@ -622,6 +657,10 @@ def test_plateau_reading_against_hand_computed_values(tmp_path):
     assert x["steps_to_threshold"] == pytest.approx(2.5)
     assert x["step_acceleration"] == pytest.approx(8 / 2.5) and x["wall_acceleration"] == pytest.approx(20 / 5)
     assert r["selectors"]["full"]["never"] == 1 and r["selectors"]["full"]["median"]["step_acceleration"] is None
+    crowded = json.loads(json.dumps(main))
+    crowded["selectors"]["x"]["seeds"]["0"]["contended"] = True  # its seconds are inflated: no wall estimate
+    cx = plateau_reading(long, crowded, block=4)["selectors"]["x"]["seeds"]["0"]
+    assert cx["wall_acceleration"] is None and cx["step_acceleration"] == pytest.approx(8 / 2.5)
 
     (tmp_path / "long.json").write_text(json.dumps(long))
     (tmp_path / "main.json").write_text(json.dumps(main))

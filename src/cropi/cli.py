@@ -343,7 +343,7 @@ def _print_compare(results: dict, out: Path) -> None:
         if m["step_acceleration"] is None:
             typer.echo(f"{name}: did not reach {target} within the budget (median over seeds)")
             continue
-        wall = ("never sooner in wall-clock" if m["wall_acceleration"] is None
+        wall = (_unmeasured(sel[name]) or "never sooner in wall-clock" if m["wall_acceleration"] is None
                 else f"{m['wall_acceleration']:.2f}x the wall-clock speed")
         typer.echo(f"{name}: reached {target} with {m['step_acceleration']:.2f}x fewer steps than full data, {wall}")
     f, c = sel["full"]["median"], sel.get("cropi", sel["full"])["median"]
@@ -354,6 +354,16 @@ def _print_compare(results: dict, out: Path) -> None:
                + (f", cropi {pct(c['best_untargeted'])}" if "cropi" in sel else ""))
 
 
+def _unmeasured(block: dict) -> str | None:
+    """Why a selector has no wall-clock number although it reached the threshold, or None."""
+    crowded, alone = block.get("wall_contended", 0), block.get("wall_unreferenced", 0)
+    if not crowded and not alone:
+        return None
+    why = [f"{crowded} run(s) shared the cores with more processes than cores"] if crowded else []
+    why += [f"{alone} run(s) had no uncontended full-data run on their machine"] if alone else []
+    return "seconds not measured (" + "; ".join(why) + ")"
+
+
 def demo_verdict(results: dict, name: str = "cropi") -> str:
     """One plain sentence: is ``name`` faster than full data to full data's best, in steps and in seconds."""
     m = results["selectors"][name]["median"]
@@ -361,6 +371,9 @@ def demo_verdict(results: dict, name: str = "cropi") -> str:
     if step is None:
         return f"verdict: {name} is not faster than full data: it never reached full data's best within the budget"
     in_steps = f"{step:.2f}x fewer steps" if step >= 1 else f"{1 / step:.2f}x more steps"
+    unmeasured = _unmeasured(results["selectors"][name]) if wall is None else None
+    if unmeasured:
+        return f"verdict: {name} reached full data's best in {in_steps}; its {unmeasured}"
     if wall is None:
         in_time = "but never sooner in seconds"
     elif wall >= 1:

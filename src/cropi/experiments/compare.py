@@ -48,15 +48,22 @@ def reference_run(out: Path, pending: Sequence[tuple[str, int, str]]) -> str | N
     """The name of a reference run of full data for this machine, when one is needed: runs are left to do here
     but full data's finished runs were measured on another machine (a comparison resumed elsewhere).  It
     repeats full data's first seed, so that the runs done here have full-data seconds from the same machine.
-    Also when full data's runs here were contended (their seconds inflated)."""
+    Also when full data's runs here were contended (their seconds inflated); once per machine."""
     here = host_id()
     todo = [r for _, _, r in pending if not (out / "runs" / r / "summary.json").exists()]
     full_done = [read_json(out / "runs" / r / "summary.json") for name, _, r in pending
                  if name == "full" and r not in todo]
+    # earlier reference runs count too, whichever seed they repeat: one clean one per machine is enough
+    full_done += [read_json(p) for p in sorted((out / "runs").glob("full-s*@*/summary.json"))]
     # a contended full-data run is no seconds reference (metrics.contended), so it is repeated here as well
     clean_hosts = {host_of(s) for s in full_done if not contended(s)}
     if not todo or not full_done or here in clean_hosts:
         return None
+    mine = sorted((out / "runs").glob(f"full-s*@{here[:8]}"))
+    if any((p / "summary.json").exists() for p in mine):
+        return None  # made here already and contended as well: one try; the runs here get no wall-clock number
+    if mine:
+        return mine[0].name  # one begun here by a resume with other seeds: finish that one
     return f"full-s{pending[0][1]}@{here[:8]}"
 
 
@@ -80,8 +87,8 @@ def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], 
     # lock file, runs claimed elsewhere are deferred, and every process ends with the whole result.
     pending = [(name, seed, f"{name}-s{seed}") for name in order for seed in seeds]
     reference = reference_run(out, pending)
-    if reference:
-        pending.insert(0, ("full", seeds[0], reference))
+    if reference:  # its seed is in its name: full-sSEED@HOST
+        pending.insert(0, ("full", int(reference.split("@")[0].removeprefix("full-s")), reference))
     while pending:
         deferred = []
         for name, seed, run_name in pending:

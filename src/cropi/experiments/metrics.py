@@ -141,6 +141,8 @@ def contended(summary: dict) -> bool:
     """Whether a run shared its cores with more processes than there were cores: its mean 1-minute load at the
     evaluations exceeds the cores + ``CONTENTION_MARGIN``.  Its seconds are then not comparable; False where
     the load or the cores were not recorded."""
+    if "contended" in summary:  # a results.json row or reference entry: decided when it was computed
+        return bool(summary["contended"])
     load, cores = (summary.get("load_1min_at_evals") or {}).get("mean"), cores_of(summary.get("machine"))
     return load is not None and cores is not None and load > cores + CONTENTION_MARGIN
 
@@ -174,16 +176,20 @@ def compute_results(summaries: dict[str, dict[int, dict]], machine: str, budget_
                     references: Sequence[dict] = ()) -> dict:
     """results.json from run summaries ``{selector: {seed: summary}}`` (``full`` must be present).
 
-    ``references``: extra full-data runs (summaries), each repeating a seed of ``full`` on another machine;
-    they give that machine's full-data seconds and enter nothing else."""
+    ``references``: extra full-data runs (summaries), each repeating a seed of full data on a machine whose own
+    full-data runs are missing or contended; they give that machine's full-data seconds and enter nothing else."""
     if "full" not in summaries or not summaries["full"]:
         raise ConfigError("a comparison needs the full-data selector (it defines the threshold)")
     full_curves = [s["curve"] for s in summaries["full"].values()]
-    steps, mean_t, mean_sec = mean_curve(full_curves, "targeted")
+    steps, mean_t, _ = mean_curve(full_curves, "targeted")
     sm = smooth(mean_t)
     threshold = max(sm)
     s_full = first_crossing(steps, sm, threshold)
-    w_full = first_crossing(mean_sec, sm, threshold)
+    # seconds from the uncontended runs only, read at the seed-mean curve's evaluation steps
+    clean = [s["curve"] for s in summaries["full"].values() if not contended(s)]
+    clean_sec = dict(zip(*mean_curve(clean, "targeted")[::2])) if clean else {}
+    w_full = (first_crossing([clean_sec[x] for x in steps], sm, threshold)
+              if all(x in clean_sec for x in steps) and clean else None)
     w_full_on = full_seconds_by_host([*summaries["full"].values(), *references], s_full)
     out = {"schema_version": SCHEMA_VERSION, "machine": machine, "budget_steps": budget_steps,
            "threshold_targeted": threshold, "full_steps_to_threshold": s_full, "full_seconds_to_threshold": w_full,
@@ -235,7 +241,8 @@ def compute_results(summaries: dict[str, dict[int, dict]], machine: str, budget_
             seeds[str(seed)] = row
         med = {k: median([r[k] for r in seeds.values()]) for k in (
             "step_acceleration", "final_targeted", "best_targeted", "best_untargeted")}
-        # a run without a full-data run on its machine, or contended, has no wall-clock number: left out, counted
+        # a run without an uncontended full-data run on its machine, or contended itself, has no wall-clock
+        # number: left out, and counted
         walls = [r["wall_acceleration"] for r in seeds.values() if r["wall_reference"] and not r["contended"]]
         med["wall_acceleration"] = median(walls)
         out["selectors"][name] = {"seeds": seeds, "median": med,
@@ -253,6 +260,7 @@ def compute_results(summaries: dict[str, dict[int, dict]], machine: str, budget_
         hosts[host_of(s)]["runs"] -= 1
     out["hosts"] = hosts
     out["reference_runs"] = [{"host": host_of(s), "seed": (s.get("config") or {}).get("train", {}).get("seed"),
+                              "contended": contended(s),
                               "curve": [{"step": c["step"], "targeted": c["targeted"], "seconds": c["seconds"]}
                                         for c in s["curve"]]} for s in references]
     out["partial_gain"] = partial_gain(summaries, steps, sm, mean_t[0], threshold)
@@ -324,7 +332,8 @@ def draw_spread(results_by_draw: dict[str, dict]) -> dict:
     Per selector run in every draw, and per key (step and wall-clock acceleration, final targeted accuracy):
     each draw's median over seeds; ``between_draws`` is the range (max − min) of those medians (None with fewer
     than two), and ``between_seeds`` the range of the per-seed values within each draw (and its largest).  A
-    never-reached acceleration is left out of the ranges and counted in ``never``.  ``final_targeted_vs_full``
+    never-reached acceleration is left out of the ranges and counted in ``never``; one not measured (a wall-clock
+    acceleration of a contended or unreferenced run) is left out and not counted.  ``final_targeted_vs_full``
     is a run's final targeted accuracy minus full data's seed mean in its draw: the draws differ in difficulty,
     so the absolute accuracy moves with the draw even where the verdict does not."""
     if not results_by_draw:
@@ -350,8 +359,10 @@ def draw_spread(results_by_draw: dict[str, dict]) -> dict:
                 else:
                     per_seed = [row[key] for row in block["seeds"].values()]
                     medians[draw] = block["median"][key]
+                    # "never": the run did not reach the threshold (not: its seconds were not measured)
+                    if key.endswith("_acceleration"):
+                        never += sum(row["steps_to_threshold"] is None for row in block["seeds"].values())
                 vals = [v for v in per_seed if v is not None]
-                never += sum(v is None for v in per_seed)
                 seed_ranges[draw] = max(vals) - min(vals) if vals else None
             known = [m for m in medians.values() if m is not None]
             ranges = [s for s in seed_ranges.values() if s is not None]
@@ -417,7 +428,8 @@ def plateau_reading(long: dict, main: dict, block: int = 100) -> dict:
             ys = smooth([c["targeted"] for c in row["curve"]])
             s_run, w_run = first_crossing(xs, ys, t_long), first_crossing(secs, ys, t_long)
             step_acc, _ = acceleration(s_long, s_run, _first_interval(xs))
-            wall_acc, _ = acceleration(full_on.get(row.get("host") or "unrecorded"), w_run, _first_interval(secs))
+            ref = None if contended(row) else full_on.get(row.get("host") or "unrecorded")
+            wall_acc, _ = acceleration(ref, w_run, _first_interval(secs))
             seeds[seed] = {"steps_to_threshold": s_run, "step_acceleration": step_acc, "wall_acceleration": wall_acc}
         selectors[name] = {"seeds": seeds,
                            "median": {k: median([r[k] for r in seeds.values()])

@@ -142,7 +142,8 @@ def target_verdicts(results: dict) -> list[dict]:
                         "met": v is not None and v >= goal and not missing and not crowded,
                         "measured": (f"{at_least}{v:.2f}x" if v is not None else "never reached the threshold (median)")
                         + f"; {reach}/{len(sel[name]['seeds'])} seeds reached it" + _tie_note(results, key, v)
-                        + (f"; {missing} run(s) had no full-data run on their machine: not measured" if missing else "")
+                        + (f"; {missing} run(s) had no uncontended full-data run on their machine: not measured"
+                           if missing else "")
                         + (f"; {crowded} run(s) shared their cores with more processes than cores: not measured"
                            if crowded else "")})
             if peers:

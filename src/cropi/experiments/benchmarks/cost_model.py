@@ -28,7 +28,7 @@ from pathlib import Path
 
 from cropi import SCHEMA_VERSION
 from cropi.errors import CropiError
-from cropi.experiments.metrics import host_of
+from cropi.experiments.metrics import contended, host_of
 from cropi.io import read_json, read_jsonl, write_json, write_text
 
 
@@ -90,13 +90,15 @@ def measure(compare_dir: Path) -> Measured:
 
     Runs of one folder may come from several machines of different speed.  A run's seconds are therefore set
     against full data's on its own machine (``full-sN`` or a reference ``full-sN@HOST``) and expressed on the
-    scale of the mean full-data step; a run whose machine has no full-data run is left out."""
+    scale of the mean full-data step; a run whose machine has no uncontended full-data run, or that was contended
+    itself (``metrics.contended``), is left out."""
     compare_dir = Path(compare_dir)
     results = read_json(compare_dir / "results.json")
     runs = compare_dir / "runs"
     by_host: dict[str, list[tuple[float, float]]] = {}
     for d in sorted(p.parent for p in runs.glob("full-s*/summary.json")):  # finished runs only
-        by_host.setdefault(host_of(read_json(d / "summary.json")), []).append(_full_step_seconds(d))
+        if not contended(read_json(d / "summary.json")):  # inflated seconds set no machine's scale
+            by_host.setdefault(host_of(read_json(d / "summary.json")), []).append(_full_step_seconds(d))
     full = [x for xs in by_host.values() for x in xs]
     roll, upd = statistics.fmean(x[0] for x in full), statistics.fmean(x[1] for x in full)
     host_full = {h: (statistics.fmean(x[0] for x in xs), statistics.fmean(x[1] for x in xs)) for h, xs in by_host.items()}
@@ -108,7 +110,7 @@ def measure(compare_dir: Path) -> Measured:
         seeds = {}
         for seed, row in block["seeds"].items():
             s = read_json(runs / f"{name}-s{seed}" / "summary.json")
-            if host_of(s) not in host_full:
+            if host_of(s) not in host_full or contended(s):
                 continue
             # this machine's seconds -> the mean full-data machine's, sampling and passes each by its own ratio
             k_roll, k_upd = roll / host_full[host_of(s)][0], upd / host_full[host_of(s)][1]
