@@ -681,3 +681,45 @@ def test_plateau_reading_against_hand_computed_values(tmp_path):
     assert plateau_main(["--long", str(tmp_path / "main.json"), "--compare", str(tmp_path / "main.json"),
                          "--out", str(tmp_path / "no")]) == 2
     assert not (tmp_path / "no").exists()
+
+
+def test_status_reads_each_runs_progress_without_touching_it(tmp_path):
+    import os
+    from typer.testing import CliRunner
+    from cropi.cli import app
+    from cropi.experiments.compare import comparison_status
+    from cropi.io import write_json
+
+    runs = tmp_path / "runs"
+
+    def run(name, steps, evals, budget=100, done=False, pid=None):
+        d = runs / name
+        d.mkdir(parents=True)
+        (d / "config.yaml").write_text(f"train:\n  steps: {budget}\n")
+        rows = [{"event": "step", "step": i, "seconds": 2.0 * i} for i in range(1, steps + 1)]
+        rows += [{"event": "eval", "step": k, "targeted": v} for k, v in evals.items()]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"event": "st')  # torn
+        if done:
+            write_json(d / "summary.json", {"curve": []})
+        if pid is not None:
+            (d / ".lock").write_text(str(pid))
+
+    run("full-s0", 100, {0: 0.3, 40: 0.4, 80: 0.5}, done=True)
+    run("cropi-s0", 50, {0: 0.3, 40: 0.45}, pid=os.getpid())
+    run("dapo-s0", 30, {0: 0.3}, pid=2 ** 22 + 12345)  # a dead claimer: resumable
+    run("full-s0@hostb123", 0, {})
+    before = {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()}
+    rows = {r["run"]: r for r in comparison_status(tmp_path)}
+    assert rows["full-s0"]["state"] == "done" and rows["full-s0"]["eta_seconds"] is None
+    c = rows["cropi-s0"]
+    assert c["state"] == "running" and (c["step"], c["steps"], c["seconds"]) == (50, 100, 100.0)
+    assert c["eta_seconds"] == pytest.approx(100.0)  # 50 steps left at 2 s a step
+    assert (c["eval_step"], c["targeted"], c["full_targeted"]) == (40, 0.45, 0.4)
+    assert rows["dapo-s0"]["state"] == "stopped" and rows["dapo-s0"]["full_targeted"] == 0.3
+    assert rows["full-s0@hostb123"]["state"] == "waiting" and rows["full-s0@hostb123"]["eta_seconds"] is None
+    assert {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()} == before
+    r = CliRunner().invoke(app, ["status", str(tmp_path)])
+    assert r.exit_code == 0 and "cropi-s0" in r.output and "45.0% @40" in r.output
+    r = CliRunner().invoke(app, ["status", str(tmp_path / "nothing")])
+    assert r.exit_code == 2 and "runs" in r.output
+

@@ -432,6 +432,30 @@ def compare(
 
 @app.command()
 @handles_errors
+def status(
+    folder: Path = typer.Argument(..., help="A `cropi compare` folder (it has runs/), finished or still running."),
+):
+    """Where each run of a comparison stands, without disturbing the processes training it.
+
+    One line per run: done / running (claimed by a live process) / stopped (resumable: rerun the same
+    `cropi compare`) / waiting; steps done of the budget; charged seconds so far and, for unfinished runs, an
+    estimate of the seconds left at the run's own pace; the last evaluation's targeted accuracy, beside the same
+    seed of full data at that step.
+    """
+    from cropi.experiments.compare import comparison_status
+
+    rows = comparison_status(folder)
+    pct = lambda x: "—" if x is None else f"{100 * x:.1f}%"
+    typer.echo(f"{'run':<44} {'state':<8} {'steps':>11} {'seconds':>8} {'left':>7} {'targeted':>14} {'full':>6}")
+    for r in rows:
+        left = "—" if r["eta_seconds"] is None else f"{r['eta_seconds'] / 3600:.1f} h"
+        at = f"{pct(r['targeted'])} @{r['eval_step']}" if r["eval_step"] is not None else "—"
+        typer.echo(f"{r['run']:<44} {r['state']:<8} {r['step']:>5}/{r['steps'] or '?':<5} {r['seconds']:>8.0f} "
+                   f"{left:>7} {at:>14} {pct(r['full_targeted']):>6}")
+
+
+@app.command()
+@handles_errors
 def draws(
     folders: List[Path] = typer.Argument(..., help="Comparison folders (each with results.json), one per pool draw; "
                                          "each is named by its folder name."),

@@ -15,8 +15,11 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+import yaml
+
 from cropi.config import RunConfig, dump_config, validate
-from cropi.experiments.locks import claim, release
+from cropi.errors import ConfigError
+from cropi.experiments.locks import LOCK_NAME, claim, process_alive, release
 from cropi.experiments.metrics import compute_results, contended, host_of, training_signal
 from cropi.experiments.report import host_id, machine_description, write_comparison_report
 from cropi.experiments.run import evaluation_sets, resolve_selector, run_training
@@ -136,3 +139,42 @@ def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], 
     write_json(out / "results.json", results)
     write_comparison_report(results, out)
     return results
+
+
+def comparison_status(out: str | Path) -> list[dict]:
+    """Where each run of a comparison folder stands, read from its files only (safe beside the processes
+    training it).  Per run: ``state`` (done, running: claimed by a live process, stopped: begun, resumable, or
+    waiting), the last step logged and the budget, its charged seconds so far, its last evaluation's targeted
+    accuracy and step, the same seed of full data's targeted accuracy at that step (``full_targeted``, None
+    where full data has no evaluation there), and ``eta_seconds``: the remaining steps at its mean charged
+    seconds per step so far (evaluation not counted)."""
+    runs = Path(out) / "runs"
+    if not runs.is_dir():
+        raise ConfigError(f"{runs}: not found; is {out} a `cropi compare` folder?")
+    evals = {}
+    rows = []
+    for run_dir in sorted(p for p in runs.iterdir() if p.is_dir()):
+        metrics = read_jsonl(run_dir / "metrics.jsonl")
+        steps = [r for r in metrics if r.get("event") == "step"]
+        evals[run_dir.name] = {r["step"]: r["targeted"] for r in metrics if r.get("event") == "eval"}
+        lock = run_dir / LOCK_NAME
+        try:
+            live = lock.exists() and process_alive(int(lock.read_text().strip() or 0))
+        except (OSError, ValueError):
+            live = False
+        done = (run_dir / "summary.json").exists()
+        budget = None
+        if (run_dir / "config.yaml").exists():
+            budget = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("train", {}).get("steps")
+        step = max((r["step"] for r in steps), default=0)
+        seconds = max((r["seconds"] for r in steps), default=0.0)
+        last_eval = max(evals[run_dir.name], default=None)
+        rows.append({"run": run_dir.name, "state": "done" if done else "running" if live else
+                     "stopped" if steps else "waiting", "step": step, "steps": budget, "seconds": seconds,
+                     "eval_step": last_eval, "targeted": evals[run_dir.name].get(last_eval),
+                     "eta_seconds": None if done or not step or budget is None
+                     else seconds / step * max(budget - step, 0)})
+    for row in rows:  # full data's same seed (a reference run: its own), at the run's last evaluation
+        seed = row["run"].split("@")[0].rsplit("-s", 1)[-1]
+        row["full_targeted"] = evals.get(f"full-s{seed}", {}).get(row["eval_step"])
+    return rows
