@@ -46,7 +46,8 @@ both --seeds 0,1,2 --selectors "$DRAW" --set data.suite.pool_seed=2 \
 # last, as it informs the reading of the budget but not the verdicts: its first 600 steps should repeat the 600-step runs' (a step's batch depends on the seed and step only): compare them
 both --seeds 0,1,2 --selectors full --set train.steps=1200 --set train.eval_every=20 --out runs/compare-peers-long
 # full data still rises at 1,200 steps (benchmarks/results/plateau.md): where does it level off?  Full data first
-# (it ran there alone), then cropi's default and the peers against its best there (about 30 core-hours).  Full
-# data ran there contended, so the folder first repeats its first seed under the usual load (full-s0@HOST).
+# (it ran there alone), then cropi's default and the peers against its best there (about 35 core-hours at the
+# measured pace: docs/results.md).  Full data ran there contended, so the folder first repeats its first seed
+# under the usual load (full-s0@HOST).
 both --seeds 0,1,2 --selectors full,cropi,online_filter,dapo,greso --set train.steps=2400 --set train.eval_every=40 \
   --out runs/compare-peers-2400

@@ -97,8 +97,9 @@ def measure(compare_dir: Path) -> Measured:
     runs = compare_dir / "runs"
     by_host: dict[str, list[tuple[float, float]]] = {}
     for d in sorted(p.parent for p in runs.glob("full-s*/summary.json")):  # finished runs only
-        if not contended(read_json(d / "summary.json")):  # inflated seconds set no machine's scale
-            by_host.setdefault(host_of(read_json(d / "summary.json")), []).append(_full_step_seconds(d))
+        summary = read_json(d / "summary.json")
+        if not contended(summary):  # inflated seconds set no machine's scale
+            by_host.setdefault(host_of(summary), []).append(_full_step_seconds(d))
     full = [x for xs in by_host.values() for x in xs]
     roll, upd = statistics.fmean(x[0] for x in full), statistics.fmean(x[1] for x in full)
     host_full = {h: (statistics.fmean(x[0] for x in xs), statistics.fmean(x[1] for x in xs)) for h, xs in by_host.items()}
