@@ -298,14 +298,21 @@ def test_peers_are_the_full_pool_with_their_batch_rule_and_gradalign_is_refreshe
 
 
 def test_run_lock_claims_once_and_takes_over_stale_locks(tmp_path):
-    from cropi.experiments.locks import claim, release
+    import os
+
+    from cropi.experiments.locks import claim, holder, release
 
     run = tmp_path / "r"
+    assert holder(run) is None  # no folder, no lock
     assert claim(run) and not claim(run)  # held by this (live) process
+    assert holder(run) == os.getpid()
     (run / ".lock").write_text("999999999")  # a pid that cannot exist: a crashed run
-    assert claim(run) and (run / ".lock").read_text() == str(__import__("os").getpid())
+    assert holder(run) is None
+    assert claim(run) and (run / ".lock").read_text() == str(os.getpid())
+    (run / ".lock").write_text("not a pid")
+    assert holder(run) is None
     release(run)
-    assert claim(run)
+    assert holder(run) is None and claim(run)
 
 
 def test_partial_gain_accelerations():

@@ -24,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cropi.config import load_config, settings
 from cropi.errors import CropiError
+from cropi.machine import usable_cores
 
 app = typer.Typer(
     help="cropi: data-efficient RL with verifiable rewards via off-policy influence guidance (CROPI).\n\n"
@@ -517,7 +518,7 @@ def demo(
     # With two or more cores the two runs go side by side, one single-threaded process each (they claim runs
     # through the comparison's lock files), so the demo takes about as long as its longer run.
     helper = None
-    if (os.cpu_count() or 1) >= 2:
+    if usable_cores() >= 2:
         torch.set_num_threads(1)
         env = {**os.environ, DEMO_WORKER_ENV: "1", "OMP_NUM_THREADS": "1"}
         helper = subprocess.Popen([sys.executable, "-m", "cropi.cli", "demo", "--out", str(out),

@@ -19,7 +19,7 @@ import yaml
 
 from cropi.config import RunConfig, dump_config, validate
 from cropi.errors import ConfigError
-from cropi.experiments.locks import LOCK_NAME, claim, process_alive, release
+from cropi.experiments.locks import claim, holder, release
 from cropi.experiments.metrics import compute_results, contended, host_of, training_signal
 from cropi.experiments.report import host_id, machine_description, write_comparison_report
 from cropi.experiments.run import evaluation_sets, resolve_selector, run_training
@@ -157,11 +157,7 @@ def comparison_status(out: str | Path) -> list[dict]:
         metrics = read_jsonl(run_dir / "metrics.jsonl")
         steps = [r for r in metrics if r.get("event") == "step"]
         evals[run_dir.name] = {r["step"]: r["targeted"] for r in metrics if r.get("event") == "eval"}
-        lock = run_dir / LOCK_NAME
-        try:
-            live = lock.exists() and process_alive(int(lock.read_text().strip() or 0))
-        except (OSError, ValueError):
-            live = False
+        live = holder(run_dir) is not None
         done = (run_dir / "summary.json").exists()
         budget = None
         if (run_dir / "config.yaml").exists():

@@ -21,11 +21,7 @@ def claim(run_dir: Path) -> bool:
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and process_alive(pid):
+            if holder(run_dir) is not None:
                 return False
             lock.unlink(missing_ok=True)  # its process died: the run resumes here
             continue
@@ -33,6 +29,15 @@ def claim(run_dir: Path) -> bool:
             fh.write(str(os.getpid()))
         return True
     return False
+
+
+def holder(run_dir: Path) -> int | None:
+    """The pid of the live process holding ``run_dir``'s lock; None when unlocked or its holder has died."""
+    try:
+        pid = int((run_dir / LOCK_NAME).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    return pid if pid and process_alive(pid) else None
 
 
 def release(run_dir: Path) -> None:

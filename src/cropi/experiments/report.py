@@ -10,11 +10,11 @@ from pathlib import Path
 from cropi.experiments.metrics import CONTENTION_MARGIN, SMOOTH, median
 from cropi.experiments.plots import plot_comparison, plot_curves
 from cropi.io import write_json, write_text
+from cropi.machine import usable_cores
 
 
 def machine_description() -> str:
-    import os
-
+    """"CPU, N cores, M GiB RAM, GPU; torch ..." where N is what this process may use (``usable_cores``)."""
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -32,7 +32,7 @@ def machine_description() -> str:
     except (OSError, StopIteration, ValueError):
         pass
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores{mem}{gpu}; torch {torch.__version__} "
+    return (f"{cpu}, {usable_cores()} cores{mem}{gpu}; torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
 
 

@@ -37,6 +37,7 @@ from cropi.config import RunConfig
 from cropi.errors import CropiError
 from cropi.extras import require
 from cropi.io import first_line, log, table_bits
+from cropi.machine import usable_cores
 
 FAIL_AFTER_CHUNKS_ENV = "CROPI_RAY_FAIL_AFTER_CHUNKS"
 WORKER_NICENESS_ENV = "RAY_worker_niceness"  # Ray's own setting (default 15)
@@ -417,7 +418,7 @@ def smoke_check(work: str | Path, device: str = "cuda", quick: bool = False) -> 
         one_seconds = time.perf_counter() - t0
     finally:
         torch.set_num_threads(threads)
-    with ray_session(num_cpus=None if device != "cpu" else max(2, os.cpu_count() or 2)) as ray_start:
+    with ray_session(num_cpus=None if device != "cpu" else max(2, usable_cores())) as ray_start:
         _, job = score_on_ray(cfg, pool, vals, ray_out, workers=2, threads=1,
                               gpus_per_worker=0.5 if device.startswith("cuda") else 1.0)
     return {"pool_prompts": pool_size, "workers": job.workers, "worker_device": job.device,
