@@ -562,6 +562,21 @@ def test_a_comparison_resumed_on_another_machine_repeats_full_datas_first_seed_t
     assert reference_run(tmp_path, pending) is None
 
 
+def test_no_reference_run_while_full_data_still_has_a_run_to_do_here(tmp_path):
+    from cropi.experiments.compare import reference_run
+    from cropi.experiments.report import host_id
+    from cropi.io import write_json
+
+    pending = [("full", 0, "full-s0"), ("full", 1, "full-s1"), ("cropi", 0, "cropi-s0")]
+    # only a reference made on another machine has finished; full-s0 and full-s1 will run here
+    write_json(tmp_path / "runs" / "full-s0@elsewhe" / "summary.json", {"host": "elsewhere", "curve": []})
+    assert reference_run(tmp_path, pending) is None
+    write_json(tmp_path / "runs" / "full-s0" / "summary.json", {"host": "elsewhere", "curve": []})
+    assert reference_run(tmp_path, pending) is None  # full-s1 is still to do here
+    write_json(tmp_path / "runs" / "full-s1" / "summary.json", {"host": "elsewhere", "curve": []})
+    assert reference_run(tmp_path, pending) == f"full-s0@{host_id()[:8]}"  # now only cropi-s0 runs here
+
+
 
 
 def test_resumed_comparison_gets_a_full_data_reference_on_the_new_machine(tmp_path, monkeypatch):
