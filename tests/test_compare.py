@@ -714,21 +714,25 @@ def test_status_reads_each_runs_progress_without_touching_it(tmp_path):
 
     runs = tmp_path / "runs"
 
-    def run(name, steps, evals, budget=100, done=False, pid=None):
+    def run(name, steps, evals, budget=100, done=False, pid=None, load=None, summary_load=None):
         d = runs / name
         d.mkdir(parents=True)
         (d / "config.yaml").write_text(f"train:\n  steps: {budget}\n")
         rows = [{"event": "step", "step": i, "seconds": 2.0 * i} for i in range(1, steps + 1)]
-        rows += [{"event": "eval", "step": k, "targeted": v} for k, v in evals.items()]
+        rows += [{"event": "eval", "step": k, "targeted": v, **({} if load is None else {"load_1min": load})}
+                 for k, v in evals.items()]
         (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"event": "st')  # torn
         if done:
-            write_json(d / "summary.json", {"curve": []})
+            write_json(d / "summary.json", {"curve": [], **({} if summary_load is None else {
+                "machine": "X, 2 cores", "load_1min_at_evals": {"mean": summary_load}})})
         if pid is not None:
             (d / ".lock").write_text(str(pid))
 
-    run("full-s0", 100, {0: 0.3, 40: 0.4, 80: 0.5}, done=True)
-    run("cropi-s0", 50, {0: 0.3, 40: 0.45}, pid=os.getpid())
-    run("dapo-s0", 30, {0: 0.3}, pid=2 ** 22 + 12345)  # a dead claimer: resumable
+    from cropi.machine import usable_cores
+
+    run("full-s0", 100, {0: 0.3, 40: 0.4, 80: 0.5}, done=True, summary_load=3.2)  # its summary decides
+    run("cropi-s0", 50, {0: 0.3, 40: 0.45}, pid=os.getpid(), load=usable_cores() + 0.7)  # this machine's cores
+    run("dapo-s0", 30, {0: 0.3}, pid=2 ** 22 + 12345, load=usable_cores() + 0.4)  # a dead claimer: resumable
     run("full-s0@hostb123", 0, {})
     before = {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()}
     rows = {r["run"]: r for r in comparison_status(tmp_path)}
@@ -739,9 +743,15 @@ def test_status_reads_each_runs_progress_without_touching_it(tmp_path):
     assert (c["eval_step"], c["targeted"], c["full_targeted"]) == (40, 0.45, 0.4)
     assert rows["dapo-s0"]["state"] == "stopped" and rows["dapo-s0"]["full_targeted"] == 0.3
     assert rows["full-s0@hostb123"]["state"] == "waiting" and rows["full-s0@hostb123"]["eta_seconds"] is None
+    # contention: a finished run's summary decides; an unfinished one is its eval loads against the cores here
+    assert (rows["full-s0"]["load"], rows["full-s0"]["contended"]) == (3.2, True)
+    assert c["load"] == pytest.approx(usable_cores() + 0.7) and c["contended"]
+    assert rows["dapo-s0"]["load"] == pytest.approx(usable_cores() + 0.4) and not rows["dapo-s0"]["contended"]
+    assert (rows["full-s0@hostb123"]["load"], rows["full-s0@hostb123"]["contended"]) == (None, False)
     assert {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()} == before
     r = CliRunner().invoke(app, ["status", str(tmp_path)])
     assert r.exit_code == 0 and "cropi-s0" in r.output and "45.0% @40" in r.output
+    assert "3.20*" in r.output and "* contended" in r.output
     r = CliRunner().invoke(app, ["status", str(tmp_path / "nothing")])
     assert r.exit_code == 2 and "runs" in r.output
 

@@ -441,18 +441,24 @@ def status(
     One line per run: done / running (claimed by a live process) / stopped (resumable: rerun the same
     `cropi compare`) / waiting; steps done of the budget; charged seconds so far and, for unfinished runs, an
     estimate of the seconds left at the run's own pace; the last evaluation's targeted accuracy, beside the same
-    seed of full data at that step.
+    seed of full data at that step; the mean 1-minute load at its evaluations, starred once it exceeds the
+    cores + 0.5 (contended: its seconds will give no wall-clock number).
     """
     from cropi.experiments.compare import comparison_status
 
     rows = comparison_status(folder)
     pct = lambda x: "—" if x is None else f"{100 * x:.1f}%"
-    typer.echo(f"{'run':<44} {'state':<8} {'steps':>11} {'seconds':>8} {'left':>7} {'targeted':>14} {'full':>6}")
+    typer.echo(f"{'run':<44} {'state':<8} {'steps':>11} {'seconds':>8} {'left':>7} {'targeted':>14} {'full':>6} "
+               f"{'load':>6}")
     for r in rows:
         left = "—" if r["eta_seconds"] is None else f"{r['eta_seconds'] / 3600:.1f} h"
         at = f"{pct(r['targeted'])} @{r['eval_step']}" if r["eval_step"] is not None else "—"
+        load = "—" if r["load"] is None else f"{r['load']:.2f}" + ("*" if r["contended"] else " ")
         typer.echo(f"{r['run']:<44} {r['state']:<8} {r['step']:>5}/{r['steps'] or '?':<5} {r['seconds']:>8.0f} "
-                   f"{left:>7} {at:>14} {pct(r['full_targeted']):>6}")
+                   f"{left:>7} {at:>14} {pct(r['full_targeted']):>6} {load:>6}")
+    if any(r["contended"] for r in rows):
+        typer.echo("* contended: more runnable processes than cores at its evaluations, so its seconds give no "
+                   "wall-clock number (its steps still count)")
 
 
 @app.command()

@@ -22,8 +22,9 @@ from cropi.errors import ConfigError
 from cropi.experiments.locks import claim, holder, release
 from cropi.experiments.metrics import compute_results, contended, host_of, training_signal
 from cropi.experiments.report import host_id, machine_description, write_comparison_report
-from cropi.experiments.run import evaluation_sets, resolve_selector, run_training
+from cropi.experiments.run import evaluation_sets, load_summary, resolve_selector, run_training
 from cropi.io import read_json, read_jsonl, write_json, write_text
+from cropi.machine import usable_cores
 from cropi.selection.variants import apply_settings, parse_selector
 from cropi.tasks.loading import load_data
 from cropi.tasks.suite import Suite
@@ -149,8 +150,11 @@ def comparison_status(out: str | Path) -> list[dict]:
     training it).  Per run: ``state`` (done, running: claimed by a live process, stopped: begun, resumable, or
     waiting), the last step logged and the budget, its charged seconds so far, its last evaluation's targeted
     accuracy and step, the same seed of full data's targeted accuracy at that step (``full_targeted``, None
-    where full data has no evaluation there), and ``eta_seconds``: the remaining steps at its mean charged
-    seconds per step so far (evaluation not counted)."""
+    where full data has no evaluation there), ``eta_seconds``: the remaining steps at its mean charged
+    seconds per step so far (evaluation not counted), ``load``: its mean 1-minute load at its evaluations so
+    far, and ``contended``: whether that load already exceeds the cores + ``metrics.CONTENTION_MARGIN`` (a
+    finished run's summary decides; an unfinished one is read against this machine's cores), so that seconds
+    about to be lost to a shared machine show while the run can still be stopped."""
     runs = Path(out) / "runs"
     if not runs.is_dir():
         raise ConfigError(f"{runs}: not found; is {out} a `cropi compare` folder?")
@@ -168,11 +172,15 @@ def comparison_status(out: str | Path) -> list[dict]:
         step = max((r["step"] for r in steps), default=0)
         seconds = max((r["seconds"] for r in steps), default=0.0)
         last_eval = max(evals[run_dir.name], default=None)
+        loads = load_summary(metrics)
+        summary = read_json(run_dir / "summary.json") if done else \
+            {"load_1min_at_evals": loads, "machine": f"here, {usable_cores()} cores"}
         rows.append({"run": run_dir.name, "state": "done" if done else "running" if live else
                      "stopped" if steps else "waiting", "step": step, "steps": budget, "seconds": seconds,
                      "eval_step": last_eval, "targeted": evals[run_dir.name].get(last_eval),
                      "eta_seconds": None if done or not step or budget is None
-                     else seconds / step * max(budget - step, 0)})
+                     else seconds / step * max(budget - step, 0),
+                     "load": (summary.get("load_1min_at_evals") or {}).get("mean"), "contended": contended(summary)})
     for row in rows:  # full data's same seed (a reference run: its own), at the run's last evaluation
         seed = row["run"].split("@")[0].rsplit("-s", 1)[-1]
         row["full_targeted"] = evals.get(f"full-s{seed}", {}).get(row["eval_step"])
