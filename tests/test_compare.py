@@ -197,11 +197,15 @@ def test_target_verdicts_against_hand_computed_values():
     assert not any(x["selector"] == "random" for x in target_verdicts(compute_results(summaries, "m", 60)))
 
 
-def test_compare_cli_end_to_end(tmp_path):
+def test_compare_cli_end_to_end(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from cropi.cli import app
     from tests.conftest import small_suite_overrides
+
+    # the load recorded at evaluations is this machine's; fixed here so a busy test machine does not make the
+    # runs contended (which would leave the cost model below without a full-data scale)
+    monkeypatch.setattr("cropi.training.grpo.os.getloadavg", lambda: (0.5, 0.5, 0.5))
 
     args = ["compare", "--selectors", "cropi_curriculum,dapo,cropi", "--seeds", "0", "--steps", "4", "--stages", "2",
             "--out", str(tmp_path / "cmp"), "--select-ratio", "0.25"]
@@ -240,6 +244,15 @@ def test_compare_cli_end_to_end(tmp_path):
     shutil.copytree(tmp_path / "cmp", kept, ignore=shutil.ignore_patterns("stages", "stores", "final_model", "checkpoints"))
     cost_model(["--compare", str(kept), "--out", str(tmp_path / "cost-kept")])
     assert json.loads((tmp_path / "cost-kept" / "cost_model.json").read_text())["measured"] == model["measured"]
+    # with full data's only run contended there is no scale: one clear error, nothing written
+    from cropi.errors import CropiError
+
+    summary = json.loads((kept / "runs" / "full-s0" / "summary.json").read_text())
+    summary["load_1min_at_evals"] = {"mean": 99.0}
+    (kept / "runs" / "full-s0" / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(CropiError, match="no finished full-data run ran uncontended"):
+        cost_model(["--compare", str(kept), "--out", str(tmp_path / "cost-contended")])
+    assert not (tmp_path / "cost-contended").exists()
     assert "report.md" in r.output and (tmp_path / "cmp" / "report.md").exists()
     # the stores were collected once and shared
     assert (tmp_path / "cmp" / "stores" / "pool" / "meta.json").exists()

@@ -101,6 +101,9 @@ def measure(compare_dir: Path) -> Measured:
         if not contended(summary):  # inflated seconds set no machine's scale
             by_host.setdefault(host_of(summary), []).append(_full_step_seconds(d))
     full = [x for xs in by_host.values() for x in xs]
+    if not full:
+        raise CropiError(f"{compare_dir}: no finished full-data run ran uncontended (metrics.contended), so no "
+                         f"machine's step seconds set the cost model's scale")
     roll, upd = statistics.fmean(x[0] for x in full), statistics.fmean(x[1] for x in full)
     host_full = {h: (statistics.fmean(x[0] for x in xs), statistics.fmean(x[1] for x in xs)) for h, xs in by_host.items()}
     summary = read_json(next(runs.glob("full-s*/summary.json")))
