@@ -51,8 +51,8 @@ def check_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int]
 def reference_run(out: Path, pending: Sequence[tuple[str, int, str]]) -> str | None:
     """The name of a reference run of full data for this machine, when one is needed: runs are left to do here,
     none of them full data's, and full data's finished runs were measured on another machine (a comparison
-    resumed elsewhere).  It
-    repeats full data's first seed, so that the runs done here have full-data seconds from the same machine.
+    resumed elsewhere).  It repeats full data's first seed, so that the runs done here have full-data seconds
+    from the same machine.
     Also when full data's runs here were contended (their seconds inflated); once per machine."""
     here = host_id()
     todo = [r for _, _, r in pending if not (out / "runs" / r / "summary.json").exists()]
