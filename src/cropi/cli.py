@@ -441,8 +441,9 @@ def status(
     One line per run: done / running (claimed by a live process) / stopped (resumable: rerun the same
     `cropi compare`) / waiting; steps done of the budget; charged seconds so far and, for unfinished runs, an
     estimate of the seconds left at the run's own pace; the last evaluation's targeted accuracy, beside the same
-    seed of full data at that step; the mean 1-minute load at its evaluations, starred once it exceeds the
-    cores + 0.5 (contended: its seconds will give no wall-clock number).
+    seed of full data at that step; the mean 1-minute load at its evaluations, starred once the run is contended
+    (that load above the machine's cores plus a small margin, `metrics.CONTENTION_MARGIN`): its seconds will give
+    no wall-clock number.
     """
     from cropi.experiments.compare import comparison_status
 

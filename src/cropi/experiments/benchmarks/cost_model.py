@@ -96,8 +96,10 @@ def measure(compare_dir: Path) -> Measured:
     results = read_json(compare_dir / "results.json")
     runs = compare_dir / "runs"
     by_host: dict[str, list[tuple[float, float]]] = {}
+    shape = None  # (prompts per step, group size): one comparison config, so every run shares it
     for d in sorted(p.parent for p in runs.glob("full-s*/summary.json")):  # finished runs only
         summary = read_json(d / "summary.json")
+        shape = shape or (summary["prompts_per_step"], summary["group_size"])
         if not contended(summary):  # inflated seconds set no machine's scale
             by_host.setdefault(host_of(summary), []).append(_full_step_seconds(d))
     full = [x for xs in by_host.values() for x in xs]
@@ -106,8 +108,7 @@ def measure(compare_dir: Path) -> Measured:
                          f"machine's step seconds set the cost model's scale")
     roll, upd = statistics.fmean(x[0] for x in full), statistics.fmean(x[1] for x in full)
     host_full = {h: (statistics.fmean(x[0] for x in xs), statistics.fmean(x[1] for x in xs)) for h, xs in by_host.items()}
-    summary = read_json(next(runs.glob("full-s*/summary.json")))
-    b, g = summary["prompts_per_step"], summary["group_size"]
+    b, g = shape
     per_grad, collect, usable = [], [], []
     methods = {}
     for name, block in results["selectors"].items():
