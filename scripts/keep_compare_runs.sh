@@ -4,7 +4,9 @@
 #
 #   scripts/keep_compare_runs.sh save      copy each finished run's record (config.yaml, summary.json,
 #                                          metrics.jsonl, final_eval_items.json, report.md) from runs/FOLDER/runs/
-#                                          to benchmarks/results/compare-runs/FOLDER/
+#                                          to benchmarks/results/compare-runs/FOLDER/; of each unfinished run,
+#                                          its config.yaml and metrics.jsonl, with its machine, to
+#                                          .../FOLDER/unfinished/RUN/ (readings taken from it stay checkable)
 #   scripts/keep_compare_runs.sh restore   copy the kept records back where runs/FOLDER/runs/ lacks them
 #
 # restore leaves out a run whose machine has no full-data run kept in its folder: its seconds could never be
@@ -13,7 +15,8 @@
 # repeated theirs for 229-271 steps, then drifted).
 # A run counts as finished when its summary.json exists; `cropi compare` then reads the run and never redoes
 # it.  Checkpoints, final models and stores are not kept: they are large and a finished run does not need them.
-# Unfinished runs are not kept either (they restart from step 0 on a new machine).
+# Unfinished runs are kept for reading only, never restored: without their checkpoints they restart from step 0 on
+# a new machine, and seconds measured on two machines do not add up to one run's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KEPT=benchmarks/results/compare-runs
@@ -27,7 +30,23 @@ case "${1:-}" in
         dest="$KEPT/$folder/$(basename "$run")"
         mkdir -p "$dest"
         for f in $FILES; do [ -f "$run/$f" ] && cp "$run/$f" "$dest/$f.tmp" && mv "$dest/$f.tmp" "$dest/$f"; done
+        rm -rf "$KEPT/$folder/unfinished/$(basename "$run")"
         echo "kept $dest"
+      done
+      for run in runs/"$folder"/runs/*/; do
+        if [ -f "$run/summary.json" ] || [ ! -f "$run/metrics.jsonl" ]; then continue; fi
+        dest="$KEPT/$folder/unfinished/$(basename "$run")"
+        mkdir -p "$dest"
+        for f in config.yaml metrics.jsonl; do [ -f "$run/$f" ] && cp "$run/$f" "$dest/$f.tmp" && mv "$dest/$f.tmp" "$dest/$f"; done
+        python3 -c 'import json, pathlib, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+steps = [r["step"] for r in rows if r.get("event") == "step"]
+boot = pathlib.Path("/proc/sys/kernel/random/boot_id")  # the machine, as report.host_id names it
+info = {"schema_version": 1, "host": boot.read_text().strip() if boot.exists() else __import__("platform").node(),
+        "last_step": max(steps, default=0), "finished": False}
+pathlib.Path(sys.argv[2] + ".tmp").write_text(json.dumps(info, indent=1) + "\n")' "$run/metrics.jsonl" "$dest/unfinished.json"
+        mv "$dest/unfinished.json.tmp" "$dest/unfinished.json"
+        echo "kept (unfinished, for reading only) $dest"
       done
     done ;;
   restore)

@@ -659,6 +659,49 @@ def test_restore_leaves_out_kept_runs_whose_machine_has_no_full_data_run(tmp_pat
     assert (tmp_path / "runs" / "compare-peers" / "runs" / "cropi-s1" / "metrics.jsonl").read_text() == "{}\n"
 
 
+def test_save_keeps_unfinished_runs_for_reading_only_and_drops_them_once_finished(tmp_path):
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(repo / "scripts" / "keep_compare_runs.sh", tmp_path / "scripts")
+    runs = tmp_path / "runs" / "compare-peers" / "runs"
+    rows = [{"event": "eval", "step": 0}, {"event": "step", "step": 1}, {"event": "step", "step": 2}]
+    for name, finished in [("full-s0", True), ("dapo-s0", False)]:
+        (runs / name / "checkpoints").mkdir(parents=True)
+        (runs / name / "config.yaml").write_text("train: {}\n")
+        (runs / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if finished:
+            (runs / name / "summary.json").write_text(json.dumps({"host": "A"}))
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "FOLDERS": "compare-peers"}
+
+    def script(verb):
+        return subprocess.run(["bash", "scripts/keep_compare_runs.sh", verb], cwd=tmp_path, check=True,
+                              capture_output=True, text=True, env=env).stdout
+
+    script("save")
+    kept = tmp_path / "benchmarks" / "results" / "compare-runs" / "compare-peers"
+    assert sorted(p.name for p in kept.iterdir()) == ["full-s0", "unfinished"]
+    partial = kept / "unfinished" / "dapo-s0"
+    assert sorted(p.name for p in partial.iterdir()) == ["config.yaml", "metrics.jsonl", "unfinished.json"]
+    info = json.loads((partial / "unfinished.json").read_text())
+    assert info["last_step"] == 2 and info["finished"] is False and info["host"]
+    # a new machine: the unfinished run is not restored (it has no checkpoints), the finished one is
+    shutil.rmtree(tmp_path / "runs")
+    script("restore")
+    assert sorted(p.name for p in runs.iterdir()) == ["full-s0"]
+    # once the run finishes, its partial copy goes
+    (runs / "dapo-s0").mkdir()
+    for f in ("config.yaml", "metrics.jsonl", "summary.json"):
+        shutil.copy(runs / "full-s0" / f, runs / "dapo-s0" / f)
+    script("save")
+    assert not partial.exists() and (kept / "dapo-s0" / "summary.json").exists()
+
+
 def test_an_acceleration_is_a_tie_only_inside_full_datas_seed_spread_on_both_sides():
     from cropi.experiments.report import _tie_note
 
