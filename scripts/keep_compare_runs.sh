@@ -4,7 +4,7 @@
 #
 #   scripts/keep_compare_runs.sh save      copy each finished run's record (config.yaml, summary.json,
 #                                          metrics.jsonl, final_eval_items.json, report.md) from runs/FOLDER/runs/
-#                                          to benchmarks/results/compare-runs/FOLDER/; of each unfinished run,
+#                                          to benchmarks/results/compare-runs/FOLDER/; of each started unfinished run,
 #                                          its config.yaml and metrics.jsonl, with its machine, to
 #                                          .../FOLDER/unfinished/RUN/ (readings taken from it stay checkable)
 #   scripts/keep_compare_runs.sh restore   copy the kept records back where runs/FOLDER/runs/ lacks them
@@ -34,7 +34,8 @@ case "${1:-}" in
         echo "kept $dest"
       done
       for run in runs/"$folder"/runs/*/; do
-        if [ -f "$run/summary.json" ] || [ ! -f "$run/metrics.jsonl" ]; then continue; fi
+        # an empty curve (a run claimed just before its worker stopped) has nothing to read
+        if [ -f "$run/summary.json" ] || [ ! -s "$run/metrics.jsonl" ]; then continue; fi
         dest="$KEPT/$folder/unfinished/$(basename "$run")"
         mkdir -p "$dest"
         for f in config.yaml metrics.jsonl; do [ -f "$run/$f" ] && cp "$run/$f" "$dest/$f.tmp" && mv "$dest/$f.tmp" "$dest/$f"; done

@@ -659,7 +659,7 @@ def test_restore_leaves_out_kept_runs_whose_machine_has_no_full_data_run(tmp_pat
     assert (tmp_path / "runs" / "compare-peers" / "runs" / "cropi-s1" / "metrics.jsonl").read_text() == "{}\n"
 
 
-def test_save_keeps_unfinished_runs_for_reading_only_and_drops_them_once_finished(tmp_path):
+def test_save_keeps_started_unfinished_runs_for_reading_only_and_drops_them_once_finished(tmp_path):
     import json
     import shutil
     import subprocess
@@ -677,6 +677,9 @@ def test_save_keeps_unfinished_runs_for_reading_only_and_drops_them_once_finishe
         (runs / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         if finished:
             (runs / name / "summary.json").write_text(json.dumps({"host": "A"}))
+    # claimed by a worker that was stopped before its first step: an empty curve, nothing to keep
+    (runs / "greso-s0").mkdir()
+    (runs / "greso-s0" / "metrics.jsonl").write_text("")
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "FOLDERS": "compare-peers"}
 
     def script(verb):
