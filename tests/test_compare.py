@@ -689,6 +689,7 @@ def test_save_keeps_started_unfinished_runs_for_reading_only_and_drops_them_once
     script("save")
     kept = tmp_path / "benchmarks" / "results" / "compare-runs" / "compare-peers"
     assert sorted(p.name for p in kept.iterdir()) == ["full-s0", "unfinished"]
+    assert sorted(p.name for p in (kept / "unfinished").iterdir()) == ["dapo-s0"]
     partial = kept / "unfinished" / "dapo-s0"
     assert sorted(p.name for p in partial.iterdir()) == ["config.yaml", "metrics.jsonl", "unfinished.json"]
     info = json.loads((partial / "unfinished.json").read_text())
