@@ -1,0 +1,35 @@
+"""Readings of a comparison's finished runs, before the whole comparison has finished (its results.json is
+written only then): the comparison's own rule (``metrics.compute_results``) applied to every run folder that has
+a summary.json, with each run's machine.  Unfinished runs are left out.
+
+    .venv/bin/python scripts/read_compare_runs.py benchmarks/results/compare-runs/compare-peers-2400 \
+        --budget 2400 --out benchmarks/results/compare-peers-2400-finished-runs.json
+"""
+import argparse
+from pathlib import Path
+
+from cropi.experiments.metrics import compute_results
+from cropi.io import read_json, write_json
+
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+parser.add_argument("folder", type=Path, help="a comparison's runs/ folder, or a kept copy of it")
+parser.add_argument("--budget", type=int, required=True, help="the comparison's train.steps")
+parser.add_argument("--out", type=Path, required=True, help="the JSON file to write")
+args = parser.parse_args()
+summaries: dict[str, dict[int, dict]] = {}
+for path in sorted(args.folder.glob("*/summary.json")):
+    name = path.parent.name
+    if "@" in name or name.startswith("contended"):
+        continue  # references and contended repeats enter only as references, below
+    selector, seed = name.rsplit("-s", 1)
+    summaries.setdefault(selector, {})[int(seed)] = read_json(path)
+references = [read_json(p) for p in sorted(args.folder.glob("full-s*@*/summary.json"))]
+# each run's own machine decides its wall-clock number; the top-level machine is the full-data runs'
+machine = next(iter(summaries["full"].values())).get("machine", "unrecorded")
+results = compute_results(summaries, machine, args.budget, references=references)
+results["finished_runs_only"] = True
+write_json(args.out, results)
+for selector, sel in results["selectors"].items():
+    for seed, r in sel["seeds"].items():
+        print(f"{selector}-s{seed}: crosses at {r['steps_to_threshold']}, step acc. {r['step_acceleration']}, "
+              f"wall acc. {r['wall_acceleration']}, host {str(r.get('host'))[:8]}")
