@@ -815,3 +815,47 @@ def test_status_reads_each_runs_progress_without_touching_it(tmp_path):
     r = CliRunner().invoke(app, ["status", str(tmp_path / "nothing")])
     assert r.exit_code == 2 and "runs" in r.output
 
+
+
+def test_finished_run_readings_apply_the_comparisons_rule_to_summaries_only_with_references_apart(tmp_path):
+    """scripts/read_compare_runs.py: the rule of ``compute_results`` on the runs that have a summary, each
+    full-s*@HOST and contended-* folder entering only as a reference, an unfinished run left out."""
+    import subprocess
+    import sys
+
+    from cropi.io import read_json, write_json
+
+    full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]
+    fast = [0.30, 0.45, 0.46, 0.46, 0.46, 0.46, 0.46]
+    calm = {"mean": 2.0, "max": 2.2, "n": 7}
+
+    def run(ys, dt, host, seed=0):
+        return {"curve": _curve(ys, dt=dt), "machine": "EPYC, 2 cores", "host": host, "load_1min_at_evals": calm,
+                "config": {"train": {"seed": seed}}}
+
+    runs = tmp_path / "runs"
+    summaries = {"full": {0: run(full, 10.0, "a"), 1: run(full, 12.0, "a", seed=1)},
+                 "cropi": {0: run(fast, 2.0, "b"), 1: run(fast, 4.0, "a", seed=1)}}
+    for selector, by_seed in summaries.items():
+        for seed, summary in by_seed.items():
+            write_json(runs / f"{selector}-s{seed}" / "summary.json", summary)
+    reference = run([0.2] * 7, 5.0, "b")
+    write_json(runs / "full-s0@b" / "summary.json", reference)
+    write_json(runs / "contended-full-s0@a" / "summary.json", run(full, 30.0, "a"))
+    (runs / "dapo-s0").mkdir()
+    (runs / "dapo-s0" / "metrics.jsonl").write_text('{"event": "step", "step": 1}\n')
+    script = Path(__file__).resolve().parents[1] / "scripts" / "read_compare_runs.py"
+    out = tmp_path / "readings.json"
+    printed = subprocess.run([sys.executable, str(script), str(runs), "--budget", "60", "--out", str(out)],
+                             check=True, capture_output=True, text=True).stdout
+    got = read_json(out)
+    assert got.pop("finished_runs_only") is True
+    expected = json.loads(json.dumps(compute_results(summaries, "EPYC, 2 cores", 60, references=[reference])))
+    assert {k: v for k, v in got.items() if k != "schema_version"} == {
+        k: v for k, v in expected.items() if k != "schema_version"}
+    assert set(got["selectors"]) == {"full", "cropi"}
+    # cropi seed 0 ran on machine b, so its seconds are divided by the reference's there, not by seed 0's on a
+    assert got["selectors"]["cropi"]["seeds"]["0"]["wall_reference"]
+    assert got["selectors"]["cropi"]["seeds"]["0"]["wall_acceleration"] > 0
+    assert compute_results(summaries, "m", 60)["selectors"]["cropi"]["seeds"]["0"]["wall_acceleration"] is None
+    assert "cropi-s0: crosses at" in printed and "dapo" not in printed
