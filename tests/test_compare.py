@@ -859,3 +859,20 @@ def test_finished_run_readings_apply_the_comparisons_rule_to_summaries_only_with
     assert got["selectors"]["cropi"]["seeds"]["0"]["wall_acceleration"] > 0
     assert compute_results(summaries, "m", 60)["selectors"]["cropi"]["seeds"]["0"]["wall_acceleration"] is None
     assert "cropi-s0: crosses at" in printed and "dapo" not in printed
+
+
+def test_a_run_pinned_to_one_core_is_read_against_the_machines_cores_that_its_load_counts():
+    from cropi.experiments.metrics import contended
+    from cropi.experiments.run import load_summary
+    from cropi.training.grpo import machine_load
+
+    rows = [{"event": "eval", "step": 40 * i, "load_1min": load, "load_cores": 2} for i, load in enumerate([1.9, 2.0])]
+    summary = {"machine": "EPYC, 1 cores", "load_1min_at_evals": load_summary(rows)}
+    assert summary["load_1min_at_evals"] == {"mean": 1.95, "max": 2.0, "n": 2, "cores": 2}
+    assert not contended(summary)  # two single-threaded runs on two cores, one of them pinned
+    assert contended({**summary, "load_1min_at_evals": {"mean": 2.6, "cores": 2}})
+    # rows from before the cores were recorded: the machine description's cores decide, as before
+    old = load_summary([{k: v for k, v in r.items() if k != "load_cores"} for r in rows])
+    assert "cores" not in old and contended({"machine": "EPYC, 1 cores", "load_1min_at_evals": old})
+    now = machine_load()
+    assert not now or now["load_cores"] >= 1

@@ -1,6 +1,7 @@
 """GRPO trainer, checkpoints and the run folder, on the micro model."""
 
 import json
+import os
 
 import torch
 from safetensors.torch import load_file
@@ -36,7 +37,8 @@ def test_run_folder_summary_and_report(micro_model_dir, tmp_path):
     # every evaluation records the machine's load, the summary its mean and largest (Linux reports it)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     loads = [r["load_1min"] for r in rows if r["event"] == "eval"]
-    assert len(loads) == 3 and s["load_1min_at_evals"] == {"mean": round(sum(loads) / 3, 2), "max": max(loads), "n": 3}
+    assert len(loads) == 3 and s["load_1min_at_evals"] == {"mean": round(sum(loads) / 3, 2), "max": max(loads), "n": 3,
+                                                           "cores": os.cpu_count()}
     # the resolved config reproduces the run
     again = load_config(run / "config.yaml")
     assert again.train.steps == 4 and again.model.name == str(micro_model_dir)

@@ -140,10 +140,13 @@ def cores_of(machine: str | None) -> int | None:
 def contended(summary: dict) -> bool:
     """Whether a run shared its cores with more processes than there were cores: its mean 1-minute load at the
     evaluations exceeds the cores + ``CONTENTION_MARGIN``.  Its seconds are then not comparable; False where
-    the load or the cores were not recorded."""
+    the load or the cores were not recorded.  The load counts the whole machine's processes, so it is set
+    against the machine's CPUs where the run recorded them; a run pinned to fewer cores (``taskset``) records
+    only those in its machine description, which older runs fall back to."""
     if "contended" in summary:  # a results.json row or reference entry: decided when it was computed
         return bool(summary["contended"])
-    load, cores = (summary.get("load_1min_at_evals") or {}).get("mean"), cores_of(summary.get("machine"))
+    loads = summary.get("load_1min_at_evals") or {}
+    load, cores = loads.get("mean"), loads.get("cores") or cores_of(summary.get("machine"))
     return load is not None and cores is not None and load > cores + CONTENTION_MARGIN
 
 

@@ -76,9 +76,17 @@ def resolve_filter(cfg: RunConfig) -> RunConfig:
 
 
 def load_summary(rows: list[dict]) -> dict | None:
-    """Mean and largest 1-minute load average over a run's evaluation rows (None where none recorded it)."""
-    loads = [r["load_1min"] for r in rows if r.get("event") == "eval" and "load_1min" in r]
-    return {"mean": round(sum(loads) / len(loads), 2), "max": max(loads), "n": len(loads)} if loads else None
+    """Mean and largest 1-minute load average over a run's evaluation rows (None where none recorded it), and
+    ``cores``: the machine's CPUs that the load counts over, where the rows recorded them."""
+    evals = [r for r in rows if r.get("event") == "eval" and "load_1min" in r]
+    if not evals:
+        return None
+    loads = [r["load_1min"] for r in evals]
+    out = {"mean": round(sum(loads) / len(loads), 2), "max": max(loads), "n": len(loads)}
+    cores = [r["load_cores"] for r in evals if r.get("load_cores")]
+    if cores:
+        out["cores"] = max(cores)
+    return out
 
 
 def same_config(stored: str, cfg: RunConfig) -> bool:

@@ -188,9 +188,10 @@ def start_session(policy: Policy, train: TrainConfig, run_dir: Path) -> Session:
 
 def machine_load() -> dict:
     """The machine's 1-minute load average (runnable processes): the seconds of a run are comparable with
-    another's only under the same load, so every evaluation row records it (where the OS reports it)."""
+    another's only under the same load, so every evaluation row records it (where the OS reports it), with the
+    CPUs it counts over: the whole machine's, not the ones this process is pinned to."""
     try:
-        return {"load_1min": round(os.getloadavg()[0], 2)}
+        return {"load_1min": round(os.getloadavg()[0], 2), "load_cores": os.cpu_count()}
     except (AttributeError, OSError):
         return {}
 
