@@ -1,6 +1,7 @@
 """Readings of a comparison's finished runs, before the whole comparison has finished (its results.json is
 written only then): the comparison's own rule (``metrics.compute_results``) applied to every run folder that has
-a summary.json, with each run's machine.  Unfinished runs are left out.
+a summary.json, with each run's machine.  Unfinished runs are left out; so are contended repeats
+(``contended-*``), which, as in ``cropi compare``, are no seconds reference.
 
     .venv/bin/python scripts/read_compare_runs.py benchmarks/results/compare-runs/compare-peers-2400 \
         --budget 2400 --out benchmarks/results/compare-peers-2400-finished-runs.json
@@ -20,7 +21,7 @@ summaries: dict[str, dict[int, dict]] = {}
 for path in sorted(args.folder.glob("*/summary.json")):
     name = path.parent.name
     if "@" in name or name.startswith("contended"):
-        continue  # references and contended repeats enter only as references, below
+        continue  # references (full-s*@HOST) enter as references, below; contended repeats not at all
     selector, seed = name.rsplit("-s", 1)
     summaries.setdefault(selector, {})[int(seed)] = read_json(path)
 references = [read_json(p) for p in sorted(args.folder.glob("full-s*@*/summary.json"))]

@@ -819,7 +819,7 @@ def test_status_reads_each_runs_progress_without_touching_it(tmp_path):
 
 def test_finished_run_readings_apply_the_comparisons_rule_to_summaries_only_with_references_apart(tmp_path):
     """scripts/read_compare_runs.py: the rule of ``compute_results`` on the runs that have a summary, each
-    full-s*@HOST and contended-* folder entering only as a reference, an unfinished run left out."""
+    full-s*@HOST folder entering only as a reference, a contended-* repeat and an unfinished run left out."""
     import subprocess
     import sys
 
