@@ -9,22 +9,17 @@ a summary.json, with each run's machine.  Unfinished runs are left out; so are c
 import argparse
 from pathlib import Path
 
+from cropi.experiments.compare import finished_summaries, reference_summaries
 from cropi.experiments.metrics import compute_results
-from cropi.io import read_json, write_json
+from cropi.io import write_json
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("folder", type=Path, help="a comparison's runs/ folder, or a kept copy of it")
 parser.add_argument("--budget", type=int, required=True, help="the comparison's train.steps")
 parser.add_argument("--out", type=Path, required=True, help="the JSON file to write")
 args = parser.parse_args()
-summaries: dict[str, dict[int, dict]] = {}
-for path in sorted(args.folder.glob("*/summary.json")):
-    name = path.parent.name
-    if "@" in name or name.startswith("contended"):
-        continue  # references (full-s*@HOST) enter as references, below; contended repeats not at all
-    selector, seed = name.rsplit("-s", 1)
-    summaries.setdefault(selector, {})[int(seed)] = read_json(path)
-references = [read_json(p) for p in sorted(args.folder.glob("full-s*@*/summary.json"))]
+summaries = finished_summaries(args.folder)
+references = reference_summaries(args.folder)  # full-sSEED@HOST: each machine's full-data seconds
 # each run's own machine decides its wall-clock number; the top-level machine is the full-data runs'
 machine = next(iter(summaries["full"].values())).get("machine", "unrecorded")
 results = compute_results(summaries, machine, args.budget, references=references)

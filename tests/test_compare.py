@@ -876,3 +876,14 @@ def test_a_run_pinned_to_one_core_is_read_against_the_machines_cores_that_its_lo
     assert "cores" not in old and contended({"machine": "EPYC, 1 cores", "load_1min_at_evals": old})
     now = machine_load()
     assert not now or now["load_cores"] >= 1
+
+
+def test_run_names_round_trip_and_a_folder_of_another_form_is_no_run():
+    from cropi.experiments.compare import parse_run_name, run_name
+
+    for selector, seed, host in [("cropi", 2, None), ("full", 0, "f703f209"),
+                                 ("cropi_curriculum+candidates1280+size80+stages60", 11, None)]:
+        assert parse_run_name(run_name(selector, seed, host)) == (selector, seed, host)
+    for name in ("unfinished", "cropi-sx", "notes"):
+        with pytest.raises(ValueError):
+            parse_run_name(name)

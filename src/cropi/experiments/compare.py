@@ -30,6 +30,42 @@ from cropi.tasks.loading import load_data
 from cropi.tasks.suite import Suite
 
 
+def run_name(selector: str, seed: int, host: str | None = None) -> str:
+    """A run's folder name: ``SELECTOR-sSEED``, or ``full-sSEED@HOST`` for a reference run of full data."""
+    return f"{selector}-s{seed}" + (f"@{host}" if host else "")
+
+
+def parse_run_name(name: str) -> tuple[str, int, str | None]:
+    """``"cropi-s2"`` -> ``("cropi", 2, None)``; ``"full-s0@f703f209"`` -> ``("full", 0, "f703f209")``.
+    ValueError for a name of another form."""
+    base, _, host = name.partition("@")
+    selector, seed = base.rsplit("-s", 1)
+    return selector, int(seed), host or None
+
+
+def reference_summaries(runs: Path) -> list[dict]:
+    """The summaries of a comparison's finished reference runs of full data (``runs/full-sSEED@HOST``), every
+    machine's.  A repeat renamed ``contended-*`` by hand is not one: its seconds are inflated."""
+    return [read_json(p) for p in sorted(runs.glob("full-s*@*/summary.json"))]
+
+
+def finished_summaries(runs: Path) -> dict[str, dict[int, dict]]:
+    """``{selector: {seed: summary}}`` of a comparison's finished runs (those with a summary.json), read from its
+    files only, so also while runs are going.  Reference runs and ``contended-*`` repeats are left out."""
+    out: dict[str, dict[int, dict]] = {}
+    for path in sorted(runs.glob("*/summary.json")):
+        name = path.parent.name
+        if name.startswith("contended"):
+            continue
+        try:
+            selector, seed, host = parse_run_name(name)
+        except ValueError:
+            continue  # not a run's folder
+        if host is None:
+            out.setdefault(selector, {})[seed] = read_json(path)
+    return {selector: dict(sorted(by_seed.items())) for selector, by_seed in out.items()}
+
+
 def run_config(cfg: RunConfig, out: Path, name: str, seed: int) -> RunConfig:
     """The config of one run of a comparison: its selector (with a variant's settings), seed and shared stores."""
     c = copy.deepcopy(cfg)
@@ -61,7 +97,7 @@ def reference_run(out: Path, pending: Sequence[tuple[str, int, str]]) -> str | N
     full_done = [read_json(out / "runs" / r / "summary.json") for name, _, r in pending
                  if name == "full" and r not in todo]
     # earlier reference runs count too, whichever seed they repeat: one clean one per machine is enough
-    full_done += [read_json(p) for p in sorted((out / "runs").glob("full-s*@*/summary.json"))]
+    full_done += reference_summaries(out / "runs")
     # a contended full-data run is no seconds reference (metrics.contended), so it is repeated here as well
     clean_hosts = {host_of(s) for s in full_done if not contended(s)}
     if not todo or not full_done or here in clean_hosts:
@@ -71,7 +107,7 @@ def reference_run(out: Path, pending: Sequence[tuple[str, int, str]]) -> str | N
         return None  # made here already and contended as well: one try; the runs here get no wall-clock number
     if mine:
         return mine[0].name  # one begun here by a resume with other seeds: finish that one
-    return f"full-s{pending[0][1]}@{here[:8]}"
+    return run_name("full", pending[0][1], here[:8])
 
 
 def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], out: str | Path,
@@ -92,17 +128,17 @@ def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], 
 
     # Several `cropi compare` processes may share one folder (e.g. one per core): each run is claimed with a
     # lock file, runs claimed elsewhere are deferred, and every process ends with the whole result.
-    pending = [(name, seed, f"{name}-s{seed}") for name in order for seed in seeds]
+    pending = [(name, seed, run_name(name, seed)) for name in order for seed in seeds]
     reference = reference_run(out, pending)
-    if reference:  # its seed is in its name: full-sSEED@HOST
-        pending.insert(0, ("full", int(reference.split("@")[0].removeprefix("full-s")), reference))
+    if reference:
+        pending.insert(0, ("full", parse_run_name(reference)[1], reference))
     while pending:
         deferred = []
-        for name, seed, run_name in pending:
-            run_dir = out / "runs" / run_name
+        for name, seed, folder in pending:
+            run_dir = out / "runs" / folder
             if not (run_dir / "summary.json").exists():
                 if not claim(run_dir):
-                    deferred.append((name, seed, run_name))
+                    deferred.append((name, seed, folder))
                     continue
                 try:
                     if not (run_dir / "summary.json").exists():
@@ -113,7 +149,7 @@ def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], 
                 finally:
                     release(run_dir)
             summary = read_json(run_dir / "summary.json")
-            if run_name != f"{name}-s{seed}":
+            if run_dir.name != run_name(name, seed):
                 continue  # a reference run: read below, with every machine's
             if on_run:
                 on_run(name, seed, summary)
@@ -128,7 +164,7 @@ def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], 
     summaries = {name: dict(sorted(summaries[name].items())) for name in order if name in summaries}
     eval_sets = evaluation_sets(cfg, suite)
     targeted_ids = {f: [p.id for p in eval_sets[f]] for f in suite.targeted}
-    references = [read_json(p) for p in sorted((out / "runs").glob("full-s*@*/summary.json"))]
+    references = reference_summaries(out / "runs")
     results = compute_results(summaries, machine_description(), cfg.train.steps, items, targeted_ids, references)
     for name, runs in summaries.items():
         for seed in runs:
@@ -182,6 +218,10 @@ def comparison_status(out: str | Path) -> list[dict]:
                      else seconds / step * max(budget - step, 0),
                      "load": (summary.get("load_1min_at_evals") or {}).get("mean"), "contended": contended(summary)})
     for row in rows:  # full data's same seed (a reference run: its own), at the run's last evaluation
-        seed = row["run"].split("@")[0].rsplit("-s", 1)[-1]
-        row["full_targeted"] = evals.get(f"full-s{seed}", {}).get(row["eval_step"])
+        try:
+            seed = parse_run_name(row["run"].removeprefix("contended-"))[1]
+        except ValueError:  # a folder that is not a run's
+            row["full_targeted"] = None
+            continue
+        row["full_targeted"] = evals.get(run_name("full", seed), {}).get(row["eval_step"])
     return rows
