@@ -8,7 +8,7 @@
 #   runs/compare-peers-draw2    another draw and difficulty mix (pool_seed=2, easier levels)
 #   runs/compare-peers-long     full data alone at twice the budget (1,200 steps), 3 seeds: has it plateaued by 600?
 #   runs/compare-peers-2400     four times the budget (2,400 steps), 3 seeds: full data, then cropi and the peers
-#   runs/plateau-full-4800      full data alone at 4,800 steps, one seed (2): does it level off after 2,400?
+#   runs/plateau-full-4800      full data alone at 4,800 steps, 3 seeds: does it level off after 2,400?
 #
 # Run nothing else beside it: a third process inflates the seconds of the runs in flight (each evaluation row
 # records the machine's load, and each summary its mean and largest, so a contended run can be found).  Started
@@ -52,6 +52,6 @@ both --seeds 0,1,2 --selectors full --set train.steps=1200 --set train.eval_ever
 # under the usual load (full-s0@HOST).
 both --seeds 0,1,2 --selectors full,cropi,online_filter,dapo,greso --set train.steps=2400 --set train.eval_every=40 \
   --out runs/compare-peers-2400
-# full data still rises at 2,400 steps (benchmarks/results/plateau-2400.md): one seed twice as long, one process
-# (about 1.9 hours of one core), beside which the other core may run one more process at the usual load
-PROCS=1 both --seeds 2 --selectors full --set train.steps=4800 --set train.eval_every=40 --out runs/plateau-full-4800
+# full data still rises at 2,400 steps (benchmarks/results/plateau-2400.md): its seeds twice as long (about 1.9
+# hours of one core each)
+both --seeds 0,1,2 --selectors full --set train.steps=4800 --set train.eval_every=40 --out runs/plateau-full-4800
