@@ -9,6 +9,7 @@
 #   runs/compare-peers-long     full data alone at twice the budget (1,200 steps), 3 seeds: has it plateaued by 600?
 #   runs/compare-peers-2400     four times the budget (2,400 steps), 3 seeds: full data, then cropi and the peers
 #   runs/plateau-full-4800      full data alone at 4,800 steps, 3 seeds: does it level off after 2,400?
+#   runs/plateau-full-9600      full data alone at 9,600 steps, 3 seeds: does it level off after 4,800?
 #
 # Run nothing else beside it: a third process inflates the seconds of the runs in flight (each evaluation row
 # records the machine's load, and each summary its mean and largest, so a contended run can be found).  Started
@@ -55,3 +56,7 @@ both --seeds 0,1,2 --selectors full,cropi,online_filter,dapo,greso --set train.s
 # full data still rises at 2,400 steps (benchmarks/results/plateau-2400.md): its seeds twice as long (about 1.9
 # hours of one core each)
 both --seeds 0,1,2 --selectors full --set train.steps=4800 --set train.eval_every=40 --out runs/plateau-full-4800
+# full data still rises at 4,800 steps (benchmarks/results/plateau-4800.md): twice as long again (about 3.8 hours of
+# one core per seed; its first 4,800 steps repeat the 4,800-step runs on the same machine, the learning rate being
+# constant)
+both --seeds 0,1,2 --selectors full --set train.steps=9600 --set train.eval_every=40 --out runs/plateau-full-9600
