@@ -57,6 +57,6 @@ both --seeds 0,1,2 --selectors full,cropi,online_filter,dapo,greso --set train.s
 # hours of one core each)
 both --seeds 0,1,2 --selectors full --set train.steps=4800 --set train.eval_every=40 --out runs/plateau-full-4800
 # full data still rises at 4,800 steps (benchmarks/results/plateau-4800.md): twice as long again (about 3.8 hours of
-# one core per seed; its first 4,800 steps repeat the 4,800-step runs on the same machine, the learning rate being
-# constant)
+# one core per seed; on the same machine its first 4,800 steps should repeat the 4,800-step runs, the learning rate
+# being constant, as those repeat the 2,400-step reference run)
 both --seeds 0,1,2 --selectors full --set train.steps=9600 --set train.eval_every=40 --out runs/plateau-full-9600

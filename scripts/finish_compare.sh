@@ -47,7 +47,7 @@ if [[ -f $LONG/results.json ]]; then
     echo "finish_compare.sh: wrote $DEST/compare-peers-2400.md and its plots"
   fi
 fi
-# full data alone at 4,800 steps (one seed), where it has finished: the plateau check against the 2,400-step comparison
+# full data alone at 4,800 steps (3 seeds), where it has finished: the plateau check against the 2,400-step comparison
 if [[ -f runs/plateau-full-4800/results.json && -f $DEST/compare-peers-2400.json ]]; then
   cp runs/plateau-full-4800/results.json "$DEST/plateau-full-4800.json"
   "$PY" -m cropi.experiments.benchmarks.plateau --long "$DEST/plateau-full-4800.json" --compare "$DEST/compare-peers-2400.json" \
