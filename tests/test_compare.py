@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -311,7 +312,6 @@ def test_peers_are_the_full_pool_with_their_batch_rule_and_gradalign_is_refreshe
 
 
 def test_run_lock_claims_once_and_takes_over_stale_locks(tmp_path):
-    import os
 
     from cropi.experiments.locks import claim, holder, release
 
@@ -341,7 +341,6 @@ def test_partial_gain_accelerations():
 
 
 def test_worker_runs_only_unclaimed_runs_and_writes_no_results(tmp_path):
-    import os
 
     from cropi.config import load_config
     from cropi.experiments.compare import run_compare
@@ -766,7 +765,6 @@ def test_plateau_reading_against_hand_computed_values(tmp_path):
 
 
 def test_status_reads_each_runs_progress_without_touching_it(tmp_path):
-    import os
     from typer.testing import CliRunner
     from cropi.cli import app
     from cropi.experiments.compare import comparison_status
@@ -874,8 +872,14 @@ def test_a_run_pinned_to_one_core_is_read_against_the_machines_cores_that_its_lo
     # rows from before the cores were recorded: the machine description's cores decide, as before
     old = load_summary([{k: v for k, v in r.items() if k != "load_cores"} for r in rows])
     assert "cores" not in old and contended({"machine": "EPYC, 1 cores", "load_1min_at_evals": old})
-    now = machine_load()
-    assert not now or now["load_cores"] >= 1
+    if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1:
+        allowed = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {min(allowed)})  # pinned as `taskset -c` pins a run
+        try:
+            now = machine_load()
+        finally:
+            os.sched_setaffinity(0, allowed)
+        assert now["load_cores"] == os.cpu_count() > 1
 
 
 def test_run_names_round_trip_and_a_folder_of_another_form_is_no_run():
