@@ -54,3 +54,10 @@ if [[ -f runs/plateau-full-4800/results.json && -f $DEST/compare-peers-2400.json
     --out "$DEST" --name plateau-4800 --block 400
   echo "finish_compare.sh: wrote $DEST/plateau-full-4800.json, plateau-4800.*"
 fi
+# full data alone at 9,600 steps (3 seeds), where it has finished: the same check, against the longer run's best
+if [[ -f runs/plateau-full-9600/results.json && -f $DEST/compare-peers-2400.json ]]; then
+  cp runs/plateau-full-9600/results.json "$DEST/plateau-full-9600.json"
+  "$PY" -m cropi.experiments.benchmarks.plateau --long "$DEST/plateau-full-9600.json" --compare "$DEST/compare-peers-2400.json" \
+    --out "$DEST" --name plateau-9600 --block 400
+  echo "finish_compare.sh: wrote $DEST/plateau-full-9600.json, plateau-9600.*"
+fi

@@ -20,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KEPT=benchmarks/results/compare-runs
-FOLDERS=${FOLDERS:-"compare-peers-long compare-peers compare-peers-draw1 compare-peers-draw2 compare-peers-2400 plateau-full-4800"}
+FOLDERS=${FOLDERS:-"compare-peers-long compare-peers compare-peers-draw1 compare-peers-draw2 compare-peers-2400 plateau-full-4800 plateau-full-9600"}
 FILES="config.yaml summary.json metrics.jsonl final_eval_items.json report.md"
 case "${1:-}" in
   save)
