@@ -52,12 +52,20 @@ if [[ -f runs/plateau-full-4800/results.json && -f $DEST/compare-peers-2400.json
   cp runs/plateau-full-4800/results.json "$DEST/plateau-full-4800.json"
   "$PY" -m cropi.experiments.benchmarks.plateau --long "$DEST/plateau-full-4800.json" --compare "$DEST/compare-peers-2400.json" \
     --out "$DEST" --name plateau-4800 --block 400
-  echo "finish_compare.sh: wrote $DEST/plateau-full-4800.json, plateau-4800.*"
+  if [[ -f $LONG/results.json ]]; then  # the cost model reads the 2,400-step runs themselves
+    "$PY" -m cropi.experiments.benchmarks.cost_model --compare "$LONG" --accelerations "$DEST/plateau-4800.json" \
+      --out "$DEST" --name cost_model-4800
+  fi
+  echo "finish_compare.sh: wrote $DEST/plateau-full-4800.json, plateau-4800.*, cost_model-4800.*"
 fi
 # full data alone at 9,600 steps (3 seeds), where it has finished: the same check, against the longer run's best
 if [[ -f runs/plateau-full-9600/results.json && -f $DEST/compare-peers-2400.json ]]; then
   cp runs/plateau-full-9600/results.json "$DEST/plateau-full-9600.json"
   "$PY" -m cropi.experiments.benchmarks.plateau --long "$DEST/plateau-full-9600.json" --compare "$DEST/compare-peers-2400.json" \
     --out "$DEST" --name plateau-9600 --block 400
-  echo "finish_compare.sh: wrote $DEST/plateau-full-9600.json, plateau-9600.*"
+  if [[ -f $LONG/results.json ]]; then  # the cost model reads the 2,400-step runs themselves
+    "$PY" -m cropi.experiments.benchmarks.cost_model --compare "$LONG" --accelerations "$DEST/plateau-9600.json" \
+      --out "$DEST" --name cost_model-9600
+  fi
+  echo "finish_compare.sh: wrote $DEST/plateau-full-9600.json, plateau-9600.*, cost_model-9600.*"
 fi

@@ -194,3 +194,18 @@ def test_cost_model_sets_each_runs_seconds_against_full_data_on_its_own_machine(
     # full data's steps are the workload's by definition; x takes half as many, at its own cost per step
     block = model(m, Workload(), 650)["0.5"]["methods"]
     assert block["full"]["steps"] == 650 and block["x"]["steps"] == 325 and block["full"]["wall_acceleration"] == 1.0
+    assert any(name.startswith("authors' regime") for name in block)
+    # re-read against a longer full-data run's best: x's steps follow the plateau check's median, and a method
+    # the check does not read is left out rather than priced to another threshold
+    from cropi.experiments.benchmarks.cost_model import reread_accelerations
+
+    longer = reread_accelerations(m, {"selectors": {"full": {"median": {"step_acceleration": 1.0}},
+                                                    "x": {"median": {"step_acceleration": 5.0}}}})
+    assert longer.methods["x"]["step_acceleration"] == 5.0 and m.methods["x"]["step_acceleration"] == 2.0
+    assert model(longer, Workload(), 650)["0.5"]["methods"]["x"]["steps"] == 130
+    assert set(reread_accelerations(m, {"selectors": {"full": {"median": {"step_acceleration": 1.0}}}}).methods) == {"full"}
+    # a comparison where no run scored a pool prices every method but not the authors' regime
+    write_json(runs / "x-s0" / "summary.json", {**read_json(runs / "x-s0" / "summary.json"), "stage_summaries": []})
+    unscored = measure(tmp_path)
+    assert unscored.score_multiple is None and unscored.methods["x"] == m.methods["x"]
+    assert set(model(unscored, Workload(), 650)["0.5"]["methods"]) == {"full", "x"}

@@ -5,8 +5,10 @@ What is measured here, from a comparison folder (``cropi compare --out DIR``): f
 seconds per step (``metrics.jsonl``); each method's seconds per step by kind (``summary.json``: rollouts,
 refills, screening, collection, scoring, selection, training), set against full data's on the run's own
 machine; the cost of one scoring gradient against the update of one trained prompt and the usable share of
-scored prompts (the stage records in ``summary.json``, which the kept records of a run keep); and each method's
-median step-level acceleration to full data's threshold (``results.json``).
+scored prompts (the stage records in ``summary.json``, which the kept records of a run keep; a comparison with
+no curriculum run has none, and then the authors' regime is not priced); and each method's median step-level
+acceleration to full data's threshold (``results.json``, or with ``--accelerations`` a plateau check's reading
+of the same runs against a longer full-data run's best).
 
 What is modelled: the workload's update seconds per step from FLOPs (8·N per token: forward, backward and the
 old-log-prob forward) at an assumed utilisation, and its rollout seconds from the rollout share of a full-data
@@ -15,7 +17,8 @@ are scaled kind by kind: sampling by the ratio of rollout seconds, forward + bac
 seconds.  Steps to the threshold are full data's at the workload divided by the testbed's step-level
 acceleration: whether they carry over is the question the doc answers, not something this script knows.
 
-    python -m cropi.experiments.benchmarks.cost_model --compare DIR [--out benchmarks/results]
+    python -m cropi.experiments.benchmarks.cost_model --compare DIR [--accelerations PLATEAU.json] [--name NAME]
+                                                      [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ class Measured:
     rollout_seconds_per_step: float
     update_seconds_per_step: float
     prompts_per_step: int
-    score_multiple: float  # seconds per computed gradient / update seconds per trained prompt
+    score_multiple: float | None  # seconds per computed gradient / update seconds per trained prompt (None: no
+    # run of the comparison scored a pool)
     collect_multiple: float | None  # seconds per collected prompt / rollout seconds per trained prompt
     usable_share: float | None  # of scored pool prompts, mixed rewards under the behaviour policy
     methods: dict = field(default_factory=dict)  # name -> per-method facts
@@ -91,7 +95,9 @@ def measure(compare_dir: Path) -> Measured:
     Runs of one folder may come from several machines of different speed.  A run's seconds are therefore set
     against full data's on its own machine (``full-sN`` or a reference ``full-sN@HOST``) and expressed on the
     scale of the mean full-data step; a run whose machine has no uncontended full-data run, or that was contended
-    itself (``metrics.contended``), is left out."""
+    itself (``metrics.contended``), is left out.  Full data's own seconds per step are those of the runs that set
+    the scale (its reference runs ``full-sN@HOST`` included), so it is priced even where its comparison seeds
+    were contended."""
     compare_dir = Path(compare_dir)
     results = read_json(compare_dir / "results.json")
     runs = compare_dir / "runs"
@@ -113,8 +119,11 @@ def measure(compare_dir: Path) -> Measured:
     methods = {}
     for name, block in results["selectors"].items():
         seeds = {}
-        for seed, row in block["seeds"].items():
-            s = read_json(runs / f"{name}-s{seed}" / "summary.json")
+        # full data's seconds per step are those of the runs that set the scale, reference runs included
+        timed = (sorted(p.parent.name for p in runs.glob("full-s*/summary.json")) if name == "full"
+                 else [f"{name}-s{seed}" for seed in block["seeds"]])
+        for seed, folder in enumerate(timed):
+            s = read_json(runs / folder / "summary.json")
             if host_of(s) not in host_full or contended(s):
                 continue
             # this machine's seconds -> the mean full-data machine's, sampling and passes each by its own ratio
@@ -137,11 +146,18 @@ def measure(compare_dir: Path) -> Measured:
         methods[name]["seeds_timed"] = len(seeds)
         # the median over seeds, as the comparison reports it (None when the median seed never reached it)
         methods[name]["step_acceleration"] = block["median"]["step_acceleration"]
-    if not per_grad:
-        raise CropiError(f"{compare_dir}: no run scored a pool (no stage record with an 'ess' block), so the cost "
-                         "of a scoring gradient is unknown")
-    return Measured(roll, upd, b, _mean(per_grad) / (upd / b), _mean(collect) / (roll / b) if collect else None,
-                    _mean(usable), methods)
+    return Measured(roll, upd, b, _mean(per_grad) / (upd / b) if per_grad else None,
+                    _mean(collect) / (roll / b) if collect else None, _mean(usable), methods)
+
+
+def reread_accelerations(m: Measured, plateau: dict) -> Measured:
+    """``m`` with each method's step acceleration replaced by a plateau check's median for it (its reading of the
+    same runs against a longer full-data run's best, ``benchmarks.plateau``); a method it does not read is left
+    out, since its acceleration would be to another threshold."""
+    read = plateau["selectors"]
+    methods = {name: {**f, "step_acceleration": read[name]["median"]["step_acceleration"]}
+               for name, f in m.methods.items() if name in read}
+    return Measured(**{**asdict(m), "methods": methods})
 
 
 def _first_collection(summary: dict) -> int:
@@ -179,13 +195,15 @@ def model(m: Measured, w: Workload, full_steps: float) -> dict:
         full_h = rows["full"]["hours"]
         for r in rows.values():
             r["wall_acceleration"] = None if r["hours"] is None or not full_h else full_h / r["hours"]
+        out[str(share)] = {"update_seconds_per_step": upd, "rollout_seconds_per_step": roll, "methods": rows}
+        if m.score_multiple is None:  # no run scored a pool: the authors' regime is not priced
+            continue
         # the authors' regime: the whole pool re-scored every few steps from one collection
         usable = m.usable_share or 0.33
         grad = m.score_multiple * upd / w.prompts_per_step
         authors = upd + roll + (usable * w.pool + w.validation_prompts) * grad / w.authors_rescore_every
         rows["authors' regime (per step, steps not modelled)"] = {
             "seconds_per_step": authors, "first_collection_hours": w.pool * roll / w.prompts_per_step / 3600}
-        out[str(share)] = {"update_seconds_per_step": upd, "rollout_seconds_per_step": roll, "methods": rows}
     return out
 
 
@@ -195,27 +213,37 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--full-steps", type=float, default=650, help="Full-data steps to the threshold at the workload "
                     "(the paper's ≈ 650 steps for CROPI's run).")
+    ap.add_argument("--accelerations", type=Path, default=None, help="A plateau check's JSON "
+                    "(benchmarks.plateau --out): take each method's median step acceleration from its reading of "
+                    "the same runs against the longer full-data run's best, instead of the comparison's own.")
+    ap.add_argument("--name", default="cost_model", help="Stem of the files written (NAME.json, NAME.md).")
     a = ap.parse_args(argv)
     measured = measure(a.compare)
+    if a.accelerations:
+        measured = reread_accelerations(measured, read_json(a.accelerations))
     w = Workload()
     table = model(measured, w, a.full_steps)
     data = {"schema_version": SCHEMA_VERSION, "benchmark": "cost_model", "compare": str(a.compare),
+            "accelerations": str(a.accelerations) if a.accelerations else None,
             "workload": asdict(w), "measured": asdict(measured), "model": table}
     a.out.mkdir(parents=True, exist_ok=True)
-    write_json(a.out / "cost_model.json", data)
-    write_text(a.out / "cost_model.md", render(data))
+    write_json(a.out / f"{a.name}.json", data)
+    write_text(a.out / f"{a.name}.md", render(data))
 
 
 def render(data: dict) -> str:
     m, w = data["measured"], data["workload"]
     lines = ["# Cost model: the paper's workload, from the testbed's measured costs", "",
-             f"From `{data['compare']}`. Workload: {w['params'] / 1e9:.2f}B parameters, {w['pool']:,}-prompt pool, "
+             f"From `{data['compare']}`"
+             + (f", step accelerations from `{data['accelerations']}`" if data.get("accelerations") else "")
+             + f". Workload: {w['params'] / 1e9:.2f}B parameters, {w['pool']:,}-prompt pool, "
              f"{w['prompts_per_step']} prompts × G = {w['group_size']}, {w['response_tokens']}-token responses, "
              f"{w['gpus']} GPUs at {w['utilisation']:.0%} of {w['peak_flops'] / 1e12:.0f} TFLOP/s.", "",
              "Measured on the testbed:", "",
              f"- full-data step: {m['rollout_seconds_per_step']:.3f} s of rollouts, {m['update_seconds_per_step']:.3f} s "
              f"of update ({m['prompts_per_step']} prompts)",
-             f"- one scoring gradient costs {m['score_multiple']:.2f}× the update seconds of one trained prompt",
+             f"- one scoring gradient costs {m['score_multiple']:.2f}× the update seconds of one trained prompt"
+             if m["score_multiple"] else "- no run of this comparison scored a pool: the authors' regime is not priced",
              f"- one collected prompt costs {m['collect_multiple']:.2f}× the rollout seconds of one trained prompt"
              if m["collect_multiple"] else "- collection: no whole-pool collection in this comparison",
              f"- usable share of scored prompts: {m['usable_share']:.2f}" if m["usable_share"] else "", ""]
