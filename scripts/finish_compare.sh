@@ -47,25 +47,19 @@ if [[ -f $LONG/results.json ]]; then
     echo "finish_compare.sh: wrote $DEST/compare-peers-2400.md and its plots"
   fi
 fi
-# full data alone at 4,800 steps (3 seeds), where it has finished: the plateau check against the 2,400-step comparison
-if [[ -f runs/plateau-full-4800/results.json && -f $DEST/compare-peers-2400.json ]]; then
-  cp runs/plateau-full-4800/results.json "$DEST/plateau-full-4800.json"
-  "$PY" -m cropi.experiments.benchmarks.plateau --long "$DEST/plateau-full-4800.json" --compare "$DEST/compare-peers-2400.json" \
-    --out "$DEST" --name plateau-4800 --block 400
+# full data alone at a longer budget (3 seeds), where it has finished: the plateau check of the 2,400-step
+# comparison against its best, and the cost model of the 2,400-step runs at that threshold
+longer_full() {
+  local steps=$1
+  [[ -f runs/plateau-full-$steps/results.json && -f $DEST/compare-peers-2400.json ]] || return 0
+  cp "runs/plateau-full-$steps/results.json" "$DEST/plateau-full-$steps.json"
+  "$PY" -m cropi.experiments.benchmarks.plateau --long "$DEST/plateau-full-$steps.json" \
+    --compare "$DEST/compare-peers-2400.json" --out "$DEST" --name "plateau-$steps" --block 400
   if [[ -f $LONG/results.json ]]; then  # the cost model reads the 2,400-step runs themselves
-    "$PY" -m cropi.experiments.benchmarks.cost_model --compare "$LONG" --accelerations "$DEST/plateau-4800.json" \
-      --out "$DEST" --name cost_model-4800
+    "$PY" -m cropi.experiments.benchmarks.cost_model --compare "$LONG" --accelerations "$DEST/plateau-$steps.json" \
+      --out "$DEST" --name "cost_model-$steps"
   fi
-  echo "finish_compare.sh: wrote $DEST/plateau-full-4800.json, plateau-4800.*, cost_model-4800.*"
-fi
-# full data alone at 9,600 steps (3 seeds), where it has finished: the same check, against the longer run's best
-if [[ -f runs/plateau-full-9600/results.json && -f $DEST/compare-peers-2400.json ]]; then
-  cp runs/plateau-full-9600/results.json "$DEST/plateau-full-9600.json"
-  "$PY" -m cropi.experiments.benchmarks.plateau --long "$DEST/plateau-full-9600.json" --compare "$DEST/compare-peers-2400.json" \
-    --out "$DEST" --name plateau-9600 --block 400
-  if [[ -f $LONG/results.json ]]; then  # the cost model reads the 2,400-step runs themselves
-    "$PY" -m cropi.experiments.benchmarks.cost_model --compare "$LONG" --accelerations "$DEST/plateau-9600.json" \
-      --out "$DEST" --name cost_model-9600
-  fi
-  echo "finish_compare.sh: wrote $DEST/plateau-full-9600.json, plateau-9600.*, cost_model-9600.*"
-fi
+  echo "finish_compare.sh: wrote $DEST/plateau-full-$steps.json, plateau-$steps.*, cost_model-$steps.*"
+}
+longer_full 4800
+longer_full 9600
