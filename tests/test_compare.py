@@ -312,7 +312,6 @@ def test_peers_are_the_full_pool_with_their_batch_rule_and_gradalign_is_refreshe
 
 
 def test_run_lock_claims_once_and_takes_over_stale_locks(tmp_path):
-
     from cropi.experiments.locks import claim, holder, release
 
     run = tmp_path / "r"
@@ -341,7 +340,6 @@ def test_partial_gain_accelerations():
 
 
 def test_worker_runs_only_unclaimed_runs_and_writes_no_results(tmp_path):
-
     from cropi.config import load_config
     from cropi.experiments.compare import run_compare
     from tests.conftest import small_suite_overrides
