@@ -55,11 +55,12 @@ longer_full() {
   cp "runs/plateau-full-$steps/results.json" "$DEST/plateau-full-$steps.json"
   "$PY" -m cropi.experiments.benchmarks.plateau --long "$DEST/plateau-full-$steps.json" \
     --compare "$DEST/compare-peers-2400.json" --out "$DEST" --name "plateau-$steps" --block 400
+  echo "finish_compare.sh: wrote $DEST/plateau-full-$steps.json, plateau-$steps.*"
   if [[ -f $LONG/results.json ]]; then  # the cost model reads the 2,400-step runs themselves
     "$PY" -m cropi.experiments.benchmarks.cost_model --compare "$LONG" --accelerations "$DEST/plateau-$steps.json" \
       --out "$DEST" --name "cost_model-$steps"
+    echo "finish_compare.sh: wrote $DEST/cost_model-$steps.*"
   fi
-  echo "finish_compare.sh: wrote $DEST/plateau-full-$steps.json, plateau-$steps.*, cost_model-$steps.*"
 }
 longer_full 4800
 longer_full 9600

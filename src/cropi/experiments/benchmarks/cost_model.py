@@ -143,7 +143,7 @@ def measure(compare_dir: Path) -> Measured:
         methods[name] = {k: _mean([v.get(k) for v in seeds.values()]) for k in next(iter(seeds.values()))}
         methods[name]["seconds_per_step"] = {k[len("per_step_"):]: methods[name].pop(k)
                                              for k in list(methods[name]) if k.startswith("per_step_")}
-        methods[name]["seeds_timed"] = len(seeds)
+        methods[name]["seeds_timed"] = len(seeds)  # for full data: its timed runs, reference runs included
         # the median over seeds, as the comparison reports it (None when the median seed never reached it)
         methods[name]["step_acceleration"] = block["median"]["step_acceleration"]
     return Measured(roll, upd, b, _mean(per_grad) / (upd / b) if per_grad else None,
