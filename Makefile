@@ -25,7 +25,7 @@ test-all: $(BIN)/cropi
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 # The influence-engine benchmarks at reduced size (tiny model), written under runs/bench-quick/ (never over
-# benchmarks/results/); the full runs are `cropi bench projection`, `cropi bench fidelity`, `cropi bench exact`.
+# lab/results/); the full runs are `cropi bench projection`, `cropi bench fidelity`, `cropi bench exact`.
 bench-quick: $(BIN)/cropi
 	OMP_NUM_THREADS=1 $(BIN)/cropi bench projection --quick
 	OMP_NUM_THREADS=1 $(BIN)/cropi bench fidelity --quick

@@ -143,7 +143,7 @@ def test_greso_history_counts_consecutive_equal_reward_groups_of_one_kind(pool):
 
 @pytest.mark.parametrize("method,skip", [("greso", 1.0), ("online_filter", 1.0), ("online_filter", 0.5)])
 def test_a_resumed_filtered_run_equals_the_uninterrupted_one(tmp_path, method, skip):
-    from cropi.experiments.run import run_training
+    from cropi.runs.run import run_training
 
     sets = {"train.steps": 4, "train.filter.screen_skip_p": skip}
     run_training(_cfg(method, **sets), tmp_path / "full")
@@ -195,7 +195,7 @@ def test_influence_filter_trains_on_the_screened_groups_best_aligned_with_valida
 
 def test_the_cropi_selector_runs_the_influence_filter_and_its_stored_config_says_so():
     from cropi.errors import ConfigError
-    from cropi.experiments.run import resolve_selector
+    from cropi.runs.run import resolve_selector
 
     cfg = _cfg(**{"train.selector": "cropi"})
     assert resolve_selector(cfg).train.filter.method == "influence_filter" and cfg.train.filter.method == "none"

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from cropi.experiments.benchmarks.common import (FIDELITY_KEYS, SPEED_KEYS, TOP_KEYS, parse_config,
+from lab.bench.common import (FIDELITY_KEYS, SPEED_KEYS, TOP_KEYS, parse_config,
                                                  results_paths, target_checks)
 from cropi.io import read_json
 from cropi.projection import make_projector
@@ -21,7 +21,7 @@ def test_config_names_round_trip():
 
 
 def test_metrics():
-    from cropi.experiments.benchmarks.fidelity import precision_at, spearman
+    from lab.bench.fidelity import precision_at, spearman
 
     ids = [f"p{i}" for i in range(20)]
     exact = [float(i) for i in range(20)]
@@ -50,8 +50,8 @@ def _check_schema(res):
 
 
 def test_speed_and_fidelity_quick_paths(tmp_path):
-    from cropi.experiments.benchmarks.fidelity import FidelityPlan, run_fidelity
-    from cropi.experiments.benchmarks.speed import SpeedPlan, model_shapes, run_speed
+    from lab.bench.fidelity import FidelityPlan, run_fidelity
+    from lab.bench.speed import SpeedPlan, model_shapes, run_speed
 
     out = tmp_path / "results"
     seen = []
@@ -108,8 +108,8 @@ def test_speed_and_fidelity_quick_paths(tmp_path):
 
 
 def test_exact_scoring_quick_path_ranks_exactly_as_the_fp64_reference(tmp_path):
-    from cropi.experiments.benchmarks.exact_scoring import run
-    from cropi.experiments.benchmarks.fidelity import FidelityPlan
+    from lab.bench.exact_scoring import run
+    from lab.bench.fidelity import FidelityPlan
 
     plan = FidelityPlan.quick_plan(train_prompts=20, val_prompts=6, threads=1)
     res = run(plan, tmp_path / "out", tmp_path / "work", k=256, log=lambda m: None)
@@ -132,7 +132,7 @@ def _write_probe_run(run_dir, curve, finished, sampled=10):
 
 
 def test_probe_summary_ignores_a_stopped_runs_cut_short_last_point(tmp_path):
-    from cropi.experiments.benchmarks.probe_summary import summarize_probe
+    from lab.bench.probe_summary import summarize_probe
 
     full = [(0, 0.3), (10, 0.4), (20, 0.5), (30, 0.6), (40, 0.6)]  # smoothed best 0.6 (last point, run finished)
     _write_probe_run(tmp_path / "runs" / "full-s0", full, finished=True)
@@ -160,7 +160,7 @@ def test_probe_summary_ignores_a_stopped_runs_cut_short_last_point(tmp_path):
 def test_cost_model_sets_each_runs_seconds_against_full_data_on_its_own_machine(tmp_path):
     """Full data takes 1 s/step on machine A and 3 s/step on B (mean 2 s); a run on B that trains 6 s/step is 4 s
     on the mean machine's scale, and a run on a machine with no full-data run is left out."""
-    from cropi.experiments.benchmarks.cost_model import Workload, measure, model
+    from lab.bench.cost_model import Workload, measure, model
     from cropi.io import write_json
 
     runs = tmp_path / "runs"
@@ -197,7 +197,7 @@ def test_cost_model_sets_each_runs_seconds_against_full_data_on_its_own_machine(
     assert any(name.startswith("authors' regime") for name in block)
     # re-read against a longer full-data run's best: x's steps follow the plateau check's median, and a method
     # the check does not read is left out rather than priced to another threshold
-    from cropi.experiments.benchmarks.cost_model import reread_accelerations
+    from lab.bench.cost_model import reread_accelerations
 
     longer = reread_accelerations(m, {"selectors": {"full": {"median": {"step_acceleration": 1.0}},
                                                     "x": {"median": {"step_acceleration": 5.0}}}})

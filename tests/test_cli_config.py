@@ -176,7 +176,7 @@ def test_run_commands_reject_bad_config_before_any_output(tmp_path, cmd, overrid
 
 @pytest.mark.parametrize("cmd", ["train", "compare"])
 def test_more_stages_than_steps_are_refused_only_for_the_selector_that_re_selects_every_stage(tmp_path, cmd):
-    from cropi.experiments.run import resolve_selector
+    from cropi.runs.run import resolve_selector
 
     out = tmp_path / "run"
     which = ["--selector", "cropi_curriculum"] if cmd == "train" else ["--selectors", "cropi,cropi_curriculum"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from cropi.io import read_jsonl
-from cropi.experiments.metrics import compute_results, first_crossing, paired_se, smooth
-from cropi.experiments.report import write_comparison_report
+from cropi.runs.metrics import compute_results, first_crossing, paired_se, smooth
+from cropi.runs.report import write_comparison_report
 
 
 def _curve(ys, dt=10.0, t0=0.0):
@@ -132,7 +132,7 @@ def test_without_the_overhead_divides_each_runs_wall_acceleration_by_its_bare_sh
 
 
 def test_training_signal_per_stage_and_its_report_table(tmp_path):
-    from cropi.experiments.metrics import training_signal
+    from cropi.runs.metrics import training_signal
 
     metrics = tmp_path / "metrics.jsonl"
     rows = [{"event": "step", "step": t, "reward_mean": 0.1 * t, "mixed_groups": 1.0 if t <= 2 else 0.5}
@@ -177,7 +177,7 @@ def test_many_short_stages_are_shown_as_the_means_of_the_stages_in_each_span(tmp
 
 
 def test_target_verdicts_against_hand_computed_values():
-    from cropi.experiments.report import target_verdicts
+    from cropi.runs.report import target_verdicts
 
     full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]
     summaries = {
@@ -232,7 +232,7 @@ def test_compare_cli_end_to_end(tmp_path, monkeypatch):
     # each run's load beside it, from its evaluations (5 here), goes with its seconds
     assert res["selectors"]["dapo"]["seeds"]["0"]["load_1min_at_evals"]["n"] == 5
     # the cost model reads the same folder
-    from cropi.experiments.benchmarks.cost_model import main as cost_model
+    from lab.bench.cost_model import main as cost_model
 
     cost_model(["--compare", str(tmp_path / "cmp"), "--out", str(tmp_path / "cost")])
     model = json.loads((tmp_path / "cost" / "cost_model.json").read_text())
@@ -298,7 +298,7 @@ def test_selector_variants_switch_on_our_departures():
 
 def test_peers_are_the_full_pool_with_their_batch_rule_and_gradalign_is_refreshed_cropi_rounds(tmp_path):
     from cropi.config import RunConfig
-    from cropi.experiments.compare import run_config
+    from cropi.runs.compare import run_config
 
     cfg = RunConfig()
     for peer in ("dapo", "greso", "online_filter"):
@@ -312,7 +312,7 @@ def test_peers_are_the_full_pool_with_their_batch_rule_and_gradalign_is_refreshe
 
 
 def test_run_lock_claims_once_and_takes_over_stale_locks(tmp_path):
-    from cropi.experiments.locks import claim, holder, release
+    from cropi.runs.locks import claim, holder, release
 
     run = tmp_path / "r"
     assert holder(run) is None  # no folder, no lock
@@ -341,7 +341,7 @@ def test_partial_gain_accelerations():
 
 def test_worker_runs_only_unclaimed_runs_and_writes_no_results(tmp_path):
     from cropi.config import load_config
-    from cropi.experiments.compare import run_compare
+    from cropi.runs.compare import run_compare
     from tests.conftest import small_suite_overrides
 
     out = tmp_path / "cmp"
@@ -371,7 +371,7 @@ def test_demo_verdict_says_faster_only_when_fewer_steps_and_less_time():
 
 
 def test_peer_targets_and_the_noise_floor_call_a_slower_cropi_not_met_and_a_spread_a_tie():
-    from cropi.experiments.report import target_verdicts
+    from cropi.runs.report import target_verdicts
 
     full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]
     summaries = {
@@ -396,7 +396,7 @@ def _draw(full_ys, cropi_ys_by_seed):
 
 
 def test_draw_spread_is_the_range_of_draw_medians_beside_the_range_of_seeds(tmp_path):
-    from cropi.experiments.metrics import draw_spread
+    from cropi.runs.metrics import draw_spread
 
     full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]
     fast = [0.30, 0.40, 0.44, 0.45, 0.45, 0.45, 0.45]   # crosses 0.42 at step 18
@@ -426,7 +426,7 @@ def test_draw_spread_is_the_range_of_draw_medians_beside_the_range_of_seeds(tmp_
 
 
 def test_draw_spread_leaves_out_selectors_missing_from_a_draw_and_counts_never():
-    from cropi.experiments.metrics import draw_spread
+    from cropi.runs.metrics import draw_spread
 
     full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]
     a = _draw(full, {0: [0.30, 0.31, 0.32, 0.32, 0.32, 0.32, 0.32]})  # never reaches the threshold
@@ -460,7 +460,7 @@ def test_draws_cli_writes_its_report_and_refuses_a_folder_without_results(tmp_pa
 
 
 def test_wall_clock_acceleration_divides_by_full_datas_seconds_on_the_runs_own_machine(tmp_path):
-    from cropi.experiments.report import target_verdicts
+    from cropi.runs.report import target_verdicts
 
     full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]
     fast = [0.30, 0.45, 0.46, 0.46, 0.46, 0.46, 0.46]
@@ -493,8 +493,8 @@ def test_wall_clock_acceleration_divides_by_full_datas_seconds_on_the_runs_own_m
 
 
 def test_a_contended_run_has_no_wall_clock_acceleration_and_is_no_machines_seconds_reference(tmp_path):
-    from cropi.experiments.metrics import contended, cores_of
-    from cropi.experiments.report import target_verdicts
+    from cropi.runs.metrics import contended, cores_of
+    from cropi.runs.report import target_verdicts
 
     assert cores_of("AMD EPYC, 2 cores, 24 GiB RAM, no GPU") == 2 and cores_of("EPYC") is None and cores_of(None) is None
     two = "Xeon, 2 cores"
@@ -542,8 +542,8 @@ def test_a_contended_run_has_no_wall_clock_acceleration_and_is_no_machines_secon
 
 
 def test_a_comparison_resumed_on_another_machine_repeats_full_datas_first_seed_there(tmp_path):
-    from cropi.experiments.compare import reference_run
-    from cropi.experiments.report import host_id
+    from cropi.runs.compare import reference_run
+    from cropi.runs.report import host_id
     from cropi.io import write_json
 
     pending = [("full", 3, "full-s3"), ("full", 4, "full-s4"), ("cropi", 3, "cropi-s3")]
@@ -573,8 +573,8 @@ def test_a_comparison_resumed_on_another_machine_repeats_full_datas_first_seed_t
 
 
 def test_no_reference_run_while_full_data_still_has_a_run_to_do_here(tmp_path):
-    from cropi.experiments.compare import reference_run
-    from cropi.experiments.report import host_id
+    from cropi.runs.compare import reference_run
+    from cropi.runs.report import host_id
     from cropi.io import write_json
 
     pending = [("full", 0, "full-s0"), ("full", 1, "full-s1"), ("cropi", 0, "cropi-s0")]
@@ -590,8 +590,8 @@ def test_no_reference_run_while_full_data_still_has_a_run_to_do_here(tmp_path):
 
 
 def test_resumed_comparison_gets_a_full_data_reference_on_the_new_machine(tmp_path, monkeypatch):
-    import cropi.experiments.compare as compare_mod
-    import cropi.experiments.run as run_mod
+    import cropi.runs.compare as compare_mod
+    import cropi.runs.run as run_mod
     from cropi.config import load_config
     from cropi.io import read_json
     from tests.conftest import small_suite_overrides
@@ -647,7 +647,7 @@ def test_restore_leaves_out_kept_runs_whose_machine_has_no_full_data_run(tmp_pat
         (kept / name).mkdir(parents=True)
         (kept / name / "summary.json").write_text(json.dumps({"host": host} if host else {}))
         (kept / name / "metrics.jsonl").write_text("{}\n")
-    out = subprocess.run(["bash", "scripts/keep_compare_runs.sh", "restore"], cwd=tmp_path, check=True,
+    out = subprocess.run(["bash", "lab/scripts/keep_compare_runs.sh", "restore"], cwd=tmp_path, check=True,
                          capture_output=True, text=True, env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
                                                      "FOLDERS": "compare-peers"}).stdout
     restored = sorted(p.name for p in (tmp_path / "runs" / "compare-peers" / "runs").iterdir())
@@ -680,7 +680,7 @@ def test_save_keeps_started_unfinished_runs_for_reading_only_and_drops_them_once
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "FOLDERS": "compare-peers"}
 
     def script(verb):
-        return subprocess.run(["bash", "scripts/keep_compare_runs.sh", verb], cwd=tmp_path, check=True,
+        return subprocess.run(["bash", "lab/scripts/keep_compare_runs.sh", verb], cwd=tmp_path, check=True,
                               capture_output=True, text=True, env=env).stdout
 
     script("save")
@@ -704,7 +704,7 @@ def test_save_keeps_started_unfinished_runs_for_reading_only_and_drops_them_once
 
 
 def test_an_acceleration_is_a_tie_only_inside_full_datas_seed_spread_on_both_sides():
-    from cropi.experiments.report import _tie_note
+    from cropi.runs.report import _tie_note
 
     res = {"noise_floor": {"wall_acceleration": {"max": 1.25}}}
     assert _tie_note(res, "wall_acceleration", 1.1) and _tie_note(res, "wall_acceleration", 0.85)
@@ -714,8 +714,8 @@ def test_an_acceleration_is_a_tie_only_inside_full_datas_seed_spread_on_both_sid
 
 
 def test_plateau_reading_against_hand_computed_values(tmp_path):
-    from cropi.experiments.benchmarks.plateau import main as plateau_main
-    from cropi.experiments.metrics import plateau_reading
+    from lab.bench.plateau import main as plateau_main
+    from cropi.runs.metrics import plateau_reading
 
     def curve(ys, secs):
         return [{"step": 2 * i, "targeted": y, "seconds": t} for i, (y, t) in enumerate(zip(ys, secs))]
@@ -765,7 +765,7 @@ def test_plateau_reading_against_hand_computed_values(tmp_path):
 def test_status_reads_each_runs_progress_without_touching_it(tmp_path):
     from typer.testing import CliRunner
     from cropi.cli import app
-    from cropi.experiments.compare import comparison_status
+    from cropi.runs.compare import comparison_status
     from cropi.io import write_json
 
     runs = tmp_path / "runs"
@@ -814,7 +814,7 @@ def test_status_reads_each_runs_progress_without_touching_it(tmp_path):
 
 
 def test_finished_run_readings_apply_the_comparisons_rule_to_summaries_only_with_references_apart(tmp_path):
-    """scripts/read_compare_runs.py: the rule of ``compute_results`` on the runs that have a summary, each
+    """lab/scripts/read_compare_runs.py: the rule of ``compute_results`` on the runs that have a summary, each
     full-s*@HOST folder entering only as a reference, a contended-* repeat and an unfinished run left out."""
     import subprocess
     import sys
@@ -858,8 +858,8 @@ def test_finished_run_readings_apply_the_comparisons_rule_to_summaries_only_with
 
 
 def test_a_run_pinned_to_one_core_is_read_against_the_machines_cores_that_its_load_counts():
-    from cropi.experiments.metrics import contended
-    from cropi.experiments.run import load_summary
+    from cropi.runs.metrics import contended
+    from cropi.runs.run import load_summary
     from cropi.training.grpo import machine_load
 
     rows = [{"event": "eval", "step": 40 * i, "load_1min": load, "load_cores": 2} for i, load in enumerate([1.9, 2.0])]
@@ -881,7 +881,7 @@ def test_a_run_pinned_to_one_core_is_read_against_the_machines_cores_that_its_lo
 
 
 def test_run_names_round_trip_and_a_folder_of_another_form_is_no_run():
-    from cropi.experiments.compare import parse_run_name, run_name
+    from cropi.runs.compare import parse_run_name, run_name
 
     for selector, seed, host in [("cropi", 2, None), ("full", 0, "f703f209"),
                                  ("cropi_curriculum+candidates1280+size80+stages60", 11, None)]:

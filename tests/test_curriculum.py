@@ -78,7 +78,7 @@ def _sets(model_dir, selector="cropi_curriculum", steps=6, stages=3, **extra):
 
 
 def test_cropi_stages_write_artefacts(micro_model_dir, tmp_path):
-    from cropi.experiments.run import run_training
+    from cropi.runs.run import run_training
 
     summary = run_training(load_config(None, _sets(micro_model_dir)), tmp_path / "run")
     run = tmp_path / "run"
@@ -102,7 +102,7 @@ def test_cropi_stages_write_artefacts(micro_model_dir, tmp_path):
 
 def test_each_stage_trains_on_its_scores_files_fused_ranking_made_with_the_trained_policy(micro_model_dir, tmp_path):
     from cropi.policy import load_policy, model_fingerprint
-    from cropi.experiments.run import run_training
+    from cropi.runs.run import run_training
 
     run_training(load_config(None, _sets(micro_model_dir)), tmp_path / "run")
     # the policy after the first 2 steps, from a run that stops there (same seed, same stage-0 choice)
@@ -123,7 +123,7 @@ def test_each_stage_trains_on_its_scores_files_fused_ranking_made_with_the_train
 
 
 def test_static_selectors_choose_once(micro_model_dir, tmp_path):
-    from cropi.experiments.run import run_training
+    from cropi.runs.run import run_training
 
     run_training(load_config(None, _sets(micro_model_dir, "static_influence", steps=4, stages=2)), tmp_path / "s")
     a, b = (json.loads((tmp_path / "s" / "stages" / f"stage-{s:02d}" / "selection.json").read_text()) for s in (0, 1))
@@ -131,7 +131,7 @@ def test_static_selectors_choose_once(micro_model_dir, tmp_path):
 
 
 def test_drift_control_fires_exactly_when_the_median_ess_is_below_the_threshold(micro_model_dir, tmp_path):
-    from cropi.experiments.run import run_training
+    from cropi.runs.run import run_training
     from cropi.rollouts.trajectory_store import pass_rates, store_meta
 
     extra = {"select.candidates": 30, "select.reprobe_prompts": 6, "select.reprobe_samples": 4}
@@ -161,7 +161,7 @@ def test_drift_control_fires_exactly_when_the_median_ess_is_below_the_threshold(
 
 
 def test_reprobed_prompts_of_earlier_stages_outside_the_candidates_cannot_be_chosen(micro_model_dir, tmp_path):
-    from cropi.experiments.run import run_training
+    from cropi.runs.run import run_training
 
     sets = _sets(micro_model_dir, steps=6, stages=3, **{"select.candidates": 20, "select.reprobe_prompts": 8,
                                                           "select.reprobe_samples": 4})
@@ -174,7 +174,7 @@ def test_reprobed_prompts_of_earlier_stages_outside_the_candidates_cannot_be_cho
 
 
 def test_scheduled_refresh_recollects_before_scoring(micro_model_dir, tmp_path):
-    from cropi.experiments.run import run_training
+    from cropi.runs.run import run_training
 
     from cropi.rollouts.trajectory_store import pass_rates, store_meta
 
@@ -214,7 +214,7 @@ _CHILD = textwrap.dedent("""
     torch.set_num_threads(1)
     import cropi.training.grpo as grpo
     from cropi.config import load_config
-    from cropi.experiments.run import run_training
+    from cropi.runs.run import run_training
     kill_at = int(os.environ.get("KILL_AT_CALL", "0"))
     calls = [0]
     real = grpo.policy_loss
@@ -255,7 +255,7 @@ def test_sigkill_mid_step_then_resume_is_bitwise_equal(micro_model_dir, tmp_path
 def test_reuse_scores_trained_prompts_from_their_latest_trained_group(micro_model_dir, tmp_path):
     """select.reuse_rollouts: every step's trained groups are kept; the next stage scores each trained prompt
     from its latest group (an on-policy row then), and one whose latest group had equal rewards is left out."""
-    from cropi.experiments.run import run_training
+    from cropi.runs.run import run_training
     from cropi.rollouts.trajectory_store import prompt_groups, read_store
 
     run = tmp_path / "r"

@@ -34,7 +34,7 @@ def test_the_gpu_check_script_dry_run_writes_one_results_json_with_every_check(t
 
 
 def test_a_rerun_starts_from_an_empty_scratch_folder_not_the_last_runs_checkpoints(tmp_path):
-    from cropi.integrations.gpu_check import CheckPlan, run_checks
+    from lab.bench.gpu_check import CheckPlan, run_checks
 
     left = tmp_path / "work" / "grpo" / "train" / "checkpoints"
     left.mkdir(parents=True)
@@ -45,7 +45,7 @@ def test_a_rerun_starts_from_an_empty_scratch_folder_not_the_last_runs_checkpoin
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_every_gpu_check_passes_on_cuda_within_eight_minutes(tmp_path):
-    from cropi.integrations.gpu_check import run_checks, CheckPlan
+    from lab.bench.gpu_check import run_checks, CheckPlan
 
     res = run_checks(CheckPlan("cuda", False, tmp_path / "work"), tmp_path)
     assert all(c["status"] != "failed" for c in res["checks"].values()), res

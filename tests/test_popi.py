@@ -222,7 +222,7 @@ def test_bandit_popi_converges_to_grad_over_behaviour_std():
 
 
 def _bias_module():
-    from cropi.experiments.benchmarks import popi_bias
+    from lab.bench import popi_bias
 
     return popi_bias
 

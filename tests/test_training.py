@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from cropi.config import load_config
-from cropi.experiments.run import run_training
+from cropi.runs.run import run_training
 from tests.conftest import small_suite_overrides
 
 
@@ -116,7 +116,7 @@ def test_a_stored_config_resumes_when_a_key_added_since_has_its_default_and_only
     import yaml
 
     from cropi.config import dump_config
-    from cropi.experiments.run import same_config
+    from cropi.runs.run import same_config
 
     cfg = _cfg(micro_model_dir)
     older = yaml.safe_load(dump_config(cfg))

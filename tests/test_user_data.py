@@ -34,7 +34,7 @@ def test_a_user_pool_without_validation_sets_stops_naming_the_missing_options(mi
 
 def test_a_user_pool_with_its_own_validation_and_test_sets_is_accepted_by_compare_checks(tmp_path):
     from cropi.config import load_config
-    from cropi.experiments.compare import check_compare
+    from cropi.runs.compare import check_compare
 
     pool = _pool(tmp_path)
     cfg = load_config(None, [f"data.pool_file={pool}", f"data.validation_files=[mine={pool}]",

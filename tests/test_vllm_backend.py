@@ -90,7 +90,7 @@ def _has_cuda_and_vllm() -> bool:
 @pytest.mark.gpu
 @pytest.mark.skipif(not _has_cuda_and_vllm(), reason="needs a CUDA device and the vllm extra")
 def test_vllm_bf16_logprobs_match_teacher_forcing_within_targets(tmp_path):
-    from cropi.experiments.benchmarks.vllm_parity import ESS_TARGET, MEAN_DELTA_TARGET, vllm_parity
+    from lab.bench.vllm_parity import ESS_TARGET, MEAN_DELTA_TARGET, vllm_parity
 
     result = vllm_parity(tmp_path, "tiny", dtypes=("bfloat16",), temperatures=(0.7,), prompts=64, quick=True,
                          work=tmp_path / "stores")

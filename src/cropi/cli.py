@@ -271,7 +271,7 @@ def train(
     (resolved), metrics.jsonl, checkpoints/, stages/, final_model/, summary.json, report.md and accuracy.png.
     Rerun the same command with --resume after an interruption.
     """
-    from cropi.experiments.run import check_run, run_training
+    from cropi.runs.run import check_run, run_training
 
     suite = check_run(cfg, out, resume)  # bad data or an existing folder stop here, before any output
     _warn_about_data(cfg, suite.pool + [p for v in suite.validation.values() for p in v])
@@ -310,7 +310,7 @@ def _compare_eval_every(config: Optional[Path], values: dict) -> list[str]:
 
 
 def _compare_with_progress(cfg, selectors: list[str], seeds: list[int], out: Path) -> dict:
-    from cropi.experiments.compare import check_compare, run_compare
+    from cropi.runs.compare import check_compare, run_compare
 
     suite = check_compare(cfg, selectors, seeds, out)  # bad configs or data stop here, before any output
     _warn_about_data(cfg, suite.pool + [p for v in suite.validation.values() for p in v])
@@ -416,7 +416,7 @@ def compare(
     acceleration vs full data, seconds collecting/scoring/training), OUT/report.md with plots, and one run
     folder per selector and seed under OUT/runs/.  Rerun the same command to resume; finished runs are kept.
     """
-    from cropi.experiments.run import same_config
+    from cropi.runs.run import same_config
     from cropi.selection.variants import parse_selector
     from cropi.selection import make_selector
 
@@ -445,7 +445,7 @@ def status(
     (that load above the machine's cores plus a small margin, `metrics.CONTENTION_MARGIN`): its seconds will give
     no wall-clock number.
     """
-    from cropi.experiments.compare import comparison_status
+    from cropi.runs.compare import comparison_status
 
     rows = comparison_status(folder)
     pct = lambda x: "—" if x is None else f"{100 * x:.1f}%"
@@ -476,8 +476,8 @@ def draws(
     step and wall-clock acceleration and final targeted accuracy, their range between draws, and the range
     between seeds within a draw.
     """
-    from cropi.experiments.metrics import draw_spread
-    from cropi.experiments.report import write_draws_report
+    from cropi.runs.metrics import draw_spread
+    from cropi.runs.report import write_draws_report
     from cropi.io import read_json
 
     results = {}
@@ -511,7 +511,7 @@ def demo(
 
     import torch
 
-    from cropi.experiments.compare import run_compare
+    from cropi.runs.compare import run_compare
 
     given = [(o, v) for o, v in ((STEPS, steps), (STAGES, stages)) if v is not None]
     budget = [] if steps is not None else [f"train.steps={DEMO_STEPS}", "train.eval_every=10"]
@@ -869,7 +869,7 @@ def model_fetch(
 
 
 def _bench_dirs(quick: bool, out: Optional[Path], work: Optional[Path], name: str) -> tuple[Path, Path]:
-    """Full runs write benchmarks/results/ and keep resumable state in runs/bench-NAME/; quick runs write
+    """Full runs write lab/results/ and keep resumable state in runs/bench-NAME/; quick runs write
     runs/bench-quick/ only (never over the committed results) and start fresh each time."""
     import shutil
 
@@ -877,12 +877,12 @@ def _bench_dirs(quick: bool, out: Optional[Path], work: Optional[Path], name: st
         out = out or Path("runs/bench-quick")
         work = work or out / f"work-{name}"
         shutil.rmtree(work, ignore_errors=True)
-    return out or Path("benchmarks/results"), work or Path(f"runs/bench-{name}")
+    return out or Path("lab/results"), work or Path(f"runs/bench-{name}")
 
 
 def _run_bench(name: str, plan_cls, run_fn, quick: bool, out: Optional[Path], work: Optional[Path], **plan) -> None:
     """Run a benchmark plan (options left unset keep the plan's defaults) and print each target's verdict."""
-    from cropi.experiments.benchmarks.common import results_paths, target_checks
+    from lab.bench.common import results_paths, target_checks
 
     kw = {k: v for k, v in plan.items() if v not in (None, ())}
     out, work = _bench_dirs(quick, out, work, name)
@@ -898,7 +898,7 @@ def _run_bench(name: str, plan_cls, run_fn, quick: bool, out: Optional[Path], wo
     typer.echo(f"wrote {results_paths(out)[0]} and {results_paths(out)[1]}")
 
 
-BenchOutOpt = typer.Option(None, "--out", "-o", help="Results folder (default benchmarks/results, or runs/bench-quick).")
+BenchOutOpt = typer.Option(None, "--out", "-o", help="Results folder (default lab/results, or runs/bench-quick).")
 ProjectorOpt = typer.Option(None, "--projector", help="Projector configuration with {k} for each --k (repeatable), "
                             "e.g. 'sjlt-k{k}-keep1', 'sjlt-k{k}-cal0.1'.")
 
@@ -917,7 +917,7 @@ def bench_projection(
     SmolLM2-135M's parameter shapes (d = 1.35e8) next to a naive SJLT; streaming-read bandwidth and one SmolLM2
     forward+backward in the same run.  Writes projection.json / projection.md (merged with `bench fidelity`).
     Rerun the same command after an interruption: finished sections are kept in --work."""
-    from cropi.experiments.benchmarks.speed import SpeedPlan, run_speed
+    from lab.bench.speed import SpeedPlan, run_speed
 
     _run_bench("projection", SpeedPlan, run_speed, quick, out, work, threads=threads, configs=tuple(projector or ()),
                ks=tuple(k or ()))
@@ -939,7 +939,7 @@ def bench_fidelity(
     """Precision@10% and Spearman of projected vs exact influence cosines on real SmolLM2 POPI gradients, and the
     scoring cost ratio on the embedded default.  Writes projection.json / projection.md (merged with
     `bench projection`)."""
-    from cropi.experiments.benchmarks.fidelity import FidelityPlan, run_fidelity
+    from lab.bench.fidelity import FidelityPlan, run_fidelity
 
     _run_bench("fidelity", FidelityPlan, run_fidelity, quick, out, work, threads=threads, scoring=scoring,
                train_prompts=train_prompts, configs=tuple(projector or ()), seeds=seeds)
@@ -958,7 +958,7 @@ def bench_exact(
     """Exact scoring (select.score.mode=exact) next to the default SJLT k = 8192 projection on the same SmolLM2
     POPI gradients: precision@10% and Spearman against an fp64 reference, seconds per prompt, memory.  Writes
     exact_scoring.json / exact_scoring.md."""
-    from cropi.experiments.benchmarks.exact_scoring import main as run_exact
+    from lab.bench.exact_scoring import main as run_exact
 
     args = ["--train-prompts", str(train_prompts), "--val-prompts", str(val_prompts), "--threads", str(threads)]
     args += ["--quick"] * quick + (["--out", str(out)] if out else []) + (["--work", str(work)] if work else [])
@@ -976,8 +976,8 @@ def bench_gpu(
     """Every GPU check in one run (sized for 8 minutes on one GPU, embedded tiny policy): the CUDA projector at
     SmolLM2 size against the CPU kernel, cropi's own collect/score/GRPO on CUDA, a 2-worker Ray scoring smoke
     test, a short TRL run and vLLM log-prob parity (each engine's check is skipped, with the reason, where it
-    does not import).  The same as scripts/gpu_check.sh, which also installs the wheels of .whl/ first (scripts/gpu_wheels.sh)."""
-    from cropi.integrations.gpu_check import main as run_gpu_check
+    does not import).  The same as lab/bench/gpu_check.sh, which also installs the wheels of .whl/ first (lab/bench/gpu_wheels.sh)."""
+    from lab.bench.gpu_check import main as run_gpu_check
 
     code = run_gpu_check(["--out", str(out), "--device", device, *(["--quick"] * quick),
                           *(["--only", only] if only else [])])
@@ -998,7 +998,7 @@ def bench_ray(
     """Scoring sharded over Ray, 1 vs 2 workers on the embedded pool in one run, next to one process without Ray:
     bit-identical scores (checked bitwise), prompts per second and their ratio, Ray start-up apart; collection
     likewise.  Writes ray_scoring.json / ray_scoring.md.  Needs the ray extra (pip install cropi\\[ray])."""
-    from cropi.experiments.benchmarks.ray_scoring import RayScoringPlan, run
+    from lab.bench.ray_scoring import RayScoringPlan, run
     from cropi.extras import require
     from cropi.integrations import ray_shards
 

@@ -141,7 +141,7 @@ class TrainConfig:
     steps: int = setting(600, "GRPO steps in all (the budget), over every curriculum stage.", at_least(1))
     prompts_per_step: int = setting(32, "Prompts per GRPO step (each sampled G times).", at_least(1))
     lr: float = setting(1e-4, "Adam learning rate; chosen on the validation sets "
-                        "(benchmarks/results/lr_probe_validation.json).", above(0))
+                        "(lab/results/lr_probe_validation.json).", above(0))
     weight_decay: float = setting(0.0, "AdamW weight decay.", at_least(0))
     betas: tuple[float, float] = setting((0.9, 0.99), "Adam betas (beta1, beta2).",
                                          lambda v: None if all(0 <= b < 1 for b in v) else "must be in [0, 1)")
@@ -165,13 +165,13 @@ class ScoreConfig:
     """Influence scoring: projector, what to score, and how many validation prompts to use."""
 
     # auto by default: exact scoring has no projection error and measured faster per prompt than the SJLT
-    # projection on SmolLM2 gradients (benchmarks/results/exact_scoring.md)
+    # projection on SmolLM2 gradients (lab/results/exact_scoring.md)
     mode: str = setting("auto", "projected (sparse random projection to k dims, the gradient store), exact "
                         "(each prompt's full gradient against each validation set's exact mean gradient; no "
                         "projection error), or auto (exact where the validation means fit in exact_memory_gb).",
                         one_of("projected", "exact", "auto"))
     exact_memory_gb: float = setting(2.0, "Memory allowed for the exact validation means in auto mode (GB).", above(0))
-    # hashed SJLT without a sparsifier at k = 8192 had the best fidelity per second (benchmarks/results/projection.md)
+    # hashed SJLT without a sparsifier at k = 8192 had the best fidelity per second (lab/results/projection.md)
     kind: str = setting("sjlt", "Projector: sjlt, gaussian or rademacher.", one_of("sjlt", "gaussian", "rademacher"))
     k: int = setting(8192, "Projection dimension (SJLT costs the same at any k).", at_least(1))
     seed: int = setting(0, "Projector seed.")

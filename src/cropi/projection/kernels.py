@@ -4,7 +4,7 @@ The torch path of ``SJLTProjector`` computes a block's ``hash64`` words with abo
 elementwise passes and then scatters with ``bincount``; most of its time is spent writing and re-reading
 those int64 temporaries.  This kernel computes the same splitmix64 word in registers and adds the four (or
 two) coordinates it covers straight into the accumulator, so the gradient is read once and nothing else
-of size d is touched (single-threaded; ``benchmarks/results/projection.md`` has its speed).  The random map is bit-for-bit the one of ``cropi.projection.hashing``
+of size d is touched (single-threaded; ``lab/results/projection.md`` has its speed).  The random map is bit-for-bit the one of ``cropi.projection.hashing``
 (the tests check both backends against the pure-Python reference); only the fp32 summation order differs
 from the torch path (sums per slot in coordinate order here, per-block partial sums there).
 

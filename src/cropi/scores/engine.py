@@ -9,7 +9,7 @@ Four parts, each behind one small interface, wired together by ``score_pool``:
 
 Two modes (``select.score.mode``):
 - ``projected``: the validation means and the pool gradients are projected to k dims, and the cosine is taken
-  there (error ≈ 1/√k; benchmarks/results/projection.md).
+  there (error ≈ 1/√k; lab/results/projection.md).
 - ``exact``: each validation set's mean gradient ḡ_v is kept whole (one d-vector per set), and each prompt's
   gradient is streamed against it: ⟨g, ḡ_v⟩ and ‖g‖ exactly, so cos(g, ḡ_v) has no projection error.  The
   "projector" is then the linear map g ↦ (⟨g, ḡ_v⟩)_v, stored like any other projection, so exact scoring

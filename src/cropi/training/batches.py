@@ -160,7 +160,7 @@ def _take(problems: Sequence[Problem], extra: dict, n: int, seed: int) -> list[P
 
 
 # the screen skip of each screening rule when train.filter.screen_skip_p is unset: influence_filter's was chosen
-# on validation (benchmarks/results/probe-validation.md); the online filter screens every prompt, as published
+# on validation (lab/results/probe-validation.md); the online filter screens every prompt, as published
 SCREEN_SKIP_P = {"influence_filter": 0.5, "online_filter": 1.0}
 
 

@@ -1,0 +1,31 @@
+"""Readings of a comparison's finished runs, before the whole comparison has finished (its results.json is
+written only then): the comparison's own rule (``metrics.compute_results``) applied to every run folder that has
+a summary.json, with each run's machine.  Unfinished runs are left out; so are contended repeats
+(``contended-*``), which, as in ``cropi compare``, are no seconds reference.
+
+    .venv/bin/python lab/scripts/read_compare_runs.py lab/results/compare-runs/compare-peers-2400 \
+        --budget 2400 --out lab/results/compare-peers-2400-finished-runs.json
+"""
+import argparse
+from pathlib import Path
+
+from cropi.runs.compare import finished_summaries, reference_summaries
+from cropi.runs.metrics import compute_results
+from cropi.io import write_json
+
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+parser.add_argument("folder", type=Path, help="a comparison's runs/ folder, or a kept copy of it")
+parser.add_argument("--budget", type=int, required=True, help="the comparison's train.steps")
+parser.add_argument("--out", type=Path, required=True, help="the JSON file to write")
+args = parser.parse_args()
+summaries = finished_summaries(args.folder)
+references = reference_summaries(args.folder)  # full-sSEED@HOST: each machine's full-data seconds
+# each run's own machine decides its wall-clock number; the top-level machine is the full-data runs'
+machine = next(iter(summaries["full"].values())).get("machine", "unrecorded")
+results = compute_results(summaries, machine, args.budget, references=references)
+results["finished_runs_only"] = True
+write_json(args.out, results)
+for selector, sel in results["selectors"].items():
+    for seed, r in sel["seeds"].items():
+        print(f"{selector}-s{seed}: crosses at {r['steps_to_threshold']}, step acc. {r['step_acceleration']}, "
+              f"wall acc. {r['wall_acceleration']}, host {str(r.get('host'))[:8]}")

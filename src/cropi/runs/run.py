@@ -1,0 +1,275 @@
+"""A training run: config -> data -> policy -> [score -> select -> GRPO for S steps] x stages -> report.
+
+It wires training, periodic greedy evaluation and the run report together, so it sits above ``training`` and
+``evaluation``.
+
+The run folder holds everything needed to understand and reproduce the result:
+
+    config.yaml      the resolved configuration (``cropi train --config RUN/config.yaml`` reruns it)
+    metrics.jsonl    one JSON line per GRPO step and per evaluation
+    checkpoints/     resumable state (safetensors + JSON)
+    stores/          behaviour trajectories of the starting policy (unless ``select.stores`` points elsewhere)
+    stages/stage-NN/ selection.json (chosen ids, diagnostics, seconds), scores (influence selectors)
+    trained/         the groups each step trained on (cropi_curriculum with select.reuse_rollouts)
+    final_model/     the trained policy as an ordinary HF folder
+    summary.json, report.md, accuracy.png
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from cropi.config import RunConfig, dump_config, from_dict, to_dict, validate
+from cropi.errors import ConfigError, CropiError
+from cropi.evaluation.evaluate import evaluate
+from cropi.runs.metrics import summarize_curve
+from cropi.runs.report import host_id, machine_description, write_run_report
+from cropi.io import append_jsonl, read_jsonl, write_json, write_text
+from cropi.policy import load_policy
+from cropi.selection import make_selector
+from cropi.tasks.loading import load_data
+from cropi.tasks.suite import Suite
+from cropi.training import checkpoint
+from cropi.training.curriculum import (Curriculum, behaviour_stores, initial_pool_ids, recollect_seconds, stage_bounds,
+                                      trained_groups_writer)
+from cropi.training.batches import SCREEN_SKIP_P, make_batch_builder, screen_skip_p
+from cropi.training.grpo import start_session, train_grpo
+
+
+def resolve_selector(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the selector's batch rule written into ``train.filter.method`` (``cropi`` runs its steps with
+    ``influence_filter``) and that rule's screen skip into ``screen_skip_p``, so the stored config says what ran;
+    a different rule set by hand is refused.  A selector that chooses once keeps at most ``train.steps`` stages
+    (a short run of it is not refused for the default stage count); one that re-selects every stage needs a
+    step per stage."""
+    selector = make_selector(cfg.train.selector)
+    out = cfg
+    if cfg.select.stages > cfg.train.steps:
+        if selector.every_stage:
+            raise ConfigError(f"select.stages: {cfg.select.stages!r}: must be at most train.steps "
+                              f"({cfg.train.steps}) for {cfg.train.selector!r}, which re-selects every stage")
+        out = copy.deepcopy(cfg)
+        out.select.stages = cfg.train.steps
+    rule = selector.batch_rule
+    if rule != "none" and out.train.filter.method != rule:
+        if out.train.filter.method != "none":
+            raise ConfigError(f"train.filter.method: {out.train.filter.method!r} conflicts with selector "
+                              f"{out.train.selector!r}, which builds its batches with {rule!r}")
+        out = copy.deepcopy(out)
+        out.train.filter.method = rule
+    return resolve_filter(out)
+
+
+def resolve_filter(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the screen skip of its batch rule written in, where unset, so the stored config says what ran."""
+    if cfg.train.filter.method not in SCREEN_SKIP_P or cfg.train.filter.screen_skip_p is not None:
+        return cfg
+    out = copy.deepcopy(cfg)
+    out.train.filter.screen_skip_p = screen_skip_p(cfg)
+    return out
+
+
+def load_summary(rows: list[dict]) -> dict | None:
+    """Mean and largest 1-minute load average over a run's evaluation rows (None where none recorded it), and
+    ``cores``: the machine's CPUs that the load counts over, where the rows recorded them."""
+    evals = [r for r in rows if r.get("event") == "eval" and "load_1min" in r]
+    if not evals:
+        return None
+    loads = [r["load_1min"] for r in evals]
+    out = {"mean": round(sum(loads) / len(loads), 2), "max": max(loads), "n": len(loads)}
+    cores = [r["load_cores"] for r in evals if r.get("load_cores")]
+    if cores:
+        out["cores"] = max(cores)
+    return out
+
+
+def same_config(stored: str, cfg: RunConfig) -> bool:
+    """Whether a run folder's stored config is ``cfg``.  A key added to cropi after the run started reads as its
+    default, so the run resumes where that default is what it would run with."""
+    if stored == dump_config(cfg):
+        return True
+    try:
+        return dump_config(from_dict(RunConfig, yaml.safe_load(stored) or {})) == dump_config(cfg)
+    except (yaml.YAMLError, ConfigError, TypeError, AttributeError):  # not a config of this version: not the same
+        return False
+
+
+def check_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> Suite:
+    """Everything that can refuse a run, before it writes anything: the config, the selector, the data files and
+    the run folder (an existing one needs ``resume`` and the same config).  Returns the loaded data."""
+    validate(cfg)  # a config built in Python gets the same checks as one loaded from a file
+    cfg = resolve_selector(cfg)
+    suite = load_data(cfg.data)
+    cfg_path = Path(run_dir) / "config.yaml"
+    if cfg_path.exists():
+        if not resume:
+            raise CropiError(f"{run_dir}: run folder already exists; pass --resume to continue it or choose a new --out")
+        if not same_config(cfg_path.read_text(), cfg):
+            raise CropiError(f"{cfg_path}: this run was started with a different config; resume with "
+                             f"--config {cfg_path} and no overrides")
+    return suite
+
+
+def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> int:
+    """Write the resolved config; on resume trim metrics past the last checkpoint."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = run_dir / "config.yaml"
+    text = dump_config(cfg)
+    done = 0
+    if resume:
+        latest = checkpoint.latest(run_dir / "checkpoints")
+        done = int(latest.name.split("-")[1]) if latest else 0
+    write_text(cfg_path, text)
+    metrics = run_dir / "metrics.jsonl"
+    # Rows logged after the last checkpoint are redone by the resumed run (with done == 0, everything is).
+    rows = [r for r in read_jsonl(metrics) if done > 0 and r.get("step", 0) <= done]
+    write_text(metrics, "".join(json.dumps(r) + "\n" for r in rows))
+    return done
+
+
+def seconds_by_kind(state, collect_seconds: float, stage_info: list[dict]) -> dict[str, float]:
+    """Where a run's charged seconds went.  rollouts: sampling the trained groups; refills: groups sampled and
+    dropped; screening: the screening samples (online_filter, influence_filter); collection: behaviour stores, refreshes,
+    drift re-collections and re-probes; scoring: influence scoring (per stage, and a batch rule's per step);
+    selection: the rest of choosing a stage's
+    prompts; training: the updates.  They add up to the seconds axis of the curves."""
+    collection = collect_seconds + recollect_seconds(stage_info)
+    scoring = sum(s.get("score_seconds", 0.0) for s in stage_info)
+    kinds = {"rollouts": state.rollout_seconds, "refills": state.refill_seconds, "screening": state.screen_seconds,
+             "collection": collection, "scoring": scoring + state.step_score_seconds,
+             "selection": max(0.0, state.select_seconds - collection - scoring), "training": state.update_seconds}
+    return {k: round(v, 2) for k, v in kinds.items()}
+
+
+def evaluation_sets(cfg: RunConfig, suite: Suite) -> dict:
+    """The sets a run is evaluated on (``eval.split``).  validation_unscored drops each validation set's first
+    ``select.score.max_val_prompts`` prompts, exactly those that the online influence ranking (the ``cropi``
+    selector) reads.  The curriculum's scoring reads the first that many *usable* prompts of its stores, which
+    reach past them where some groups had equal rewards: for it the split is only mostly unscored."""
+    if cfg.eval.split == "test":
+        return suite.test
+    if cfg.eval.split == "validation":
+        return suite.validation
+    k = cfg.select.score.max_val_prompts
+    out = {name: list(probs)[k:] for name, probs in suite.validation.items()}
+    empty = [name for name, probs in out.items() if not probs]
+    if empty:
+        raise ConfigError(f"eval.split=validation_unscored: validation set {empty[0]!r} has no prompts beyond the "
+                          f"first select.score.max_val_prompts={k}")
+    return out
+
+
+def run_training(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    on_event: Callable[[dict], None] | None = None,
+) -> dict:
+    """Train with ``cfg`` into ``run_dir`` and return the summary (also written to ``summary.json``).
+
+    The curriculum (METHOD.md §5): for each of ``select.stages`` stages — select prompts with the selector
+    (scoring with the current policy where it needs influence), then GRPO on them up to the stage's end step,
+    evaluating every ``train.eval_every`` steps.  Per-stage artefacts go to ``RUN/stages/stage-NN/``.  Resumable
+    at step granularity: a stage's selection is written before it trains, and the policy it was made with is
+    the checkpoint at the stage boundary."""
+    run_dir = Path(run_dir)
+    cfg = resolve_selector(validate(cfg))
+    suite = check_run(cfg, run_dir, resume)
+    selector = make_selector(cfg.train.selector)
+    eval_sets = evaluation_sets(cfg, suite)
+    policy = load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype)
+    done = _prepare_run_dir(run_dir, cfg, resume)
+    metrics_path = run_dir / "metrics.jsonl"
+
+    last_items: dict = {}
+
+    def evaluate_fn(pol, step: int) -> dict:
+        r = evaluate(pol, eval_sets, suite.targeted, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+        last_items.update(step=step, items=r.items)
+        return r.to_dict()
+
+    def log(row: dict) -> None:
+        append_jsonl(metrics_path, row)
+        if on_event:
+            on_event(row)
+
+    t0 = time.time()
+    # Behaviour stores come from the *starting* policy, so they are made before a checkpoint is loaded.
+    stores = None
+    if selector.needs_rollouts:
+        folder = Path(cfg.select.stores) if cfg.select.stores else run_dir / "stores"
+        served = initial_pool_ids(cfg, suite)
+        if served is not None:  # a store of this run's first candidates only: not the shared whole-pool one
+            folder = run_dir / "stores"
+        stores = behaviour_stores(policy, suite, cfg, folder, on_event=on_event, pool_ids=served)
+    session = start_session(policy, cfg.train, run_dir)
+    if cfg.train.filter.method != "none":
+        session.batches = make_batch_builder(cfg, suite.validation)
+    state = session.state
+    if state.step == 0 and stores is not None:
+        state.select_seconds = stores.collect_seconds  # charged even when the stores were reused
+    curriculum = Curriculum(cfg, selector, suite, policy, run_dir, stores, on_event)
+    bounds = stage_bounds(cfg.train.steps, cfg.select.stages)
+    on_batch = trained_groups_writer(run_dir, cfg) if cfg.select.reuse_rollouts and selector.every_stage else None
+    for stage in range(cfg.select.stages):
+        start, end = bounds[stage], bounds[stage + 1]
+        if state.step >= end:
+            continue
+        choice = curriculum.selection(stage, fresh=state.step == start)
+        if state.step == start:
+            state.select_seconds += choice["seconds"]
+        by_id = {p.id: p for p in suite.pool}
+        problems = [by_id[i] for i in choice["selected"]]
+        train_grpo(policy, problems, cfg.train, cfg.rollout, run_dir, evaluate_fn, log=log, steps=end,
+                   session=session, on_batch=on_batch)
+    if last_items.get("step") == state.step:  # per-problem rewards of the final evaluation (paired SEs)
+        write_json(run_dir / "final_eval_items.json", last_items)
+    policy.model.save_pretrained(run_dir / "final_model", safe_serialization=True)
+    policy.tokenizer.save_pretrained(run_dir / "final_model")
+
+    rows = read_jsonl(metrics_path)
+    curve = [{"step": r["step"], "targeted": r["targeted"], "untargeted": r["untargeted"], "seconds": r["seconds"]}
+             for r in rows if r.get("event") == "eval"]
+    last_eval = [r for r in rows if r.get("event") == "eval"][-1]
+    stage_info = curriculum.stage_summaries()
+    summary = {
+        "selector": cfg.train.selector,
+        "seed": cfg.train.seed,
+        "steps": state.step,
+        "stages": cfg.select.stages,
+        "select_ratio": cfg.select.ratio,
+        "train_seconds": round(state.train_seconds, 2),
+        "collect_seconds": round(stores.collect_seconds, 2) if stores else 0.0,
+        "recollect_seconds": round(recollect_seconds(stage_info), 2),
+        "select_seconds": round(state.select_seconds, 2),
+        "score_seconds": round(sum(s.get("score_seconds", 0.0) for s in stage_info), 2),
+        "seconds_by_kind": seconds_by_kind(state, stores.collect_seconds if stores else 0.0, stage_info),
+        "filter": cfg.train.filter.method,
+        "sampled_sequences": state.sampled_sequences,
+        "skipped_prompts": state.skipped_prompts,
+        "curve": curve,
+        **summarize_curve(curve),
+        "stage_summaries": stage_info,
+        "model": cfg.model.name,
+        "machine": machine_description(),
+        "host": host_id(),
+        "prompts_per_step": cfg.train.prompts_per_step,
+        "group_size": cfg.rollout.group_size,
+        "steps_per_minute": 60 * state.step / state.train_seconds if state.train_seconds else None,
+        "rollout_tokens_per_second": state.response_tokens / state.rollout_seconds if state.rollout_seconds else None,
+        "eval_n": last_eval.get("n"),
+        "per_family_final": last_eval.get("per_family"),
+        "resumed_from_step": done,
+        "elapsed_seconds_this_invocation": round(time.time() - t0, 1),
+        # the load beside the run: its seconds are comparable with another run's only under the same load
+        "load_1min_at_evals": load_summary(rows),
+        "config": to_dict(cfg),
+    }
+    write_run_report(run_dir, summary)
+    return summary
