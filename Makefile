@@ -25,11 +25,11 @@ test-all: $(BIN)/cropi
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 # The influence-engine benchmarks at reduced size (tiny model), written under runs/bench-quick/ (never over
-# lab/results/); the full runs are `cropi bench projection`, `cropi bench fidelity`, `cropi bench exact`.
+# lab/results/); the full runs are `python -m lab.bench projection`, `fidelity`, `exact`.
 bench-quick: $(BIN)/cropi
-	OMP_NUM_THREADS=1 $(BIN)/cropi bench projection --quick
-	OMP_NUM_THREADS=1 $(BIN)/cropi bench fidelity --quick
-	OMP_NUM_THREADS=1 $(BIN)/cropi bench exact --quick --threads 1
+	OMP_NUM_THREADS=1 $(BIN)/python -m lab.bench projection --quick
+	OMP_NUM_THREADS=1 $(BIN)/python -m lab.bench fidelity --quick
+	OMP_NUM_THREADS=1 $(BIN)/python -m lab.bench exact --quick --threads 1
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,4 +1,4 @@
-"""The peers' batch rules (training/batches.py): equal-size updates, honest charging, GRESO's skip law, resume."""
+"""The per-batch rules (cropi.selection): equal-size updates, honest charging, GRESO's skip law, resume."""
 
 import json
 import random
@@ -9,10 +9,12 @@ from safetensors.torch import load_file
 
 from cropi.config import load_config
 from cropi.tasks.synthetic import SuiteConfig, build_suite
-from cropi.training.batches import Group, Greso, _screen_observe, _screen_take, make_batch_builder, sample_groups, stream_prompts
+from cropi.selection import make_batch_builder
+from cropi.selection.batch import Group, sample_groups, screen_observe, screen_take, stream_prompts
+from cropi.selection.greso import Greso
 from tests.conftest import small_suite_overrides
 
-RULES = ("dapo", "greso", "online_filter", "influence_filter")
+RULES = ("none", "dapo", "greso", "online_filter", "online_influence")
 
 
 def _cfg(method="none", **extra):
@@ -20,7 +22,7 @@ def _cfg(method="none", **extra):
         "train.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=8", "eval.max_new_tokens=8",
         "train.eval_every=2", "train.checkpoint_every=2", "model.device=cpu", "select.stages=1",
         f"train.filter.method={method}", "train.filter.gen_batch_prompts=8", "train.filter.screen_samples=2",
-        "train.filter.greso_min_gen_prompts=2",
+        "train.filter.greso_min_gen_prompts=2", "train.selector=full",
     ] + [f"{k}={v}" for k, v in extra.items()]
     return load_config(None, sets)
 
@@ -51,7 +53,10 @@ def test_every_rule_trains_on_exactly_prompts_per_step_full_groups(tiny, suite, 
         assert len(batch.groups) == 4 and all(len(g.gens) == len(g.rewards) == 4 for g in batch.groups)
         assert batch.sampled_sequences >= 16 and set(batch.seconds) == {"rollouts", "refills", "screening", "scoring"}
         assert batch.seconds["rollouts"] > 0 and min(batch.seconds.values()) >= 0
-        if method != "none":
+        if method == "none":  # plain GRPO trains on the stream's next prompts, whatever their rewards
+            assert [g.problem.id for g in batch.groups] == [p.id for p in stream_prompts(pool, 4 * step, 4, 0)]
+            assert not all(g.mixed for g in batch.groups) or step < 2  # some equal-reward group is kept
+        else:
             # the tiny policy solves about half of the suite, so a few generation batches always fill the step
             assert all(g.mixed for g in batch.groups)
         json.dumps(extra)  # the rule's state is saved with every checkpoint as JSON
@@ -96,25 +101,25 @@ def test_greso_skips_a_prompt_with_z_equal_reward_groups_at_rate_one_minus_p_to_
 
 def test_the_screen_skip_screens_a_prompt_with_z_equal_reward_screens_at_rate_p_to_the_z(pool):
     for z, p in ((1, 0.5), (2, 0.5), (1, 0.2)):
-        cfg = _cfg("influence_filter", **{"train.filter.screen_skip_p": p})
+        cfg = _cfg("online_influence", **{"train.filter.screen_skip_p": p})
         extra = {"screen_history": {q.id: z for q in pool}}
         kept = skipped = 0
         for _ in range(20):
-            out, k = _screen_take(pool, extra, 4, cfg)
+            out, k = screen_take(pool, extra, 4, cfg)
             kept, skipped = kept + len(out), skipped + k
         assert kept / (kept + skipped) == pytest.approx(max(p ** z, 0.01), abs=0.06)
     # p = 1 (the default) and prompts without history: the plain stream, nothing recorded
     for cfg, extra in ((_cfg("online_filter"), {"screen_history": {q.id: 3 for q in pool}}),
                        (_cfg("online_filter", **{"train.filter.screen_skip_p": 0.5}), {})):
-        out, k = _screen_take(pool, extra, 10, cfg)
+        out, k = screen_take(pool, extra, 10, cfg)
         assert k == 0 and [q.id for q in out] == [q.id for q in stream_prompts(pool, 0, 10, 0)]
     cfg, extra, q = _cfg("online_filter", **{"train.filter.screen_skip_p": 0.5}), {}, pool[0]
     for rewards, z in (([0, 0], 1), ([1, 1], 2), ([0, 1], None)):
-        _screen_observe([Group(q, [], rewards)], extra, cfg)
+        screen_observe([Group(q, [], rewards)], extra, cfg)
         assert extra["screen_history"].get(q.id) == z  # equal-reward screens in a row, of either kind
-    # influence_filter's ranked-out prompts count as screens that gave the batch nothing, when asked to
+    # online_influence's ranked-out prompts count as screens that gave the batch nothing, when asked to
     r = pool[1]
-    _screen_observe([Group(q, [], [0, 1]), Group(r, [], [1, 0])], extra, cfg, useless=[r.id])
+    screen_observe([Group(q, [], [0, 1]), Group(r, [], [1, 0])], extra, cfg, useless=[r.id])
     assert q.id not in extra["screen_history"] and extra["screen_history"][r.id] == 1
 
 
@@ -163,47 +168,105 @@ def test_a_resumed_filtered_run_equals_the_uninterrupted_one(tmp_path, method, s
     assert sum(kinds.values()) == pytest.approx(summary["train_seconds"] + summary["select_seconds"], abs=0.1)
 
 
-def test_influence_filter_trains_on_the_screened_groups_best_aligned_with_validation(tiny, suite):
-    """The chosen groups are the top prompts_per_step of the screened mixed ones by fused cosine, recomputed here
-    from the same screening responses with the scores module's ranking."""
-    from cropi.scores.engine import make_score_estimator
-    from cropi.scores.ranking import rank
-    from cropi.training.batches import InfluenceScreening, _flat_gradients, prompt_group
+def _slow_gradient(policy, group, temperature=1.0) -> torch.Tensor:
+    """g_x written out: each response alone through the model, per-token ratio exp(log π − log β) times the
+    group-normalised advantage (unbiased std + 1e-4), token mean per response, mean over the group, all weights
+    flattened in the model's order."""
+    model = policy.model
+    model.zero_grad(set_to_none=True)
+    rewards = torch.tensor(group.rewards, dtype=torch.float64)
+    adv = (rewards - rewards.mean()) / (rewards.std(unbiased=True) + 1e-4)
+    loss = torch.zeros(())
+    for gen, a in zip(group.gens, adv):
+        ids = torch.tensor([gen.prompt_ids + gen.response_ids])
+        logits = model(input_ids=ids).logits[0].float() / temperature
+        logp = torch.log_softmax(logits, -1)
+        terms = []
+        for t, tok in enumerate(gen.response_ids):
+            lp = logp[len(gen.prompt_ids) + t - 1, tok]
+            terms.append(torch.exp(lp - gen.behavior_logprobs[t]) * float(a))
+        loss = loss - torch.stack(terms).mean() / len(group.gens)
+    loss.backward()
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters()]).detach().clone()
 
-    cfg = _cfg("influence_filter", **{"train.filter.influence_candidates": 2, "train.filter.screen_skip_p": 0.5,
+
+def _slow_fusion(scores: dict[str, dict[str, float]], n: int) -> list[str]:
+    """Reciprocal-rank fusion by its definition: each set's top-n by score (ties by id), F = sum of 1/rank,
+    the top n by F (ties: best single rank, then id)."""
+    fused, best = {}, {}
+    for per in scores.values():
+        top = sorted(per, key=lambda i: (-per[i], i))[:n]
+        for r, pid in enumerate(top, 1):
+            fused[pid] = fused.get(pid, 0.0) + 1 / r
+            best[pid] = min(best.get(pid, r), r)
+    return sorted(fused, key=lambda i: (-fused[i], best[i], i))[:n]
+
+
+def test_online_influence_trains_on_the_screened_groups_best_aligned_with_validation(tiny, suite):
+    """The chosen groups are the top prompts_per_step of the screened mixed ones by fused cosine to the
+    validation means, each gradient recomputed here by the slow reference above from the same screening and
+    validation responses (sampling is keyed, so the same keys give the same responses)."""
+    from cropi.selection.online_influence import InfluenceScreening
+
+    cfg = _cfg("online_influence", **{"train.filter.influence_candidates": 2, "train.filter.screen_skip_p": 0.5,
                                       "train.filter.screen_skip_ranked_out": "true"})
     rule = InfluenceScreening(cfg, suite.validation)
     extra: dict = {}
     batch = rule.build(tiny, suite.pool, 0, extra)
     assert batch.seconds["scoring"] > 0 and all(g.mixed for g in batch.groups)
-    # redo the screen: the same keys give the same screening responses
     screened = []
     for draw in range(cfg.train.filter.max_num_gen_batches):
         prompts = stream_prompts(suite.pool, draw * 8, 8, 0)
         screened += [s for s in sample_groups(tiny, prompts, (0, "train", 0, draw), range(2), cfg.rollout) if s.mixed]
         if len(screened) >= 8:
             break
-    est = make_score_estimator(tiny, cfg)
-    ids, rows = _flat_gradients(est, [prompt_group(s, 1.0) for s in screened])
-    scores = {v: {p: float(r @ m / (r.norm() * m.norm())) for p, r in zip(ids, rows)} for v, m in rule._means.items()}
-    assert [g.problem.id for g in batch.groups] == rank(scores, 4).ids
+    means = {}
+    for name, problems in suite.validation.items():
+        groups = sample_groups(tiny, list(problems)[: cfg.select.score.max_val_prompts], (0, "validation", 0),
+                               range(4), cfg.rollout)
+        rows = [_slow_gradient(tiny, g) for g in groups if g.mixed]
+        if rows:
+            means[name] = torch.stack(rows).mean(0)
+    assert means, "the tiny policy gets mixed rewards on some validation prompt"
+    grads = {s.problem.id: _slow_gradient(tiny, s) for s in screened}
+    scores = {v: {pid: float(g @ m / (g.norm() * m.norm())) for pid, g in grads.items()} for v, m in means.items()}
+    assert [g.problem.id for g in batch.groups] == _slow_fusion(scores, 4)
     # the skip's history: every screened prompt but the chosen ones had one screen that gave the batch nothing
     chosen = {g.problem.id for g in batch.groups}
     history = extra["screen_history"]
     assert not chosen & set(history) and {s.problem.id for s in screened} - chosen <= set(history)
 
 
-def test_the_cropi_selector_runs_the_influence_filter_and_its_stored_config_says_so():
+def test_a_validation_set_without_mixed_rewards_is_named_and_all_of_them_stop_the_rule(tiny, suite, caplog):
+    from cropi.errors import CropiError
+    from cropi.scores.engine import group_means, make_score_estimator
+    from cropi.selection.batch import prompt_group
+
+    cfg = _cfg("online_influence")
+    est = make_score_estimator(tiny, cfg)
+    mixed = [g for g in sample_groups(tiny, suite.pool[:16], (0, "t"), range(4), cfg.rollout) if g.mixed][:2]
+    with caplog.at_level("WARNING", logger="cropi"):
+        means = group_means(est, {"add": [prompt_group(g, 1.0) for g in mixed], "sub": []})
+    assert set(means) == {"add"}
+    assert [r.getMessage() for r in caplog.records] == [
+        "validation set 'sub' has no prompt with mixed rewards: left out of the influence fusion"]
+    with pytest.raises(CropiError, match="no validation set"):
+        group_means(est, {"add": [], "sub": []})
+
+
+def test_the_online_influence_selector_runs_its_batch_rule_and_its_stored_config_says_so():
     from cropi.errors import ConfigError
     from cropi.runs.run import resolve_selector
 
-    cfg = _cfg(**{"train.selector": "cropi"})
-    assert resolve_selector(cfg).train.filter.method == "influence_filter" and cfg.train.filter.method == "none"
-    # the screen skip in force is written in: cropi's chosen one, the online filter's none (as published)
+    cfg = _cfg(**{"train.selector": "online_influence"})
+    assert resolve_selector(cfg).train.filter.method == "online_influence" and cfg.train.filter.method == "none"
+    # the screen skip in force is written in: the rule's chosen one, the online filter's none (as published)
     assert resolve_selector(cfg).train.filter.screen_skip_p == 0.5 and cfg.train.filter.screen_skip_p is None
     assert resolve_selector(_cfg("online_filter")).train.filter.screen_skip_p == 1.0
-    assert resolve_selector(_cfg(**{"train.selector": "cropi", "train.filter.screen_skip_p": 1})).train.filter.screen_skip_p == 1
+    assert resolve_selector(_cfg(**{"train.selector": "online_influence",
+                                     "train.filter.screen_skip_p": 1})).train.filter.screen_skip_p == 1
     assert resolve_selector(_cfg()).train.filter.screen_skip_p is None  # no screen, nothing to say
-    assert resolve_selector(_cfg(**{"train.selector": "cropi_curriculum"})).train.filter.method == "none"
+    # cropi scores at stage boundaries from the stored trajectories: no batch rule of its own
+    assert resolve_selector(_cfg(**{"train.selector": "cropi", "train.steps": 40})).train.filter.method == "none"
     with pytest.raises(ConfigError, match="conflicts"):
-        resolve_selector(_cfg("dapo", **{"train.selector": "cropi"}))
+        resolve_selector(_cfg("dapo", **{"train.selector": "online_influence"}))

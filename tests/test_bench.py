@@ -1,4 +1,4 @@
-"""The benchmark code paths of `cropi bench projection` / `cropi bench fidelity` at toy sizes (seconds), so the
+"""The benchmark code paths of `python -m lab.bench projection` / `python -m lab.bench fidelity` at toy sizes (seconds), so the
 benchmark code stays alive: the results schema, merging, markdown verdicts, metrics and the SJLT fold."""
 
 import math

@@ -13,7 +13,7 @@ import time
 
 from lab.bench.common import QUICK_DIR, RESULTS_DIR
 from cropi.runs.profile import profile_markdown, profile_policy
-from cropi.runs.report import machine_description
+from lab.machines import machine_description
 from cropi.io import write_json, write_text
 from cropi.policy import load_policy
 from cropi.tasks.synthetic import SuiteConfig, build_suite

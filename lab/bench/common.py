@@ -2,8 +2,8 @@
 names, targets, the results file, machine measurements and timers.
 
 The results file ``projection.json`` has one schema for both commands; each command fills its sections and
-the file is merged on write (read, update, write under a temporary name, rename), so ``cropi bench
-projection`` and ``cropi bench fidelity`` can run in either order.  ``projection.md`` is rendered from the
+the file is merged on write (read, update, write under a temporary name, rename), so ``python -m lab.bench
+projection`` and ``python -m lab.bench fidelity`` can run in either order.  ``projection.md`` is rendered from the
 merged JSON every time, so the two never disagree.
 """
 
@@ -21,7 +21,7 @@ import torch
 from cropi.errors import ConfigError
 from cropi.io import read_json, write_json, write_text
 
-# Relative to the working directory (as ``cropi bench`` resolves them): the committed results, and the
+# Relative to the working directory (as ``python -m lab.bench`` resolves them): the committed results, and the
 # reduced runs that must never overwrite them.
 RESULTS_DIR = Path("benchmarks") / "results"
 QUICK_DIR = Path("runs") / "bench-quick"
@@ -146,7 +146,7 @@ def _finite(obj):
 
 def merge_results(out_dir: Path, update: Mapping) -> dict:
     """Merge ``update`` into ``out_dir/projection.json`` (sections replace sections), rewrite the markdown."""
-    from cropi.runs.report import machine_description
+    from lab.machines import machine_description
 
     json_path, md_path = results_paths(out_dir)
     old = read_json(json_path) if json_path.exists() else {}
@@ -289,7 +289,7 @@ def render_markdown(res: Mapping) -> str:
     ex = res.get("exact_scoring")
     if ex:
         lines += ["", "## Exact scoring next to the default projection", "",
-                  f"`cropi bench exact` (`exact_scoring.md`), on prompts and stores made as the fidelity benchmark makes "
+                  f"`python -m lab.bench exact` (`exact_scoring.md`), on prompts and stores made as the fidelity benchmark makes "
                   f"them (same problems, sampling settings and seeds: its first {ex['train_prompts']} usable training "
                   f"prompts), against the exact mean of {ex['val_prompts']} validation prompts; {ex['model']}; each "
                   f"gradient fed to both modes in one run ({ex['threads']} threads).", "",

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from cropi import SCHEMA_VERSION
 from cropi.errors import CropiError
-from cropi.runs.metrics import contended, host_of
+from lab.readings import contended, host_of
 from cropi.io import read_json, read_jsonl, write_json, write_text
 
 

@@ -1,4 +1,4 @@
-"""``cropi bench fidelity``: projected vs exact influence scores on real policy gradients, and the scoring cost
+"""``python -m lab.bench fidelity``: projected vs exact influence scores on real policy gradients, and the scoring cost
 on the embedded default.
 
 Fidelity (SmolLM2-135M-Instruct; the embedded tiny model with ``--quick``):

@@ -1,4 +1,4 @@
-"""``cropi bench gpu`` / ``lab/bench/gpu_check.sh``: every check that needs a GPU, in one run sized for 8 minutes on
+"""``python -m lab.bench gpu`` / ``lab/bench/gpu_check.sh``: every check that needs a GPU, in one run sized for 8 minutes on
 one GPU (a check starts only while that budget is not spent), with the embedded tiny policy, into one results JSON.
 
 Checks, each timed and recorded on its own (one failing or skipped check never stops the others):
@@ -207,7 +207,7 @@ def run_checks(plan: CheckPlan, out_dir: str | Path, only: list[str] | None = No
     check would then train no step and report nothing)."""
     import shutil
 
-    from cropi.runs.report import machine_description
+    from lab.machines import machine_description
 
     shutil.rmtree(plan.work, ignore_errors=True)
 

@@ -19,7 +19,7 @@ import torch
 from cropi.config import load_config
 from cropi.evaluation.evaluate import evaluate
 from lab.bench.common import RESULTS_DIR
-from cropi.runs.report import machine_description
+from lab.machines import machine_description
 from cropi.io import write_json
 from cropi.policy import load_policy
 from cropi.tasks.loading import load_data

@@ -19,7 +19,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from cropi.runs.report import machine_description  # noqa: E402
+from lab.machines import machine_description  # noqa: E402
 from cropi.gradients.popi import make_estimator  # noqa: E402
 from cropi.rollouts.trajectory_store import PromptGroup  # noqa: E402
 from cropi.io import write_json  # noqa: E402

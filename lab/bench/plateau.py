@@ -23,7 +23,8 @@ from pathlib import Path
 
 from cropi.errors import CropiError
 from lab.bench.common import RESULTS_DIR
-from cropi.runs.metrics import SMOOTH, plateau_reading
+from cropi.runs.metrics import SMOOTH
+from lab.readings import plateau_reading
 from cropi.io import read_json, write_json, write_text
 
 

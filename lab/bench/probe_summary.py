@@ -25,7 +25,7 @@ from pathlib import Path
 from cropi.errors import ConfigError
 from lab.bench.common import RESULTS_DIR
 from cropi.runs.metrics import SMOOTH, first_crossing, smooth
-from cropi.runs.report import machine_description
+from lab.machines import machine_description
 from cropi.io import read_jsonl, write_json
 
 SCHEMA_VERSION = 1

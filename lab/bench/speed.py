@@ -1,4 +1,4 @@
-"""``cropi bench projection``: projector speed and inner-product error, side by side in one run.
+"""``python -m lab.bench projection``: projector speed and inner-product error, side by side in one run.
 
 Two layouts:
 

@@ -28,7 +28,7 @@ import traceback
 from pathlib import Path
 
 from lab.bench.common import QUICK_DIR, RESULTS_DIR
-from cropi.runs.report import machine_description
+from lab.machines import machine_description
 from cropi.io import write_json, write_text
 from cropi.policy import load_policy
 from cropi.rollouts.backend import HFBackend

@@ -1,5 +1,5 @@
 """Readings of a comparison's finished runs, before the whole comparison has finished (its results.json is
-written only then): the comparison's own rule (``metrics.compute_results``) applied to every run folder that has
+written only then): the comparison's own rule (``lab.readings.compute_results_across_machines``) applied to every run folder that has
 a summary.json, with each run's machine.  Unfinished runs are left out; so are contended repeats
 (``contended-*``), which, as in ``cropi compare``, are no seconds reference.
 
@@ -9,9 +9,8 @@ a summary.json, with each run's machine.  Unfinished runs are left out; so are c
 import argparse
 from pathlib import Path
 
-from cropi.runs.compare import finished_summaries, reference_summaries
-from cropi.runs.metrics import compute_results
 from cropi.io import write_json
+from lab.readings import compute_results_across_machines, finished_summaries, reference_summaries
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("folder", type=Path, help="a comparison's runs/ folder, or a kept copy of it")
@@ -22,7 +21,7 @@ summaries = finished_summaries(args.folder)
 references = reference_summaries(args.folder)  # full-sSEED@HOST: each machine's full-data seconds
 # each run's own machine decides its wall-clock number; the top-level machine is the full-data runs'
 machine = next(iter(summaries["full"].values())).get("machine", "unrecorded")
-results = compute_results(summaries, machine, args.budget, references=references)
+results = compute_results_across_machines(summaries, machine, args.budget, references=references)
 results["finished_runs_only"] = True
 write_json(args.out, results)
 for selector, sel in results["selectors"].items():

@@ -91,22 +91,18 @@ class RolloutConfig:
 
 @dataclass
 class FilterConfig:
-    """How each GRPO step builds its batch of ``train.prompts_per_step`` groups (the peers' methods,
-    ``cropi.training.batches``).  ``none`` trains on the next prompts of the seeded order, whatever their rewards."""
+    """How each GRPO step builds its batch of ``train.prompts_per_step`` groups (the per-batch rules of
+    ``cropi.selection``).  ``none`` trains on the next prompts of the seeded order, whatever their rewards."""
 
-    method: str = setting("none", "none (plain GRPO), dapo (DAPO dynamic sampling: drop groups with equal rewards, "
-                          "refill), greso (GRESO: also skip, before rollout, prompts whose recent groups had equal "
-                          "rewards), online_filter (SPEED-RL: screen with a few samples, finish the mixed ones) or "
-                          "influence_filter (cropi's influence inside the online filter: rank the screened mixed "
-                          "prompts by the cosine of their on-policy gradient to the validation gradient, train on "
-                          "the top).",
-                          one_of("none", "dapo", "greso", "online_filter", "influence_filter"))
+    method: str = setting("none", "none (plain GRPO) or a per-batch rule: dapo, greso, online_filter, "
+                          "online_influence (`cropi train --help` says what each does); a selector with a batch "
+                          "rule of its own sets it.")
     # verl's DAPO recipe samples 3x the train batch per generation batch
     gen_batch_prompts: int = setting(96, "Prompts sampled per generation batch (dapo, online_filter, "
-                                     "influence_filter; greso's largest).", at_least(1))
+                                     "online_influence; greso's largest).", at_least(1))
     max_num_gen_batches: int = setting(10, "Generation batches at most per step; then the batch is filled with "
                                        "groups that had equal rewards (they add no gradient).", at_least(1))
-    screen_samples: int = setting(4, "online_filter, influence_filter: responses per prompt in the screening round (fewer than G).", at_least(1))
+    screen_samples: int = setting(4, "online_filter, online_influence: responses per prompt in the screening round (fewer than G).", at_least(1))
     greso_p_easy: float = setting(0.5, "greso: starting exploration probability of prompts whose groups were all "
                                   "correct.", in_unit_interval)
     greso_p_hard: float = setting(0.5, "greso: starting exploration probability of prompts whose groups were all "
@@ -118,25 +114,24 @@ class FilterConfig:
                                   in_unit_interval)
     greso_p_min: float = setting(0.05, "greso: the least exploration probability.", in_unit_interval)
     greso_p_max: float = setting(0.95, "greso: the largest exploration probability.", in_unit_interval)
-    influence_candidates: float = setting(2.0, "influence_filter: screened prompts with mixed rewards ranked per step, "
+    influence_candidates: float = setting(2.0, "online_influence: screened prompts with mixed rewards ranked per step, "
                                           "as a multiple of train.prompts_per_step.", at_least(1))
-    influence_refresh: int = setting(10, "influence_filter: re-sample the validation groups and their mean gradients "
+    influence_refresh: int = setting(10, "online_influence: re-sample the validation groups and their mean gradients "
                                      "every this many steps.", at_least(1))
     greso_min_gen_prompts: int = setting(16, "greso: the fewest prompts of an adaptive generation batch.", at_least(1))
-    screen_skip_p: float | None = setting(None, "online_filter, influence_filter: GRESO's pre-rollout skip in front "
+    screen_skip_p: float | None = setting(None, "online_filter, online_influence: GRESO's pre-rollout skip in front "
                                           "of the screen: a prompt whose last z screens in a row gave the batch "
                                           "nothing is screened again with probability max(p^z, 0.01); 1 screens "
-                                          "every prompt.  Unset: 0.5 for influence_filter (chosen on validation), "
+                                          "every prompt.  Unset: 0.5 for online_influence (chosen on validation), "
                                           "1 for online_filter (as published).", in_unit_interval)
-    screen_skip_ranked_out: bool = setting(True, "influence_filter: a mixed prompt ranked out of the batch counts "
+    screen_skip_ranked_out: bool = setting(True, "online_influence: a mixed prompt ranked out of the batch counts "
                                            "as a screen that gave the batch nothing (as equal rewards do).")
 
 
 @dataclass
 class TrainConfig:
-    selector: str = setting("full", "Which prompts GRPO trains on: full, random, learnability, pass_rate, "
-                            "static_influence, cropi_curriculum (the paper's stages), cropi (influence-ranked "
-                            "online batches).")
+    selector: str = setting("cropi", "Which prompts GRPO trains on: a rule (`cropi train --help` lists them; cropi is "
+                            "the paper's method, full is plain GRPO), optionally with +flags, e.g. cropi+greso.")
     # full-data GRPO on the default suite plateaus by about step 450 on the validation sets
     steps: int = setting(600, "GRPO steps in all (the budget), over every curriculum stage.", at_least(1))
     prompts_per_step: int = setting(32, "Prompts per GRPO step (each sampled G times).", at_least(1))
@@ -181,7 +176,7 @@ class ScoreConfig:
     clip_eps: float | None = setting(None, "PPO clip applied to the off-policy ratios when scoring; null (the "
                                      "method's) differentiates the unclipped surrogate, since the trainer's clip "
                                      "never acts at ppo_epochs=1, where its ratio is exactly 1.", above(0))
-    max_val_prompts: int = setting(100, "Validation prompts used per validation set (METHOD.md §4).", at_least(1))
+    max_val_prompts: int = setting(100, "Validation prompts used per validation set (docs/method.md §4).", at_least(1))
     stage: int = setting(0, "Curriculum stage, recorded in the gradient stores.", at_least(0))
     batch_size: int = setting(1, "Prompts per backward pass; > 1 computes a batch's per-example gradients in one pass.",
                               at_least(1))
@@ -190,35 +185,38 @@ class ScoreConfig:
 
 @dataclass
 class SelectConfig:
-    """Data selection and the CROPI curriculum (METHOD.md §5): ``stages`` rounds of score -> select -> train
+    """Data selection and the curriculum (docs/method.md §5): ``stages`` rounds of score -> select -> train
     ``train.steps / stages`` steps.  Static selectors choose once; ``cropi`` re-scores every stage.  Optimizer
-    state is carried across stages: a stage boundary changes the data, not the optimisation problem."""
+    state is carried across stages: a stage boundary changes the data, not the optimisation problem.  A key left
+    unset (null) takes the selector's default (``cropi.selection.registry``), else the general one."""
 
-    ratio: float = setting(0.1, "Share of the pool selected, the same for every selector.", fraction)
-    size: int = setting(0, "Prompts selected per stage whatever the pool size (0 = ratio x pool), e.g. what a stage "
-                        "trains on in a pool much larger than that.", at_least(0))
-    stages: int = setting(4, "Curriculum stages, at most train.steps for cropi_curriculum, which re-scores and "
-                          "re-selects at each (the other selectors keep at most train.steps).",
-                          at_least(1))
+    ratio: float = setting(0.1, "Share of the pool kept by random, learnability, pass_rate and static_influence, and "
+                           "by cropi where select.size is 0.", fraction)
+    size: int | None = setting(None, "Prompts selected per stage whatever the pool size (0 = ratio x pool).  Unset: "
+                               "80 for cropi, 64 for gradalign, else 0.", at_least(0))
+    stages: int | None = setting(None, "Curriculum stages over train.steps, at most train.steps for the selectors "
+                                 "that re-score at each.  Unset: 10-step stages for cropi and gradalign, else 4.",
+                                 at_least(1))
     stores: str | None = setting(None, "Folder of the behaviour stores (pool and validation trajectories of the "
                                  "starting policy); default RUN/stores.  A comparison shares one between its runs.")
     # the off-policy estimate is unreliable once the behaviour policy and the current one drift apart
     drift_ess_threshold: float = setting(0.0, "Re-collect the pool with the current policy when the median "
                                          "sequence-level ESS (in (0, 1]) falls below this (0 = never).", in_unit_interval)
     # with the behaviour policy's rewards, a prompt the policy has since mastered still looks mixed
-    refresh_every: int = setting(0, "cropi_curriculum only: re-collect pool and validation trajectories with the current policy "
+    refresh_every: int = setting(0, "Re-scoring selectors (cropi, gradalign): re-collect pool and validation trajectories with the current policy "
                                  "every this many stages, before scoring (0 = never).", at_least(0))
     reprobe_prompts: int = setting(0, "Re-sample this many zero-variance prompts per stage with the current policy, "
                                    "so they can enter the selection once learnable (0 = off).", at_least(0))
     reprobe_samples: int = setting(8, "Responses per re-probed prompt.", at_least(1))
     # the trainer samples fresh groups of the prompts it trains on anyway: a free refresh of exactly those rows
-    reuse_rollouts: bool = setting(False, "cropi_curriculum only: each later stage scores a prompt the trainer "
+    reuse_rollouts: bool = setting(False, "Re-scoring selectors: each later stage scores a prompt the trainer "
                                    "trained on from its latest trained group (sampled by the policy of that step) "
                                    "instead of its older behaviour rows; a group with equal rewards leaves the "
                                    "prompt out until it is sampled again.")
     # stage 0's subset is the same for static influence and cropi; scoring cost decides cropi's wall-clock
-    candidates: int = setting(0, "Score only a seeded random subset of this many pool prompts per stage "
-                              "(0 = the whole pool).", at_least(0))
+    candidates: int | None = setting(None, "Score only a seeded random subset of this many pool prompts per stage "
+                                     "(0 = the whole pool, as the authors).  Unset: 1,280 for cropi and gradalign, "
+                                     "else 0.", at_least(0))
     score: ScoreConfig = setting(factory=ScoreConfig, help="Influence scoring.")
 
 
@@ -396,10 +394,6 @@ def problems(cfg: RunConfig) -> Iterator[tuple[str, str]]:
             yield key, f"{value!r}: {message}"
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg.model.device):
         yield "model.device", f"{cfg.model.device!r}: must be auto, cpu, cuda, cuda:N or mps"
-    f = cfg.train.filter
-    if f.method in ("online_filter", "influence_filter") and f.screen_samples >= cfg.rollout.group_size:
-        yield "train.filter.screen_samples", (f"{f.screen_samples!r}: must be below rollout.group_size "
-                                              f"({cfg.rollout.group_size})")
     if cfg.rollout.backend == "vllm" and cfg.rollout.top_p != 1.0:
         # vLLM's processed log-probs are renormalised over the nucleus; the stored ones must be of the full softmax
         yield "rollout.top_p", f"{cfg.rollout.top_p!r}: must be 1.0 with rollout.backend=vllm"

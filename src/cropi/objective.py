@@ -1,7 +1,7 @@
 """The GRPO / POPI objective: the one loss that the trainer optimises and the influence estimator
 differentiates, so scoring and training can never disagree about it.
 
-Notation (METHOD.md §2): a prompt x with G stored responses o_i of T_i tokens and rewards r_i; β the policy
+Notation (docs/method.md §2): a prompt x with G stored responses o_i of T_i tokens and rewards r_i; β the policy
 that sampled them (its per-token log-probs stored at the sampling temperature); π_θ the current policy.
 
     A_i     = (r_i − mean r) / (std r + 1e-4)                          (unbiased std; constants)

@@ -6,7 +6,7 @@ trainer's ``LossSpec``: the same aggregation and normaliser):
 
     g_x = ∇_θ L(θ; x),   L = −(1/G) Σ_i (1/T_i) Σ_t ρ_{i,t} A_i,   ρ_{i,t} = exp(log π_θ(o_{i,t}) − log β(o_{i,t}))
 
-with log π_θ from logits / T and A_i = (r_i − mean r)/(std r + 1e-4) held constant (METHOD.md §2).  At θ = β
+with log π_θ from logits / T and A_i = (r_i − mean r)/(std r + 1e-4) held constant (docs/method.md §2).  At θ = β
 every ρ = 1 and g_x is the on-policy GRPO gradient.  Off-policy the per-token ratio without a prefix product is
 a biased surrogate (the TRPO local approximation), not an unbiased estimate of the on-policy gradient.
 

@@ -385,7 +385,7 @@ def collect_on_ray(cfg: RunConfig, problems: Sequence, out: str | Path, ccfg, po
 
 
 def smoke_check(work: str | Path, device: str = "cuda", quick: bool = False) -> dict:
-    """``cropi bench gpu``'s Ray check: a small embedded pool scored by one process and by 2 Ray workers (sharing
+    """``python -m lab.bench gpu``'s Ray check: a small embedded pool scored by one process and by 2 Ray workers (sharing
     one GPU on a CUDA device) at one torch thread; whether the scores and the pool store are bit-identical."""
     import pyarrow.parquet as pq
     import torch

@@ -80,7 +80,7 @@ from cropi.extras import require
 from cropi.io import write_json, write_text
 from cropi.policy import Policy
 from cropi.scores.ranking import top_n
-from cropi.selection import make_selector
+from cropi.selection import parse_selector, resolve
 from cropi.tasks import grade_many
 from cropi.tasks.problem import Problem
 from cropi.tasks.suite import Suite
@@ -228,7 +228,7 @@ def check_trainer_kwargs(trainer_kwargs: dict | None) -> None:
             raise CropiError(f"trainer_kwargs[{name!r}]: {TRAINER_ARGUMENTS[name]}")
 
 
-def scoring_config(args, cfg: RunConfig, selector: str = "cropi_curriculum") -> RunConfig:
+def scoring_config(args, cfg: RunConfig, selector: str = "cropi") -> RunConfig:
     """``cfg`` with what scoring shares with TRL taken from TRL's ``args``: the budget (``max_steps``), the
     loss (``loss_type`` -> ``train.aggregation``, ``epsilon``, ``num_iterations`` -> ``train.ppo_epochs``,
     ``beta`` -> ``train.kl_coef``), the sampling of the behaviour stores (``temperature``, ``top_p``,
@@ -263,10 +263,10 @@ def scoring_config(args, cfg: RunConfig, selector: str = "cropi_curriculum") -> 
         rollout=replace(cfg.rollout, temperature=float(args.temperature), top_p=float(args.top_p),
                         max_new_tokens=int(args.max_completion_length)),
     )
-    validate(out)
-    if make_selector(selector).batch_rule != "none":  # TRL builds its own batches; cropi acts at stage boundaries
+    out = resolve(validate(out))
+    if out.train.filter.method != "none":  # TRL builds its own batches; cropi acts at stage boundaries
         raise CropiError(f"selector {selector!r} chooses each step's batch, which TRL's trainer does itself; "
-                         "use cropi_curriculum (selection at stage boundaries)")
+                         "use cropi (selection at stage boundaries)")
     return out
 
 
@@ -343,7 +343,7 @@ def train_stages(
     args,
     cfg: RunConfig,
     out: str | Path,
-    selector: str = "cropi_curriculum",
+    selector: str = "cropi",
     callbacks: Sequence | None = None,
     optimizers: tuple = (None, None),
     on_event: Callable[[dict], None] | None = None,
@@ -366,7 +366,7 @@ def train_stages(
     if (out / "stages").exists() or (out / "trl_stages.json").exists():
         raise CropiError(f"{out}: already holds a staged TRL run (its selections belong to other weights); "
                          "choose a new folder")
-    sel = make_selector(selector)
+    sel = parse_selector(selector)[0]
     per_generation = args.generation_batch_size // args.num_generations
     _check_subset_size(len(suite.pool) if selector == "full" else top_n(len(suite.pool), cfg.select.ratio),
                        per_generation, "each stage")

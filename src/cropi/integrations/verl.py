@@ -230,6 +230,9 @@ class VerlRun:
 
     def __init__(self, cfg: RunConfig, plan: VerlPlan, out: str | Path,
                  on_event: Callable[[dict], None] | None = None):
+        from cropi.selection import resolve
+
+        cfg = resolve(cfg)  # the stage count a selector implies, where it was left unset
         self.cfg, self.plan, self.out = cfg, plan, Path(out)
         self.on_event = on_event or (lambda row: None)
         self.stages = cfg.select.stages

@@ -1,48 +1,14 @@
 """Reports for people: one run's ``summary.json``, ``report.md`` and ``accuracy.png``; a comparison's
-``report.md`` with its target verdicts, tables and overhead; and the machine description both carry."""
+``report.md`` with its verdicts, tables and overhead."""
 
 from __future__ import annotations
 
-import platform
 import statistics
 from pathlib import Path
 
-from cropi.runs.metrics import CONTENTION_MARGIN, SMOOTH, median
-from cropi.runs.plots import plot_comparison, plot_curves
 from cropi.io import write_json, write_text
-from cropi.machine import usable_cores
-
-
-def machine_description() -> str:
-    """"CPU, N cores, M GiB RAM, GPU; torch ..." where N is what this process may use (``usable_cores``)."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
-        mem = f", {kb / 2**20:.0f} GiB RAM"
-    except (OSError, StopIteration, ValueError):
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    return (f"{cpu}, {usable_cores()} cores{mem}{gpu}; torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
-
-
-def host_id() -> str:
-    """This machine's identity, recorded by every run: seconds compare only between runs on one machine.  The
-    kernel's boot id (a new one after a reboot, which is taken as another machine), else the host name."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return platform.node() or "unknown"
+from cropi.runs.metrics import SMOOTH, median
+from cropi.runs.plots import plot_comparison, plot_curves
 
 
 def write_run_report(run_dir: Path, summary: dict) -> None:
@@ -59,7 +25,6 @@ def write_run_report(run_dir: Path, summary: dict) -> None:
         "",
         f"- model: `{summary.get('model')}`; {summary['steps']} GRPO steps of {summary.get('prompts_per_step')} "
         f"prompts x G={summary.get('group_size')}",
-        f"- machine: {summary.get('machine')}",
         f"- training wall time (rollouts, refills, screening and per-step scoring, updates; evaluation excluded): "
         f"{summary['train_seconds']:.1f} s; "
         f"{summary.get('steps_per_minute', 0):.2f} GRPO steps/min; rollout {summary.get('rollout_tokens_per_second', 0):.0f} tokens/s",
@@ -99,18 +64,6 @@ def _any_lower_bound(block: dict, key: str) -> bool:
     return any(r.get(f"{key}_is_lower_bound") for r in block["seeds"].values())
 
 
-TARGET_STEP_ACCELERATION = 3.0  # the paper reports 2.66x
-TARGET_WALL_ACCELERATION = 2.0
-
-
-def is_peer(name: str) -> bool:
-    """A method users pick instead of data selection (``cropi.selection.variants.PEERS``), or a cropi variant
-    that only borrows a peer's batch rule (``+dapo``) is not one."""
-    from cropi.selection.variants import PEERS
-
-    return name.split("+")[0] in PEERS
-
-
 def _tie_note(results: dict, key: str, value) -> str:
     """ "; a tie" when ``value`` is inside full data's own seed spread (metrics.noise_floor): between 1/max and
     max, as a seed as far below the mean as the farthest one above it would be."""
@@ -119,49 +72,20 @@ def _tie_note(results: dict, key: str, value) -> str:
     return "; inside full data's seed spread: a tie" if inside else ""
 
 
-def target_verdicts(results: dict) -> list[dict]:
-    """The comparison's targets for every cropi selector, each met or not with the measured number:
-    median step-level acceleration >= 3 and >= every peer's, median wall-clock acceleration >= 2 and >= every
-    peer's, median final targeted accuracy at least every baseline's and peer's, and median best untargeted
-    accuracy not below full data's."""
-    sel = results["selectors"]
-    baselines = [n for n in sel if not n.startswith("cropi")]
-    peers = [n for n in sel if is_peer(n)]
-    out = []
-    for name in [n for n in sel if n.startswith("cropi")]:
-        m = sel[name]["median"]
-        reach = sum(r["steps_to_threshold"] is not None for r in sel[name]["seeds"].values())
-        for key, goal, label in (("step_acceleration", TARGET_STEP_ACCELERATION, "step-level acceleration"),
-                                 ("wall_acceleration", TARGET_WALL_ACCELERATION, "wall-clock acceleration")):
-            v = m[key]
-            at_least = "at least " if _any_lower_bound(sel[name], key) else ""
-            # seconds compare only on one machine: a run with no full-data run beside it has no wall-clock number
-            missing = sel[name].get("wall_unreferenced", 0) if key == "wall_acceleration" else 0
-            crowded = sel[name].get("wall_contended", 0) if key == "wall_acceleration" else 0
-            out.append({"selector": name, "target": f"{label} >= {goal:.1f}x (median over seeds)",
-                        "met": v is not None and v >= goal and not missing and not crowded,
-                        "measured": (f"{at_least}{v:.2f}x" if v is not None else "never reached the threshold (median)")
-                        + f"; {reach}/{len(sel[name]['seeds'])} seeds reached it" + _tie_note(results, key, v)
-                        + (f"; {missing} run(s) had no uncontended full-data run on their machine: not measured"
-                           if missing else "")
-                        + (f"; {crowded} run(s) shared their cores with more processes than cores: not measured"
-                           if crowded else "")})
-            if peers:
-                theirs = {p: sel[p]["median"][key] for p in peers}
-                out.append({"selector": name, "target": f"{label} >= every peer's (median)",
-                            "met": v is not None and all(t is None or v >= t for t in theirs.values()),
-                            "measured": f"{_x(v)} vs " + ", ".join(f"{p} {_x(t)}" for p, t in theirs.items())})
-        finals = {b: sel[b]["median"]["final_targeted"] for b in baselines}
-        best_other = max(finals, key=finals.get) if finals else None
-        mine = m["final_targeted"]
-        out.append({"selector": name, "target": "final targeted >= every baseline's (median)",
-                    "met": best_other is None or mine >= finals[best_other],
-                    "measured": f"{100 * mine:.1f}% vs " + ", ".join(f"{b} {100 * v:.1f}%" for b, v in finals.items())})
-        unt, full_unt = m["best_untargeted"], sel["full"]["median"]["best_untargeted"] if "full" in sel else None
-        if unt is not None and full_unt is not None:
-            out.append({"selector": name, "target": "best untargeted not below full data (median)",
-                        "met": unt >= full_unt, "measured": f"{100 * unt:.1f}% vs full {100 * full_unt:.1f}%"})
-    return out
+def verdict(results: dict, name: str) -> str:
+    """One plain line: did ``name`` reach full data's best sooner than full data, in steps and in seconds."""
+    m = results["selectors"][name]["median"]
+    step, wall = m["step_acceleration"], m["wall_acceleration"]
+    best = _fmt(results["threshold_targeted"], pct=True)
+    if step is None:
+        return f"{name} did not reach full data's best targeted accuracy ({best}%) within the budget"
+    tie = _tie_note(results, "step_acceleration", step)
+    if wall is None:
+        return (f"{name} reached full data's best ({best}%) with {step:.2f}x fewer steps{tie}, but not within "
+                "full data's seconds")
+    faster = "faster" if wall >= 1 else "slower"
+    return (f"{name} reached full data's best ({best}%) with {step:.2f}x fewer steps{tie} and is {faster} than full "
+            f"data in seconds ({wall:.2f}x)")
 
 
 MAX_STAGE_COLUMNS = 8  # past this many stages a row is grouped into the spans of the fewest-staged selector
@@ -233,24 +157,18 @@ def _kind_lines(results: dict) -> list[str]:
         if runs:
             means = {k: statistics.fmean(r.get(k, 0.0) for r in runs) for k in KINDS}
             seqs = [r.get("sampled_sequences") for r in block["seeds"].values() if r.get("sampled_sequences")]
-            loads = [r["load_1min_at_evals"] for r in block["seeds"].values() if r.get("load_1min_at_evals")]
-            load = (f"{statistics.fmean(x['mean'] for x in loads):.1f} / {max(x['max'] for x in loads):.1f}"
-                    if loads else "—")
             rows.append(f"| {name} | " + " | ".join(f"{means[k]:.0f}" for k in KINDS)
-                        + f" | {sum(means.values()):.0f} | {statistics.fmean(seqs) if seqs else 0:.0f} | {load} |")
+                        + f" | {sum(means.values()):.0f} | {statistics.fmean(seqs) if seqs else 0:.0f} |")
     if not rows:
         return []
     return ["", "## Seconds by kind", "",
             "Seed means over the whole budget. rollouts: sampling the groups that were trained on; refills: groups "
             "sampled and dropped (equal rewards, past the batch); screening: the screening samples of the online "
-            "filter and of cropi's batch rule; "
+            "filter and of online_influence; "
             "collection: behaviour stores and every re-collection; scoring: influence scoring; selection: the rest "
-            "of choosing prompts; training: the updates. Evaluation is not charged. Machine load: the 1-minute load "
-            "average at the evaluations, mean / largest over the seeds (a load above the number of runs going side "
-            "by side means something else shared the machine and their seconds are inflated; a run whose mean "
-            f"exceeds its cores + {CONTENTION_MARGIN} is counted as contended and gets no wall-clock acceleration).", "",
-            "| selector | " + " | ".join(KINDS) + " | total | sampled responses | machine load |",
-            "| --- | " + " | ".join("---:" for _ in KINDS) + " | ---: | ---: | ---: |", *rows]
+            "of choosing prompts; training: the updates. Evaluation is not charged.", "",
+            "| selector | " + " | ".join(KINDS) + " | total | sampled responses |",
+            "| --- | " + " | ".join("---:" for _ in KINDS) + " | ---: | ---: |", *rows]
 
 
 def _seconds_split(row: dict) -> tuple[float, float, float]:
@@ -276,8 +194,8 @@ def _overhead_lines(results: dict) -> list[str]:
             if total <= 0:
                 continue
             shares.append((extra + scoring) / total)
-            if r.get("wall_reference") and r.get("wall_acceleration") is not None and shares[-1] < 1:
-                # each run against full data on its own machine; assumes the overhead accrues evenly over the run
+            if r.get("wall_acceleration") is not None and shares[-1] < 1:
+                # assumes the overhead accrues evenly over the run
                 bare.append(r["wall_acceleration"] / (1 - shares[-1]))
         if shares and statistics.fmean(shares) >= 0.005:  # full data and random have none to speak of
             m = block["median"]
@@ -302,30 +220,14 @@ def write_comparison_report(results: dict, out: Path) -> None:
     lines = [
         "# cropi compare",
         "",
-        f"- machine: {results['machine']}",
-        f"- budget: {results['budget_steps']} GRPO steps per run; {results.get('stages', '?')} stages; "
+        f"- budget: {results['budget_steps']} GRPO steps per run; "
         f"selection ratio {results.get('select_ratio', '?')}; targeted {results.get('eval_split', 'test')} n = {results.get('test_n_targeted', '?')}",
         f"- threshold (best of the seed-mean full-data targeted curve, smoothed over {SMOOTH} evaluations): "
         f"{_fmt(results['threshold_targeted'], pct=True)}%, reached by full data at step "
         f"{_fmt(results['full_steps_to_threshold'], digits=0)} / {_fmt(results['full_seconds_to_threshold'], digits=0)} s",
         "",
     ]
-    hosts = results.get("hosts") or {}
-    if len(hosts) > 1:
-        lines += [f"**Runs from {len(hosts)} machines.** Seconds compare only on one machine, so each run's "
-                  "wall-clock acceleration is against full data's seconds *on its own machine* (full-data runs there, "
-                  "or a reference run repeating a full-data seed there); a run without one has none.", "",
-                  "| machine | CPU | runs | reference full-data runs | full data's seconds to the threshold there |",
-                  "| --- | --- | ---: | ---: | ---: |"]
-        lines += [f"| {h[:8]} | {v['cpu']} | {v['runs']} | {v['reference_runs']} | "
-                  f"{_fmt(v['full_seconds_to_threshold'], digits=0)} |" for h, v in hosts.items()]
-        lines += [""]
-    verdicts = target_verdicts(results)
-    if verdicts:
-        lines += ["## Targets", "", "| selector | target | verdict | measured |", "| --- | --- | --- | --- |"]
-        lines += [f"| {v['selector']} | {v['target']} | {'met' if v['met'] else '**NOT met**'} | {v['measured']} |"
-                  for v in verdicts]
-        lines += [""]
+    lines += ["## Verdicts", "", *[f"- {verdict(results, n)}" for n in sel if n != "full"], ""]
     lines += [
         "| selector | step accel. (median) | wall accel. (median) | final targeted | best targeted | best untargeted | seeds reaching |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -342,14 +244,14 @@ def write_comparison_report(results: dict, out: Path) -> None:
                   "is charged the first evaluation interval."]
     lines += ["", "Per seed (seconds over the whole budget: extra sampling = refills, screening and collection; "
               "scoring = scoring and selection; training = the trained groups' rollouts and the updates):", "",
-              "| selector | seed | machine | steps to threshold | seconds to threshold | final targeted | "
+              "| selector | seed | steps to threshold | seconds to threshold | final targeted | "
               "extra sampling s | scoring s | training s | paired SE vs full (pts) |",
-              "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, block in sel.items():
         for seed, r in block["seeds"].items():
             se = r.get("paired_se_vs_full")
             extra, scoring, training = _seconds_split(r)
-            lines.append(f"| {name} | {seed} | {str(r.get('host') or '?')[:8]} | {_fmt(r['steps_to_threshold'], digits=0)} | "
+            lines.append(f"| {name} | {seed} | {_fmt(r['steps_to_threshold'], digits=0)} | "
                          f"{_fmt(r['seconds_to_threshold'], digits=0)} | {_fmt(r['final_targeted'], pct=True)} | "
                          f"{extra:.0f} | {scoring:.0f} | {training:.0f} | "
                          f"{'' if se is None else f'{100 * se:.2f}'} |")
@@ -367,7 +269,6 @@ def write_comparison_report(results: dict, out: Path) -> None:
     floor = results.get("noise_floor")
     if floor and floor["step_acceleration"]["max"] is not None:
         st, wa = floor["step_acceleration"], floor["wall_acceleration"]
-        # no seed with seconds: every full-data run was contended (metrics.contended) or had no reference
         secs = (f"{_x(wa['median'])} and up to {_x(wa['max'])} in seconds" if wa["max"] is not None
                 else "not measured in seconds")
         lines += ["", f"Noise floor: full data's own seeds against their seed mean reach the threshold "
@@ -380,49 +281,3 @@ def write_comparison_report(results: dict, out: Path) -> None:
     write_text(out / "report.md", "\n".join(lines))
 
 
-def write_draws_report(spread: dict, out: Path) -> None:
-    """``out/draws.json`` and ``out/draws.md``: the spread between pool draws next to the spread between seeds
-    (``metrics.draw_spread``), for every selector that was run on every draw."""
-    out = Path(out)
-    write_json(out / "draws.json", spread)
-    draws = list(spread["draws"])
-    lines = ["# cropi compare: pool draws", "",
-             "The same comparison on several draws of the pool. For each selector: the median over seeds in each "
-             "draw, the spread *between draws* (largest minus smallest of those medians), and the spread *between "
-             "seeds* (largest minus smallest seed within a draw; the largest over the draws). A verdict that moves "
-             "more between draws than between seeds depends on the pool, not only on the seed. An acceleration "
-             "marked (tie) is inside that draw's noise floor: full data's own seeds against their mean.", "",
-             "| draw | threshold (targeted) | full data: steps / s to it | noise floor, steps (median / max) | "
-             "noise floor, wall-clock (median / max) |",
-             "| --- | ---: | ---: | ---: | ---: |"]
-    for d, info in spread["draws"].items():
-        floor = info.get("noise_floor") or {}
-        step, wall = floor.get("step_acceleration") or {}, floor.get("wall_acceleration") or {}
-        lines.append(f"| {d} | {_fmt(info['threshold_targeted'], pct=True)}% | "
-                     f"{_fmt(info['full_steps_to_threshold'], digits=0)} / {_fmt(info['full_seconds_to_threshold'], digits=0)} | "
-                     f"{_x(step.get('median'))} / {_x(step.get('max'))} | {_x(wall.get('median'))} / {_x(wall.get('max'))} |")
-    labels = {"step_acceleration": "step accel.", "wall_acceleration": "wall accel.", "final_targeted": "final targeted",
-              "final_targeted_vs_full": "final targeted minus full data's (its seed mean in the same draw)"}
-
-    def cell(key: str, v, draw: str) -> str:
-        if key == "final_targeted_vs_full":
-            return "—" if v is None else f"{100 * v:+.1f} pts"
-        if key == "final_targeted":
-            return "—" if v is None else f"{100 * v:.1f}%"
-        return _x(v) + (" (tie)" if _tie_note(spread["draws"][draw], key, v) else "")
-
-    def spread_cell(key: str, v) -> str:
-        if v is None:
-            return "—"
-        return f"{100 * v:.1f} pts" if key.startswith("final_targeted") else f"{v:.2f}"
-
-    for key, label in labels.items():
-        lines += ["", f"## {label}", "",
-                  "| selector | " + " | ".join(draws) + " | between draws | between seeds (largest) | seeds never |",
-                  "| --- | " + " | ".join("---:" for _ in draws) + " | ---: | ---: | ---: |"]
-        for name, per in spread["selectors"].items():
-            s = per[key]
-            lines.append(f"| {name} | " + " | ".join(cell(key, s["medians"][d], d) for d in draws)
-                         + f" | {spread_cell(key, s['between_draws'])} | {spread_cell(key, s['between_seeds_max'])} "
-                         f"| {s['never']} |")
-    write_text(out / "draws.md", "\n".join(lines) + "\n")

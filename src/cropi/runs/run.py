@@ -10,15 +10,15 @@ The run folder holds everything needed to understand and reproduce the result:
     checkpoints/     resumable state (safetensors + JSON)
     stores/          behaviour trajectories of the starting policy (unless ``select.stores`` points elsewhere)
     stages/stage-NN/ selection.json (chosen ids, diagnostics, seconds), scores (influence selectors)
-    trained/         the groups each step trained on (cropi_curriculum with select.reuse_rollouts)
+    trained/         the groups each step trained on (a re-scoring selector with select.reuse_rollouts)
     final_model/     the trained policy as an ordinary HF folder
     summary.json, report.md, accuracy.png
 """
 
 from __future__ import annotations
 
-import copy
 import json
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -28,65 +28,23 @@ import yaml
 from cropi.config import RunConfig, dump_config, from_dict, to_dict, validate
 from cropi.errors import ConfigError, CropiError
 from cropi.evaluation.evaluate import evaluate
+from cropi.runs.locks import claim, holder, release
 from cropi.runs.metrics import summarize_curve
-from cropi.runs.report import host_id, machine_description, write_run_report
+from cropi.runs.report import write_run_report
 from cropi.io import append_jsonl, read_jsonl, write_json, write_text
 from cropi.policy import load_policy
-from cropi.selection import make_selector
+from cropi.selection import make_batch_builder, parse_selector, resolve
 from cropi.tasks.loading import load_data
 from cropi.tasks.suite import Suite
 from cropi.training import checkpoint
 from cropi.training.curriculum import (Curriculum, behaviour_stores, initial_pool_ids, recollect_seconds, stage_bounds,
                                       trained_groups_writer)
-from cropi.training.batches import SCREEN_SKIP_P, make_batch_builder, screen_skip_p
 from cropi.training.grpo import start_session, train_grpo
 
 
 def resolve_selector(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with the selector's batch rule written into ``train.filter.method`` (``cropi`` runs its steps with
-    ``influence_filter``) and that rule's screen skip into ``screen_skip_p``, so the stored config says what ran;
-    a different rule set by hand is refused.  A selector that chooses once keeps at most ``train.steps`` stages
-    (a short run of it is not refused for the default stage count); one that re-selects every stage needs a
-    step per stage."""
-    selector = make_selector(cfg.train.selector)
-    out = cfg
-    if cfg.select.stages > cfg.train.steps:
-        if selector.every_stage:
-            raise ConfigError(f"select.stages: {cfg.select.stages!r}: must be at most train.steps "
-                              f"({cfg.train.steps}) for {cfg.train.selector!r}, which re-selects every stage")
-        out = copy.deepcopy(cfg)
-        out.select.stages = cfg.train.steps
-    rule = selector.batch_rule
-    if rule != "none" and out.train.filter.method != rule:
-        if out.train.filter.method != "none":
-            raise ConfigError(f"train.filter.method: {out.train.filter.method!r} conflicts with selector "
-                              f"{out.train.selector!r}, which builds its batches with {rule!r}")
-        out = copy.deepcopy(out)
-        out.train.filter.method = rule
-    return resolve_filter(out)
-
-
-def resolve_filter(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with the screen skip of its batch rule written in, where unset, so the stored config says what ran."""
-    if cfg.train.filter.method not in SCREEN_SKIP_P or cfg.train.filter.screen_skip_p is not None:
-        return cfg
-    out = copy.deepcopy(cfg)
-    out.train.filter.screen_skip_p = screen_skip_p(cfg)
-    return out
-
-
-def load_summary(rows: list[dict]) -> dict | None:
-    """Mean and largest 1-minute load average over a run's evaluation rows (None where none recorded it), and
-    ``cores``: the machine's CPUs that the load counts over, where the rows recorded them."""
-    evals = [r for r in rows if r.get("event") == "eval" and "load_1min" in r]
-    if not evals:
-        return None
-    loads = [r["load_1min"] for r in evals]
-    out = {"mean": round(sum(loads) / len(loads), 2), "max": max(loads), "n": len(loads)}
-    cores = [r["load_cores"] for r in evals if r.get("load_cores")]
-    if cores:
-        out["cores"] = max(cores)
-    return out
+    """``cfg`` as the run will store and run it (``cropi.selection.resolve``)."""
+    return resolve(cfg)
 
 
 def same_config(stored: str, cfg: RunConfig) -> bool:
@@ -101,11 +59,22 @@ def same_config(stored: str, cfg: RunConfig) -> bool:
 
 
 def check_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> Suite:
-    """Everything that can refuse a run, before it writes anything: the config, the selector, the data files and
-    the run folder (an existing one needs ``resume`` and the same config).  Returns the loaded data."""
-    validate(cfg)  # a config built in Python gets the same checks as one loaded from a file
+    """Everything that can refuse a run of a loaded (validated) config, before it writes anything: the selector,
+    the data files and the run folder (an existing one needs ``resume`` and the same config).  Returns the
+    loaded data, for ``run_training``."""
     cfg = resolve_selector(cfg)
     suite = load_data(cfg.data)
+    check_run_dir(cfg, run_dir, resume)
+    return suite
+
+
+def check_run_dir(cfg: RunConfig, run_dir: str | Path, resume: bool) -> None:
+    """A run folder may be written by one process at a time, and an existing one only resumed with its own
+    config."""
+    live = holder(Path(run_dir))
+    if live is not None and live != os.getpid():
+        raise CropiError(f"{run_dir}: another cropi process (pid {live}) is writing this run folder; wait for it "
+                         "to finish or stop it, then resume")
     cfg_path = Path(run_dir) / "config.yaml"
     if cfg_path.exists():
         if not resume:
@@ -113,7 +82,6 @@ def check_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> Suit
         if not same_config(cfg_path.read_text(), cfg):
             raise CropiError(f"{cfg_path}: this run was started with a different config; resume with "
                              f"--config {cfg_path} and no overrides")
-    return suite
 
 
 def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> int:
@@ -135,7 +103,7 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> int:
 
 def seconds_by_kind(state, collect_seconds: float, stage_info: list[dict]) -> dict[str, float]:
     """Where a run's charged seconds went.  rollouts: sampling the trained groups; refills: groups sampled and
-    dropped; screening: the screening samples (online_filter, influence_filter); collection: behaviour stores, refreshes,
+    dropped; screening: the screening samples (online_filter, online_influence); collection: behaviour stores, refreshes,
     drift re-collections and re-probes; scoring: influence scoring (per stage, and a batch rule's per step);
     selection: the rest of choosing a stage's
     prompts; training: the updates.  They add up to the seconds axis of the curves."""
@@ -149,8 +117,8 @@ def seconds_by_kind(state, collect_seconds: float, stage_info: list[dict]) -> di
 
 def evaluation_sets(cfg: RunConfig, suite: Suite) -> dict:
     """The sets a run is evaluated on (``eval.split``).  validation_unscored drops each validation set's first
-    ``select.score.max_val_prompts`` prompts, exactly those that the online influence ranking (the ``cropi``
-    selector) reads.  The curriculum's scoring reads the first that many *usable* prompts of its stores, which
+    ``select.score.max_val_prompts`` prompts, exactly those that the ``online_influence`` rule reads.
+    cropi's scoring reads the first that many *usable* prompts of its stores, which
     reach past them where some groups had equal rewards: for it the split is only mostly unscored."""
     if cfg.eval.split == "test":
         return suite.test
@@ -170,18 +138,37 @@ def run_training(
     run_dir: str | Path,
     resume: bool = False,
     on_event: Callable[[dict], None] | None = None,
+    suite: Suite | None = None,
 ) -> dict:
-    """Train with ``cfg`` into ``run_dir`` and return the summary (also written to ``summary.json``).
+    """Train with ``cfg`` into ``run_dir`` and return the summary (also written to ``summary.json``).  ``suite``:
+    the data ``check_run`` loaded (a caller that checked the run passes it, so the data is read once).
 
-    The curriculum (METHOD.md §5): for each of ``select.stages`` stages — select prompts with the selector
+    The curriculum (docs/method.md §5): for each of ``select.stages`` stages — select prompts with the selector
     (scoring with the current policy where it needs influence), then GRPO on them up to the stage's end step,
     evaluating every ``train.eval_every`` steps.  Per-stage artefacts go to ``RUN/stages/stage-NN/``.  Resumable
     at step granularity: a stage's selection is written before it trains, and the policy it was made with is
     the checkpoint at the stage boundary."""
     run_dir = Path(run_dir)
-    cfg = resolve_selector(validate(cfg))
-    suite = check_run(cfg, run_dir, resume)
-    selector = make_selector(cfg.train.selector)
+    if suite is None:  # a config built in Python gets the same checks as one loaded from a file
+        suite = check_run(validate(cfg), run_dir, resume)
+    cfg = resolve_selector(cfg)
+    # one writer per run folder: the lock is taken before anything is written, and the folder checked again
+    # under it (a comparison that claimed the folder already holds it)
+    owned = holder(run_dir) == os.getpid()
+    if not owned and not claim(run_dir):
+        check_run_dir(cfg, run_dir, resume)  # names the live holder
+        raise CropiError(f"{run_dir}: another cropi process is writing this run folder")
+    try:
+        check_run_dir(cfg, run_dir, resume)
+        return _train_run(cfg, suite, run_dir, resume, on_event)
+    finally:
+        if not owned:
+            release(run_dir)
+
+
+def _train_run(cfg: RunConfig, suite: Suite, run_dir: Path, resume: bool,
+               on_event: Callable[[dict], None] | None) -> dict:
+    selector = parse_selector(cfg.train.selector)[0]
     eval_sets = evaluation_sets(cfg, suite)
     policy = load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype)
     done = _prepare_run_dir(run_dir, cfg, resume)
@@ -257,8 +244,6 @@ def run_training(
         **summarize_curve(curve),
         "stage_summaries": stage_info,
         "model": cfg.model.name,
-        "machine": machine_description(),
-        "host": host_id(),
         "prompts_per_step": cfg.train.prompts_per_step,
         "group_size": cfg.rollout.group_size,
         "steps_per_minute": 60 * state.step / state.train_seconds if state.train_seconds else None,
@@ -267,8 +252,6 @@ def run_training(
         "per_family_final": last_eval.get("per_family"),
         "resumed_from_step": done,
         "elapsed_seconds_this_invocation": round(time.time() - t0, 1),
-        # the load beside the run: its seconds are comparable with another run's only under the same load
-        "load_1min_at_evals": load_summary(rows),
         "config": to_dict(cfg),
     }
     write_run_report(run_dir, summary)

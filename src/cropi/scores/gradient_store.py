@@ -1,5 +1,5 @@
 """The gradient store: projected POPI gradients (k fp32 numbers per prompt) of one policy on one trajectory
-store, on disk, chunked, resumable and shardable by prompt ranges (METHOD.md §2–3).  This module only
+store, on disk, chunked, resumable and shardable by prompt ranges (docs/method.md §2–3).  This module only
 persists: ``scores.engine`` computes the vectors and hands them over chunk by chunk.
 
 Layout of a store folder::

@@ -1,4 +1,4 @@
-"""Influence scores and their fusion (METHOD.md §4): the one place where prompts are ranked.
+"""Influence scores and their fusion (docs/method.md §4): the one place where prompts are ranked.
 
 s_v(x) = cos(g̃_x, ḡ_v): the cosine between a training prompt's projected gradient and the mean projected
 gradient of validation set v.  Several validation sets are fused by reciprocal rank: with N = ⌊ratio·|pool|⌋,

@@ -1,4 +1,4 @@
-"""Data-selection baselines that need no gradients (METHOD.md §6).  Each returns prompt ids.
+"""Data-selection baselines that need no gradients (docs/method.md §6).  Each returns prompt ids.
 
 ``pass_rates`` are the behaviour policy's stored pass rates (``rollouts.trajectory_store.pass_rates``)."""
 

@@ -1,4 +1,4 @@
-"""Influence-guided selection written out (METHOD.md §4): the prompts a scores file (``cropi score``) ranked by
+"""Influence-guided selection written out (docs/method.md §4): the prompts a scores file (``cropi score``) ranked by
 reciprocal-rank fusion — its ``fused_rank`` column, or the same fusion (``scores.ranking.rank``) at another
 ratio — as the chosen problems (JSONL or Parquet, cropi's own layout or verl's RL dataset layout) plus their ids.
 

@@ -1,5 +1,5 @@
 """The CROPI curriculum's per-stage selection: behaviour stores, scoring with the current policy, drift
-control and blind-spot re-probing (METHOD.md §5, and our departures from the authors' code).
+control and blind-spot re-probing (docs/method.md §5, and our departures from the authors' code).
 
 ``run_training`` (``experiments/run.py``) owns the loop; this module answers one question per stage — which
 prompts does the stage train on — and writes the answer, with its diagnostics and its cost, to
@@ -330,7 +330,7 @@ class Curriculum:
         return stores.pool, dict(stores.validation), [], stores.collect_seconds
 
     def _reprobe(self, stage: int, pool: Path, overlays: list[str]) -> tuple[Path | None, dict]:
-        """Re-sample a seeded subset of zero-variance prompts with the current policy (METHOD.md departures)."""
+        """Re-sample a seeded subset of zero-variance prompts with the current policy (docs/method.md §8)."""
         t0 = time.perf_counter()
         done = set()
         for o in overlays:

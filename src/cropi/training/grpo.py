@@ -20,7 +20,6 @@ continues exactly as the uninterrupted run would.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from cropi.rollouts.batch import pack
 from cropi.tasks import Problem
 from cropi.config import RolloutConfig, RunConfig, TrainConfig
 from cropi.training import checkpoint
-from cropi.training.batches import Batch, BatchBuilder, make_batch_builder, sample_groups, step_prompts  # noqa: F401
+from cropi.selection.batch import Batch, BatchBuilder, sample_groups, step_prompts  # noqa: F401
 
 
 @dataclass
@@ -47,9 +46,9 @@ class StepStats:
     response_tokens: int
     rollout_seconds: float  # sampling and grading the trained groups
     train_seconds: float  # the update
-    refill_seconds: float = 0.0  # groups sampled and dropped (batches.py)
+    refill_seconds: float = 0.0  # groups sampled and dropped (cropi.selection.batch)
     screen_seconds: float = 0.0
-    score_seconds: float = 0.0  # influence_filter's gradients
+    score_seconds: float = 0.0  # online_influence's gradients
     sampled_sequences: int = 0
     skipped_prompts: int = 0
 
@@ -144,12 +143,12 @@ class TrainState:
     rollout_seconds: float = 0.0  # sampling the trained groups
     response_tokens: int = 0
     refill_seconds: float = 0.0  # sampling groups that were dropped (dynamic sampling, GRESO)
-    screen_seconds: float = 0.0  # screening samples (online_filter, influence_filter)
-    step_score_seconds: float = 0.0  # influence_filter's per-step gradients
+    screen_seconds: float = 0.0  # screening samples (online_filter, online_influence)
+    step_score_seconds: float = 0.0  # online_influence's per-step gradients
     update_seconds: float = 0.0
     sampled_sequences: int = 0
     skipped_prompts: int = 0
-    extra: dict = field(default_factory=dict)  # the batch rule's resumable state (batches.py)
+    extra: dict = field(default_factory=dict)  # the batch rule's resumable state (cropi.selection.batch)
 
 
 @dataclass
@@ -186,16 +185,6 @@ def start_session(policy: Policy, train: TrainConfig, run_dir: Path) -> Session:
     return Session(optimizer, state, ref_model)
 
 
-def machine_load() -> dict:
-    """The machine's 1-minute load average (runnable processes): the seconds of a run are comparable with
-    another's only under the same load, so every evaluation row records it (where the OS reports it), with the
-    CPUs it counts over: the whole machine's, not the ones this process is pinned to."""
-    try:
-        return {"load_1min": round(os.getloadavg()[0], 2), "load_cores": os.cpu_count()}
-    except (AttributeError, OSError):
-        return {}
-
-
 def train_grpo(
     policy: Policy,
     problems: Sequence[Problem],
@@ -229,7 +218,7 @@ def train_grpo(
         if evaluate_fn is None:
             return
         row = {"step": step, "event": "eval", "seconds": round(state.train_seconds + state.select_seconds, 3),
-               **evaluate_fn(policy, step), **machine_load()}
+               **evaluate_fn(policy, step)}
         if log:
             log(row)
 
