@@ -137,6 +137,42 @@ def test_log_ratio_cap_only_acts_past_the_cap(micro_policy):
     assert torch.allclose(grad[0], -2.0 * rho / 2, rtol=1e-5)
 
 
+def _acg_reference(rewards, seq_mean_log_ratio):
+    """Weighted mean and reliability-weighted std written out one response at a time (unnormalised weights)."""
+    w = [math.exp(x) for x in seq_mean_log_ratio]
+    sw, sw2 = sum(w), sum(x * x for x in w)
+    mu = sum(wi * ri for wi, ri in zip(w, rewards)) / sw
+    var = sum(wi * (ri - mu) ** 2 for wi, ri in zip(w, rewards)) / (sw - sw2 / sw)
+    return [(ri - mu) / (math.sqrt(var) + 1e-4) for ri in rewards]
+
+
+def test_acg_advantages_at_equal_weights_are_grpos():
+    from cropi.gradients.popi import acg_advantages
+    from cropi.objective import group_advantages
+
+    gen = torch.Generator().manual_seed(3)
+    for g in (2, 4, 8, 16):
+        for _ in range(5):
+            rewards = torch.randint(0, 2, (g,), generator=gen).float()
+            rewards[0], rewards[1] = 0.0, 1.0  # mixed
+            for level in (0.0, -3.7, 12.0):  # equal weights, whatever their common value
+                got = acg_advantages(rewards, torch.full((g,), level))
+                assert torch.allclose(got, group_advantages(rewards), rtol=1e-6, atol=1e-6), (g, level)
+
+
+def test_acg_advantages_match_an_explicit_weighted_reference():
+    from cropi.gradients.popi import acg_advantages
+
+    gen = torch.Generator().manual_seed(4)
+    for g in (2, 3, 8, 32):
+        for _ in range(10):
+            rewards = torch.rand(g, generator=gen).round(decimals=1)
+            lr = 2.0 * torch.randn(g, generator=gen)
+            ref = torch.tensor(_acg_reference(rewards.double().tolist(), lr.double().tolist()), dtype=torch.float64)
+            got = acg_advantages(rewards, lr).double()
+            assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5), (g, got, ref)
+
+
 def test_log_ess_bounds_and_prompt_groups():
     assert abs(float(log_ess(torch.zeros(8, dtype=torch.float64)))) < 1e-9
     assert abs(float(log_ess(torch.tensor([0.0] + [-1e4] * 7, dtype=torch.float64))) - math.log(1 / 8)) < 1e-9

@@ -147,3 +147,16 @@ def test_overlay_rows_replace_the_pools_rows_with_their_own_scores(micro_policy,
     assert any(r["reprobed"] for r in rows) and both.ranking.ids == sorted(
         (p for p, r in zip([r["prompt_id"] for r in rows], rows) if r["usable"]),
         key=lambda p: (-next(x["score_count"] for x in rows if x["prompt_id"] == p), p))[:4]
+
+
+def test_the_acg_setting_reaches_the_estimator_and_the_stores(micro_policy, stores, tmp_path):
+    from cropi.config import load_config
+    from cropi.scores.engine import make_score_estimator
+
+    assert make_score_estimator(micro_policy, load_config(None, [])).acg is False
+    cfg = load_config(None, ["select.score.acg=true", "select.score.mode=exact", "select.ratio=0.25"])
+    assert make_score_estimator(micro_policy, cfg).acg is True
+    pool, val = stores
+    out = score_pool(micro_policy, pool, {"count": val}, tmp_path / "s.parquet", cfg, gradients=tmp_path / "g")
+    assert out.meta["score_config"]["acg"] is True
+    assert read_gradient_store(tmp_path / "g" / "pool").meta["popi"]["acg"] is True
