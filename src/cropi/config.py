@@ -77,7 +77,8 @@ class ModelConfig:
 class RolloutConfig:
     group_size: int = setting(8, "Responses sampled per prompt (G).", at_least(1))
     temperature: float = setting(1.0, "Sampling temperature; behaviour log-probs are stored at it.", above(0))
-    top_p: float = setting(1.0, "Nucleus mass; keep 1.0 for influence scoring (log-probs of the full softmax).",
+    top_p: float = setting(1.0, "Nucleus mass; must be 1.0: the stored behaviour log-probs are of the full softmax, "
+                           "so responses drawn from a nucleus would bias the ratios of influence scoring and training.",
                            fraction)
     # the embedded suite's answers are at most 7 characters
     max_new_tokens: int = setting(10, "Response length cap in tokens.", at_least(1))
@@ -402,9 +403,11 @@ def problems(cfg: RunConfig) -> Iterator[tuple[str, str]]:
     if f.method in ("online_filter", "influence_filter") and f.screen_samples >= cfg.rollout.group_size:
         yield "train.filter.screen_samples", (f"{f.screen_samples!r}: must be below rollout.group_size "
                                               f"({cfg.rollout.group_size})")
-    if cfg.rollout.backend == "vllm" and cfg.rollout.top_p != 1.0:
-        # vLLM's processed log-probs are renormalised over the nucleus; the stored ones must be of the full softmax
-        yield "rollout.top_p", f"{cfg.rollout.top_p!r}: must be 1.0 with rollout.backend=vllm"
+    if cfg.rollout.top_p != 1.0:
+        # every run's samples can become POPI's behaviour trajectories (collections, the trainer's reused groups,
+        # the influence filter's screens), whose ratios divide by the full softmax: draws from a nucleus bias them
+        yield "rollout.top_p", (f"{cfg.rollout.top_p!r}: must be 1.0: behaviour log-probs for influence scoring are "
+                                "of the full softmax")
     yield from _suite_problems(cfg.data.suite)
 
 
