@@ -50,6 +50,7 @@ probabilities, the online filter's queue) lives in
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import random
 import time
@@ -59,6 +60,7 @@ from typing import Callable, Mapping, Protocol, Sequence
 import torch
 
 from cropi.config import RolloutConfig, RunConfig
+from cropi.errors import CropiError
 from cropi.policy import Policy
 from cropi.rollouts.sampler import Generation, SamplingParams, generate
 from cropi.rollouts.trajectory_store import PromptGroup
@@ -416,6 +418,13 @@ class InfluenceScreening:
             _, rows = _flat_gradients(estimator, [prompt_group(x, self.cfg.rollout.temperature) for x in groups if x.mixed])
             if rows:
                 means[name] = torch.stack(rows).mean(0)
+            else:  # a set without a mean has no scores: say so, as the fusion then ranks without it
+                logging.getLogger("cropi").warning(
+                    "validation set %r has no prompt with mixed rewards: left out of the fusion", name)
+        if not means:
+            raise CropiError(f"no validation set ({', '.join(map(repr, self.validation))}) has a prompt with mixed "
+                             f"rewards at step {at}: nothing to rank the screened prompts by; use more validation "
+                             "prompts (select.score.max_val_prompts) or responses (rollout.group_size)")
         self._means, self._means_step = means, at
         return means
 
