@@ -237,21 +237,29 @@ def test_online_influence_trains_on_the_screened_groups_best_aligned_with_valida
     assert not chosen & set(history) and {s.problem.id for s in screened} - chosen <= set(history)
 
 
-def test_a_validation_set_without_mixed_rewards_is_named_and_all_of_them_stop_the_rule(tiny, suite, caplog):
-    from cropi.errors import CropiError
-    from cropi.scores.engine import group_means, make_score_estimator
-    from cropi.selection.batch import prompt_group
+def test_online_influence_names_each_validation_set_it_leaves_out_and_refuses_when_none_is_left(
+        tiny, suite, caplog, monkeypatch):
+    import logging
 
+    from cropi.errors import CropiError
+    from cropi.tasks import Problem
+    from cropi.selection.online_influence import InfluenceScreening
+
+    monkeypatch.setattr(logging.getLogger("cropi"), "propagate", True)  # the CLI turns it off when imported
+    impossible = [Problem(f"x{i}", f"{i}+{i}=", "999999999", "add") for i in range(4)]  # every reward 0
     cfg = _cfg("online_influence")
-    est = make_score_estimator(tiny, cfg)
-    mixed = [g for g in sample_groups(tiny, suite.pool[:16], (0, "t"), range(4), cfg.rollout) if g.mixed][:2]
-    with caplog.at_level("WARNING", logger="cropi"):
-        means = group_means(est, {"add": [prompt_group(g, 1.0) for g in mixed], "sub": []})
-    assert set(means) == {"add"}
-    assert [r.getMessage() for r in caplog.records] == [
-        "validation set 'sub' has no prompt with mixed rewards: left out of the influence fusion"]
-    with pytest.raises(CropiError, match="no validation set"):
-        group_means(est, {"add": [], "sub": []})
+    usable = next(name for name, probs in suite.validation.items() if any(
+        s.mixed for s in sample_groups(tiny, list(probs)[: cfg.select.score.max_val_prompts], (0, "validation", 0),
+                                       range(4), cfg.rollout)))
+    rule = InfluenceScreening(cfg, {"none_a": impossible, usable: suite.validation[usable], "none_b": impossible[:2]})
+    with caplog.at_level(logging.WARNING, logger="cropi"):
+        batch = rule.build(tiny, suite.pool, 0, {})
+    assert len(batch.groups) == 4 and set(rule._means) == {usable}
+    warned = [r.getMessage() for r in caplog.records if r.name == "cropi"]
+    assert warned == ["validation set 'none_a' has no prompt with mixed rewards: left out of the influence fusion",
+                      "validation set 'none_b' has no prompt with mixed rewards: left out of the influence fusion"]
+    with pytest.raises(CropiError, match="no validation set .none_a, none_b. has a prompt with mixed rewards"):
+        InfluenceScreening(cfg, {"none_a": impossible, "none_b": impossible[:2]}).build(tiny, suite.pool, 0, {})
 
 
 def test_the_online_influence_selector_runs_its_batch_rule_and_its_stored_config_says_so():

@@ -7,7 +7,7 @@ from cropi.errors import ConfigError
 
 
 def test_yaml_roundtrip_and_overrides(tmp_path):
-    cfg = load_config(None, ["train.lr=3e-5", "data.suite.targeted=add,mul", "rollout.top_p=0.9",
+    cfg = load_config(None, ["train.lr=3e-5", "data.suite.targeted=add,mul", "rollout.temperature=0.9",
                              "data.suite.weights={add: 2}", "train.betas=[0.9, 0.95]"])
     assert cfg.train.lr == 3e-5 and cfg.data.suite.targeted == ["add", "mul"]
     assert cfg.data.suite.weights == {"add": 2.0} and cfg.train.betas == (0.9, 0.95)
@@ -74,9 +74,11 @@ def test_trl_names_map_to_existing_keys_and_unsupported_loss_types_fail():
     keys = {s.key for s in settings()}
     assert set(TRL_NAMES.values()) <= keys
     cfg = load_config(None, ["num_generations=16", "max_completion_length=32", "epsilon=0.3", "num_iterations=2",
-                             "max_steps=50", "seed=4", "top_p=0.9", "temperature=0.7"])
+                             "max_steps=50", "seed=4", "top_p=1.0", "temperature=0.7"])
     assert (cfg.rollout.group_size, cfg.rollout.max_new_tokens, cfg.train.clip_eps, cfg.train.ppo_epochs) == (16, 32, 0.3, 2)
-    assert (cfg.train.steps, cfg.train.seed, cfg.rollout.top_p, cfg.rollout.temperature) == (50, 4, 0.9, 0.7)
+    assert (cfg.train.steps, cfg.train.seed, cfg.rollout.top_p, cfg.rollout.temperature) == (50, 4, 1.0, 0.7)
+    mapped = RunConfig()  # a top_p below 1 maps too, and is then refused by validation
+    assert apply_override(mapped, "top_p=0.9") == "rollout.top_p" and mapped.rollout.top_p == 0.9
     with pytest.raises(ConfigError, match="train.aggregation: 'dapo': must be one of grpo, dr_grpo"):
         load_config(None, ["loss_type=dapo"])
 
@@ -92,6 +94,15 @@ def test_docs_list_every_key_and_trl_name_as_the_code_declares_them():
     rows = {line.split("|")[1].strip(" `"): line.split("|")[2].strip(" `") for line in doc.splitlines()
             if line.startswith("| `")}
     assert rows == TRL_NAMES
+
+
+@pytest.mark.parametrize("backend", ["hf", "vllm"])
+@pytest.mark.parametrize("name", ["rollout.top_p", "top_p"])
+def test_top_p_below_one_is_refused_for_every_backend(backend, name):
+    expect = "rollout.top_p: 0.9: must be 1.0: behaviour log-probs for influence scoring are of the full softmax"
+    with pytest.raises(ConfigError, match=re.escape(expect)):
+        load_config(None, [f"rollout.backend={backend}", f"{name}=0.9"])
+    assert load_config(None, [f"rollout.backend={backend}", f"{name}=1.0"]).rollout.top_p == 1.0
 
 
 @pytest.mark.parametrize("override,expect", [

@@ -46,15 +46,68 @@ def test_on_policy_equals_reinforce_form(micro_policy):
         assert math.sqrt(num / den) < 1e-5
 
 
-def test_off_policy_uses_token_ratios_and_ess_drops(micro_policy):
-    group = _group(micro_policy)
+def _popi_reference_grad(model, group, acg=False):
+    """∇ of L = −(1/G) Σ_i (1/T_i) Σ_t ρ_it A_i with ρ_it = π_θ(o_it) / β(o_it), written out token by token (one
+    sequence at a time, no padding, no batching); A_i GRPO's (unbiased std), or with ``acg`` the weighted mean
+    and reliability-weighted std under w_i = exp(mean_t log ρ_it), held constant."""
+    g = len(group.rewards)
+    token_lps = []
+    for resp in group.response_ids:
+        seq = torch.tensor([group.prompt_ids + resp])
+        logits = model(input_ids=seq).logits[0] / group.temperature
+        lps = []
+        for t, tok in enumerate(resp):  # token t of the response is predicted at position len(prompt) + t − 1
+            lps.append(torch.log_softmax(logits[len(group.prompt_ids) + t - 1], -1)[tok])
+        token_lps.append(lps)
+    if acg:
+        means = [sum(float(lp.detach()) - b for lp, b in zip(lps, blp)) / len(lps)
+                 for lps, blp in zip(token_lps, group.behavior_logprobs)]
+        adv = _acg_reference(group.rewards, means)
+    else:
+        mu = sum(group.rewards) / g
+        sd = math.sqrt(sum((r - mu) ** 2 for r in group.rewards) / (g - 1))
+        adv = [(r - mu) / (sd + 1e-4) for r in group.rewards]
+    loss = 0.0
+    for lps, blp, a in zip(token_lps, group.behavior_logprobs, adv):
+        per_seq = 0.0
+        for lp, b in zip(lps, blp):
+            per_seq = per_seq + torch.exp(lp - b) * a
+        loss = loss - per_seq / len(lps) / g
+    model.zero_grad()
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def _rel_err(got, ref):
+    return math.sqrt(sum(float(((got[n] - ref[n]) ** 2).sum()) for n in ref)
+                     / sum(float((ref[n] ** 2).sum()) for n in ref))
+
+
+@pytest.mark.parametrize("acg", [False, True])
+def test_off_policy_gradient_uses_per_token_ratios_and_ess_drops(micro_policy, acg):
+    group = _group(micro_policy, temperature=0.7, rewards=[1.0, 0.0, 0.0, 1.0])
     at_beta = one_loss(micro_policy.model, group, micro_policy.pad_token_id)
     assert abs(at_beta.ess - 1.0) < 1e-5 and at_beta.max_abs_log_ratio < 1e-4
-    with torch.no_grad():
+    torch.manual_seed(5)
+    with torch.no_grad():  # θ ≠ β
         for p in micro_policy.model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     drift = one_loss(micro_policy.model, group, micro_policy.pad_token_id)
     assert 1 / 4 - 1e-6 <= drift.ess < 1.0 and drift.max_abs_log_ratio > 1e-3
+    model, pad = micro_policy.model, micro_policy.pad_token_id
+    ref = _popi_reference_grad(model, group, acg)
+    got = next(prompt_gradients(model, [group], pad, acg=acg)).grads
+    assert _rel_err(got, ref) < 1e-5
+    # one token's behaviour log-prob moved: only that token's ratio changes (by e^-0.7), and the gradient follows
+    assert len(group.response_ids[1]) >= 2
+    group.behavior_logprobs[1][1] += 0.7
+    ref_moved = _popi_reference_grad(model, group, acg)
+    got_moved = next(prompt_gradients(model, [group], pad, acg=acg)).grads
+    assert _rel_err(got_moved, ref_moved) < 1e-5
+    assert _rel_err(ref_moved, ref) > 1e-3  # the comparison can tell the two apart
+    diff_got = {n: got_moved[n] - got[n] for n in ref}
+    diff_ref = {n: ref_moved[n] - ref[n] for n in ref}
+    assert _rel_err(diff_got, diff_ref) < 1e-3
 
 
 def test_gradient_does_not_depend_on_padding(micro_policy):
@@ -135,6 +188,42 @@ def test_log_ratio_cap_only_acts_past_the_cap(micro_policy):
     rho = torch.tensor([math.exp(50.0), math.exp(0.5)])
     assert torch.isclose(loss, -(2.0 * rho).sum() / 2, rtol=1e-5)
     assert torch.allclose(grad[0], -2.0 * rho / 2, rtol=1e-5)
+
+
+def _acg_reference(rewards, seq_mean_log_ratio):
+    """Weighted mean and reliability-weighted std written out one response at a time (unnormalised weights)."""
+    w = [math.exp(x) for x in seq_mean_log_ratio]
+    sw, sw2 = sum(w), sum(x * x for x in w)
+    mu = sum(wi * ri for wi, ri in zip(w, rewards)) / sw
+    var = sum(wi * (ri - mu) ** 2 for wi, ri in zip(w, rewards)) / (sw - sw2 / sw)
+    return [(ri - mu) / (math.sqrt(var) + 1e-4) for ri in rewards]
+
+
+def test_acg_advantages_at_equal_weights_are_grpos():
+    from cropi.gradients.popi import acg_advantages
+    from cropi.objective import group_advantages
+
+    gen = torch.Generator().manual_seed(3)
+    for g in (2, 4, 8, 16):
+        for _ in range(5):
+            rewards = torch.randint(0, 2, (g,), generator=gen).float()
+            rewards[0], rewards[1] = 0.0, 1.0  # mixed
+            for level in (0.0, -3.7, 12.0):  # equal weights, whatever their common value
+                got = acg_advantages(rewards, torch.full((g,), level))
+                assert torch.allclose(got, group_advantages(rewards), rtol=1e-6, atol=1e-6), (g, level)
+
+
+def test_acg_advantages_match_an_explicit_weighted_reference():
+    from cropi.gradients.popi import acg_advantages
+
+    gen = torch.Generator().manual_seed(4)
+    for g in (2, 3, 8, 32):
+        for _ in range(10):
+            rewards = torch.rand(g, generator=gen).round(decimals=1)
+            lr = 2.0 * torch.randn(g, generator=gen)
+            ref = torch.tensor(_acg_reference(rewards.double().tolist(), lr.double().tolist()), dtype=torch.float64)
+            got = acg_advantages(rewards, lr).double()
+            assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5), (g, got, ref)
 
 
 def test_log_ess_bounds_and_prompt_groups():

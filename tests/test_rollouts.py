@@ -56,6 +56,15 @@ def test_top_p_does_not_renormalise_stored_logprobs(micro_policy, problems):
     assert torch.allclose(lp, b.behavior_logprobs, atol=1e-4)
 
 
+def test_collect_refuses_top_p_below_one_before_writing(micro_policy, problems, tmp_path):
+    from cropi.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"top_p=0\.9: must be 1\.0: behaviour log-probs .* full softmax"):
+        collect(micro_policy, problems[:2], tmp_path / "store", CollectConfig(group_size=2, top_p=0.9,
+                                                                             max_new_tokens=2))
+    assert not (tmp_path / "store").exists()
+
+
 def test_collection_resumed_or_sharded_equals_single(micro_policy, problems, tmp_path):
     cfg = CollectConfig(group_size=3, max_new_tokens=6, chunk_size=5, seed=3)
     single = read_store(collect(micro_policy, problems, tmp_path / "single", cfg)).to_pylist()

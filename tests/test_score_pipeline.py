@@ -1,6 +1,7 @@
 """End-to-end scoring on the micro model: stores -> POPI -> (projection | exact means) -> cosine -> RRF."""
 
 import math
+from dataclasses import replace
 
 import pyarrow.parquet as pq
 import pytest
@@ -68,6 +69,93 @@ def test_exact_mode_equals_the_pure_python_cosines_and_projected_mode_is_within_
     # the fused ranking is the exact top 4 (ratio 0.25 of 16 rows) by the reference cosine
     assert exact.ranking.ids == sorted(ref, key=lambda p: (-ref[p], p))[:4]
     assert [r["fused_rank"] for r in exact.table.to_pylist() if r["prompt_id"] == exact.ranking.ids[0]] == [1]
+
+
+def _explicit_popi_gradients(model, store) -> dict[str, torch.Tensor]:
+    """g_x of each prompt with mixed rewards, from the POPI loss written out in full: responses of equal length
+    share a forward pass (so nothing is padded); per token, ρ = exp(log π_θ − log β) at the store's temperature;
+    A_i = (r_i − mean r) / (unbiased std r + 1e-4); L = −(1/G) Σ_i (1/T_i) Σ_t ρ_it A_i; one backward pass per
+    prompt, flattened (fp64)."""
+    by_prompt: dict[str, list[dict]] = {}
+    for row in read_store(store).to_pylist():
+        by_prompt.setdefault(row["prompt_id"], []).append(row)
+    params = [p for _, p in model.named_parameters()]
+    out = {}
+    for pid, rows in by_prompt.items():
+        rewards = [r["reward"] for r in rows]
+        g = len(rows)
+        mu = sum(rewards) / g
+        sd = math.sqrt(sum((r - mu) ** 2 for r in rewards) / (g - 1))
+        if sd == 0:
+            continue
+        same_length: dict[int, list[int]] = {}
+        for i, r in enumerate(rows):
+            same_length.setdefault(len(r["response_ids"]), []).append(i)
+        logits_of = {}
+        for idx in same_length.values():
+            seqs = torch.tensor([list(rows[i]["prompt_ids"]) + list(rows[i]["response_ids"]) for i in idx])
+            logits_of.update(zip(idx, model(input_ids=seqs).logits / rows[idx[0]]["temperature"]))
+        loss = 0.0
+        for i, r in enumerate(rows):
+            prompt, resp, logits = list(r["prompt_ids"]), list(r["response_ids"]), logits_of[i]
+            per_seq = 0.0
+            for t, (tok, b) in enumerate(zip(resp, r["behavior_logprobs"])):
+                lp = torch.log_softmax(logits[len(prompt) + t - 1], -1)[tok]
+                per_seq = per_seq + torch.exp(lp - b) * ((r["reward"] - mu) / (sd + 1e-4))
+            loss = loss - per_seq / len(resp) / g
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        out[pid] = torch.cat([(gr if gr is not None else torch.zeros_like(p)).reshape(-1).double()
+                              for gr, p in zip(grads, params)])
+    return out
+
+
+def test_off_policy_exact_scores_and_fusion_equal_an_explicit_reference(micro_policy, tmp_path):
+    """Stores sampled by β, scored by a θ ≠ β: each score_<set> is cos(g_x, mean over the set's usable prompts of
+    g_v) with g from the written-out loss, and fused_rank is the reciprocal-rank fusion of those cosines."""
+    def problems(prefix, n):  # graded by the last number of the response, so 3-token responses of a random
+        # policy still give mixed groups
+        return [Problem(f"{prefix}{i}", f"count a {'ab' * (i % 3 + 1)}=", "169"[i % 3], "math", "user")
+                for i in range(n)]
+
+    cfg = CollectConfig(group_size=16, max_new_tokens=3, chunk_size=8, temperature=3.0)
+    pool = collect(micro_policy, problems("p", 16), tmp_path / "pool", cfg)
+    vals = {"a": collect(micro_policy, problems("va", 6), tmp_path / "va", cfg),
+            "b": collect(micro_policy, problems("vb", 6)[::-1], tmp_path / "vb", replace(cfg, seed=5))}
+    torch.manual_seed(11)
+    with torch.no_grad():
+        for p in micro_policy.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    got = score_pool(micro_policy, pool, vals, tmp_path / "s.parquet", _cfg(mode="exact"))
+    rows = {r["prompt_id"]: r for r in got.table.to_pylist()}
+    model = micro_policy.model
+    pool_g = _explicit_popi_gradients(model, pool)
+    assert set(pool_g) == {p for p, r in rows.items() if r["usable"]} and len(pool_g) >= 6
+    assert all(rows[p]["max_abs_log_ratio"] > 1e-2 and rows[p]["ess"] < 1 for p in pool_g)  # off-policy indeed
+    for p, g in pool_g.items():  # the cosines below do not see the advantages' scale; the norms do
+        assert rows[p]["grad_norm"] == pytest.approx(float(g.norm()), rel=1e-5), p
+    ref: dict[str, dict[str, float]] = {}
+    for name, store in vals.items():
+        val_g = list(_explicit_popi_gradients(model, store).values())
+        assert val_g
+        mean = torch.stack(val_g).mean(0)
+        ref[name] = {p: float(g @ mean / (g.norm() * mean.norm())) for p, g in pool_g.items()}
+        for p, c in ref[name].items():
+            assert abs(rows[p][f"score_{name}"] - c) < 1e-5, (name, p, rows[p][f"score_{name}"], c)
+    assert all(rows[p][f"score_{name}"] is None for name in vals for p in rows if not rows[p]["usable"])
+    # reciprocal-rank fusion of the reference cosines: n = 0.25 · 16 = 4, each set's top 4, F = Σ 1/rank, ties
+    # by the best single rank, then by id
+    n = 4
+    fused, best = {}, {}
+    for scores in ref.values():
+        for k, p in enumerate(sorted(scores, key=lambda q: (-scores[q], q))[:n], start=1):
+            fused[p] = fused.get(p, 0.0) + 1 / k
+            best[p] = min(best.get(p, k), k)
+    expected = sorted(fused, key=lambda p: (-fused[p], best[p], p))[:n]
+    assert got.ranking.ids == expected
+    assert {p: r["fused_rank"] for p, r in rows.items() if r["fused_rank"] is not None} == {
+        p: k for k, p in enumerate(expected, start=1)}
+    # the two sets rank differently, so the fusion is more than either list
+    assert sorted(ref["a"], key=lambda q: -ref["a"][q])[:n] != sorted(ref["b"], key=lambda q: -ref["b"][q])[:n]
 
 
 def test_exact_mode_still_stores_projected_gradients_when_asked_and_shards_like_a_whole_run(micro_policy, stores,
@@ -147,3 +235,16 @@ def test_overlay_rows_replace_the_pools_rows_with_their_own_scores(micro_policy,
     assert any(r["reprobed"] for r in rows) and both.ranking.ids == sorted(
         (p for p, r in zip([r["prompt_id"] for r in rows], rows) if r["usable"]),
         key=lambda p: (-next(x["score_count"] for x in rows if x["prompt_id"] == p), p))[:4]
+
+
+def test_the_acg_setting_reaches_the_estimator_and_the_stores(micro_policy, stores, tmp_path):
+    from cropi.config import load_config
+    from cropi.scores.engine import make_score_estimator
+
+    assert make_score_estimator(micro_policy, load_config(None, [])).acg is False
+    cfg = load_config(None, ["select.score.acg=true", "select.score.mode=exact", "select.ratio=0.25"])
+    assert make_score_estimator(micro_policy, cfg).acg is True
+    pool, val = stores
+    out = score_pool(micro_policy, pool, {"count": val}, tmp_path / "s.parquet", cfg, gradients=tmp_path / "g")
+    assert out.meta["score_config"]["acg"] is True
+    assert read_gradient_store(tmp_path / "g" / "pool").meta["popi"]["acg"] is True

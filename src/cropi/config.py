@@ -77,7 +77,8 @@ class ModelConfig:
 class RolloutConfig:
     group_size: int = setting(8, "Responses sampled per prompt (G).", at_least(1))
     temperature: float = setting(1.0, "Sampling temperature; behaviour log-probs are stored at it.", above(0))
-    top_p: float = setting(1.0, "Nucleus mass; keep 1.0 for influence scoring (log-probs of the full softmax).",
+    top_p: float = setting(1.0, "Nucleus mass; must be 1.0: the stored behaviour log-probs are of the full softmax, "
+                           "so responses drawn from a nucleus would bias the ratios of influence scoring and training.",
                            fraction)
     # the embedded suite's answers are at most 7 characters
     max_new_tokens: int = setting(10, "Response length cap in tokens.", at_least(1))
@@ -176,7 +177,13 @@ class ScoreConfig:
     clip_eps: float | None = setting(None, "PPO clip applied to the off-policy ratios when scoring; null (the "
                                      "method's) differentiates the unclipped surrogate, since the trainer's clip "
                                      "never acts at ppo_epochs=1, where its ratio is exactly 1.", above(0))
+<<<<<<< HEAD
     max_val_prompts: int = setting(100, "Validation prompts used per validation set (docs/method.md §4).", at_least(1))
+=======
+    acg: bool = setting(False, "The ACG variant of POPI: self-normalised sequence weights for the group's mean "
+                        "and std.")
+    max_val_prompts: int = setting(100, "Validation prompts used per validation set (METHOD.md §4).", at_least(1))
+>>>>>>> fixes
     stage: int = setting(0, "Curriculum stage, recorded in the gradient stores.", at_least(0))
     batch_size: int = setting(1, "Prompts per backward pass; > 1 computes a batch's per-example gradients in one pass.",
                               at_least(1))
@@ -394,9 +401,21 @@ def problems(cfg: RunConfig) -> Iterator[tuple[str, str]]:
             yield key, f"{value!r}: {message}"
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg.model.device):
         yield "model.device", f"{cfg.model.device!r}: must be auto, cpu, cuda, cuda:N or mps"
+<<<<<<< HEAD
     if cfg.rollout.backend == "vllm" and cfg.rollout.top_p != 1.0:
         # vLLM's processed log-probs are renormalised over the nucleus; the stored ones must be of the full softmax
         yield "rollout.top_p", f"{cfg.rollout.top_p!r}: must be 1.0 with rollout.backend=vllm"
+=======
+    f = cfg.train.filter
+    if f.method in ("online_filter", "influence_filter") and f.screen_samples >= cfg.rollout.group_size:
+        yield "train.filter.screen_samples", (f"{f.screen_samples!r}: must be below rollout.group_size "
+                                              f"({cfg.rollout.group_size})")
+    if cfg.rollout.top_p != 1.0:
+        # every run's samples can become POPI's behaviour trajectories (collections, the trainer's reused groups,
+        # the influence filter's screens), whose ratios divide by the full softmax: draws from a nucleus bias them
+        yield "rollout.top_p", (f"{cfg.rollout.top_p!r}: must be 1.0: behaviour log-probs for influence scoring are "
+                                "of the full softmax")
+>>>>>>> fixes
     yield from _suite_problems(cfg.data.suite)
 
 

@@ -18,8 +18,9 @@ Two settings differ from the trainer's, on purpose (``scoring_loss``):
   gradient towards fp32 overflow (e^88.7), so its value is capped there with its gradient kept (a truncated
   importance weight).  The uncapped max |log-ratio| is reported.
 
-ACG variant: sequence weights w_i = exp(mean_t log π_θ − mean_t log β) turn mean and std of the rewards into
-self-normalised weighted ones; the advantages stay under stop-gradient.
+ACG variant (``select.score.acg``): sequence weights w_i = exp(mean_t log π_θ − mean_t log β) turn mean and
+unbiased std of the rewards into self-normalised weighted ones (``acg_advantages``), equal to GRPO's at θ = β;
+the advantages stay under stop-gradient.
 
 Diagnostics, in log space: ESS = (Σ W)² / (G Σ W²) ∈ [1/G, 1] with sequence-level W_i = exp(Σ_t (log π_θ −
 log β)), and the largest |per-token log-ratio|.
@@ -58,11 +59,23 @@ def log_ess(seq_log_w: torch.Tensor) -> torch.Tensor:
 
 
 def acg_advantages(rewards: torch.Tensor, seq_mean_log_ratio: torch.Tensor) -> torch.Tensor:
-    """Self-normalised weighted advantages (stop-gradient): w_i = exp(mean_t log-ratio_i)."""
-    w = torch.softmax(seq_mean_log_ratio.detach(), dim=-1)  # normalised weights, computed stably
-    mu = (w * rewards).sum(-1, keepdim=True)
-    sd = torch.sqrt((w * (rewards - mu) ** 2).sum(-1, keepdim=True).clamp_min(0))
-    return (rewards - mu) / (sd + ADVANTAGE_EPS)
+    """Self-normalised weighted advantages (stop-gradient): w_i = exp(mean_t log-ratio_i), normalised to Σw = 1,
+
+        μ_w = Σ w_i r_i,   σ_w² = Σ w_i (r_i − μ_w)² / (1 − Σ w_i²)
+
+    (the reliability-weights correction), so that at equal weights μ_w and σ_w are the sample mean and unbiased
+    std of ``group_advantages`` and ACG at θ = β is GRPO.  A group whose weight is all on one response (or G = 1)
+    has σ_w = 0, as a single reward has in ``group_advantages``."""
+    w = torch.softmax(seq_mean_log_ratio.detach().double(), dim=-1)  # normalised weights, computed stably
+    r = rewards.double()
+    mu = (w * r).sum(-1, keepdim=True)
+    num = (w * (r - mu) ** 2).sum(-1, keepdim=True)
+    # 1 − Σw² as the sum of the off-diagonal products w_i w_j: positive terms only, so no cancellation when one
+    # weight is close to 1 (num is then as small, and the ratio stays accurate)
+    off_diagonal = 1 - torch.eye(w.shape[-1], dtype=w.dtype, device=w.device)
+    den = ((w.unsqueeze(-1) * w.unsqueeze(-2)) * off_diagonal).sum((-2, -1)).unsqueeze(-1)
+    var = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num))
+    return ((r - mu) / (var.sqrt() + ADVANTAGE_EPS)).to(rewards.dtype)
 
 
 @dataclass

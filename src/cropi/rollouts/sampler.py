@@ -2,7 +2,9 @@
 
 Two choices make stored trajectories usable for off-policy influence later:
 - the stored log-prob of a sampled token is log-softmax(logits / T) at the sampling temperature, *without*
-  top-p renormalisation (otherwise importance ratios become 0 or inf where two policies' nuclei differ);
+  top-p renormalisation (otherwise importance ratios become 0 or inf where two policies' nuclei differ); stored
+  trajectories are therefore sampled with top_p = 1 (the config and ``collect`` refuse others), since draws from
+  a nucleus are not draws from the softmax those log-probs describe;
 - every row draws its randomness from its own key (seed, prompt id, sample index) through inverse-CDF
   sampling with a per-row stream of uniforms, so a response does not depend on which other rows shared its
   batch: a resumed or sharded collection equals a single uninterrupted one.

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cropi import SCHEMA_VERSION
-from cropi.errors import CropiError
+from cropi.errors import ConfigError, CropiError
 from cropi.io import atomic_path, chunk_is_done, read_json, read_parquet, write_json
 from cropi.policy import Policy
 from cropi.rollouts.backend import RolloutBackend, make_backend
@@ -82,7 +82,7 @@ def prompt_groups(rows: Iterable[dict]) -> list[PromptGroup]:
 class CollectConfig:
     group_size: int = 8
     temperature: float = 1.0
-    top_p: float = 1.0  # influence scoring needs top-p = 1 (see sampler docstring)
+    top_p: float = 1.0  # must be 1: influence scoring divides by the full softmax (``collect`` refuses others)
     max_new_tokens: int = 16
     seed: int = 0
     chunk_size: int = 64  # prompts per Parquet chunk (and per resume unit)
@@ -142,6 +142,9 @@ def collect(
     Sampling randomness is keyed by (seed, prompt id, sample index).  ``backend`` samples (default: the one
     named by ``cfg.backend``, on ``policy``); ``policy`` still encodes prompts, decodes responses and names the
     weights in the meta."""
+    if cfg.top_p != 1.0:  # the stored log-probs are of the full softmax: ratios against a nucleus's draws are biased
+        raise ConfigError(f"top_p={cfg.top_p!r}: must be 1.0: behaviour log-probs for influence scoring are of the "
+                          "full softmax")
     if backend is None:  # built here, so closed here: an engine's GPU memory goes back to scoring and training
         backend = make_backend(cfg.backend, policy, cfg.batch_size)  # a missing engine fails here: nothing written
         try:

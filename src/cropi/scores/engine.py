@@ -72,7 +72,7 @@ def make_score_estimator(policy: Policy, cfg: RunConfig) -> GradientEstimator:
     """POPI on the trainer's own loss (aggregation and normaliser from ``train`` / ``rollout``)."""
     score = cfg.select.score
     names = list(param_shapes_of(policy.model, exclude=score.exclude or None))
-    return make_estimator(policy.model, policy.pad_token_id, run_scoring_loss(cfg), param_names=names,
+    return make_estimator(policy.model, policy.pad_token_id, run_scoring_loss(cfg), acg=score.acg, param_names=names,
                           batch_size=score.batch_size)
 
 
@@ -195,7 +195,7 @@ def _identity(policy: Policy, fingerprint: str, trajectories: str | Path, projec
         "model_fingerprint": fingerprint,
         "tokenizer_fingerprint": tokenizer_fingerprint(policy.tokenizer),
         "stage": score.stage,
-        "popi": {"loss": asdict(run_scoring_loss(cfg)), "acg": False},
+        "popi": {"loss": asdict(run_scoring_loss(cfg)), "acg": score.acg},
         "trajectory_store": traj_meta,
         "trajectory_store_path": str(trajectories),
         "num_prompts": n,
