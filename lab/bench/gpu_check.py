@@ -8,7 +8,7 @@ Checks, each timed and recorded on its own (one failing or skipped check never s
   and their agreement (max |P_gpu x − P_cpu x| / ‖P_cpu x‖);
 * ``grpo`` — cropi's own loop on CUDA: collect a small behaviour store with the tiny policy, score it (POPI
   gradients, exact and projected), take GRPO steps, and a few steps of cropi's default batch rule
-  (``influence_filter``); records the seconds of each and that the losses are finite;
+  (``online_influence``); records the seconds of each and that the losses are finite;
 * ``ray`` — a 2-worker Ray scoring smoke test, bit-identical to a single process;
 * ``trl`` — a short TRL ``GRPOTrainer`` run whose stages are chosen by cropi;
 * ``vllm`` — the parity of vLLM's stored log-probs with cropi's teacher-forced ones (mean and max |Δ| per
@@ -129,11 +129,11 @@ def check_grpo(plan: CheckPlan) -> dict:
     out["train_seconds"] = time.perf_counter() - t0
     out["train_steps"] = len(steps)
     out["losses_finite"] = all(math.isfinite(s.loss) for s in steps)
-    # cropi's default: each step screens, ranks by influence on the GPU, completes and trains
-    from cropi.training.batches import make_batch_builder
+    # online_influence: each step screens, ranks by influence on the GPU, completes and trains
+    from cropi.selection import make_batch_builder
     from cropi.training.grpo import start_session
 
-    cfg.train.filter.method = "influence_filter"
+    cfg.train.filter.method = "online_influence"
     cfg.train.filter.gen_batch_prompts = 8 if plan.quick else 96
     cfg.train.steps = 2 if plan.quick else 5
     session = start_session(policy, cfg.train, work / "train-cropi")

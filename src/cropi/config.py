@@ -177,13 +177,9 @@ class ScoreConfig:
     clip_eps: float | None = setting(None, "PPO clip applied to the off-policy ratios when scoring; null (the "
                                      "method's) differentiates the unclipped surrogate, since the trainer's clip "
                                      "never acts at ppo_epochs=1, where its ratio is exactly 1.", above(0))
-<<<<<<< HEAD
-    max_val_prompts: int = setting(100, "Validation prompts used per validation set (docs/method.md §4).", at_least(1))
-=======
     acg: bool = setting(False, "The ACG variant of POPI: self-normalised sequence weights for the group's mean "
                         "and std.")
     max_val_prompts: int = setting(100, "Validation prompts used per validation set (METHOD.md §4).", at_least(1))
->>>>>>> fixes
     stage: int = setting(0, "Curriculum stage, recorded in the gradient stores.", at_least(0))
     batch_size: int = setting(1, "Prompts per backward pass; > 1 computes a batch's per-example gradients in one pass.",
                               at_least(1))
