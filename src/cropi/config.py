@@ -397,21 +397,11 @@ def problems(cfg: RunConfig) -> Iterator[tuple[str, str]]:
             yield key, f"{value!r}: {message}"
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg.model.device):
         yield "model.device", f"{cfg.model.device!r}: must be auto, cpu, cuda, cuda:N or mps"
-<<<<<<< HEAD
-    if cfg.rollout.backend == "vllm" and cfg.rollout.top_p != 1.0:
-        # vLLM's processed log-probs are renormalised over the nucleus; the stored ones must be of the full softmax
-        yield "rollout.top_p", f"{cfg.rollout.top_p!r}: must be 1.0 with rollout.backend=vllm"
-=======
-    f = cfg.train.filter
-    if f.method in ("online_filter", "influence_filter") and f.screen_samples >= cfg.rollout.group_size:
-        yield "train.filter.screen_samples", (f"{f.screen_samples!r}: must be below rollout.group_size "
-                                              f"({cfg.rollout.group_size})")
     if cfg.rollout.top_p != 1.0:
         # every run's samples can become POPI's behaviour trajectories (collections, the trainer's reused groups,
-        # the influence filter's screens), whose ratios divide by the full softmax: draws from a nucleus bias them
+        # online_influence's screens), whose ratios divide by the full softmax: draws from a nucleus bias them
         yield "rollout.top_p", (f"{cfg.rollout.top_p!r}: must be 1.0: behaviour log-probs for influence scoring are "
                                 "of the full softmax")
->>>>>>> fixes
     yield from _suite_problems(cfg.data.suite)
 
 
