@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(None, ["data.suite.pool_size=80", "data.suite.val_size=16",
                                  "data.suite.test_size_targeted=4", "data.suite.test_size_untargeted=2",
                                  f"select.stages={opts.stages}", "select.ratio=0.1", "rollout.group_size=8",
+                                 "select.candidates=0", "select.size=0",  # the whole pool scored, 10% kept
                                  "select.score.max_val_prompts=8", "model.device=cpu"])
         policy = load_policy("tiny", device="cpu")
         # the training side: TRL's own settings (4 prompts x 4 completions per step)

@@ -61,7 +61,7 @@ def test_collect_and_eval_on_user_files(micro_model_dir, tmp_path):
 
 
 def test_train_refuses_existing_run_without_resume(micro_model_dir, tmp_path):
-    args = ["train", "--model", str(micro_model_dir), "--steps", "1", "--stages", "1", "--out", str(tmp_path / "r")]
+    args = ["train", "--model", str(micro_model_dir), "--selector", "full", "--steps", "1", "--stages", "1", "--out", str(tmp_path / "r")]
     for s in small_suite_overrides() + ["train.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=3",
                                         "eval.max_new_tokens=3", "model.device=cpu"]:
         args += ["--set", s]

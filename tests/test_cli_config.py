@@ -7,12 +7,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import cropi.cli as cli
+import cropi.cli.main as cli
 from cropi.cli import app
 from cropi.config import RunConfig, load_config, to_dict
 
 runner = CliRunner()
-COMPARE_DEFAULT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "compare-peers-config.yaml"
+COMPARE_DEFAULT = Path(__file__).resolve().parents[1] / "lab" / "results" / "compare-peers-config.yaml"
 
 
 class _Resolved(Exception):
@@ -36,20 +36,30 @@ def _resolved(monkeypatch, args: list[str]) -> RunConfig:
 
 
 def test_train_and_compare_share_the_comparisons_default_budget(monkeypatch):
+    from cropi.selection import resolve
+
     for cmd in ("train", "compare"):
         cfg = _resolved(monkeypatch, [cmd])
-        assert (cfg.train.steps, cfg.select.stages, cfg.train.eval_every) == (600, 4, 20)
+        assert (cfg.train.selector, cfg.train.steps, cfg.select.stages, cfg.train.eval_every) == ("cropi", 600, None, 20)
+        # cropi's stages are the authors' 10 steps long unless set
+        assert resolve(cfg).select.stages == 60
 
 
-def test_compare_defaults_resolve_to_the_committed_comparison_config(monkeypatch):
+def test_the_committed_comparison_config_still_loads_and_differs_only_in_what_the_defaults_moved(monkeypatch):
     committed = yaml.safe_load(COMPARE_DEFAULT.read_text())
+    load_config(COMPARE_DEFAULT)  # every key it names still exists and is valid
     resolved = to_dict(_resolved(monkeypatch, ["compare"]))
 
     def common(a, b):  # keys present in both (the config has gained keys since)
         return {k: common(a[k], b[k]) if isinstance(a[k], dict) and isinstance(b[k], dict) and k != "weights" else a[k]
                 for k in a if k in b}
 
-    assert common(resolved, committed) == common(committed, resolved)
+    # what the renaming moved: the default selector, and the stage keys its rule now fills in
+    moved = {("train", "selector"), ("select", "stages"), ("select", "size"), ("select", "candidates")}
+    a, b = common(resolved, committed), common(committed, resolved)
+    for section, key in moved:
+        a[section].pop(key, None), b[section].pop(key, None)
+    assert a == b
 
 
 def test_compare_budget_on_the_command_line_keeps_twenty_evaluations(monkeypatch):
@@ -105,8 +115,10 @@ def test_trl_names_are_accepted_by_set(monkeypatch):
 def test_help_shows_the_config_defaults():
     for cmd in ("train", "compare"):
         out = " ".join(runner.invoke(app, [cmd, "--help"]).output.replace("│", " ").split())
-        assert "(train.steps; default 600)" in out and "(select.stages; default 4)" in out
-    out = runner.invoke(app, ["bench", "projection", "--help"], terminal_width=200).output
+        assert "(train.steps; default 600)" in out and "(select.stages; default null)" in out
+    from lab.bench.__main__ import app as bench_app
+
+    out = runner.invoke(bench_app, ["projection", "--help"], terminal_width=200).output
     assert "--projector" in out and "--config" not in out
 
 
@@ -166,7 +178,7 @@ def test_collect_rejects_bad_input_before_writing(tmp_path, option, expect):
     ("select.score.keep=0", "select.score.keep: 0.0: must be in (0, 1]"),
     ("select.score.kind=countsketch", "select.score.kind: 'countsketch': must be one of sjlt, gaussian, rademacher"),
     ("select.score.mode=fast", "select.score.mode: 'fast': must be one of projected, exact, auto"),
-    ("train.selector=best", "train.selector: 'best' is not a selector"),
+    ("train.selector=best", "train.selector: 'best' is not a rule"),
 ])
 @pytest.mark.parametrize("cmd", ["train", "compare"])
 def test_run_commands_reject_bad_config_before_any_output(tmp_path, cmd, override, expect):
@@ -179,17 +191,17 @@ def test_more_stages_than_steps_are_refused_only_for_the_selector_that_re_select
     from cropi.runs.run import resolve_selector
 
     out = tmp_path / "run"
-    which = ["--selector", "cropi_curriculum"] if cmd == "train" else ["--selectors", "cropi,cropi_curriculum"]
+    which = ["--selector", "cropi"] if cmd == "train" else ["--selectors", "online_influence,cropi"]
     _rejected([cmd, "--out", str(out), *which, "--set", "select.stages=601"],
-              "select.stages: 601: must be at most train.steps (600) for 'cropi_curriculum'", out)
-    for selector in ("full", "cropi", "static_influence"):  # they choose once: a short run keeps one stage a step
+              "select.stages: 601: must be at most train.steps (600) for 'cropi'", out)
+    for selector in ("full", "online_influence", "static_influence"):  # they choose once: a short run keeps one stage a step
         cfg = resolve_selector(load_config(None, [f"train.selector={selector}", "train.steps=2"]))
         assert (cfg.select.stages, cfg.train.steps) == (2, 2)
 
 
 def test_compare_rejects_a_bad_selector_before_writing(tmp_path):
     out = tmp_path / "cmp"
-    _rejected(["compare", "--out", str(out), "--selectors", "full,best"], "'best' is not a selector", out)
+    _rejected(["compare", "--out", str(out), "--selectors", "full,best"], "'best' is not a rule", out)
     _rejected(["compare", "--out", str(out), "--select-ratio", "1.5"], "select.ratio: 1.5", out)
 
 
@@ -219,7 +231,7 @@ def test_a_missing_data_file_stops_train_and_compare_before_any_output(tmp_path,
 
 def test_a_selector_variant_that_breaks_the_budget_stops_compare_before_any_output(tmp_path):
     out = tmp_path / "cmp"
-    _rejected(["compare", "--out", str(out), "--selectors", "full,cropi_curriculum+stages700"], "select.stages: 700", out)
+    _rejected(["compare", "--out", str(out), "--selectors", "full,cropi+stages700"], "select.stages: 700", out)
 
 
 def test_steps_per_stage_multiplies_the_stages_set_with_set(monkeypatch):

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from cropi.config import load_config
-from cropi.selection import SELECTORS, SelectionContext, make_selector
+from cropi.selection import RULES, SelectionContext, make_selector
 from cropi.tasks.problem import Problem
 from tests.conftest import small_suite_overrides
 
@@ -50,9 +50,9 @@ def test_random_full_and_influence_selectors():
     assert len(r0) == 4 and len(set(r0)) == 4 and r0 == make_selector("random").select(_ctx(seed=0))
     assert r0 != make_selector("random").select(_ctx(seed=1))
     assert sorted(make_selector("full").select(_ctx())) == sorted(RATES)
-    for name in ("static_influence", "cropi_curriculum"):
+    for name in ("static_influence", "cropi"):
         assert make_selector(name).select(_ctx(ratio=0.2)) == INFLUENCE[:4]
-    assert SELECTORS["cropi_curriculum"].every_stage and not SELECTORS["static_influence"].every_stage
+    assert RULES["cropi"].every_stage and not RULES["static_influence"].every_stage
 
 
 def test_unknown_selector_is_a_config_error():
@@ -65,7 +65,7 @@ def test_unknown_selector_is_a_config_error():
 # -- the curriculum driver -----------------------------------------------------------------------------------
 
 
-def _sets(model_dir, selector="cropi_curriculum", steps=6, stages=3, **extra):
+def _sets(model_dir, selector="cropi", steps=6, stages=3, **extra):
     # The embedded tiny policy (not the random micro model): influence needs mixed reward groups, in the
     # validation sets too, and a random policy never solves an arithmetic problem.
     return small_suite_overrides() + [
@@ -74,6 +74,7 @@ def _sets(model_dir, selector="cropi_curriculum", steps=6, stages=3, **extra):
         "rollout.group_size=8", "rollout.max_new_tokens=8", "eval.max_new_tokens=8", "train.eval_every=2",
         "train.checkpoint_every=1",
         "train.lr=3e-3", "select.score.k=256", "select.score.max_val_prompts=8",
+        "select.candidates=0", "select.size=0",  # the whole pool scored, the ratio kept: the authors' regime
     ] + [f"{k}={v}" for k, v in extra.items()]
 
 

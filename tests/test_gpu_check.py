@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_gpu_check_script_dry_run_writes_one_results_json_with_every_check(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "WHEELS": ""}  # this env has the packages
-    r = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--device", "cpu", "--quick"],
+    r = subprocess.run(["bash", str(ROOT / "lab" / "bench" / "gpu_check.sh"), "--device", "cpu", "--quick"],
                        env=env, capture_output=True, text=True, timeout=600)
     res = json.loads((tmp_path / "gpu_check.json").read_text())
     checks = res["checks"]

@@ -40,7 +40,8 @@ def _cfg():
     # the embedded tiny policy: influence needs mixed reward groups, which a random model never gets
     return load_config(None, small_suite_overrides() + [
         "data.suite.pool_size=16", "data.suite.val_size=8", "model.device=cpu", "select.stages=2",
-        "select.ratio=0.25", "select.score.batch_size=4", "rollout.group_size=6", "select.score.max_val_prompts=4", "select.score.k=64",
+        "select.ratio=0.25", "select.candidates=0", "select.size=0", "select.score.batch_size=4",
+        "rollout.group_size=6", "select.score.max_val_prompts=4", "select.score.k=64",
     ])
 
 

@@ -22,7 +22,7 @@ LAYERS = (
     ("selection",),
     ("training",),
     ("evaluation",),
-    ("experiments",),
+    ("runs",),  # a run folder end to end, and a single-machine comparison of runs
     ("integrations",),  # trainers and engines driving cropi's stages (TRL, verl, Ray)
     ("cli",),
 )
@@ -127,6 +127,18 @@ def test_no_import_cycle_between_packages():
         if start not in state:
             visit(start, [start])
     assert not cycles, "import cycles between packages:\n  " + "\n  ".join(cycles)
+
+
+def test_the_package_imports_nothing_from_the_lab():
+    """The lab (top-level lab/, not installed) imports the package, never the reverse: an installed cropi has
+    no lab to import."""
+    bad = []
+    for path in sorted((SRC / "cropi").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            bad += [f"{path.relative_to(SRC)}:{node.lineno} imports {n}" for n in names if n.split(".")[0] == "lab"]
+    assert not bad, "\n".join(bad)
 
 
 def test_the_checker_sees_deferred_and_relative_imports():

@@ -70,3 +70,34 @@ def test_misconceptions_are_the_documented_mistakes():
     wrong = [p for p in ex if p.family == "add" and int(p.answer) != sum(map(int, p.prompt[:-1].split("+")))]
     adds = [p for p in ex if p.family == "add"]
     assert 0.2 < len(wrong) / len(adds) < 0.55  # 55% of examples, minus those without any carry
+
+
+def test_no_draw_of_the_suite_holds_out_a_problem_the_embedded_policy_saw_in_sft():
+    """For several pool seeds and an easier difficulty mix, the validation and test problems share no canonical
+    problem with the tiny policy's SFT data, recomputed by its own recipe (both phases)."""
+    from cropi.policy.tiny import PretrainConfig, sft_data
+    from cropi.tasks.synthetic import SuiteConfig, build_suite, embedded_sft_keys
+
+    phase1, phase2 = sft_data(PretrainConfig())
+    seen: dict[str, set[str]] = {}
+    for p in phase1 + phase2:
+        seen.setdefault(p.family, set()).add(p.metadata["canonical"])
+    assert all(seen[f] <= embedded_sft_keys()[f] for f in seen)  # the suite's exclusion covers the recipe's data
+    small = {"pool_size": 400, "val_size": 200, "test_size_targeted": 500, "test_size_untargeted": 200}
+    for extra in ({"pool_seed": 0}, {"pool_seed": 1}, {"pool_seed": 2, "difficulty_weights": [3.0, 3.0, 2.0, 1.0, 1.0]},
+                  {"pool_seed": 3}, {"pool_seed": 0, "test_size_targeted": 800}):
+        suite = build_suite(SuiteConfig(**{**small, **extra}))
+        held = [p for p in suite.test_problems()] + [p for v in suite.validation.values() for p in v]
+        leaked = [p.id for p in held if p.metadata["canonical"] in seen.get(p.family, ())]
+        assert not leaked, (extra, len(leaked), leaked[:5])
+
+
+def test_the_default_draw_is_unchanged_by_the_sft_exclusion():
+    """The default draw (pool seed 0) was SFT's held-out draw: excluding SFT's keys changes none of its problems."""
+    from cropi.tasks.synthetic import SuiteConfig, _build, build_suite, embedded_sft_keys
+
+    cfg = SuiteConfig(pool_size=2000)
+    plain, guarded = _build(cfg, {}), _build(cfg, embedded_sft_keys())
+    assert [p.prompt for p in plain.test_problems()] == [p.prompt for p in guarded.test_problems()]
+    assert [p.prompt for p in plain.pool] == [p.prompt for p in guarded.pool]
+    assert [p.prompt for p in build_suite(cfg).pool] == [p.prompt for p in plain.pool]

@@ -15,7 +15,7 @@ def _cfg(model_dir, steps=4, **extra):
     sets = small_suite_overrides() + [
         f"model.name={model_dir}", f"train.steps={steps}", "train.prompts_per_step=4", "rollout.group_size=4",
         "rollout.max_new_tokens=6", "eval.max_new_tokens=6", "train.eval_every=2", "train.checkpoint_every=2",
-        "train.lr=1e-3", "model.device=cpu", "select.stages=1",
+        "train.lr=1e-3", "model.device=cpu", "select.stages=1", "train.selector=full",
     ] + [f"{k}={v}" for k, v in extra.items()]
     return load_config(None, sets)
 
@@ -34,11 +34,10 @@ def test_run_folder_summary_and_report(micro_model_dir, tmp_path):
     assert [c["step"] for c in s["curve"]] == [0, 2, 4]
     assert all(0 <= c["targeted"] <= 1 and 0 <= c["untargeted"] <= 1 for c in s["curve"])
     assert s["steps"] == 4 and summary["best_targeted"] == max(c["targeted"] for c in s["curve"])
-    # every evaluation records the machine's load, the summary its mean and largest (Linux reports it)
+    # nothing in the run records the machine it ran on: seconds compare on one machine, which is the lab's business
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    loads = [r["load_1min"] for r in rows if r["event"] == "eval"]
-    assert len(loads) == 3 and s["load_1min_at_evals"] == {"mean": round(sum(loads) / 3, 2), "max": max(loads), "n": 3,
-                                                           "cores": os.cpu_count()}
+    assert not any(k.startswith("load") for r in rows for k in r)
+    assert not {"machine", "host", "load_1min_at_evals"} & set(s)
     # the resolved config reproduces the run
     again = load_config(run / "config.yaml")
     assert again.train.steps == 4 and again.model.name == str(micro_model_dir)

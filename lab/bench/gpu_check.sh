@@ -8,7 +8,7 @@
 # itself runs from src/ (no install needed).
 # Extra arguments go to the checks, e.g. `--only projector,grpo` or `--device cpu --quick` (a dry run).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 OUT=${OUT:-runs/gpu-check}
 PY=${PYTHON:-python3}
 WHEELS=${WHEELS-.whl}

@@ -5,7 +5,7 @@
 # Ray (a 79 MB wheel for CPython 3.12) and vLLM (hundreds of MB, with its own CUDA torch) are left out: their
 # checks run only where they are already installed.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=${PY_VERSION:-3.12}
 mkdir -p .whl
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PY" --implementation cp \

@@ -6,7 +6,7 @@
 #   lab/scripts/finish_compare.sh          everything: the main comparison, the draws, the long budget(s), the cost model
 #   lab/scripts/finish_compare.sh main     the main comparison and the cost model only (the others still running)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 CROPI=${CROPI:-.venv/bin/cropi}
 DEST=lab/results

@@ -3,8 +3,4 @@
 from cropi.cli import compare, pipeline, train  # noqa: F401  (registers the commands)
 from cropi.cli.main import app
 
-__all__ = ["app", "main"]
-
-
-def main() -> None:  # pragma: no cover
-    app()
+__all__ = ["app"]

@@ -1,5 +1,5 @@
-"""``python -m cropi.cli``: the demo's helper process."""
+"""``python -m cropi.cli``: the demo's helper process, and the command line without its script."""
 
-from cropi.cli import main
+from cropi.cli import app
 
-main()
+app()

@@ -79,7 +79,7 @@ from cropi.errors import CropiError
 from cropi.extras import require
 from cropi.io import write_json, write_text
 from cropi.policy import Policy
-from cropi.scores.ranking import top_n
+from cropi.scores.ranking import selection_size
 from cropi.selection import parse_selector, resolve
 from cropi.tasks import grade_many
 from cropi.tasks.problem import Problem
@@ -368,7 +368,8 @@ def train_stages(
                          "choose a new folder")
     sel = parse_selector(selector)[0]
     per_generation = args.generation_batch_size // args.num_generations
-    _check_subset_size(len(suite.pool) if selector == "full" else top_n(len(suite.pool), cfg.select.ratio),
+    _check_subset_size(len(suite.pool) if selector == "full" else
+                       selection_size(len(suite.pool), cfg.select.ratio, cfg.select.size),
                        per_generation, "each stage")
     check_trainer_kwargs(trainer_kwargs)
     policy = live_policy(model, tokenizer)

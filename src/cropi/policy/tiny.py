@@ -121,6 +121,15 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, progress: Callable[[int, 
         torch.set_num_threads(threads)
 
 
+def sft_data(cfg: PretrainConfig) -> tuple[list, list]:
+    """The two phases' SFT examples, holding out the validation and test problems of ``cfg.suite``'s draw."""
+    suite = build_suite(cfg.suite)
+    held_out = {p.metadata["canonical"] for p in suite.test_problems()}
+    held_out |= {p.metadata["canonical"] for v in suite.validation.values() for p in v}
+    data = sft_examples(cfg.suite, cfg.examples, cfg.seed, held_out, cfg.misconception_rate)
+    return data, (_focus_examples(cfg, held_out) if cfg.focus_steps > 0 else [])
+
+
 def _focus_examples(cfg: PretrainConfig, exclude: set[str]) -> list:
     """Phase-2 data: drawn like phase 1's, then thinned so each targeted family weighs ``focus_weight``."""
     n = cfg.examples
@@ -172,15 +181,11 @@ def _pretrain(cfg: PretrainConfig, out_dir: str | Path, progress: Callable[[int,
     random.seed(cfg.seed)
     tokenizer = build_tokenizer()
     model = build_model(cfg, tokenizer)
-    suite = build_suite(cfg.suite)
-    held_out = {p.metadata["canonical"] for p in suite.test_problems()}
-    held_out |= {p.metadata["canonical"] for v in suite.validation.values() for p in v}
     t0 = time.time()
-    data = sft_examples(cfg.suite, cfg.examples, cfg.seed, held_out, cfg.misconception_rate)
+    data, focus = sft_data(cfg)
     losses = _sft(model, tokenizer, data, cfg.steps, cfg.lr, cfg.warmup, cfg, cfg.threads, progress)
     phase1_seconds = time.time() - t0
     if cfg.focus_steps > 0:
-        focus = _focus_examples(cfg, held_out)
         losses += _sft(model, tokenizer, focus, cfg.focus_steps, cfg.focus_lr, cfg.focus_warmup, cfg,
                        cfg.focus_threads, progress, offset=cfg.steps)
     out_dir = Path(out_dir)

@@ -15,6 +15,7 @@ and test problems.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 from dataclasses import dataclass, field
@@ -188,8 +189,10 @@ def _draw_split(
     split: str,
     cfg: SuiteConfig,
     taken: set[str],
+    avoid: frozenset[str] | set[str] = frozenset(),
 ) -> list[Problem]:
-    """Draw ``n`` problems of one family whose canonical keys are not in ``taken`` (which is updated).
+    """Draw ``n`` problems of one family whose canonical keys are not in ``taken`` (which is updated) nor in
+    ``avoid`` (which is not: keys a held-out split must not use, but the pool may).
 
     Where a difficulty level's problem space is exhausted (1-digit addition has 55 canonical problems) the
     draw moves on to another level rather than emitting duplicates."""
@@ -201,7 +204,7 @@ def _draw_split(
     while len(out) < n:
         d = rng.choices(levels, weights=cfg.difficulty_weights)[0]
         prompt, answer, key = fam.draw(rng, d)
-        if key in taken:
+        if key in taken or key in avoid:
             misses += 1
             if misses > 200 * n + 1000:
                 raise ValueError(f"family {family!r}: problem space too small for {n} {split} problems")
@@ -221,12 +224,54 @@ def _draw_split(
     return out
 
 
+# The embedded tiny policy's SFT data (``cropi.policy.tiny``): both phases draw from one seeded stream per family,
+# the second (the focus phase, 2.5 x 200,000 draws before it is thinned) the longer prefix, holding out the
+# validation and test problems of the default draw (pool seed 0).
+EMBEDDED_SFT_SEED, EMBEDDED_SFT_DRAWS = 0, 500_000
+
+
+@functools.lru_cache(maxsize=1)
+def embedded_sft_keys() -> dict[str, frozenset[str]]:
+    """Per family, the canonical keys of every problem the embedded policy may have seen in SFT (a superset:
+    the focus phase's draws before thinning)."""
+    base = SuiteConfig()
+    # every draw of each family's stream, before the shuffle that drops a few (a key may occur only there);
+    # any misconception rate > 0 consumes the stream alike
+    drawn = _sft_draws(base, EMBEDDED_SFT_DRAWS // len(base.families) + 1, EMBEDDED_SFT_SEED,
+                       _held_out(_build(base, {})), misconception_rate=0.5)
+    keys: dict[str, set[str]] = {}
+    for p in drawn:
+        keys.setdefault(p.family, set()).add(p.metadata["canonical"])
+    return {f: frozenset(k) for f, k in keys.items()}
+
+
+def _held_out(suite: Suite) -> set[str]:
+    return {p.metadata["canonical"] for p in suite.test_problems()} | {
+        p.metadata["canonical"] for v in suite.validation.values() for p in v}
+
+
+def _meets_sft(cfg: SuiteConfig) -> bool:
+    """Whether a draw's validation or test problems can be among the embedded policy's SFT problems.  The
+    default draw's cannot (SFT held them out), nor can any smaller one from the same streams: each split's
+    problems are then among the default's draws.  Every other draw is kept out of SFT's keys."""
+    d = SuiteConfig()
+    return not (cfg.pool_seed == d.pool_seed and cfg.difficulty_weights == d.difficulty_weights
+                and cfg.val_size <= d.val_size and cfg.test_size_targeted <= d.test_size_targeted
+                and cfg.test_size_untargeted <= d.test_size_untargeted
+                and set(cfg.targeted) <= set(d.targeted))
+
+
 def build_suite(cfg: SuiteConfig | None = None) -> Suite:
     """Build pool, validation and test sets, disjoint by canonical problem.
 
     Test splits are drawn first, then validation, then the pool, each excluding every key drawn before,
-    so a small problem space can never leak a test problem into training data."""
+    so a small problem space can never leak a test problem into training data.  Validation and test problems
+    are also never among the embedded policy's SFT problems (``embedded_sft_keys``), whatever the draw."""
     cfg = cfg or SuiteConfig()
+    return _build(cfg, embedded_sft_keys() if _meets_sft(cfg) else {})
+
+
+def _build(cfg: SuiteConfig, avoid: dict[str, frozenset[str]]) -> Suite:
     unknown = [f for f in [*cfg.families, *cfg.targeted] if f not in FAMILIES]
     if unknown:
         raise ValueError(f"unknown synthetic families {unknown}; known: {sorted(FAMILIES)}")
@@ -236,8 +281,9 @@ def build_suite(cfg: SuiteConfig | None = None) -> Suite:
     test = {}
     for f in cfg.families:
         n = cfg.test_size_targeted if f in targeted else cfg.test_size_untargeted
-        test[f] = _draw_split(f, n, "test", cfg, taken[f])
-    validation = {f: _draw_split(f, cfg.val_size, "val", cfg, taken[f]) for f in targeted}
+        test[f] = _draw_split(f, n, "test", cfg, taken[f], avoid.get(f, frozenset()))
+    validation = {f: _draw_split(f, cfg.val_size, "val", cfg, taken[f], avoid.get(f, frozenset()))
+                  for f in targeted}
     weights = [float(cfg.weights.get(f, 1.0)) for f in cfg.families]
     total = sum(weights)
     counts = [int(cfg.pool_size * w / total) for w in weights]
@@ -253,8 +299,15 @@ def sft_examples(cfg: SuiteConfig, n: int, seed: int, exclude: set[str], misconc
     """Supervised examples for pretraining the embedded model, drawn uniformly over families and levels,
     never using a canonical problem in ``exclude`` (the validation and test keys).  With probability
     ``misconception_rate`` an example of a family with a misconception carries that wrong answer instead."""
+    out = _sft_draws(cfg, n // len(cfg.families) + 1, seed, exclude, misconception_rate)
+    random.Random(seed).shuffle(out)
+    return out[:n]
+
+
+def _sft_draws(cfg: SuiteConfig, per_family: int, seed: int, exclude: set[str],
+               misconception_rate: float) -> list[Problem]:
+    """The first ``per_family`` examples of each family's seeded SFT stream."""
     out: list[Problem] = []
-    per_family = n // len(cfg.families) + 1
     for f in cfg.families:
         rng = random.Random(_seed_for(seed, f, "sft"))
         levels = list(range(1, MAX_DIFFICULTY + 1))
@@ -269,8 +322,7 @@ def sft_examples(cfg: SuiteConfig, n: int, seed: int, exclude: set[str], misconc
                 answer = misconception(f, key) or answer
             out.append(Problem(f"sft-{f}-{k}", prompt, answer, f, "synthetic", d, {"canonical": key}))
             k += 1
-    random.Random(seed).shuffle(out)
-    return out[:n]
+    return out
 
 
 def reward(problem: Problem, response: str) -> float:

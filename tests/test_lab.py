@@ -1,0 +1,218 @@
+"""The lab's readings (lab/readings.py, lab/scripts): results across machines, contention, draws, plateau
+readings, and the scripts that keep a long comparison's run records between machines."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from lab.readings import compute_results_across_machines as compute_results
+
+
+def _curve(ys, dt=10.0, t0=0.0):
+    return [{"step": 10 * i, "targeted": y, "untargeted": 0.5, "seconds": t0 + dt * i} for i, y in enumerate(ys)]
+
+
+def test_draw_spread_is_the_range_of_draw_medians_beside_the_range_of_seeds(tmp_path):
+    from lab.readings import draw_spread
+
+    full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]
+    fast = [0.30, 0.40, 0.44, 0.45, 0.45, 0.45, 0.45]   # crosses 0.42 at step 18
+    slow = [0.30, 0.32, 0.35, 0.38, 0.41, 0.44, 0.44]   # later, at step ~ 45
+    a = _draw(full, {0: fast, 1: fast})
+    b = _draw(full, {0: fast, 1: slow})
+    sp = draw_spread({"a": a, "b": b})
+    step = sp["selectors"]["cropi"]["step_acceleration"]
+    ma, mb = a["selectors"]["cropi"]["median"]["step_acceleration"], b["selectors"]["cropi"]["median"]["step_acceleration"]
+    assert step["medians"] == {"a": ma, "b": mb}
+    assert step["between_draws"] == pytest.approx(abs(ma - mb)) and step["between_draws"] > 0
+    seeds_b = [r["step_acceleration"] for r in b["selectors"]["cropi"]["seeds"].values()]
+    assert step["between_seeds"]["a"] == pytest.approx(0.0)
+    assert step["between_seeds"]["b"] == pytest.approx(max(seeds_b) - min(seeds_b))
+    assert step["between_seeds_max"] == pytest.approx(step["between_seeds"]["b"])
+    # against full data's seed mean in the same draw: cropi's fast seeds end at .45, full data's at .42
+    vs = sp["selectors"]["cropi"]["final_targeted_vs_full"]
+    assert vs["medians"]["a"] == pytest.approx(0.03) and vs["between_seeds"]["a"] == pytest.approx(0.0)
+    # one draw: no spread between draws to speak of; the same draw twice: none
+    assert draw_spread({"a": a})["selectors"]["cropi"]["final_targeted"]["between_draws"] is None
+    assert draw_spread({"a": a, "a2": a})["selectors"]["full"]["step_acceleration"]["between_draws"] == 0
+    # a wall-clock acceleration not measured (a contended run) is left out but is no "never reached"
+    c = json.loads(json.dumps(b))
+    c["selectors"]["cropi"]["seeds"]["1"]["wall_acceleration"] = None
+    wall = draw_spread({"a": a, "c": c})["selectors"]["cropi"]["wall_acceleration"]
+    assert wall["never"] == 0 and wall["between_seeds"]["c"] == pytest.approx(0.0)
+
+
+def test_draw_spread_leaves_out_selectors_missing_from_a_draw_and_counts_never():
+    from lab.readings import draw_spread
+
+    full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]
+    a = _draw(full, {0: [0.30, 0.31, 0.32, 0.32, 0.32, 0.32, 0.32]})  # never reaches the threshold
+    b = compute_results({"full": {0: {"curve": _curve(full)}}}, "m", 60)
+    assert set(draw_spread({"a": a, "b": b})["selectors"]) == {"full"}
+    never = draw_spread({"a": a})["selectors"]["cropi"]["step_acceleration"]
+    assert never["never"] == 1 and never["between_draws"] is None and never["between_seeds_max"] is None
+
+
+def test_wall_clock_acceleration_divides_by_full_datas_seconds_on_the_runs_own_machine(tmp_path):
+    full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]
+    fast = [0.30, 0.45, 0.46, 0.46, 0.46, 0.46, 0.46]
+    here = {"full": {0: {"curve": _curve(full), "machine": "Xeon, 2 cores", "host": "a"}},
+            "cropi": {0: {"curve": _curve(fast, dt=4.0), "machine": "Xeon, 2 cores", "host": "a"}}}
+    one = compute_results(here, "m", 60)
+    # the same work on a machine k times as fast, its full data a reference run repeating seed 0 there
+    k = 2.5
+    moved = {"full": here["full"], "cropi": {0: {"curve": _curve(fast, dt=4.0 / k), "machine": "EPYC", "host": "b"}}}
+    ref = {"curve": _curve([0.2] * 7, dt=10.0 / k), "machine": "EPYC", "host": "b", "config": {"train": {"seed": 0}}}
+    two = compute_results(moved, "m", 60, references=[ref])
+    assert two["selectors"]["cropi"]["seeds"]["0"]["wall_acceleration"] == pytest.approx(
+        one["selectors"]["cropi"]["seeds"]["0"]["wall_acceleration"])
+    # a reference gives seconds only: the threshold and the steps are full data's own
+    assert two["threshold_targeted"] == one["threshold_targeted"]
+    assert two["full_steps_to_threshold"] == one["full_steps_to_threshold"]
+    assert two["hosts"]["b"] == {"cpu": "EPYC", "runs": 1, "reference_runs": 1,
+                                 "full_seconds_to_threshold": pytest.approx(one["full_seconds_to_threshold"] / k)}
+    # without a full-data run on its machine a run has no wall-clock number, and the target is not met
+    alone = compute_results(moved, "m", 60)
+    row = alone["selectors"]["cropi"]["seeds"]["0"]
+    assert row["wall_acceleration"] is None and not row["wall_reference"]
+    assert alone["selectors"]["cropi"]["wall_unreferenced"] == 1
+
+
+def test_a_contended_run_has_no_wall_clock_acceleration_and_is_no_machines_seconds_reference(tmp_path):
+    from lab.readings import contended, cores_of
+
+    assert cores_of("AMD EPYC, 2 cores, 24 GiB RAM, no GPU") == 2 and cores_of("EPYC") is None and cores_of(None) is None
+    two = "Xeon, 2 cores"
+    assert not contended({"machine": two, "load_1min_at_evals": {"mean": 2.5}})  # two runs on two cores
+    assert contended({"machine": two, "load_1min_at_evals": {"mean": 2.51}})
+    assert not contended({"machine": "Xeon", "load_1min_at_evals": {"mean": 9.0}})  # cores unknown
+    assert not contended({"machine": two})  # load not recorded
+
+    full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]
+    fast = [0.30, 0.45, 0.46, 0.46, 0.46, 0.46, 0.46]
+    calm, busy = {"mean": 2.0, "max": 2.2, "n": 7}, {"mean": 3.2, "max": 5.0, "n": 7}
+
+    def run(ys, dt, load, seed=0):
+        return {"curve": _curve(ys, dt=dt), "machine": two, "host": "a", "load_1min_at_evals": load,
+                "config": {"train": {"seed": seed}}}
+
+    clean = compute_results({"full": {0: run(full, 10.0, calm)}, "cropi": {0: run(fast, 4.0, calm)}}, "m", 60)
+    # full data measured while sharing the cores (1.5x slower): not a reference; a clean repeat of it is
+    slow = {"full": {0: run(full, 15.0, busy)}, "cropi": {0: run(fast, 4.0, calm)}}
+    alone = compute_results(slow, "m", 60)
+    row = alone["selectors"]["cropi"]["seeds"]["0"]
+    assert row["wall_acceleration"] is None and not row["wall_reference"] and not row["contended"]
+    assert alone["selectors"]["full"]["seeds"]["0"]["contended"]
+    fixed = compute_results(slow, "m", 60, references=[run([0.2] * 7, 10.0, calm)])
+    assert fixed["selectors"]["cropi"]["seeds"]["0"]["wall_acceleration"] == pytest.approx(
+        clean["selectors"]["cropi"]["seeds"]["0"]["wall_acceleration"])
+    assert fixed["selectors"]["full"]["seeds"]["0"]["wall_acceleration"] is None  # its own seconds are inflated
+    # the report's full-data seconds to the threshold are the uncontended runs' only
+    assert alone["full_seconds_to_threshold"] is None
+    assert clean["full_seconds_to_threshold"] == pytest.approx(compute_results(
+        {"full": {0: run(full, 10.0, calm), 1: run(full, 15.0, busy, seed=1)}}, "m", 60)["full_seconds_to_threshold"])
+    assert fixed["reference_runs"][0]["contended"] is False
+    # a contended selector run: its step acceleration stands, its seconds give none, and the target says why
+    crowded = compute_results({"full": {0: run(full, 10.0, calm)}, "cropi": {0: run(fast, 4.0, busy)}}, "m", 60)
+    c = crowded["selectors"]["cropi"]
+    assert c["seeds"]["0"]["wall_acceleration"] is None and c["seeds"]["0"]["contended"] and c["wall_contended"] == 1
+    assert c["median"]["wall_acceleration"] is None
+    assert c["median"]["step_acceleration"] == clean["selectors"]["cropi"]["median"]["step_acceleration"]
+    assert clean["selectors"]["cropi"]["median"]["wall_acceleration"] >= 2.0
+
+
+def test_plateau_reading_against_hand_computed_values(tmp_path):
+    from lab.bench.plateau import main as plateau_main
+    from lab.readings import plateau_reading
+
+    def curve(ys, secs):
+        return [{"step": 2 * i, "targeted": y, "seconds": t} for i, (y, t) in enumerate(zip(ys, secs))]
+
+    # the long run repeats the main one for its first three evaluations, on a machine half as fast
+    long = {"budget_steps": 8, "selectors": {"full": {"seeds": {"0": {
+        "curve": curve([0.1, 0.2, 0.3, 0.4, 0.5], [0, 10, 20, 30, 40]), "host": "slow"}}}}}
+    main = {"budget_steps": 4, "threshold_targeted": 0.25, "full_steps_to_threshold": 4.0, "reference_runs": [],
+            "selectors": {"full": {"seeds": {"0": {"curve": curve([0.1, 0.2, 0.3], [0, 5, 10]), "host": "fast"}}},
+                          "x": {"seeds": {"0": {"curve": curve([0.3, 0.5, 0.5], [0, 4, 8]), "host": "fast"}}}}}
+    r = plateau_reading(long, main, block=4)
+    # smoothed long curve .15 .2 .3 .4 .45: best .45, crossed at step 8, 40 s; 20 s at the main budget
+    assert r["threshold_long"] == pytest.approx(0.45) and r["full_steps_to_threshold_long"] == pytest.approx(8.0)
+    assert r["full_mean_targeted_per_block"] == pytest.approx({"4": 0.25, "8": 0.45})
+    assert r["repeat"]["0"] == {"evaluations": 3, "max_abs_diff": 0.0, "first_differing_step": None}
+    # x: smoothed .4 .433 .5 crosses .45 at step 2.5, 5 s; full data on x's machine: 10 s at step 4, × 40/20
+    x = r["selectors"]["x"]["seeds"]["0"]
+    assert x["steps_to_threshold"] == pytest.approx(2.5)
+    assert x["step_acceleration"] == pytest.approx(8 / 2.5) and x["wall_acceleration"] == pytest.approx(20 / 5)
+    assert r["selectors"]["full"]["never"] == 1 and r["selectors"]["full"]["median"]["step_acceleration"] is None
+    crowded = json.loads(json.dumps(main))
+    crowded["selectors"]["x"]["seeds"]["0"]["contended"] = True  # its seconds are inflated: no wall estimate
+    cx = plateau_reading(long, crowded, block=4)["selectors"]["x"]["seeds"]["0"]
+    assert cx["wall_acceleration"] is None and cx["step_acceleration"] == pytest.approx(8 / 2.5)
+
+    (tmp_path / "long.json").write_text(json.dumps(long))
+    (tmp_path / "main.json").write_text(json.dumps(main))
+    assert plateau_main(["--long", str(tmp_path / "long.json"), "--compare", str(tmp_path / "main.json"),
+                         "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "plateau.md").read_text()
+    assert "| x | 3.20× | 4.00× | 1/1 | 2 |" in md  # 2.5 steps, printed to the nearest even step
+    assert r["block_steps"] == 4 and r["long_eval_every"] == 2
+    assert "evaluated every 2 steps" in md and "over 6 steps" in md  # the smoothing window, in steps
+    # --block sets the table's spans: one column per 8 steps
+    assert plateau_main(["--long", str(tmp_path / "long.json"), "--compare", str(tmp_path / "main.json"),
+                         "--out", str(tmp_path / "b8"), "--block", "8"]) == 0
+    assert "| seed mean | 35.0% |" in (tmp_path / "b8" / "plateau.md").read_text()  # mean of .2 .3 .4 .5 (step 0 left out)
+    assert plateau_main(["--long", str(tmp_path / "long.json"), "--compare", str(tmp_path / "main.json"),
+                         "--out", str(tmp_path / "b0"), "--block", "0"]) == 2
+    assert not (tmp_path / "b0").exists()
+    # a "long" file whose budget is not longer is refused, and nothing is written
+    assert plateau_main(["--long", str(tmp_path / "main.json"), "--compare", str(tmp_path / "main.json"),
+                         "--out", str(tmp_path / "no")]) == 2
+    assert not (tmp_path / "no").exists()
+
+
+def test_finished_run_readings_apply_the_comparisons_rule_to_summaries_only_with_references_apart(tmp_path):
+    """lab/scripts/read_compare_runs.py: the rule of ``compute_results`` on the runs that have a summary, each
+    full-s*@HOST folder entering only as a reference, a contended-* repeat and an unfinished run left out."""
+    import subprocess
+    import sys
+
+    from cropi.io import read_json, write_json
+
+    full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]
+    fast = [0.30, 0.45, 0.46, 0.46, 0.46, 0.46, 0.46]
+    calm = {"mean": 2.0, "max": 2.2, "n": 7}
+
+    def run(ys, dt, host, seed=0):
+        return {"curve": _curve(ys, dt=dt), "machine": "EPYC, 2 cores", "host": host, "load_1min_at_evals": calm,
+                "config": {"train": {"seed": seed}}}
+
+    runs = tmp_path / "runs"
+    summaries = {"full": {0: run(full, 10.0, "a"), 1: run(full, 12.0, "a", seed=1)},
+                 "cropi": {0: run(fast, 2.0, "b"), 1: run(fast, 4.0, "a", seed=1)}}
+    for selector, by_seed in summaries.items():
+        for seed, summary in by_seed.items():
+            write_json(runs / f"{selector}-s{seed}" / "summary.json", summary)
+    reference = run([0.2] * 7, 5.0, "b")
+    write_json(runs / "full-s0@b" / "summary.json", reference)
+    write_json(runs / "contended-full-s0@a" / "summary.json", run(full, 30.0, "a"))
+    (runs / "dapo-s0").mkdir()
+    (runs / "dapo-s0" / "metrics.jsonl").write_text('{"event": "step", "step": 1}\n')
+    script = Path(__file__).resolve().parents[1] / "scripts" / "read_compare_runs.py"
+    out = tmp_path / "readings.json"
+    printed = subprocess.run([sys.executable, str(script), str(runs), "--budget", "60", "--out", str(out)],
+                             check=True, capture_output=True, text=True).stdout
+    got = read_json(out)
+    assert got.pop("finished_runs_only") is True
+    expected = json.loads(json.dumps(compute_results(summaries, "EPYC, 2 cores", 60, references=[reference])))
+    assert {k: v for k, v in got.items() if k != "schema_version"} == {
+        k: v for k, v in expected.items() if k != "schema_version"}
+    assert set(got["selectors"]) == {"full", "cropi"}
+    # cropi seed 0 ran on machine b, so its seconds are divided by the reference's there, not by seed 0's on a
+    assert got["selectors"]["cropi"]["seeds"]["0"]["wall_reference"]
+    assert got["selectors"]["cropi"]["seeds"]["0"]["wall_acceleration"] > 0
+    assert compute_results(summaries, "m", 60)["selectors"]["cropi"]["seeds"]["0"]["wall_acceleration"] is None
+    assert "cropi-s0: crosses at" in printed and "dapo" not in printed
