@@ -238,24 +238,22 @@ def test_online_influence_trains_on_the_screened_groups_best_aligned_with_valida
 
 
 def test_online_influence_names_each_validation_set_it_leaves_out_and_refuses_when_none_is_left(
-        tiny, suite, caplog, monkeypatch):
-    import logging
-
+        tiny, suite, monkeypatch):
+    import cropi.scores.in_memory
     from cropi.errors import CropiError
     from cropi.tasks import Problem
     from cropi.selection.online_influence import InfluenceScreening
 
-    monkeypatch.setattr(logging.getLogger("cropi"), "propagate", True)  # the CLI turns it off when imported
+    warned: list[str] = []
+    monkeypatch.setattr(cropi.scores.in_memory.log, "warning", lambda msg, *args: warned.append(msg % args))
     impossible = [Problem(f"x{i}", f"{i}+{i}=", "999999999", "add") for i in range(4)]  # every reward 0
     cfg = _cfg("online_influence")
     usable = next(name for name, probs in suite.validation.items() if any(
         s.mixed for s in sample_groups(tiny, list(probs)[: cfg.select.score.max_val_prompts], (0, "validation", 0),
                                        range(4), cfg.rollout)))
     rule = InfluenceScreening(cfg, {"none_a": impossible, usable: suite.validation[usable], "none_b": impossible[:2]})
-    with caplog.at_level(logging.WARNING, logger="cropi"):
-        batch = rule.build(tiny, suite.pool, 0, {})
+    batch = rule.build(tiny, suite.pool, 0, {})
     assert len(batch.groups) == 4 and set(rule._means) == {usable}
-    warned = [r.getMessage() for r in caplog.records if r.name == "cropi"]
     assert warned == ["validation set 'none_a' has no prompt with mixed rewards: left out of the influence fusion",
                       "validation set 'none_b' has no prompt with mixed rewards: left out of the influence fusion"]
     with pytest.raises(CropiError, match="no validation set .none_a, none_b. has a prompt with mixed rewards"):

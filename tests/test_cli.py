@@ -82,3 +82,57 @@ def test_score_missing_store_exit_2(tmp_path):
     r = runner.invoke(app, ["score", "--pool-store", str(tmp_path / "nope"), "--val-store", f"a={tmp_path}",
                             "--out", str(tmp_path / "s.parquet")])
     assert r.exit_code == 2 and "no trajectory store" in r.output and not (tmp_path / "s.parquet").exists()
+
+
+def _tiny_train_args(micro_model_dir, out):
+    args = ["train", "--model", str(micro_model_dir), "--selector", "full", "--steps", "2", "--stages", "1",
+            "--out", str(out)]
+    for s in small_suite_overrides() + ["train.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=3",
+                                        "eval.max_new_tokens=3", "model.device=cpu", "train.eval_every=1"]:
+        args += ["--set", s]
+    return args
+
+
+def test_a_second_process_on_a_live_run_folder_stops_naming_it(micro_model_dir, tmp_path):
+    """One writer per run folder: while another live process holds it, `train` (with or without --resume) stops
+    with one line naming that process, and writes nothing."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "r"
+    out.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".lock").write_text(str(other.pid))
+        for extra in ([], ["--resume"]):
+            r = runner.invoke(app, _tiny_train_args(micro_model_dir, out) + extra)
+            lines = [x for x in r.output.splitlines() if x.strip()]
+            assert r.exit_code == 2 and len(lines) == 1 and f"pid {other.pid}" in lines[0], r.output
+            assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    finally:
+        other.kill()
+        other.wait()
+    # its holder gone, the folder is free: the run goes through and leaves no lock behind
+    r = runner.invoke(app, _tiny_train_args(micro_model_dir, out))
+    assert r.exit_code == 0, r.output
+    assert not (out / ".lock").exists()
+
+
+def test_the_summary_counts_every_kind_of_second_and_ctrl_c_says_how_to_resume(micro_model_dir, tmp_path,
+                                                                                monkeypatch):
+    out = tmp_path / "r"
+    r = runner.invoke(app, _tiny_train_args(micro_model_dir, out))
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    line = next(x for x in r.output.splitlines() if " s charged (" in x)
+    total = sum(summary["seconds_by_kind"].values())
+    assert line.startswith(f"2 GRPO steps, {total:.0f} s charged (") and "training" in line and "rollouts" in line
+
+    import cropi.runs.run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cropi.runs.run, "run_training", interrupted)
+    r = runner.invoke(app, _tiny_train_args(micro_model_dir, tmp_path / "r2"))
+    assert r.exit_code == 130 and "--resume" in r.output and str(tmp_path / "r2") in " ".join(r.output.split())

@@ -279,7 +279,7 @@ def test_a_subset_smaller_than_one_generation_batch_is_refused_before_anything_i
 def test_the_gpu_checks_trained_equals_selected_is_false_when_a_stage_trained_on_part_of_its_selection(monkeypatch,
                                                                                                      tmp_path):
     pytest.importorskip("trl")
-    from cropi.integrations import gpu_check
+    from lab.bench import gpu_check
     from cropi.integrations import trl as cropi_trl
 
     def staged(trained):  # what train_stages returns, without training: only its records are read

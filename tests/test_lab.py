@@ -16,6 +16,12 @@ def _curve(ys, dt=10.0, t0=0.0):
     return [{"step": 10 * i, "targeted": y, "untargeted": 0.5, "seconds": t0 + dt * i} for i, y in enumerate(ys)]
 
 
+def _draw(full_ys, cropi_ys_by_seed):
+    summaries = {"full": {0: {"curve": _curve(full_ys)}, 1: {"curve": _curve(full_ys)}},
+                 "cropi": {s: {"curve": _curve(ys)} for s, ys in cropi_ys_by_seed.items()}}
+    return compute_results(summaries, "m", 60)
+
+
 def test_draw_spread_is_the_range_of_draw_medians_beside_the_range_of_seeds(tmp_path):
     from lab.readings import draw_spread
 
@@ -201,7 +207,7 @@ def test_finished_run_readings_apply_the_comparisons_rule_to_summaries_only_with
     write_json(runs / "contended-full-s0@a" / "summary.json", run(full, 30.0, "a"))
     (runs / "dapo-s0").mkdir()
     (runs / "dapo-s0" / "metrics.jsonl").write_text('{"event": "step", "step": 1}\n')
-    script = Path(__file__).resolve().parents[1] / "scripts" / "read_compare_runs.py"
+    script = Path(__file__).resolve().parents[1] / "lab" / "scripts" / "read_compare_runs.py"
     out = tmp_path / "readings.json"
     printed = subprocess.run([sys.executable, str(script), str(runs), "--budget", "60", "--out", str(out)],
                              check=True, capture_output=True, text=True).stdout

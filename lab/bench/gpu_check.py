@@ -169,6 +169,7 @@ def check_trl(plan: CheckPlan) -> dict:
     pool = 8 if plan.quick else 160
     cfg = load_config(None, [f"data.suite.pool_size={pool}", "data.suite.val_size=16", "data.suite.test_size_targeted=4",
                              "data.suite.test_size_untargeted=2", "select.stages=2", "select.ratio=0.25",
+                             "select.candidates=0", "select.size=0",  # the whole pool scored, a quarter kept
                              "select.score.max_val_prompts=8", f"model.device={plan.device}"])
     policy = load_policy("tiny", device=plan.device)
     steps = pool // 4  # each stage takes its whole selection (pool / 4 prompts) once, 2 prompts a step

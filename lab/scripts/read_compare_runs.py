@@ -7,7 +7,10 @@ a summary.json, with each run's machine.  Unfinished runs are left out; so are c
         --budget 2400 --out lab/results/compare-peers-2400-finished-runs.json
 """
 import argparse
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: the lab is not installed
 
 from cropi.io import write_json
 from lab.readings import compute_results_across_machines, finished_summaries, reference_summaries

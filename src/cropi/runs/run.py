@@ -64,6 +64,7 @@ def check_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False) -> Suit
     loaded data, for ``run_training``."""
     cfg = resolve_selector(cfg)
     suite = load_data(cfg.data)
+    evaluation_sets(cfg, suite)  # an evaluation split with nothing in it stops here
     check_run_dir(cfg, run_dir, resume)
     return suite
 

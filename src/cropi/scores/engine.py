@@ -29,7 +29,6 @@ Gradient folder layout: ``pool/`` (or shards ``pool-START-END/``) and ``val-<nam
 from __future__ import annotations
 
 import json
-import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,7 +53,6 @@ from cropi.scores.gradient_store import (FORMAT, ChunkRows, GradientStoreWriter,
 from cropi.scores.ranking import Ranking, cosine_scores, mean_direction, rank, top_n
 
 MODES = ("projected", "exact", "auto")
-log = logging.getLogger("cropi")
 
 
 # ----------------------------------------------------------------------------- the parts
@@ -240,46 +238,6 @@ def default_gradients_dir(out: str | Path) -> Path:
     """Where ``score_pool`` keeps its stores unless told: next to the scores file."""
     out = Path(out)
     return out.with_name(out.stem + ".gradients")
-
-
-# ----------------------------------------------------------------------------- groups held in memory
-def flat_gradients(estimator: GradientEstimator, groups: Sequence[PromptGroup]) -> tuple[list[str], torch.Tensor | None]:
-    """The usable groups' gradients, each flattened over ``estimator.param_names`` into one row: (prompt ids,
-    [N, d] tensor, or None when no group is usable).  For a few dozen groups held in memory (a batch rule's
-    screen), where the store machinery above would only add files."""
-    ids, rows = [], []
-    for gb in estimator.gradients(groups).batches:
-        for b, pid in enumerate(gb.prompt_ids):
-            ids.append(pid)
-            rows.append(torch.cat([gb.grads[n][b].reshape(-1) for n in estimator.param_names]))
-    return ids, (torch.stack(rows) if rows else None)
-
-
-def group_means(estimator: GradientEstimator, groups_by_set: Mapping[str, Sequence[PromptGroup]]) -> dict[str, torch.Tensor]:
-    """ḡ_v of each validation set from its groups held in memory.  A set with no usable group (every reward group
-    equal) is left out with one warning, since the fusion then silently targets the other sets; with none left
-    it is an error, since a ranking would then be no ranking at all."""
-    means = {}
-    for name, groups in groups_by_set.items():
-        _, rows = flat_gradients(estimator, groups)
-        if rows is None:
-            log.warning("validation set %r has no prompt with mixed rewards: left out of the influence fusion", name)
-            continue
-        means[name] = rows.mean(0)
-    if not means:
-        raise CropiError(f"no validation set ({', '.join(groups_by_set)}) has a prompt with mixed rewards, so "
-                         "there is no direction to score against; sample more responses or use easier validation prompts")
-    return means
-
-
-def rank_groups(estimator: GradientEstimator, groups: Sequence[PromptGroup], means: Mapping[str, torch.Tensor],
-                n: int) -> Ranking:
-    """The usable ``groups`` ranked by cosine to each validation mean, fused by reciprocal rank into the top
-    ``n`` (``scores.ranking``: the one place prompts are ranked)."""
-    ids, rows = flat_gradients(estimator, groups)
-    if rows is None:
-        return Ranking([], n)
-    return rank({v: dict(zip(ids, cosine_scores(rows, m).tolist())) for v, m in means.items()}, n)
 
 
 # ----------------------------------------------------------------------------- validation means

@@ -4,7 +4,7 @@ per-batch rule.  It samples fresh responses in order to score, so it is a varian
 Screen as the online filter does until ``influence_candidates`` × ``prompts_per_step`` prompts have mixed
 screening rewards; rank them by the cosine of their on-policy GRPO gradient (the POPI estimate at θ = β, from the
 screening responses alone) to each validation set's mean gradient, fused by reciprocal rank
-(``cropi.scores.engine.rank_groups``); complete and train on the top ``prompts_per_step``.  The validation means
+(``cropi.scores.in_memory.rank_groups``); complete and train on the top ``prompts_per_step``.  The validation means
 come from fresh samples of the first ``select.score.max_val_prompts`` prompts of each set, re-sampled every
 ``influence_refresh`` steps (a resumed run re-samples them with the resumed policy unless it resumes on a
 refresh step).  GRESO's pre-rollout skip stands in front of the screen (p = 0.5 unless set, chosen on
@@ -22,7 +22,8 @@ import torch
 
 from cropi.config import RunConfig
 from cropi.policy import Policy
-from cropi.scores.engine import group_means, make_score_estimator, rank_groups
+from cropi.scores.engine import make_score_estimator
+from cropi.scores.in_memory import group_means, rank_groups
 from cropi.selection.batch import Batch, Group, prompt_group, sample_groups, screen_observe, screen_take, take
 from cropi.tasks import Problem
 
