@@ -70,7 +70,7 @@ def _print_summary(summary: dict, out: Path) -> None:
     if c0.get("untargeted") is not None:
         typer.echo(f"untargeted {split} accuracy: {100 * c0['untargeted']:.1f}% -> {100 * summary['final_untargeted']:.1f}%")
     kinds = summary.get("seconds_by_kind") or {}
-    spent = ", ".join(f"{k} {v:.0f} s" for k, v in kinds.items() if v >= 0.5)
+    spent = ", ".join(f"{k} {v:.0f} s" if v >= 10 else f"{k} {v:.1f} s" for k, v in kinds.items() if v > 0)
     typer.echo(f"{summary['steps']} GRPO steps, {sum(kinds.values()):.0f} s charged ({spent}); evaluation not counted")
 
 
