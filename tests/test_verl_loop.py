@@ -56,6 +56,7 @@ def verl_args(s, out, *extra):
     return ["verl", "--out", str(out), "--pool-store", str(s["pool"]), "--val-store", f"count={s['val']}",
             "--model", str(s["model"]), "--device", "cpu", "--pool", str(s["pool_file"]), "--val", f"count={s['val_file']}", "--stages", "2",
             "--steps-per-stage", "2", "--select-ratio", "0.2", "--set", "select.score.k=64",
+            "--set", "select.candidates=0", "--set", "select.size=0",  # the whole pool scored, 20% kept
             "--set", "select.score.chunk_size=4", "--set", "select.score.mode=projected",
             "--launcher", f"{py} {STANDIN} train", "--merger", f"{py} {STANDIN} merge",
             "--verl-arg", "actor_rollout_ref.actor.optim.lr=1e-6", *extra]

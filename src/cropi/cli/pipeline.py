@@ -216,8 +216,8 @@ def verl_cmd(
     extra: Optional[List[str]] = typer.Argument(None, metavar="[-- VERL_OVERRIDES...]", show_default=False,
                                                 help="More hydra overrides for verl's trainer."),
 ):
-    """The CROPI curriculum with verl as the trainer: per stage, score the pool with the current policy (the
-    base --model, then the previous stage's merged actor), write the top --select-ratio as a verl parquet, train
+    """The curriculum with verl as the trainer: per stage, choose the prompts with the current policy (the
+    base --model, then the previous stage's merged actor) as `cropi train` does, write them as a verl parquet, train
     --steps-per-stage steps with verl from the previous stage's checkpoint (optimizer state included), and
     merge the actor to a Hugging Face folder.  Writes OUT/stages/stage-NN/ and OUT/checkpoints/; rerun the
     same command to resume (finished stages are skipped, an interrupted one restarts).
@@ -236,7 +236,8 @@ def verl_cmd(
 def _verl_event(row: dict) -> str:
     stage, event = row.get("stage"), row.get("event")
     return {"stage_skipped": f"stage {stage}: done, skipped",
-            "refresh": f"stage {stage}: re-collecting the behaviour trajectories with the stage's policy",
+            "collect": f"collecting behaviour rollouts with the stage's policy: {row.get('store')} "
+                       f"({row.get('prompts')} prompts)",
             "score": f"stage {stage}: scoring {row.get('prompts')} pool prompts",
             "select": f"stage {stage}: {row.get('n')} prompts selected in {row.get('seconds', 0):.0f} s",
             "train": f"stage {stage}: verl trains {row.get('steps')} steps (log: {row.get('log')})",

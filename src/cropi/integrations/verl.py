@@ -1,6 +1,7 @@
-"""The CROPI curriculum with verl as the trainer: per stage, score the pool with the current policy, write the
-chosen prompts as a verl RL dataset, train S steps with verl's PPO trainer from the previous stage's checkpoint,
-and merge the actor back to a Hugging Face folder that the next stage scores with.
+"""The CROPI curriculum with verl as the trainer: per stage, the same ``Curriculum`` as the built-in trainer chooses
+the prompts with the current policy (``cropi`` scores them off-policy from the stored trajectories), they are
+written as a verl RL dataset, verl's PPO trainer trains S steps from the previous stage's checkpoint, and the
+actor is merged back to a Hugging Face folder that the next stage scores with.
 
 verl pins its own torch / transformers (``transformers < 5.11`` for verl 0.9), so it usually lives in its own
 environment; cropi runs it as a command (``python -m verl.trainer.main_ppo`` with hydra overrides, and
@@ -19,6 +20,7 @@ Run folder::
         behaviour/                      with ``select.refresh_every`` R, every R-th stage first re-collects the
                                         pool and validation trajectories with the policy it starts from (cropi's
                                         sampler, the run's validation sets); later stages score on them too
+        selection.json                  the stage's choice, its diagnostics and seconds (``training.curriculum``)
         scores.parquet (+ .gradients/)  influence scores with the policy the stage starts from
         train.parquet, train.ids.json   the chosen prompts (verl layout; index = pool id)
         command.json, verl-train.log    the trainer's command line and output
@@ -58,7 +60,6 @@ from cropi.config import RunConfig, dump_config
 from cropi.errors import CropiError
 from cropi.extras import MissingExtra, require
 from cropi.io import read_json, write_json, write_text
-from cropi.scores.ranking import top_n
 
 VERL_PYTHON_ENV = "CROPI_VERL_PYTHON"
 REWARD_MODULE = Path(__file__).with_name("verl_reward.py")
@@ -268,18 +269,6 @@ class VerlRun:
                 "val_stores": {k: str(v) for k, v in sorted(self.plan.val_stores.items())},
                 "verl_args": list(self.plan.verl_args)}
 
-    def refreshes(self, stage: int) -> bool:
-        every = self.cfg.select.refresh_every
-        return stage > 0 and every > 0 and stage % every == 0
-
-    def stores_for(self, stage: int) -> tuple[Path, dict[str, Path]]:
-        """The behaviour stores stage ``stage`` scores on: the last refresh's at or before it, else the given ones."""
-        for s in range(stage, 0, -1):
-            if self.refreshes(s):
-                folder = self.stage_dir(s) / "behaviour"
-                return folder / "pool", {name: folder / f"val-{name}" for name in self._val_names}
-        return self.plan.pool_store, dict(self.plan.val_stores)
-
     # -- checks before anything is written ---------------------------------------------------------------------
     def check(self):
         """Everything that can be checked without training; returns the loaded data.  Raises ``CropiError``."""
@@ -293,6 +282,12 @@ class VerlRun:
             store_meta(path)  # a missing store is one line naming it
         if not self.plan.val_stores:
             raise CropiError("cropi verl needs at least one validation store (--val-store NAME=PATH)")
+        if self.cfg.train.filter.method != "none":
+            raise CropiError(f"train.filter.method={self.cfg.train.filter.method}: verl builds each step's batch "
+                             "itself; cropi chooses at stage boundaries (use a stage selector such as cropi)")
+        if self.cfg.select.reuse_rollouts:
+            raise CropiError("select.reuse_rollouts scores from the groups each step trained on, which verl does "
+                             "not write; leave it off with verl")
         suite = load_data(self.cfg.data, need=("pool", "validation"))
         self._check_stores(suite)
         self._check_chat_template()
@@ -351,7 +346,6 @@ class VerlRun:
         from cropi.selection.export import write_verl_problems
 
         suite = self.check()
-        self._val_names = list(suite.validation)
         self.out.mkdir(parents=True, exist_ok=True)
         write_text(self.out / "config.yaml", dump_config(self.cfg))
         write_json(self.out / "verl-run.json", self.fixed_settings())
@@ -371,35 +365,38 @@ class VerlRun:
 
     def _run_stage(self, stage: int, suite) -> None:
         from cropi.policy import load_policy
-        from cropi.selection.export import ids_path, select_from_scores, write_selection
+        from cropi.selection import parse_selector
+        from cropi.selection.export import Selection, ids_path, write_selection
+        from cropi.training.curriculum import BehaviourStores, Curriculum
 
         folder = self.stage_dir(stage)
         folder.mkdir(parents=True, exist_ok=True)
         record: dict = {"stage": stage, "start_step": self.start_step(stage), "end_step": self.end_step(stage),
                         "scored_with": self.model_for(stage)}
-        t0 = time.perf_counter()
         policy = load_policy(self.model_for(stage), self.cfg.model.device, self.cfg.model.dtype)
-        if self.refreshes(stage):
-            from cropi.training.curriculum import behaviour_stores
-
-            # cropi's own sampler with the stage's policy (resumable; verl's rollouts are not written to disk)
-            self.on_event({"event": "refresh", "stage": stage})
-            record["refresh_collect_seconds"] = behaviour_stores(policy, suite, self.cfg, folder / "behaviour",
-                                                                 tag=f"stage-{stage}").collect_seconds
-        pool_store, val_stores = self.stores_for(stage)
-        record["behaviour"] = {"pool": str(pool_store), "validation": {k: str(v) for k, v in val_stores.items()}}
-        scores = self._score(stage, policy, pool_store, val_stores, folder / "scores.parquet")
-        del policy
-        selection = select_from_scores(scores, suite.pool, self.cfg.select.ratio)
+        stores = BehaviourStores(self.plan.pool_store, dict(self.plan.val_stores), 0.0)
+        self.on_event({"event": "score", "stage": stage, "prompts": _store_prompts(self.plan.pool_store)})
+        # the built-in trainer's curriculum: its selection.json, scores and refreshes in this stage's folder
+        curriculum = Curriculum(self.cfg, parse_selector(self.cfg.train.selector)[0], suite, policy, self.out,
+                                stores, self.on_event)
+        choice = curriculum.selection(stage, fresh=True)
+        del policy, curriculum
+        by_id = {p.id: p for p in suite.pool}
+        ids = list(choice["selected"])
+        selection = Selection(ids, [by_id[i] for i in ids], self.cfg.select.ratio, len(suite.pool),
+                              {"selector": self.cfg.train.selector, "stage": stage})
         train_file = write_selection(selection, folder / "train.parquet", layout="verl")
-        record.update(selected=len(selection.ids), ids=str(ids_path(train_file)),
-                      score_seconds=time.perf_counter() - t0)
-        self.on_event({"event": "select", "stage": stage, "n": len(selection.ids), "seconds": record["score_seconds"]})
+        record["behaviour"] = choice.get("behaviour") or {
+            "pool": str(self.plan.pool_store), "validation": {k: str(v) for k, v in self.plan.val_stores.items()}}
+        record["behaviour"].pop("overlays", None)
+        if "refresh" in choice:
+            record["refresh_collect_seconds"] = choice["refresh"]["collect_seconds"]
+        record.update(selected=len(ids), ids=str(ids_path(train_file)), score_seconds=choice["seconds"])
 
         t0 = time.perf_counter()
         trained = folder / "trained.json"
         if not trained.exists():
-            self._train(stage, train_file, len(selection.ids))
+            self._train(stage, train_file, len(ids))
             write_json(trained, {"checkpoint": str(self.step_dir(self.end_step(stage)))})
         record["train_seconds"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -408,14 +405,6 @@ class VerlRun:
         record["checkpoint"] = str(self.step_dir(self.end_step(stage)))
         write_json(folder / "done.json", record)
         self.on_event({"event": "stage_done", "stage": stage, "model": record["model"]})
-
-    def _score(self, stage: int, policy, pool_store: Path, val_stores: dict[str, Path], out: Path) -> Path:
-        from cropi.scores.engine import score_pool
-
-        n_pool = _store_prompts(pool_store)
-        self.on_event({"event": "score", "stage": stage, "prompts": n_pool})
-        score_pool(policy, pool_store, val_stores, out, self.cfg, select_n=top_n(n_pool, self.cfg.select.ratio))
-        return out
 
     # -- training ----------------------------------------------------------------------------------------------
     def trainer_args(self, stage: int, train_file: Path, selected: int) -> list[str]:
