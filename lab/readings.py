@@ -11,13 +11,12 @@ from typing import Sequence
 
 from cropi import SCHEMA_VERSION
 from cropi.errors import ConfigError
-from cropi.runs.metrics import (_first_interval, acceleration, first_crossing, mean_curve, median, noise_floor,
-                                paired_se, partial_gain, seconds_at_step, smooth)
+from cropi.runs.metrics import (_first_interval, acceleration, compute_results, first_crossing, mean_curve, median,
+                                noise_floor, seconds_at_step, smooth)
 from pathlib import Path
 
 from cropi.io import read_json, write_json, write_text
 from cropi.runs.report import _fmt, _tie_note, _x
-from cropi.training.curriculum import recollect_seconds
 
 def host_of(summary: dict) -> str:
     """The machine a run's seconds were measured on (``report.host_id``); "unrecorded" for older summaries."""
@@ -62,85 +61,41 @@ def full_seconds_by_host(full_runs: Sequence[dict], step: float | None) -> dict[
 
 
 def compute_results_across_machines(summaries: dict[str, dict[int, dict]], machine: str, budget_steps: int,
-                    items: dict[str, dict[int, dict]] | None = None,
-                    targeted_ids: dict[str, list[str]] | None = None,
-                    references: Sequence[dict] = ()) -> dict:
-    """results.json from run summaries ``{selector: {seed: summary}}`` (``full`` must be present).
+                                    items: dict[str, dict[int, dict]] | None = None,
+                                    targeted_ids: dict[str, list[str]] | None = None,
+                                    references: Sequence[dict] = ()) -> dict:
+    """The package's results (``cropi.runs.metrics.compute_results``: threshold, steps, accuracies), with each
+    run's wall-clock acceleration against full data's seconds *on its own machine* from uncontended runs.
 
     ``references``: extra full-data runs (summaries), each repeating a seed of full data on a machine whose own
     full-data runs are missing or contended; they give that machine's full-data seconds and enter nothing else."""
-    if "full" not in summaries or not summaries["full"]:
-        raise ConfigError("a comparison needs the full-data selector (it defines the threshold)")
-    full_curves = [s["curve"] for s in summaries["full"].values()]
-    steps, mean_t, _ = mean_curve(full_curves, "targeted")
-    sm = smooth(mean_t)
-    threshold = max(sm)
-    s_full = first_crossing(steps, sm, threshold)
+    out = compute_results(summaries, budget_steps, items, targeted_ids)
+    out["machine"] = machine
+    steps, mean_t, _ = mean_curve([s["curve"] for s in summaries["full"].values()], "targeted")
+    sm, threshold, s_full = smooth(mean_t), out["threshold_targeted"], out["full_steps_to_threshold"]
     # seconds from the uncontended runs only, read at the seed-mean curve's evaluation steps
     clean = [s["curve"] for s in summaries["full"].values() if not contended(s)]
     clean_sec = dict(zip(*mean_curve(clean, "targeted")[::2])) if clean else {}
-    w_full = (first_crossing([clean_sec[x] for x in steps], sm, threshold)
-              if all(x in clean_sec for x in steps) and clean else None)
+    out["full_seconds_to_threshold"] = (first_crossing([clean_sec[x] for x in steps], sm, threshold)
+                                        if all(x in clean_sec for x in steps) and clean else None)
     w_full_on = full_seconds_by_host([*summaries["full"].values(), *references], s_full)
-    out = {"schema_version": SCHEMA_VERSION, "machine": machine, "budget_steps": budget_steps,
-           "threshold_targeted": threshold, "full_steps_to_threshold": s_full, "full_seconds_to_threshold": w_full,
-           "selectors": {}}
     for name, runs in summaries.items():
-        seeds = {}
-        for seed, s in sorted(runs.items()):
-            curve = s["curve"]
-            xs, secs = [c["step"] for c in curve], [c["seconds"] for c in curve]
-            ys = smooth([c["targeted"] for c in curve])
-            s_run = first_crossing(xs, ys, threshold)
-            w_run = first_crossing(secs, ys, threshold)
-            step_acc, step_bound = acceleration(s_full, s_run, _first_interval(xs))
+        block = out["selectors"][name]
+        for seed, s in runs.items():
+            row = block["seeds"][str(seed)]
             host, crowded = host_of(s), contended(s)
-            wall_acc, wall_bound = acceleration(None if crowded else w_full_on.get(host), w_run,
-                                                _first_interval(secs))
-            tgt = [c["targeted"] for c in curve]
-            unt = [c["untargeted"] for c in curve if c.get("untargeted") is not None]
-            row = {
-                "step_acceleration": step_acc,
-                "step_acceleration_is_lower_bound": step_bound,
-                "wall_acceleration": wall_acc,
-                "wall_acceleration_is_lower_bound": wall_bound,
-                "steps_to_threshold": s_run,
-                "seconds_to_threshold": w_run,
-                "host": host,
-                # False: no full-data run on this run's machine, so it has no wall-clock acceleration
-                "wall_reference": host in w_full_on,
-                # True: more processes than cores shared it, so its seconds are inflated and give no acceleration
-                "contended": crowded,
-                "best_targeted": max(tgt),
-                "best_untargeted": max(unt) if unt else None,
-                "final_targeted": statistics.fmean(tgt[-3:]),
-                "final_untargeted": statistics.fmean(unt[-3:]) if unt else None,
-                # the first collection plus every later one (drift, refresh, re-probe)
-                "collect_seconds": (s.get("collect_seconds") or 0.0) + recollect_seconds(s.get("stage_summaries", [])),
-                "score_seconds": s.get("score_seconds") or 0.0,
-                "select_seconds": s.get("select_seconds") or 0.0,
-                "train_seconds": s.get("train_seconds") or 0.0,
-                "seconds_by_kind": s.get("seconds_by_kind"),
-                "sampled_sequences": s.get("sampled_sequences"),
-                "load_1min_at_evals": s.get("load_1min_at_evals"),
-                "evaluations": len(curve),
-                "curve": [{"step": c["step"], "targeted": c["targeted"], "untargeted": c.get("untargeted"),
-                           "seconds": c["seconds"]} for c in curve],
-            }
-            if items and targeted_ids and name != "full" and seed in items.get(name, {}) and seed in items.get("full", {}):
-                row["paired_se_vs_full"] = paired_se(items[name][seed], items["full"][seed], targeted_ids)
-            seeds[str(seed)] = row
-        med = {k: median([r[k] for r in seeds.values()]) for k in (
-            "step_acceleration", "final_targeted", "best_targeted", "best_untargeted")}
-        # a run without an uncontended full-data run on its machine, or contended itself, has no wall-clock
-        # number: left out, and counted
-        walls = [r["wall_acceleration"] for r in seeds.values() if r["wall_reference"] and not r["contended"]]
-        med["wall_acceleration"] = median(walls)
-        out["selectors"][name] = {"seeds": seeds, "median": med,
-                                  "wall_unreferenced": sum(not r["wall_reference"] for r in seeds.values()),
-                                  "wall_contended": sum(r["contended"] for r in seeds.values())}
-    cpus = sorted({cpu_model(s.get("machine")) for runs in summaries.values() for s in runs.values()} - {None})
-    out["run_machines"] = cpus
+            secs = [c["seconds"] for c in s["curve"]]
+            row["wall_acceleration"], row["wall_acceleration_is_lower_bound"] = acceleration(
+                None if crowded else w_full_on.get(host), row["seconds_to_threshold"], _first_interval(secs))
+            # wall_reference False: no full-data run on this run's machine; contended: its seconds are inflated
+            row.update(host=host, wall_reference=host in w_full_on, contended=crowded,
+                       load_1min_at_evals=s.get("load_1min_at_evals"))
+        walls = [r["wall_acceleration"] for r in block["seeds"].values() if r["wall_reference"] and not r["contended"]]
+        block["median"]["wall_acceleration"] = median(walls)
+        block["wall_unreferenced"] = sum(not r["wall_reference"] for r in block["seeds"].values())
+        block["wall_contended"] = sum(r["contended"] for r in block["seeds"].values())
+    out["run_machines"] = sorted({cpu_model(s.get("machine")) for runs in summaries.values()
+                                 for s in runs.values()} - {None})
     hosts: dict[str, dict] = {}
     for s in [*[s for runs in summaries.values() for s in runs.values()], *references]:
         h = hosts.setdefault(host_of(s), {"cpu": cpu_model(s.get("machine")), "runs": 0, "reference_runs": 0,
@@ -154,7 +109,6 @@ def compute_results_across_machines(summaries: dict[str, dict[int, dict]], machi
                               "contended": contended(s),
                               "curve": [{"step": c["step"], "targeted": c["targeted"], "seconds": c["seconds"]}
                                         for c in s["curve"]]} for s in references]
-    out["partial_gain"] = partial_gain(summaries, steps, sm, mean_t[0], threshold)
     out["noise_floor"] = noise_floor(out["selectors"]["full"])
     return out
 

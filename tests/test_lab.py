@@ -4,7 +4,6 @@ readings, and the scripts that keep a long comparison's run records between mach
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest

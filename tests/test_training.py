@@ -1,7 +1,6 @@
 """GRPO trainer, checkpoints and the run folder, on the micro model."""
 
 import json
-import os
 
 import torch
 from safetensors.torch import load_file

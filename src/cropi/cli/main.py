@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cropi.config import load_config, settings
 from cropi.errors import CropiError
-from cropi.selection import resolve, rules_help
+from cropi.selection import resolve
 from cropi.selection.registry import GENERAL_DEFAULTS
 
 app = typer.Typer(

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from cropi.cli.compare import DEMO_STEPS, _compare_with_progress, _print_compare
+from cropi.cli.compare import DEMO_STEPS, DEMO_WORKER_ENV, _compare_with_progress, _print_compare
 from cropi.cli.main import (RUN_GROUPS, _budget_overrides, _progress, _training_events, _warn_about_data, app,
                             config_command, console, handles_errors, load_config)
 from cropi.machine import usable_cores

@@ -30,7 +30,7 @@ def write_run_report(run_dir: Path, summary: dict) -> None:
         f"{summary.get('steps_per_minute', 0):.2f} GRPO steps/min; rollout {summary.get('rollout_tokens_per_second', 0):.0f} tokens/s",
         f"- targeted {split} accuracy: step 0 {100 * curve[0]['targeted']:.1f}% -> best {100 * summary['best_targeted']:.1f}% "
         f"(last-3 mean {100 * summary.get('final_targeted', 0):.1f}%)",
-        *([f"- seconds by kind: " + ", ".join(f"{k} {v:.0f}" for k, v in kinds.items())] if kinds else []),
+        *(["- seconds by kind: " + ", ".join(f"{k} {v:.0f}" for k, v in kinds.items())] if kinds else []),
         "",
         "![accuracy](accuracy.png)",
         "",

@@ -31,7 +31,7 @@ from cropi.objective import group_advantages, kl_penalty, loss_spec, policy_loss
 from cropi.policy import Policy
 from cropi.rollouts.batch import pack
 from cropi.tasks import Problem
-from cropi.config import RolloutConfig, RunConfig, TrainConfig
+from cropi.config import RolloutConfig, TrainConfig
 from cropi.training import checkpoint
 from cropi.selection.batch import Batch, BatchBuilder, sample_groups, step_prompts  # noqa: F401
 
