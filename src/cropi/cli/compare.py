@@ -52,10 +52,10 @@ def _compare_with_progress(cfg, selectors: list[str], seeds: list[int], out: Pat
                            on_event=lambda row: current and current["on_event"](row), suite=suite)
 
 
-def _print_compare(results: dict, out: Path) -> None:
+def _print_compare(results: dict, out: Path, verdicts: bool = True) -> None:
     sel = results["selectors"]
     typer.echo(f"report: {out / 'report.md'}")
-    for name in [n for n in sel if n != "full"]:
+    for name in [n for n in sel if n != "full" and verdicts]:
         typer.echo(verdict(results, name))
     pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # no untargeted families on the validation split
     typer.echo("final targeted accuracy: " + ", ".join(f"{n} {pct(b['median']['final_targeted'])}" for n, b in sel.items()))

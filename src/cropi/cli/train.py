@@ -121,7 +121,7 @@ def demo(
     finally:
         if helper is not None:
             helper.wait()
-    _print_compare(results, out)
+    _print_compare(results, out, verdicts=False)
     typer.echo(f"verdict: {verdict(results, 'cropi')}")
 
 
