@@ -136,3 +136,13 @@ def test_the_summary_counts_every_kind_of_second_and_ctrl_c_says_how_to_resume(m
     monkeypatch.setattr(cropi.runs.run, "run_training", interrupted)
     r = runner.invoke(app, _tiny_train_args(micro_model_dir, tmp_path / "r2"))
     assert r.exit_code == 130 and "--resume" in r.output and str(tmp_path / "r2") in " ".join(r.output.split())
+
+
+def test_train_help_lists_every_selector_on_one_line_each():
+    from cropi.selection import RULES
+
+    out = runner.invoke(app, ["train", "--help"], terminal_width=80).output
+    lines = [x.strip() for x in out.splitlines()]
+    for name in RULES:
+        line = next(x for x in lines if x.split(" ")[0] == name)
+        assert RULES[name].help in line, line

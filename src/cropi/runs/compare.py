@@ -60,8 +60,8 @@ def run_config(cfg: RunConfig, out: Path, name: str, seed: int) -> RunConfig:
 
 
 def check_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], out: str | Path) -> Suite:
-    """Every run's config and selector, and the data, checked before the comparison writes anything."""
-    validate(cfg)
+    """Every run's config and selector, and the data, checked before the comparison writes anything (``cfg``
+    itself is validated where it was loaded)."""
     for name in ["full", *selectors]:
         for seed in seeds:
             resolve_selector(run_config(cfg, Path(out), name, seed))
@@ -79,7 +79,7 @@ def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], 
     out = Path(out)
     order = ["full"] + [s for s in selectors if s != "full"]
     config_for = functools.partial(run_config, cfg, out)
-    suite = suite or check_compare(cfg, selectors, seeds, out)
+    suite = suite or check_compare(validate(cfg), selectors, seeds, out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", dump_config(cfg))
     summaries: dict[str, dict[int, dict]] = {}

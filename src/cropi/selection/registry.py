@@ -101,8 +101,7 @@ def _stage_steps(steps: int, least: int = 1) -> Callable[[RunConfig], int]:
 GRADALIGN_CANDIDATES, GRADALIGN_KEEP = 1280, 64
 
 RULES: dict[str, Rule] = {r.name: r for r in (
-    Rule("cropi", "the paper's method: every 10 steps, score 1,280 pool candidates off-policy from one behaviour "
-         "store with the current policy, train on the top 80", "CROPI, Zhu et al., arXiv 2510.26491",
+    Rule("cropi", "the paper's: stored samples re-scored off-policy each stage", "CROPI, Zhu et al., arXiv 2510.26491",
          influence_top, needs_rollouts=True, every_stage=True,
          # the best off-policy configuration on validation (docs/results.md): 10-step stages as the authors',
          # a 10% candidate subset instead of the whole pool (scoring cost), the top 80 (beat 320)
@@ -110,26 +109,24 @@ RULES: dict[str, Rule] = {r.name: r for r in (
     Rule("full", "every pool prompt: plain GRPO", "GRPO, Shao et al., arXiv 2402.03300"),
     Rule("random", "a seeded random select.ratio of the pool, fixed", "CROPI's baselines, arXiv 2510.26491",
          lambda c: select_random([p.id for p in c.pool], c.ratio, c.seed, c.size)),
-    Rule("learnability", "the top select.ratio by p(1 - p) of the behaviour pass rate, fixed",
+    Rule("learnability", "top select.ratio by p(1 - p) of the behaviour pass rate",
          "CROPI's baselines, arXiv 2510.26491", lambda c: select_learnability(c.pass_rates(), c.ratio, c.size),
          needs_rollouts=True),
-    Rule("pass_rate", "uniform among prompts with 0 < behaviour pass rate < 1, fixed",
+    Rule("pass_rate", "uniform among prompts with 0 < behaviour pass rate < 1",
          "CROPI's baselines, arXiv 2510.26491", lambda c: select_pass_rate(c.pass_rates(), c.ratio, c.seed, c.size),
          needs_rollouts=True),
-    Rule("static_influence", "the top select.ratio by POPI influence at the behaviour policy, scored once, fixed",
+    Rule("static_influence", "top select.ratio by influence at the behaviour policy",
          "CROPI's baselines, arXiv 2510.26491", influence_top, needs_rollouts=True),
-    Rule("dapo", "DAPO dynamic sampling: drop groups with equal rewards, refill", "DAPO, arXiv 2503.14476",
+    Rule("dapo", "DAPO dynamic sampling: drop equal-reward groups, refill", "DAPO, arXiv 2503.14476",
          batch=lambda cfg, val: DynamicSampling(cfg)),
-    Rule("greso", "GRESO: dynamic sampling, skipping before rollout prompts whose recent groups had equal rewards",
+    Rule("greso", "GRESO: dynamic sampling, skipping recently all-equal prompts",
          "GRESO, arXiv 2506.02177", batch=lambda cfg, val: Greso(cfg)),
-    Rule("online_filter", "SPEED-RL's online filter: screen with a few responses, finish the mixed ones",
+    Rule("online_filter", "SPEED-RL: screen with 4 responses, finish the mixed ones",
          "SPEED-RL, arXiv 2506.09016; online difficulty filtering, arXiv 2504.03380",
          batch=lambda cfg, val: SpeedScreening(cfg), screen_skip_p=1.0),
-    Rule("online_influence", "fresh screening rollouts each step, the mixed ones ranked by influence, the top "
-         "trained on (samples to score: not cropi)", "cropi's ranking inside SPEED-RL's screen",
+    Rule("online_influence", "screened prompts ranked by influence (samples to score)", "cropi's ranking inside SPEED-RL's screen",
          batch=lambda cfg, val: InfluenceScreening(cfg, val), screen_skip_p=0.5),
-    Rule("gradalign", "GradAlign: every 10 steps, 1,280 fresh on-policy candidates ranked by influence, the "
-         "top 64 trained on", "GradAlign, arXiv 2602.21492", influence_top, needs_rollouts=True, every_stage=True,
+    Rule("gradalign", "GradAlign: every 10 steps, fresh on-policy influence, top 64", "GradAlign, arXiv 2602.21492", influence_top, needs_rollouts=True, every_stage=True,
          settings={"select.refresh_every": 1, "select.candidates": GRADALIGN_CANDIDATES,
                    "select.size": GRADALIGN_KEEP, "select.stages": _stage_steps(10, least=3)}),
 )}
