@@ -52,17 +52,10 @@ def _owning_modules(model: nn.Module, names: Sequence[str]) -> dict[nn.Module, l
     return owners
 
 
-def per_example_grads(
-    model: nn.Module,
-    names: Sequence[str],
-    rows_per_example: Sequence[int],
-    losses_fn: Callable[[], torch.Tensor],
-) -> dict[str, torch.Tensor]:
-    """``{name: [B, *shape]}`` gradients of each example's loss.
-
-    ``losses_fn()`` runs the model on a batch whose dim-0 rows are grouped by example (example b owns the
-    next ``rows_per_example[b]`` rows) and returns the B per-example losses.  Every module that owns one of
-    ``names`` must see inputs and outputs with those rows on dim 0 (true for the layers of a causal LM)."""
+def _capture(model: nn.Module, names: Sequence[str], rows_per_example: Sequence[int],
+             losses_fn: Callable[[], torch.Tensor]) -> tuple[dict, list[tuple[_Call, torch.Tensor]], torch.Tensor, int]:
+    """Run ``losses_fn`` with forward hooks on every module owning one of ``names`` and take the gradient of the
+    summed losses at each captured output in one backward pass: (owners, [(call, δ)], rows tensor, B)."""
     owners = _owning_modules(model, names)
     cap = _Capture(owners)
 
@@ -79,21 +72,87 @@ def per_example_grads(
     B = len(rows_per_example)
     if losses.shape != (B,):
         raise ValueError(f"losses_fn returned shape {tuple(losses.shape)}, expected ({B},)")
-    out: dict[str, torch.Tensor] = {}
+    rows = torch.tensor(list(rows_per_example), device=losses.device)
+    pairs: list[tuple[_Call, torch.Tensor]] = []
     if cap.calls:
         deltas = torch.autograd.grad(losses.sum(), [c.output for c in cap.calls], allow_unused=True)
-        rows = torch.tensor(list(rows_per_example), device=losses.device)
-        for call, delta in zip(cap.calls, deltas):
-            if delta is None:
-                continue
-            for local, full in owners[call.module]:
-                g = _vjp(call, local, delta.detach(), rows, B)
-                out[full] = g if full not in out else out[full].add_(g)
+        pairs = [(c, d.detach()) for c, d in zip(cap.calls, deltas) if d is not None]
+    return owners, pairs, rows, B
+
+
+def per_example_grads(
+    model: nn.Module,
+    names: Sequence[str],
+    rows_per_example: Sequence[int],
+    losses_fn: Callable[[], torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """``{name: [B, *shape]}`` gradients of each example's loss.
+
+    ``losses_fn()`` runs the model on a batch whose dim-0 rows are grouped by example (example b owns the
+    next ``rows_per_example[b]`` rows) and returns the B per-example losses.  Every module that owns one of
+    ``names`` must see inputs and outputs with those rows on dim 0 (true for the layers of a causal LM)."""
+    owners, pairs, rows, B = _capture(model, names, rows_per_example, losses_fn)
+    out: dict[str, torch.Tensor] = {}
+    for call, delta in pairs:
+        for local, full in owners[call.module]:
+            g = _vjp(call, local, delta, rows, B)
+            out[full] = g if full not in out else out[full].add_(g)
     named = dict(model.named_parameters())
     for n in names:  # parameters the losses never touched have zero gradients
         if n not in out:
             out[n] = torch.zeros((B, *named[n].shape), dtype=torch.float32, device=named[n].device)
     return {n: out[n] for n in names}
+
+
+@dataclass
+class LinearFactors:
+    """A linear weight's per-example gradient kept factored: example b's gradient is ``d[b].T @ a[b]``, the sum over
+    its tokens of δ_t a_tᵀ (``a``: [T_b, in] inputs, ``d``: [T_b, out] output-gradients, fp32).  A module called
+    several times (a tied weight) has its calls' tokens concatenated."""
+
+    a: list[torch.Tensor]
+    d: list[torch.Tensor]
+
+
+def per_example_factors(
+    model: nn.Module,
+    names: Sequence[str],
+    rows_per_example: Sequence[int],
+    losses_fn: Callable[[], torch.Tensor],
+) -> tuple[dict[str, LinearFactors], dict[str, torch.Tensor]]:
+    """As ``per_example_grads``, but the weights used only by bias-free ``nn.Linear`` modules come back factored
+    (``LinearFactors``), never formed; every other named parameter comes back whole, ``[B, *shape]``.  Projecting
+    or dotting the factors costs tokens × (in + out) per example instead of in × out."""
+    owners, pairs, rows, B = _capture(model, names, rows_per_example, losses_fn)
+    # a weight is kept factored only where every module using it is a bias-free linear (a tied embedding is not)
+    users: dict[str, list[bool]] = {}
+    for mod, locals_ in owners.items():
+        for local, full in locals_:
+            users.setdefault(full, []).append(isinstance(mod, nn.Linear) and local == "weight" and mod.bias is None)
+    factorable = {full for full, linear in users.items() if all(linear)}
+    factors: dict[str, LinearFactors] = {}
+    whole: dict[str, torch.Tensor] = {}
+    sizes = rows.tolist()
+    for call, delta in pairs:
+        mod = call.module
+        for local, full in owners[mod]:
+            if full in factorable:
+                x = (call.args[0] if call.args else next(iter(call.kwargs.values()))).detach()
+                f = factors.setdefault(full, LinearFactors([[] for _ in range(B)], [[] for _ in range(B)]))
+                for b, (xb, db) in enumerate(zip(x.split(sizes), delta.split(sizes))):
+                    f.a[b].append(xb.reshape(-1, xb.shape[-1]).float())
+                    f.d[b].append(db.reshape(-1, db.shape[-1]).float())
+                continue
+            g = _vjp(call, local, delta, rows, B)
+            whole[full] = g if full not in whole else whole[full].add_(g)
+    for f in factors.values():
+        f.a = [torch.cat(parts) for parts in f.a]
+        f.d = [torch.cat(parts) for parts in f.d]
+    named = dict(model.named_parameters())
+    for n in names:
+        if n not in factors and n not in whole:
+            whole[n] = torch.zeros((B, *named[n].shape), dtype=torch.float32, device=named[n].device)
+    return factors, whole
 
 
 def _segments(x: torch.Tensor, rows: torch.Tensor, B: int) -> torch.Tensor | None:
