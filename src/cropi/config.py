@@ -184,6 +184,9 @@ class ScoreConfig:
     batch_size: int = setting(1, "Prompts per backward pass; > 1 computes a batch's per-example gradients in one pass.",
                               at_least(1))
     chunk_size: int = setting(64, "Prompts per gradient-store chunk (resume unit, shard granularity).", at_least(1))
+    factored: bool = setting(False, "Keep the gradients of bias-free linear weights factored per prompt (inputs and "
+                             "output-gradients from one backward over select.score.batch_size prompts): exact scores "
+                             "and norms never form them.")
 
 
 @dataclass

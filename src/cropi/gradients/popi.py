@@ -116,19 +116,29 @@ def popi_loss(model: torch.nn.Module, groups: Sequence[PromptGroup], pad_id: int
 
 @dataclass
 class GradientBatch:
-    """g_x of B prompts, stacked: ``grads[name]`` is [B, *shape] (fp32), row b belongs to ``prompt_ids[b]``."""
+    """g_x of B prompts, stacked: ``grads[name]`` is [B, *shape] (fp32), row b belongs to ``prompt_ids[b]``.  A
+    factored estimator keeps the linear weights' gradients in ``factors`` instead (``{name: LinearFactors}``: row
+    b's gradient is ``d[b].T @ a[b]``), never formed unless a consumer asks (``whole``)."""
 
     prompt_ids: list[str]
     grads: dict[str, torch.Tensor]
     ess: list[float]
     max_abs_log_ratio: list[float]
+    factors: dict = dataclasses.field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
 
+    def whole(self) -> dict[str, torch.Tensor]:
+        """Every gradient as [B, *shape], factors multiplied out (for consumers that need the flat gradient)."""
+        if not self.factors:
+            return self.grads
+        formed = {n: torch.stack([d.T @ a for a, d in zip(f.a, f.d)]) for n, f in self.factors.items()}
+        return {**self.grads, **formed}
+
     def prompt(self, b: int) -> dict[str, torch.Tensor]:
         """Row b's gradient as {parameter name: tensor}."""
-        return {n: g[b] for n, g in self.grads.items()}
+        return {n: g[b] for n, g in self.whole().items()}
 
 
 @dataclass
@@ -208,9 +218,30 @@ class BatchedPopiEstimator(PopiEstimator):
         return GradientBatch([g.prompt_id for g in batch], grads, diag[0].ess, diag[0].max_abs_log_ratio)
 
 
+class FactoredPopiEstimator(BatchedPopiEstimator):
+    """As ``BatchedPopiEstimator``, with the gradients of weights used only by bias-free linear modules kept
+    factored per prompt (``GradientBatch.factors``): exact scores and norms read them without forming them."""
+
+    def _compute(self, batch: list[PromptGroup]) -> GradientBatch:
+        from cropi.gradients.per_example import per_example_factors
+
+        diag: list[PopiLoss] = []
+
+        def losses():
+            diag.append(popi_loss(self.model, batch, self.pad_id, self.loss, self.acg))
+            return diag[0].losses
+
+        factors, grads = per_example_factors(self.model, self.param_names, [len(g.rewards) for g in batch], losses)
+        return GradientBatch([g.prompt_id for g in batch], grads, diag[0].ess, diag[0].max_abs_log_ratio, factors)
+
+
 def make_estimator(model: torch.nn.Module, pad_id: int, loss: LossSpec = scoring_loss(), acg: bool = False,
-                   param_names: Sequence[str] | None = None, batch_size: int = 1) -> GradientEstimator:
-    """The per-prompt loop for ``batch_size`` 1, else the batched per-example estimator."""
+                   param_names: Sequence[str] | None = None, batch_size: int = 1,
+                   factored: bool = False) -> GradientEstimator:
+    """The per-prompt loop for ``batch_size`` 1, else the batched per-example estimator (``factored``: linear
+    weights kept factored)."""
+    if factored:
+        return FactoredPopiEstimator(model, pad_id, loss, acg, param_names, max(batch_size, 1))
     if batch_size == 1:
         return PopiEstimator(model, pad_id, loss, acg, param_names)
     return BatchedPopiEstimator(model, pad_id, loss, acg, param_names, batch_size)

@@ -47,6 +47,7 @@ from cropi.io import atomic_path
 from cropi.objective import LossSpec, loss_spec
 from cropi.policy import Policy, model_fingerprint, tokenizer_fingerprint
 from cropi.projection import Projector, make_projector, param_shapes_of
+from cropi.projection.factored import exact_dot, squared_norm
 from cropi.rollouts.trajectory_store import PromptGroup, iter_prompt_groups, store_meta, usable_prefix_end
 from cropi.scores.gradient_store import (FORMAT, ChunkRows, GradientStoreWriter, check_same_run,
                                          iter_gradient_chunks, read_gradient_store, shard_range)
@@ -71,7 +72,7 @@ def make_score_estimator(policy: Policy, cfg: RunConfig) -> GradientEstimator:
     score = cfg.select.score
     names = list(param_shapes_of(policy.model, exclude=score.exclude or None))
     return make_estimator(policy.model, policy.pad_token_id, run_scoring_loss(cfg), acg=score.acg, param_names=names,
-                          batch_size=score.batch_size)
+                          batch_size=score.batch_size, factored=score.factored)
 
 
 class MeanDots:
@@ -100,6 +101,17 @@ class MeanDots:
 
     def project(self, grads: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return self.project_batch({n: g.unsqueeze(0) for n, g in grads.items()})[0]
+
+    def project_factored_batch(self, gb: GradientBatch) -> torch.Tensor:
+        """The same inner products, the factored weights' as Σ_t δ_tᵀ Ḡ_v a_t (never formed)."""
+        out = (self.project_batch(gb.grads).double().T if gb.grads
+               else torch.zeros(self.k, len(gb), dtype=torch.float64))
+        for j, v in enumerate(self.sets):
+            for name, f in gb.factors.items():
+                m = self.means[v].get(name)
+                if m is not None:
+                    out[j] += torch.tensor([float(exact_dot(a, d, m)) for a, d in zip(f.a, f.d)], dtype=torch.float64)
+        return out.T.contiguous().float()
 
 
 @dataclass
@@ -155,8 +167,11 @@ def _featurize_chunk(estimator, members, chunk, sinks, stage, on_batch) -> None:
         sq = torch.zeros(len(gb), dtype=torch.float64)
         for g in gb.grads.values():
             sq += g.reshape(len(gb), -1).pow(2).sum(1, dtype=torch.float64).cpu()
+        for f in gb.factors.values():  # a factored weight's norm without forming its gradient
+            sq += torch.tensor([float(squared_norm(a, d)) for a, d in zip(f.a, f.d)], dtype=torch.float64)
         for sink, res in zip(sinks, results):
-            vecs = sink.projector.project_batch(gb.grads)
+            factored = getattr(sink.projector, "project_factored_batch", None)
+            vecs = factored(gb) if factored is not None and gb.factors else sink.projector.project_batch(gb.whole())
             for b, pid in enumerate(gb.prompt_ids):
                 res[pid] = (vecs[b].cpu().numpy(), float(sq[b].sqrt()), gb.ess[b], gb.max_abs_log_ratio[b])
     for sink, res in zip(sinks, results):
@@ -272,8 +287,10 @@ def _exact_means(policy, fp, estimator, val_stores, root, projector, cfg) -> tup
         count = [0]
 
         def add(gb: GradientBatch) -> None:
-            for pname, g in gb.grads.items():
-                s = g.sum(0)
+            sums = {pname: g.sum(0) for pname, g in gb.grads.items()}
+            # a factored weight's batch sum Σ_b d_bᵀ a_b is one product over all the batch's tokens
+            sums.update({pname: torch.cat(f.d).T @ torch.cat(f.a) for pname, f in gb.factors.items()})
+            for pname, s in sums.items():
                 total[pname] = s if pname not in total else total[pname].add_(s)
             count[0] += len(gb)
 

@@ -23,9 +23,10 @@ def flat_gradients(estimator: GradientEstimator, groups: Sequence[PromptGroup]) 
     screen), where the store machinery above would only add files."""
     ids, rows = [], []
     for gb in estimator.gradients(groups).batches:
+        whole = gb.whole()
         for b, pid in enumerate(gb.prompt_ids):
             ids.append(pid)
-            rows.append(torch.cat([gb.grads[n][b].reshape(-1) for n in estimator.param_names]))
+            rows.append(torch.cat([whole[n][b].reshape(-1) for n in estimator.param_names]))
     return ids, (torch.stack(rows) if rows else None)
 
 
