@@ -37,18 +37,34 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pool", type=int, default=256, help="pool prompts scored")
     ap.add_argument("--quick", action="store_true", help="64 pool prompts")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", default="tiny", help="tiny (the embedded suite) or smollm2 (single-digit "
+                    "arithmetic prompts, as the fidelity benchmark; `cropi model fetch smollm2` first)")
+    ap.add_argument("--val", type=int, default=100, help="validation prompts")
+    ap.add_argument("--max-new-tokens", type=int, default=None)
+    ap.add_argument("--ways", default=",".join(WAYS), help="which of " + ", ".join(WAYS) + " (per_prompt always); "
+                    "a large model's flat per-example gradients of many prompts may not fit in memory")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     n = 64 if args.quick else args.pool
-    suite = build_suite(SuiteConfig(pool_size=max(n, 400)))
-    policy = load_policy("tiny", "cpu")
-    ccfg = CollectConfig(group_size=8, max_new_tokens=10)
-    pool = collect(policy, suite.pool[:n], args.work / "pool", ccfg)
-    val = collect(policy, suite.validation["add"][:100], args.work / "val-add", ccfg)
+    policy = load_policy(args.model, "cpu")
+    if args.model == "tiny":
+        suite = build_suite(SuiteConfig(pool_size=max(n, 400)))
+        train, held = suite.pool, suite.validation["add"]
+        ccfg = CollectConfig(group_size=8, max_new_tokens=args.max_new_tokens or 10)
+    else:
+        from lab.bench.arith import arithmetic_problems
+
+        train, held = arithmetic_problems()
+        ccfg = CollectConfig(group_size=8, max_new_tokens=args.max_new_tokens or 16, temperature=0.8)
+    pool = collect(policy, train[:n], args.work / "pool", ccfg)
+    val = collect(policy, held[:args.val], args.work / "val-add", ccfg)
     res: dict = {"schema_version": 1, "machine": machine_description(), "threads": args.threads,
-                 "model": "tiny", "pool_prompts": n, "validation_prompts": 100, "group_size": 8, "ways": {}}
+                 "model": args.model, "pool_prompts": n, "validation_prompts": args.val, "group_size": 8,
+                 "max_new_tokens": ccfg.max_new_tokens, "ways": {}}
     scores = {}
-    for name, kw in WAYS.items():
+    ways = {n: WAYS[n] for n in ["per_prompt", *[w for w in args.ways.split(",") if w and w != "per_prompt"]]}
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, kw in ways.items():
         cfg = RunConfig()
         cfg.select.score = ScoreConfig(mode="exact", **kw)
         t0 = time.perf_counter()
@@ -63,20 +79,24 @@ def main(argv: list[str] | None = None) -> dict:
             import shutil
 
             shutil.rmtree(g)
-    base = res["ways"]["per_prompt"]["prompts_per_second"]
-    for name in WAYS:
-        res["ways"][name]["speedup_vs_per_prompt"] = round(res["ways"][name]["prompts_per_second"] / base, 3)
-        res["ways"][name]["largest_score_difference_vs_per_prompt"] = max(
-            abs(scores[name][p] - scores["per_prompt"][p]) for p in scores["per_prompt"])
-    res["speedup_vs_per_prompt"] = max(res["ways"][n]["speedup_vs_per_prompt"] for n in WAYS if n.startswith("factored"))
-    res["target_speedup"] = 3.0
-    res["target_met"] = res["speedup_vs_per_prompt"] >= 3.0
-    args.out.mkdir(parents=True, exist_ok=True)
-    tmp = args.out / "factored_scoring.json.tmp"
-    tmp.write_text(json.dumps(res, indent=1) + "\n")
-    tmp.replace(args.out / "factored_scoring.json")
+        _summarize(res, scores)
+        tmp = args.out / "factored_scoring.json.tmp"  # after every way: a later one may not fit in memory
+        tmp.write_text(json.dumps(res, indent=1) + "\n")
+        tmp.replace(args.out / "factored_scoring.json")
     print(json.dumps(res["ways"], indent=1))
     return res
+
+
+def _summarize(res: dict, scores: dict) -> None:
+    base = res["ways"]["per_prompt"]["prompts_per_second"]
+    for name, row in res["ways"].items():
+        row["speedup_vs_per_prompt"] = round(row["prompts_per_second"] / base, 3)
+        row["largest_score_difference_vs_per_prompt"] = max(
+            abs(scores[name][p] - scores["per_prompt"][p]) for p in scores["per_prompt"])
+    factored = [r["speedup_vs_per_prompt"] for n, r in res["ways"].items() if n.startswith("factored")]
+    res["speedup_vs_per_prompt"] = max(factored) if factored else None
+    res["target_speedup"] = 3.0
+    res["target_met"] = bool(factored) and max(factored) >= 3.0
 
 
 if __name__ == "__main__":
