@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "arithmetic prompts, as the fidelity benchmark; `cropi model fetch smollm2` first)")
     ap.add_argument("--val", type=int, default=100, help="validation prompts")
     ap.add_argument("--max-new-tokens", type=int, default=None)
+    ap.add_argument("--exclude", action="append", default=[], help="parameter name globs left out of scoring in "
+                    "every way (select.score.exclude), e.g. '*embed_tokens*'")
     ap.add_argument("--ways", default=",".join(WAYS), help="which of " + ", ".join(WAYS) + " (per_prompt always); "
                     "a large model's flat per-example gradients of many prompts may not fit in memory")
     args = ap.parse_args(argv)
@@ -60,13 +62,13 @@ def main(argv: list[str] | None = None) -> dict:
     val = collect(policy, held[:args.val], args.work / "val-add", ccfg)
     res: dict = {"schema_version": 1, "machine": machine_description(), "threads": args.threads,
                  "model": args.model, "pool_prompts": n, "validation_prompts": args.val, "group_size": 8,
-                 "max_new_tokens": ccfg.max_new_tokens, "ways": {}}
+                 "max_new_tokens": ccfg.max_new_tokens, "exclude": args.exclude, "ways": {}}
     scores = {}
     ways = {n: WAYS[n] for n in ["per_prompt", *[w for w in args.ways.split(",") if w and w != "per_prompt"]]}
     args.out.mkdir(parents=True, exist_ok=True)
     for name, kw in ways.items():
         cfg = RunConfig()
-        cfg.select.score = ScoreConfig(mode="exact", **kw)
+        cfg.select.score = ScoreConfig(mode="exact", exclude=list(args.exclude), **kw)
         t0 = time.perf_counter()
         out = score_pool(policy, pool, {"add": val}, args.work / f"{name}.parquet", cfg)
         seconds = time.perf_counter() - t0
