@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from cropi.config import load_config
-from cropi.integrations.verl import CHAT_TEMPLATE_KEYS, REWARD_MODULE, SCHEDULE_KEYS, VerlPlan, VerlRun
+from cropi.integrations.verl import REWARD_MODULE, VerlPlan, VerlRun
+from cropi.integrations.verl_overrides import CHAT_TEMPLATE_KEYS, SCHEDULE_KEYS
 from cropi.selection.export import verl_ground_truth, write_verl_problems
 from cropi.tasks import grade
 from cropi.tasks.problem import Problem

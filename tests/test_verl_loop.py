@@ -287,7 +287,7 @@ def test_override_verl_would_apply_otherwise_per_stage_or_per_prompt_is_refused(
 
 
 def test_constant_schedule_with_a_step_warmup_is_accepted():
-    from cropi.integrations.verl import check_verl_args
+    from cropi.integrations.verl_overrides import check_verl_args
 
     check_verl_args(["actor_rollout_ref.actor.optim.lr_scheduler_type=constant",
                      "actor_rollout_ref.actor.optim.warmup_style=null",

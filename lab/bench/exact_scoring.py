@@ -5,7 +5,7 @@ gradient against it: cos(g, ḡ_v) = ⟨g, ḡ_v⟩ / (‖g‖ ‖ḡ_v‖) with
 on SmolLM2-135M-Instruct POPI gradients (the embedded tiny policy with ``--quick``), per training prompt:
 
 - the seconds of the gradient itself (shared by both modes), of the SJLT k = 8192 projection and of the exact
-  inner products ⟨g, ḡ_v⟩, each timed around the engine's own code (``scores.engine.MeanDots``, the default
+  inner products ⟨g, ḡ_v⟩, each timed around the engine's own code (``scores.mean_dots.MeanDots``, the default
   projector); ‖g‖, which exact mode also needs, is computed for every mode by the engine;
 - precision@10% and Spearman ρ of each mode's cosines against an fp64 reference computed separately (exact
   mode should give precision 1.0: this checks it);
@@ -42,7 +42,7 @@ def run(plan: FidelityPlan, out_dir: Path, work: Path, k: int = 8192, log=print)
     from cropi.gradients.popi import make_estimator
     from cropi.policy import load_policy
     from cropi.projection import make_projector, param_shapes_of
-    from cropi.scores.engine import MeanDots
+    from cropi.scores.mean_dots import MeanDots
 
     set_threads(plan.threads)
     started = time.perf_counter()

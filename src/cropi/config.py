@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, get_args, get_origin, get_type_hints
 import yaml
 
 from cropi.errors import ConfigError
-from cropi.tasks.synthetic import FAMILIES, MAX_DIFFICULTY, SuiteConfig
+from cropi.tasks.synthetic import SuiteConfig, suite_problems
 
 Check = Callable[[Any], "str | None"]  # None when the value is legal, else what is expected
 
@@ -405,26 +405,7 @@ def problems(cfg: RunConfig) -> Iterator[tuple[str, str]]:
         # online_influence's screens), whose ratios divide by the full softmax: draws from a nucleus bias them
         yield "rollout.top_p", (f"{cfg.rollout.top_p!r}: must be 1.0: behaviour log-probs for influence scoring are "
                                 "of the full softmax")
-    yield from _suite_problems(cfg.data.suite)
-
-
-def _suite_problems(suite: SuiteConfig) -> Iterator[tuple[str, str]]:
-    """The embedded suite's composition: known families, targeted ones among them, sizes and weights that draw."""
-    for key in ("pool_size", "val_size", "test_size_targeted", "test_size_untargeted"):
-        if getattr(suite, key) < 1:
-            yield f"data.suite.{key}", f"{getattr(suite, key)!r}: must be >= 1"
-    unknown = [f for f in suite.families if f not in FAMILIES]
-    if not suite.families or unknown:
-        yield "data.suite.families", (f"{suite.families!r}: must be a non-empty list of {', '.join(FAMILIES)}"
-                                      if not unknown else f"{unknown[0]!r} is not a family ({', '.join(FAMILIES)})")
-    elif not set(suite.targeted) <= set(suite.families):
-        yield "data.suite.targeted", f"{suite.targeted!r}: must be among data.suite.families {suite.families!r}"
-    w = suite.difficulty_weights
-    if len(w) != MAX_DIFFICULTY or min(w) < 0 or sum(w) <= 0:
-        yield "data.suite.difficulty_weights", (f"{w!r}: must be {MAX_DIFFICULTY} non-negative weights, "
-                                                "not all zero")
-    if any(v < 0 for v in suite.weights.values()) or (suite.weights and not set(suite.weights) <= set(FAMILIES)):
-        yield "data.suite.weights", f"{suite.weights!r}: must map known families to non-negative weights"
+    yield from suite_problems(cfg.data.suite)
 
 
 def validate(cfg: RunConfig) -> RunConfig:

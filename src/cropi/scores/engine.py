@@ -47,7 +47,8 @@ from cropi.io import atomic_path
 from cropi.objective import LossSpec, loss_spec
 from cropi.policy import Policy, model_fingerprint, tokenizer_fingerprint
 from cropi.projection import Projector, make_projector, param_shapes_of
-from cropi.projection.factored import exact_dot, squared_norm
+from cropi.projection.factored import squared_norm
+from cropi.scores.mean_dots import MeanDots
 from cropi.rollouts.trajectory_store import PromptGroup, iter_prompt_groups, store_meta, usable_prefix_end
 from cropi.scores.gradient_store import (FORMAT, ChunkRows, GradientStoreWriter, check_same_run,
                                          iter_gradient_chunks, read_gradient_store, shard_range)
@@ -73,45 +74,6 @@ def make_score_estimator(policy: Policy, cfg: RunConfig) -> GradientEstimator:
     names = list(param_shapes_of(policy.model, exclude=score.exclude or None))
     return make_estimator(policy.model, policy.pad_token_id, run_scoring_loss(cfg), acg=score.acg, param_names=names,
                           batch_size=score.batch_size, factored=score.factored)
-
-
-class MeanDots:
-    """The exact-mode map g ↦ (⟨g, ḡ_v⟩)_v over the validation means (a Projector with k = number of sets)."""
-
-    def __init__(self, means: Mapping[str, dict[str, torch.Tensor]], identity: dict):
-        self.sets = list(means)
-        self.means = means
-        self.k = len(self.sets)
-        self.norms = {v: math.sqrt(sum(float(t.double().pow(2).sum()) for t in m.values())) for v, m in means.items()}
-        # the means are a function of their validation stores, the loss (in the store identity) and the policy;
-        # their float values are not part of the identity, so shards made at other thread counts still merge
-        self._spec = {"kind": "validation-means", "k": self.k, "sets": identity}
-
-    def spec(self) -> dict:
-        return self._spec
-
-    def project_batch(self, grads: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        B = next(iter(grads.values())).shape[0]
-        out = torch.zeros(self.k, B, dtype=torch.float64)
-        for j, v in enumerate(self.sets):
-            for name, m in self.means[v].items():  # fp32 dot per tensor (memory-bound), summed in fp64
-                if name in grads:  # a missing gradient counts as zero, as in the hashed projectors
-                    out[j] += torch.mv(grads[name].reshape(B, -1), m.reshape(-1)).double().cpu()
-        return out.T.contiguous().float()
-
-    def project(self, grads: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self.project_batch({n: g.unsqueeze(0) for n, g in grads.items()})[0]
-
-    def project_factored_batch(self, gb: GradientBatch) -> torch.Tensor:
-        """The same inner products, the factored weights' as Σ_t δ_tᵀ Ḡ_v a_t (never formed)."""
-        out = (self.project_batch(gb.grads).double().T if gb.grads
-               else torch.zeros(self.k, len(gb), dtype=torch.float64))
-        for j, v in enumerate(self.sets):
-            for name, f in gb.factors.items():
-                m = self.means[v].get(name)
-                if m is not None:
-                    out[j] += torch.tensor([float(exact_dot(a, d, m)) for a, d in zip(f.a, f.d)], dtype=torch.float64)
-        return out.T.contiguous().float()
 
 
 @dataclass
@@ -169,9 +131,14 @@ def _featurize_chunk(estimator, members, chunk, sinks, stage, on_batch) -> None:
             sq += g.reshape(len(gb), -1).pow(2).sum(1, dtype=torch.float64).cpu()
         for f in gb.factors.values():  # a factored weight's norm without forming its gradient
             sq += torch.tensor([float(squared_norm(a, d)) for a, d in zip(f.a, f.d)], dtype=torch.float64)
+        whole = None  # factors multiplied out once, for the sinks that need the flat gradient
         for sink, res in zip(sinks, results):
             factored = getattr(sink.projector, "project_factored_batch", None)
-            vecs = factored(gb) if factored is not None and gb.factors else sink.projector.project_batch(gb.whole())
+            if factored is not None and gb.factors:
+                vecs = factored(gb)
+            else:
+                whole = gb.whole() if whole is None else whole
+                vecs = sink.projector.project_batch(whole)
             for b, pid in enumerate(gb.prompt_ids):
                 res[pid] = (vecs[b].cpu().numpy(), float(sq[b].sqrt()), gb.ess[b], gb.max_abs_log_ratio[b])
     for sink, res in zip(sinks, results):

@@ -19,7 +19,7 @@ import functools
 import hashlib
 import random
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 from cropi.tasks.problem import Problem
 from cropi.tasks.suite import Suite
@@ -176,6 +176,26 @@ class SuiteConfig:
     val_size: int = field(default=200, metadata={"help": "Validation prompts per targeted family."})
     test_size_targeted: int = field(default=500, metadata={"help": "Test prompts per targeted family."})
     test_size_untargeted: int = field(default=200, metadata={"help": "Test prompts per untargeted family."})
+
+
+def suite_problems(suite: SuiteConfig) -> Iterator[tuple[str, str]]:
+    """(config key, what is wrong) for the suite's composition (``cropi.config.validate`` reports them): known
+    families, targeted ones among them, sizes and weights that draw."""
+    for key in ("pool_size", "val_size", "test_size_targeted", "test_size_untargeted"):
+        if getattr(suite, key) < 1:
+            yield f"data.suite.{key}", f"{getattr(suite, key)!r}: must be >= 1"
+    unknown = [f for f in suite.families if f not in FAMILIES]
+    if not suite.families or unknown:
+        yield "data.suite.families", (f"{suite.families!r}: must be a non-empty list of {', '.join(FAMILIES)}"
+                                      if not unknown else f"{unknown[0]!r} is not a family ({', '.join(FAMILIES)})")
+    elif not set(suite.targeted) <= set(suite.families):
+        yield "data.suite.targeted", f"{suite.targeted!r}: must be among data.suite.families {suite.families!r}"
+    w = suite.difficulty_weights
+    if len(w) != MAX_DIFFICULTY or min(w) < 0 or sum(w) <= 0:
+        yield "data.suite.difficulty_weights", (f"{w!r}: must be {MAX_DIFFICULTY} non-negative weights, "
+                                                "not all zero")
+    if any(v < 0 for v in suite.weights.values()) or (suite.weights and not set(suite.weights) <= set(FAMILIES)):
+        yield "data.suite.weights", f"{suite.weights!r}: must map known families to non-negative weights"
 
 
 def _seed_for(*parts: object) -> int:
