@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: the lab is not installed
+
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "compare-peers-seed0-reference.json"
 OLD_NAMES = {"full": "full", "cropi": "cropi_curriculum+candidates1280+size80+stages60"}
 
@@ -99,7 +101,10 @@ def main() -> None:
                  for n in OLD_NAMES]
         if any(p.wait() for p in procs):
             sys.exit("a training process failed")
-    result = {"schema_version": 1, "runs": {n: compare(n, args.work, args.old_code) for n in OLD_NAMES}}
+    from lab.machines import machine_description
+
+    result = {"schema_version": 1, "machine": machine_description(),
+              "runs": {n: compare(n, args.work, args.old_code) for n in OLD_NAMES}}
     result["reproduced"] = all(
         r["against_the_committed_run"]["evaluations_equal"] == r["against_the_committed_run"]["evaluations_compared"]
         for r in result["runs"].values())

@@ -33,14 +33,14 @@ from typing import Any
 
 from cropi.config import RunConfig
 from cropi.errors import ConfigError
-from cropi.selection.registry import GENERAL_DEFAULTS, RULES, Rule, batch_rules, make_selector
+from cropi.selection.registry import GENERAL_DEFAULTS, RULES, Rule, batch_rules, influence_top, make_selector
 
 VARIANT_SETTINGS = {"drift": {"select.drift_ess_threshold": 0.5}, "reprobe": {"select.reprobe_prompts": 200},
                     "refresh": {"select.refresh_every": 1}, "reuse": {"select.reuse_rollouts": True}}
 
 
 def _scores(rule: Rule) -> bool:
-    return rule.needs_rollouts and rule.name not in ("learnability", "pass_rate")
+    return rule.stage is influence_top
 
 
 # Flags with a number: flag name -> (the ``select`` key it sets, which rules take it, the least N).
