@@ -22,7 +22,7 @@ from cropi.io import read_json, read_jsonl, write_json, write_text
 from cropi.runs.locks import claim, holder, release
 from cropi.runs.metrics import compute_results, training_signal
 from cropi.runs.report import write_comparison_report
-from cropi.runs.run import check_run_dir, evaluation_sets, resolve_selector, run_training
+from cropi.runs.run import evaluation_sets, resolve_selector, run_training
 from cropi.tasks.loading import load_data
 from cropi.tasks.suite import Suite
 
@@ -100,10 +100,8 @@ def run_compare(cfg: RunConfig, selectors: Sequence[str], seeds: Sequence[int], 
                     if not (run_dir / "summary.json").exists():
                         if on_run:
                             on_run(name, seed, None)
-                        run_cfg = config_for(name, seed)
-                        resume = (run_dir / "config.yaml").exists()
-                        check_run_dir(resolve_selector(run_cfg), run_dir, resume)
-                        run_training(run_cfg, run_dir, resume=resume, on_event=on_event, suite=suite)
+                        run_training(config_for(name, seed), run_dir, resume=(run_dir / "config.yaml").exists(),
+                                     on_event=on_event, suite=suite)
                 finally:
                     release(run_dir)
             summary = read_json(run_dir / "summary.json")
