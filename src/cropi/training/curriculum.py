@@ -1,7 +1,7 @@
 """The CROPI curriculum's per-stage selection: behaviour stores, scoring with the current policy, drift
 control and blind-spot re-probing (docs/method.md §5, and our departures from the authors' code).
 
-``run_training`` (``experiments/run.py``) owns the loop; this module answers one question per stage — which
+``run_training`` (``runs/run.py``, and the TRL and verl stage loops) owns the loop; this module answers one question per stage — which
 prompts does the stage train on — and writes the answer, with its diagnostics and its cost, to
 ``RUN/stages/stage-NN/selection.json`` before the stage trains, so a resumed run never re-decides.
 
