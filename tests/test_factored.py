@@ -98,7 +98,7 @@ def test_the_factored_projection_is_P_G_Q_transposed_with_the_hashed_maps():
     ids, target = _batch()
     factors, _ = per_example_factors(model, ["up.weight", "down.weight"], ROWS, lambda: _losses(model, ids, target))
     proj = FactoredSJLT({"up.weight": (9, 6), "down.weight": (6, 9)}, k_out=4, k_in=3, seed=7)
-    got = proj.project_batch(factors)
+    got = proj.project_factors(factors)
     assert got.shape == (3, proj.k) and proj.k == 2 * 4 * 3
     for b in range(3):
         parts = []
@@ -131,3 +131,19 @@ def test_exact_dots_and_norms_equal_the_formed_gradients(tokens):
     G = d.T @ a
     torch.testing.assert_close(exact_dot(a, d, m), (G * m).sum(), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(squared_norm(a, d), G.pow(2).sum(), rtol=1e-5, atol=1e-4)
+
+
+def test_batched_exact_dots_and_norms_equal_the_per_example_ones():
+    from cropi.gradients.per_example import LinearFactors
+    from cropi.projection.factored import exact_dots, squared_norms
+
+    g = torch.Generator().manual_seed(0)
+    for tokens in ([3, 1, 5], [30, 41, 2]):  # ghost and formed, unequal lengths (zero padding)
+        a = [torch.randn(t, 12, generator=g) for t in tokens]
+        d = [torch.randn(t, 10, generator=g) for t in tokens]
+        f = LinearFactors(nn.utils.rnn.pad_sequence(a, batch_first=True), nn.utils.rnn.pad_sequence(d, batch_first=True))
+        m = torch.randn(10, 12, generator=g)
+        torch.testing.assert_close(exact_dots(f, m), torch.stack([exact_dot(x, y, m) for x, y in zip(a, d)]),
+                                   rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(squared_norms(f), torch.stack([squared_norm(x, y) for x, y in zip(a, d)]),
+                                   rtol=1e-5, atol=1e-3)

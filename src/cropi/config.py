@@ -168,8 +168,14 @@ class ScoreConfig:
                         one_of("projected", "exact", "auto"))
     exact_memory_gb: float = setting(2.0, "Memory allowed for the exact validation means in auto mode (GB).", above(0))
     # hashed SJLT without a sparsifier at k = 8192 had the best fidelity per second (lab/results/projection.md)
-    kind: str = setting("sjlt", "Projector: sjlt, gaussian or rademacher.", one_of("sjlt", "gaussian", "rademacher"))
-    k: int = setting(8192, "Projection dimension (SJLT costs the same at any k).", at_least(1))
+    kind: str = setting("sjlt", "Projector: sjlt, gaussian or rademacher (of the flat gradient, k dims), or "
+                        "factored-sjlt (each weight's gradient P G Q^T, factor_k x factor_k, computed from module hooks "
+                        "inside one backward over batch_size prompts: no per-prompt gradient is formed).",
+                        one_of("sjlt", "gaussian", "rademacher", "factored-sjlt"))
+    k: int = setting(8192, "Projection dimension of sjlt, gaussian and rademacher (SJLT costs the same at any k).",
+                     at_least(1))
+    factor_k: int = setting(16, "factored-sjlt: dimension on each side of a weight (factor_k^2 numbers per weight; "
+                            "a 1-D parameter gets at most as many).", at_least(1))
     seed: int = setting(0, "Projector seed.")
     keep: float = setting(1.0, "Uniform keep fraction of coordinates before projecting (1 = all).",
                           fraction)

@@ -76,6 +76,64 @@ def response_logprobs(
     return lp * response_mask
 
 
+class SharedPromptUnsupported(Exception):
+    """The model's KV cache is not one ``grouped_response_logprobs`` knows how to share between responses."""
+
+
+def _call_kwargs(model: torch.nn.Module) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(type(model).forward).parameters)
+
+
+def _repeat_cache(cache, counts: torch.Tensor):
+    """Each prompt's cached keys and values repeated for its responses (autograd sums their gradients back)."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:  # transformers >= 4.56
+        if not all(type(layer).__name__ == "DynamicLayer" and getattr(layer, "keys", None) is not None
+                   for layer in layers):
+            raise SharedPromptUnsupported(f"cache layers {sorted({type(x).__name__ for x in layers})}")
+        for layer in layers:
+            layer.keys = layer.keys.repeat_interleave(counts, 0)
+            layer.values = layer.values.repeat_interleave(counts, 0)
+        return cache
+    if type(cache).__name__ == "DynamicCache" and hasattr(cache, "key_cache"):  # older transformers
+        cache.key_cache = [k.repeat_interleave(counts, 0) for k in cache.key_cache]
+        cache.value_cache = [v.repeat_interleave(counts, 0) for v in cache.value_cache]
+        return cache
+    raise SharedPromptUnsupported(f"cache {type(cache).__name__}")
+
+
+def grouped_response_logprobs(model: torch.nn.Module, batch, temperature: float) -> torch.Tensor:
+    """``response_logprobs`` of a ``rollouts.batch.GroupedBatch``, running each prompt once for all its responses.
+
+    The B prompts go through the model once (their KV cache kept, with gradients), the cache is repeated for each
+    prompt's responses, and the N responses run on top of it.  A group of G responses to a P-token prompt then
+    costs P + G·R token positions instead of G·(P + R); the log-probs equal the packed ones up to float rounding.
+    Returns [N, Lr]: the log-prob of response token j at column j, 0 on padding.  Raises
+    ``SharedPromptUnsupported`` for a model whose cache is not a plain dynamic one (sliding windows, ...)."""
+    params = _call_kwargs(model)
+    pm = batch.prompt_mask
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    out = model(input_ids=batch.prompt_ids, attention_mask=pm, position_ids=(pm.cumsum(-1) - 1).clamp_min(0),
+                use_cache=True, **extra)
+    cache_key = "cache" if "cache" in params else "past_key_values"
+    cache = getattr(out, cache_key, None) if cache_key == "cache" else out.past_key_values
+    if cache is None:
+        raise SharedPromptUnsupported("the model returned no cache")
+    counts = batch.counts
+    cache = _repeat_cache(cache, counts)
+    rmask = batch.response_mask.to(pm.dtype)
+    attention = torch.cat([pm.repeat_interleave(counts, 0), rmask], 1)
+    width = rmask.shape[1]
+    positions = pm.sum(-1).repeat_interleave(counts)[:, None] + torch.arange(width, device=pm.device)[None]
+    logits = model(input_ids=batch.response_ids, attention_mask=attention, position_ids=positions,
+                   use_cache=True, **{cache_key: cache}).logits
+    # response token 0 is predicted by the prompt's last position, token j by response position j - 1
+    logits = torch.cat([out.logits[:, -1:].repeat_interleave(counts, 0), logits[:, :-1]], 1)
+    return token_logprobs(logits, batch.response_ids, temperature) * batch.response_mask
+
+
 def policy_loss(
     logprobs: torch.Tensor,
     behavior_logprobs: torch.Tensor,

@@ -20,6 +20,7 @@ The result matches one backward pass per example up to float rounding (tests: ~1
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -28,7 +29,7 @@ from torch import nn
 
 
 @dataclass
-class _Call:
+class Call:
     module: nn.Module
     args: tuple
     kwargs: dict
@@ -38,11 +39,26 @@ class _Call:
 @dataclass
 class _Capture:
     modules: dict[nn.Module, list[tuple[str, str]]]  # module -> [(its local parameter name, full name)]
-    calls: list[_Call] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
 
 
-def _owning_modules(model: nn.Module, names: Sequence[str]) -> dict[nn.Module, list[tuple[str, str]]]:
-    """Every module that directly owns one of ``names`` (or a tied alias of it), with the local names."""
+_OWNERS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def owning_modules(model: nn.Module, names: Sequence[str]) -> dict[nn.Module, list[tuple[str, str]]]:
+    """Every module that directly owns one of ``names`` (or a tied alias of it), with the local names.  Kept per
+    model and names (walking a large model's modules for every batch costs as much as a small model's backward);
+    the parameters' identities are part of the key, so re-tying or replacing a weight is seen."""
+    key = (tuple(names), tuple(id(p) for p in model.parameters()))
+    cached = _OWNERS.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    owners = _find_owners(model, names)
+    _OWNERS[model] = (key, owners)
+    return owners
+
+
+def _find_owners(model: nn.Module, names: Sequence[str]) -> dict[nn.Module, list[tuple[str, str]]]:
     wanted = {id(p): n for n, p in model.named_parameters() if n in set(names)}
     owners: dict[nn.Module, list[tuple[str, str]]] = {}
     for mod in model.modules():
@@ -53,15 +69,16 @@ def _owning_modules(model: nn.Module, names: Sequence[str]) -> dict[nn.Module, l
 
 
 def _capture(model: nn.Module, names: Sequence[str], rows_per_example: Sequence[int],
-             losses_fn: Callable[[], torch.Tensor]) -> tuple[dict, list[tuple[_Call, torch.Tensor]], torch.Tensor, int]:
+             losses_fn: Callable[[], torch.Tensor]) -> tuple[dict, list[tuple[Call, torch.Tensor, torch.Tensor]], int]:
     """Run ``losses_fn`` with forward hooks on every module owning one of ``names`` and take the gradient of the
-    summed losses at each captured output in one backward pass: (owners, [(call, δ)], rows tensor, B)."""
-    owners = _owning_modules(model, names)
+    summed losses at each captured output in one backward pass: (owners, [(call, δ, the call's rows per
+    example)], B)."""
+    owners = owning_modules(model, names)
     cap = _Capture(owners)
 
     def hook(mod, args, kwargs, out):
         if isinstance(out, torch.Tensor) and out.requires_grad:
-            cap.calls.append(_Call(mod, args, kwargs, out))
+            cap.calls.append(Call(mod, args, kwargs, out))
 
     handles = [m.register_forward_hook(hook, with_kwargs=True) for m in owners]
     try:
@@ -72,12 +89,23 @@ def _capture(model: nn.Module, names: Sequence[str], rows_per_example: Sequence[
     B = len(rows_per_example)
     if losses.shape != (B,):
         raise ValueError(f"losses_fn returned shape {tuple(losses.shape)}, expected ({B},)")
-    rows = torch.tensor(list(rows_per_example), device=losses.device)
-    pairs: list[tuple[_Call, torch.Tensor]] = []
+    pairs: list[tuple[Call, torch.Tensor, torch.Tensor]] = []
     if cap.calls:
         deltas = torch.autograd.grad(losses.sum(), [c.output for c in cap.calls], allow_unused=True)
-        pairs = [(c, d.detach()) for c, d in zip(cap.calls, deltas) if d is not None]
-    return owners, pairs, rows, B
+        pairs = [(c, d.detach(), call_rows(c.output.shape[0], rows_per_example, losses.device))
+                 for c, d in zip(cap.calls, deltas) if d is not None]
+    return owners, pairs, B
+
+
+def call_rows(n: int, rows_per_example: Sequence[int], device) -> torch.Tensor:
+    """The rows of each example in a module call over ``n`` rows: ``rows_per_example`` for a call over every
+    row, one each for a call over one row per example (a prompt run once for its responses)."""
+    if n == sum(rows_per_example):
+        return torch.tensor(list(rows_per_example), device=device)
+    if n == len(rows_per_example):
+        return torch.ones(n, dtype=torch.long, device=device)
+    raise ValueError(f"a module call over {n} rows matches neither the {sum(rows_per_example)} rows nor the "
+                     f"{len(rows_per_example)} examples of the batch")
 
 
 def per_example_grads(
@@ -90,12 +118,13 @@ def per_example_grads(
 
     ``losses_fn()`` runs the model on a batch whose dim-0 rows are grouped by example (example b owns the
     next ``rows_per_example[b]`` rows) and returns the B per-example losses.  Every module that owns one of
-    ``names`` must see inputs and outputs with those rows on dim 0 (true for the layers of a causal LM)."""
-    owners, pairs, rows, B = _capture(model, names, rows_per_example, losses_fn)
+    ``names`` must see inputs and outputs with those rows on dim 0 (true for the layers of a causal LM), or one
+    row per example (``call_rows``)."""
+    owners, pairs, B = _capture(model, names, rows_per_example, losses_fn)
     out: dict[str, torch.Tensor] = {}
-    for call, delta in pairs:
+    for call, delta, rows in pairs:
         for local, full in owners[call.module]:
-            g = _vjp(call, local, delta, rows, B)
+            g = vjp(call, local, delta, rows, B)
             out[full] = g if full not in out else out[full].add_(g)
     named = dict(model.named_parameters())
     for n in names:  # parameters the losses never touched have zero gradients
@@ -107,11 +136,22 @@ def per_example_grads(
 @dataclass
 class LinearFactors:
     """A linear weight's per-example gradient kept factored: example b's gradient is ``d[b].T @ a[b]``, the sum over
-    its tokens of δ_t a_tᵀ (``a``: [T_b, in] inputs, ``d``: [T_b, out] output-gradients, fp32).  A module called
-    several times (a tied weight) has its calls' tokens concatenated."""
+    its tokens of δ_t a_tᵀ (``a``: [B, T, in] inputs, ``d``: [B, T, out] output-gradients, fp32; examples with
+    fewer tokens are padded with zero rows, which add nothing).  A module called several times (a prompt run
+    once for its responses, a tied weight) has its calls' tokens concatenated."""
 
-    a: list[torch.Tensor]
-    d: list[torch.Tensor]
+    a: torch.Tensor
+    d: torch.Tensor
+
+
+def _per_example_rows(x: torch.Tensor, rows: torch.Tensor, B: int) -> torch.Tensor:
+    """A call's [R, ..., D] rows as [B, tokens, D], example b's rows in row b (zero-padded when unequal)."""
+    x = x.float()
+    if int(rows.min()) == int(rows.max()):
+        return x.reshape(B, -1, x.shape[-1])
+    from torch.nn.utils.rnn import pad_sequence
+
+    return pad_sequence([p.reshape(-1, x.shape[-1]) for p in x.split(rows.tolist())], batch_first=True)
 
 
 def per_example_factors(
@@ -123,7 +163,7 @@ def per_example_factors(
     """As ``per_example_grads``, but the weights used only by bias-free ``nn.Linear`` modules come back factored
     (``LinearFactors``), never formed; every other named parameter comes back whole, ``[B, *shape]``.  Projecting
     or dotting the factors costs tokens × (in + out) per example instead of in × out."""
-    owners, pairs, rows, B = _capture(model, names, rows_per_example, losses_fn)
+    owners, pairs, B = _capture(model, names, rows_per_example, losses_fn)
     # a weight is kept factored only where every module using it is a bias-free linear (a tied embedding is not)
     users: dict[str, list[bool]] = {}
     for mod, locals_ in owners.items():
@@ -132,22 +172,18 @@ def per_example_factors(
     factorable = {full for full, linear in users.items() if all(linear)}
     factors: dict[str, LinearFactors] = {}
     whole: dict[str, torch.Tensor] = {}
-    sizes = rows.tolist()
-    for call, delta in pairs:
+    parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for call, delta, rows in pairs:
         mod = call.module
         for local, full in owners[mod]:
             if full in factorable:
                 x = (call.args[0] if call.args else next(iter(call.kwargs.values()))).detach()
-                f = factors.setdefault(full, LinearFactors([[] for _ in range(B)], [[] for _ in range(B)]))
-                for b, (xb, db) in enumerate(zip(x.split(sizes), delta.split(sizes))):
-                    f.a[b].append(xb.reshape(-1, xb.shape[-1]).float())
-                    f.d[b].append(db.reshape(-1, db.shape[-1]).float())
+                parts.setdefault(full, []).append((_per_example_rows(x, rows, B), _per_example_rows(delta, rows, B)))
                 continue
-            g = _vjp(call, local, delta, rows, B)
+            g = vjp(call, local, delta, rows, B)
             whole[full] = g if full not in whole else whole[full].add_(g)
-    for f in factors.values():
-        f.a = [torch.cat(parts) for parts in f.a]
-        f.d = [torch.cat(parts) for parts in f.d]
+    for full, calls in parts.items():
+        factors[full] = LinearFactors(torch.cat([a for a, _ in calls], 1), torch.cat([d for _, d in calls], 1))
     named = dict(model.named_parameters())
     for n in names:
         if n not in factors and n not in whole:
@@ -162,7 +198,7 @@ def _segments(x: torch.Tensor, rows: torch.Tensor, B: int) -> torch.Tensor | Non
     return None
 
 
-def _vjp(call: _Call, local: str, delta: torch.Tensor, rows: torch.Tensor, B: int) -> torch.Tensor:
+def vjp(call: Call, local: str, delta: torch.Tensor, rows: torch.Tensor, B: int) -> torch.Tensor:
     mod = call.module
     x = call.args[0] if call.args else next(iter(call.kwargs.values()))
     if isinstance(mod, nn.Linear):
@@ -192,7 +228,7 @@ def _row_sum(delta: torch.Tensor, rows: torch.Tensor, B: int) -> torch.Tensor:
     return torch.zeros(B, delta.shape[-1], device=delta.device).index_add_(0, ex, per_row)
 
 
-def _generic_vjp(call: _Call, local: str, delta: torch.Tensor, rows: torch.Tensor, B: int) -> torch.Tensor:
+def _generic_vjp(call: Call, local: str, delta: torch.Tensor, rows: torch.Tensor, B: int) -> torch.Tensor:
     """vjp of the module's own forward with respect to one parameter, per example (vmap when rows are equal)."""
     from torch.func import functional_call, vjp, vmap
 

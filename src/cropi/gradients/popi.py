@@ -38,11 +38,13 @@ from typing import Iterator, Protocol, Sequence
 
 import torch
 
-from cropi.objective import ADVANTAGE_EPS, LossSpec, group_advantages, policy_loss, response_logprobs
-from cropi.rollouts.batch import pack
+from cropi.objective import (ADVANTAGE_EPS, LossSpec, SharedPromptUnsupported, group_advantages,
+                             grouped_response_logprobs, policy_loss, response_logprobs)
+from cropi.rollouts.batch import pack, pack_groups
 from cropi.rollouts.trajectory_store import PromptGroup
 
 MAX_LOG_RATIO = 50.0  # per-token log-ratio value cap (gradient kept); fp32 exp overflows past ≈ 88.7
+_SHARED_UNSUPPORTED: dict[type, str] = {}  # model classes whose cache cannot be shared between responses
 
 
 def scoring_loss(trainer: LossSpec = LossSpec(), clip_eps: float | None = None) -> LossSpec:
@@ -86,18 +88,30 @@ class PopiLoss:
 
 
 def popi_loss(model: torch.nn.Module, groups: Sequence[PromptGroup], pad_id: int, loss: LossSpec = scoring_loss(),
-              acg: bool = False, device=None) -> PopiLoss:
+              acg: bool = False, device=None, shared_prompt: bool = False) -> PopiLoss:
     """L(θ; x_b) for each prompt group, with drift diagnostics, from one forward pass over all their responses
     (left-padded to a common width; position ids follow the attention mask, so padding does not change a row).
-    Differentiate ``losses[b]`` for g_x."""
+    ``shared_prompt``: each prompt runs once for its G responses (``objective.grouped_response_logprobs``; the
+    same values up to float rounding), where the model's cache allows.  Differentiate ``losses[b]`` for g_x."""
     device = device or next(model.parameters()).device
     sizes = [len(g.rewards) for g in groups]
-    batch = pack([g.prompt_ids for g in groups for _ in g.rewards], [r for g in groups for r in g.response_ids],
-                 [b for g in groups for b in g.behavior_logprobs], pad_id).to(device)
     temps = {g.temperature for g in groups}
     if len(temps) != 1:
         raise ValueError(f"groups sampled at different temperatures {sorted(temps)} cannot share a forward pass")
-    lp = response_logprobs(model, batch.input_ids, batch.attention_mask, batch.response_mask, temps.pop())
+    temperature = temps.pop()
+    batch = None
+    if shared_prompt and _SHARED_UNSUPPORTED.get(type(model)) is None:
+        batch = pack_groups([g.prompt_ids for g in groups], [g.response_ids for g in groups],
+                            [g.behavior_logprobs for g in groups], pad_id).to(device)
+        try:
+            lp = grouped_response_logprobs(model, batch, temperature)
+        except SharedPromptUnsupported as e:  # remembered per model class: the packed path from now on
+            _SHARED_UNSUPPORTED[type(model)] = str(e)
+            batch = None
+    if batch is None:
+        batch = pack([g.prompt_ids for g in groups for _ in g.rewards], [r for g in groups for r in g.response_ids],
+                     [b for g in groups for b in g.behavior_logprobs], pad_id).to(device)
+        lp = response_logprobs(model, batch.input_ids, batch.attention_mask, batch.response_mask, temperature)
     losses, ess, mlr = [], [], []
     start = 0
     for g, n in zip(groups, sizes):
@@ -118,22 +132,28 @@ def popi_loss(model: torch.nn.Module, groups: Sequence[PromptGroup], pad_id: int
 class GradientBatch:
     """g_x of B prompts, stacked: ``grads[name]`` is [B, *shape] (fp32), row b belongs to ``prompt_ids[b]``.  A
     factored estimator keeps the linear weights' gradients in ``factors`` instead (``{name: LinearFactors}``: row
-    b's gradient is ``d[b].T @ a[b]``), never formed unless a consumer asks (``whole``)."""
+    b's gradient is ``d[b].T @ a[b]``), never formed unless a consumer asks (``whole``).  A sketching estimator
+    (``projection.factored.SketchingPopiEstimator``) hands over ``projected`` [B, k] only: the gradients under its
+    projector's map, computed inside the backward pass, and nothing else."""
 
     prompt_ids: list[str]
     grads: dict[str, torch.Tensor]
     ess: list[float]
     max_abs_log_ratio: list[float]
     factors: dict = dataclasses.field(default_factory=dict)
+    projected: torch.Tensor | None = None
+    projector_spec: dict | None = None  # the map ``projected`` is under
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
 
     def whole(self) -> dict[str, torch.Tensor]:
         """Every gradient as [B, *shape], factors multiplied out (for consumers that need the flat gradient)."""
+        if self.projected is not None:
+            raise ValueError("a sketched gradient batch holds projections only, not gradients")
         if not self.factors:
             return self.grads
-        formed = {n: torch.stack([d.T @ a for a, d in zip(f.a, f.d)]) for n, f in self.factors.items()}
+        formed = {n: torch.bmm(f.d.transpose(1, 2), f.a) for n, f in self.factors.items()}
         return {**self.grads, **formed}
 
     def prompt(self, b: int) -> dict[str, torch.Tensor]:
@@ -227,8 +247,8 @@ class FactoredPopiEstimator(BatchedPopiEstimator):
 
         diag: list[PopiLoss] = []
 
-        def losses():
-            diag.append(popi_loss(self.model, batch, self.pad_id, self.loss, self.acg))
+        def losses():  # each prompt runs once for its responses: its tokens are counted once, not G times
+            diag.append(popi_loss(self.model, batch, self.pad_id, self.loss, self.acg, shared_prompt=True))
             return diag[0].losses
 
         factors, grads = per_example_factors(self.model, self.param_names, [len(g.rewards) for g in batch], losses)

@@ -15,9 +15,16 @@ mean), and ‖G_b‖² = Σ_{t,s} (δ_t·δ_s)(a_t·a_s) (the "ghost norm"), whi
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import math
+from typing import Callable, Mapping, Sequence
 
 import torch
+from torch import nn
+
+from cropi.gradients import per_example
+from cropi.gradients.popi import BatchedPopiEstimator, GradientBatch, PopiLoss, popi_loss, scoring_loss
+from cropi.objective import LossSpec
+from cropi.rollouts.trajectory_store import PromptGroup
 
 from cropi.projection.hashing import hash_range, lsr, tensor_salt
 
@@ -35,7 +42,12 @@ def _countsketch(seed: int, name: str, stream: int, n: int, k: int, device) -> t
 
 
 class FactoredSJLT:
-    """``P G Qᵀ`` per linear weight, flattened and concatenated in the order of ``shapes`` (``k`` numbers in all)."""
+    """``P G Qᵀ`` per weight, flattened and concatenated in the order of ``shapes``.
+
+    A 2-D weight (out × in) gets ``k_out × k_in`` numbers; any other parameter (a norm's scale, a bias) is flattened
+    and CountSketched alone to ``min(numel, k_out · k_in)`` buckets.  ``sketch_batch`` computes the projections of
+    a batch's per-example gradients inside one backward pass, from module hooks, without forming any of them;
+    ``project_batch`` projects formed gradients (the Projector interface, and the slow reference)."""
 
     kind = "factored-sjlt"
 
@@ -44,12 +56,23 @@ class FactoredSJLT:
         self.names = list(shapes)
         self.shapes = {n: tuple(int(x) for x in shapes[n]) for n in self.names}
         self.k_out, self.k_in, self.seed = k_out, k_in, seed
-        self.k = len(self.names) * k_out * k_in
-        self._maps = {}
+        self._maps, self.offsets = {}, {}
+        k = 0
         for n in self.names:
-            out, inp = self.shapes[n]
-            self._maps[n] = (_countsketch(seed, n, STREAM_FACTOR_OUT, out, k_out, device),
-                             _countsketch(seed, n, STREAM_FACTOR_IN, inp, k_in, device))
+            shape = self.shapes[n]
+            if len(shape) == 2:
+                out, inp = shape
+                self._maps[n] = (_countsketch(seed, n, STREAM_FACTOR_OUT, out, k_out, device),
+                                 _countsketch(seed, n, STREAM_FACTOR_IN, inp, k_in, device))
+                width = k_out * k_in
+            else:
+                numel = math.prod(shape)
+                width = min(numel, k_out * k_in)
+                self._maps[n] = (_countsketch(seed, n, STREAM_FACTOR_OUT, numel, width, device),)
+            self.offsets[n] = (k, k + width)
+            k += width
+        self.k = k
+        self._dense_maps: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def spec(self) -> dict:
         return {"kind": self.kind, "k_out": self.k_out, "k_in": self.k_in, "seed": self.seed,
@@ -57,30 +80,129 @@ class FactoredSJLT:
 
     @staticmethod
     def _sketch(x: torch.Tensor, bucket: torch.Tensor, sign: torch.Tensor, k: int) -> torch.Tensor:
-        """[T, n] -> [T, k]: each column, signed, added into its bucket."""
-        out = torch.zeros(x.shape[0], k, dtype=torch.float32, device=x.device)
-        return out.index_add_(1, bucket, x.float() * sign)
+        """[..., n] -> [..., k]: each column, signed, added into its bucket."""
+        out = torch.zeros(*x.shape[:-1], k, dtype=torch.float32, device=x.device)
+        return out.index_add_(x.dim() - 1, bucket, x.float() * sign)
+
+    def dense(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """P and Q of a 2-D weight as dense matrices, made once: applying them is one matmul, faster on CPU than
+        adding columns into buckets although it multiplies by the zeros."""
+        if name not in self._dense_maps:
+            (pb, ps), (qb, qs) = self._maps[name]
+            out, inp = self.shapes[name]
+            P = torch.zeros(self.k_out, out, device=pb.device)
+            P[pb, torch.arange(out, device=pb.device)] = ps
+            Q = torch.zeros(self.k_in, inp, device=qb.device)
+            Q[qb, torch.arange(inp, device=qb.device)] = qs
+            self._dense_maps[name] = (P, Q)
+        return self._dense_maps[name]
 
     def project_weight(self, name: str, a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         """``P (dᵀ a) Qᵀ`` of one example's factors (``a`` [T, in], ``d`` [T, out]), flattened."""
         (pb, ps), (qb, qs) = self._maps[name]
         return (self._sketch(d, pb, ps, self.k_out).T @ self._sketch(a, qb, qs, self.k_in)).reshape(-1)
 
-    def project_batch(self, factors: Mapping) -> torch.Tensor:
-        """[B, k] from ``{name: LinearFactors}`` (every name of ``shapes``)."""
-        B = len(next(iter(factors.values())).a)
-        return torch.stack([torch.cat([self.project_weight(n, factors[n].a[b], factors[n].d[b]) for n in self.names])
-                            for b in range(B)])
+    def project_factors(self, factors: Mapping, grads: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """[B, k] from ``{name: LinearFactors}`` and the formed ``grads`` of the other parameters (``[B, *shape]``;
+        a parameter in neither counts as zero)."""
+        B = len(next(iter(factors.values())).a) if factors else next(iter(grads.values())).shape[0]
+        out = self.project_batch(grads or {}, batch=B)
+        for n, f in factors.items():
+            lo, hi = self.offsets[n]
+            P, Q = self.dense(n)
+            out[:, lo:hi] = torch.bmm((f.d @ P.T).transpose(1, 2), f.a @ Q.T).reshape(B, -1).cpu()
+        return out
 
-    def dense(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """P and Q of one weight as dense matrices (for checks and small models)."""
-        (pb, ps), (qb, qs) = self._maps[name]
-        out, inp = self.shapes[name]
-        P = torch.zeros(self.k_out, out)
-        P[pb, torch.arange(out)] = ps
-        Q = torch.zeros(self.k_in, inp)
-        Q[qb, torch.arange(inp)] = qs
-        return P, Q
+    def project_factored_batch(self, gb: GradientBatch) -> torch.Tensor:
+        """[B, k] of a batch with factored linear weights (``GradientBatch.factors``), never formed."""
+        return self.project_factors(gb.factors, gb.grads)
+
+    def project_batch(self, grads: Mapping[str, torch.Tensor], batch: int | None = None) -> torch.Tensor:
+        """[B, k] from formed per-example gradients ``{name: [B, *shape]}`` (a missing name counts as zero)."""
+        B = batch if batch is not None else next(iter(grads.values())).shape[0]
+        out = torch.zeros(B, self.k, dtype=torch.float32)
+        for n in self.names:
+            if n not in grads:
+                continue
+            g, (lo, hi) = grads[n].float(), self.offsets[n]
+            if len(self._maps[n]) == 2:
+                (pb, ps), (qb, qs) = self._maps[n]
+                left = self._sketch(g.transpose(1, 2), pb, ps, self.k_out).transpose(1, 2)  # [B, k_out, in]
+                out[:, lo:hi] = self._sketch(left, qb, qs, self.k_in).reshape(B, -1).cpu()
+            else:
+                (bb, bs), = self._maps[n]
+                out[:, lo:hi] = self._sketch(g.reshape(B, -1), bb, bs, hi - lo).cpu()
+        return out
+
+    def project(self, grads: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.project_batch({n: g.unsqueeze(0) for n, g in grads.items()})[0]
+
+    def sketch_batch(self, model: nn.Module, rows_per_example: Sequence[int],
+                     losses_fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """[B, k]: the projected gradients of the B per-example losses ``losses_fn()`` returns, from one forward and
+        one backward pass (``gradients.per_example`` explains the rows).  Hooks on the modules owning the projected
+        parameters receive each call's input and, as the backward reaches it, its output-gradient, project the
+        pair at once and drop it: no per-example gradient and no output-gradient outlives its module's step."""
+        B = len(rows_per_example)
+        owners = per_example.owning_modules(model, self.names)
+        out = torch.zeros(B, self.k, dtype=torch.float32)
+        handles = []
+        ends: list[torch.Tensor] = []  # the input embeddings' outputs: differentiating to them reaches every hook
+
+        def on_call(mod, args, kwargs, output):
+            if not (isinstance(output, torch.Tensor) and output.requires_grad):
+                return
+            call = per_example.Call(mod, args, kwargs, output)
+            rows = per_example.call_rows(output.shape[0], rows_per_example, output.device)
+            output.register_hook(lambda delta: self._add_call(out, owners[mod], call, delta.detach(), rows, B))
+
+        def on_embed(mod, args, output):
+            if isinstance(output, torch.Tensor) and output.requires_grad:
+                ends.append(output)
+
+        embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        try:
+            handles = [m.register_forward_hook(on_call, with_kwargs=True) for m in owners]
+            if embed is not None:
+                handles.append(embed.register_forward_hook(on_embed))
+            losses = losses_fn()
+        finally:
+            for h in handles:
+                h.remove()
+        if losses.shape != (B,):
+            raise ValueError(f"losses_fn returned shape {tuple(losses.shape)}, expected ({B},)")
+        if not ends:
+            raise ValueError("the model has no differentiable input embedding to run the backward pass to")
+        torch.autograd.grad(losses.sum(), ends, allow_unused=True)
+        return out
+
+    def _per_example_outer(self, pd: torch.Tensor, qa: torch.Tensor, rows: torch.Tensor, example: torch.Tensor,
+                           B: int) -> torch.Tensor:
+        """[B, k_out k_in]: Σ over example b's rows and positions of (P δ)(Q a)ᵀ."""
+        if int(rows.min()) == int(rows.max()):  # equal rows per example: one batched product per example
+            pd, qa = pd.reshape(B, -1, self.k_out), qa.reshape(B, -1, self.k_in)
+            return torch.bmm(pd.transpose(1, 2), qa).reshape(B, -1)
+        pd, qa = pd.reshape(pd.shape[0], -1, self.k_out), qa.reshape(qa.shape[0], -1, self.k_in)
+        per_row = torch.bmm(pd.transpose(1, 2), qa).reshape(pd.shape[0], -1)
+        return torch.zeros(B, per_row.shape[1], device=per_row.device).index_add_(0, example, per_row)
+
+    def _add_call(self, out, locals_, call, delta, rows, B) -> None:
+        mod = call.module
+        x = (call.args[0] if call.args else next(iter(call.kwargs.values()))).detach()
+        example = torch.repeat_interleave(torch.arange(B, device=delta.device), rows)
+        for local, full in locals_:
+            lo, hi = self.offsets[full]
+            if len(self._maps[full]) == 2 and local == "weight" and isinstance(mod, (nn.Linear, nn.Embedding)):
+                P, Q = self.dense(full)
+                if isinstance(mod, nn.Linear):
+                    pd, qa = delta.float() @ P.T, x.float() @ Q.T
+                else:  # the gradient of an embedding row is δ at the tokens that read it: d is one-hot, P d a column
+                    pd = P.T[x] if mod.padding_idx is None else P.T[x] * (x != mod.padding_idx).unsqueeze(-1)
+                    qa = delta.float() @ Q.T
+                out[:, lo:hi] += self._per_example_outer(pd, qa, rows, example, B).cpu()
+                continue
+            g = per_example.vjp(call, local, delta, rows, B)  # small parameters: formed, then sketched
+            out[:, lo:hi] += self.project_batch({full: g})[:, lo:hi]
 
 
 def exact_dot(a: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -95,3 +217,38 @@ def squared_norm(a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     if T * T * (inp + out) < T * inp * out:
         return ((d.float() @ d.float().T) * (a.float() @ a.float().T)).sum()
     return (d.float().T @ a.float()).pow(2).sum()
+
+
+class SketchingPopiEstimator(BatchedPopiEstimator):
+    """POPI gradients of up to ``batch_size`` prompts under a ``FactoredSJLT``, from one forward (each prompt run
+    once for its responses) and one backward pass: ``GradientBatch.projected`` only."""
+
+    def __init__(self, model: nn.Module, pad_id: int, sketch: FactoredSJLT, loss: LossSpec = scoring_loss(),
+                 acg: bool = False, batch_size: int = 32):
+        super().__init__(model, pad_id, loss, acg, sketch.names, batch_size)
+        self.sketch = sketch
+
+    def _compute(self, batch: list[PromptGroup]) -> GradientBatch:
+        diag: list[PopiLoss] = []
+
+        def losses():
+            diag.append(popi_loss(self.model, batch, self.pad_id, self.loss, self.acg, shared_prompt=True))
+            return diag[0].losses
+
+        projected = self.sketch.sketch_batch(self.model, [len(g.rewards) for g in batch], losses)
+        return GradientBatch([g.prompt_id for g in batch], {}, diag[0].ess, diag[0].max_abs_log_ratio,
+                             projected=projected, projector_spec=self.sketch.spec())
+
+
+def exact_dots(f, m: torch.Tensor) -> torch.Tensor:
+    """[B]: ``exact_dot`` of every example of a ``LinearFactors``, in one batched product."""
+    return ((f.a @ m.float().T) * f.d).sum((1, 2))
+
+
+def squared_norms(f) -> torch.Tensor:
+    """[B]: ``squared_norm`` of every example of a ``LinearFactors``, ghost or formed as that function chooses."""
+    a, d = f.a, f.d
+    T, inp, out = a.shape[1], a.shape[2], d.shape[2]
+    if T * T * (inp + out) < T * inp * out:
+        return (torch.bmm(d, d.transpose(1, 2)) * torch.bmm(a, a.transpose(1, 2))).sum((1, 2))
+    return torch.bmm(d.transpose(1, 2), a).pow(2).sum((1, 2))

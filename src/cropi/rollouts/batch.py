@@ -43,3 +43,51 @@ def pack(
         if behavior_logprobs is not None and len(r):
             blp[i, width - len(r):] = torch.tensor(list(behavior_logprobs[i]), dtype=torch.float32)
     return PackedBatch(ids, att, resp, blp)
+
+
+@dataclass
+class GroupedBatch:
+    """Prompt groups packed so that each prompt is run once for all its responses (``objective.
+    grouped_response_logprobs``): the prompts left-padded, the responses right-padded after them."""
+
+    prompt_ids: torch.Tensor  # [B, Lp] left-padded
+    prompt_mask: torch.Tensor  # [B, Lp]
+    counts: torch.Tensor  # [B] responses per prompt; response rows are grouped by prompt, in order
+    response_ids: torch.Tensor  # [N, Lr] right-padded
+    response_mask: torch.Tensor  # [N, Lr] 1 on response tokens
+    behavior_logprobs: torch.Tensor  # [N, Lr] stored log β, 0 on padding
+
+    def to(self, device) -> "GroupedBatch":
+        return GroupedBatch(*(t.to(device) for t in (self.prompt_ids, self.prompt_mask, self.counts,
+                                                     self.response_ids, self.response_mask, self.behavior_logprobs)))
+
+
+def pack_groups(
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[Sequence[int]]],
+    behavior_logprobs: Sequence[Sequence[Sequence[float]]] | None,
+    pad_id: int,
+) -> GroupedBatch:
+    """B prompts, each with its own list of responses (and their behaviour log-probs)."""
+    B = len(prompt_ids)
+    lp_width = max(len(p) for p in prompt_ids)
+    pids = torch.full((B, lp_width), pad_id, dtype=torch.long)
+    pmask = torch.zeros((B, lp_width), dtype=torch.long)
+    for i, p in enumerate(prompt_ids):
+        if len(p):
+            pids[i, lp_width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+            pmask[i, lp_width - len(p):] = 1
+    flat = [r for rs in response_ids for r in rs]
+    width = max(1, max((len(r) for r in flat), default=1))
+    rids = torch.full((len(flat), width), pad_id, dtype=torch.long)
+    rmask = torch.zeros((len(flat), width), dtype=torch.float32)
+    blp = torch.zeros((len(flat), width), dtype=torch.float32)
+    flat_lp = [b for bs in behavior_logprobs for b in bs] if behavior_logprobs is not None else None
+    for i, r in enumerate(flat):
+        if len(r):
+            rids[i, :len(r)] = torch.tensor(list(r), dtype=torch.long)
+            rmask[i, :len(r)] = 1.0
+            if flat_lp is not None:
+                blp[i, :len(r)] = torch.tensor(list(flat_lp[i]), dtype=torch.float32)
+    counts = torch.tensor([len(rs) for rs in response_ids], dtype=torch.long)
+    return GroupedBatch(pids, pmask, counts, rids, rmask, blp)

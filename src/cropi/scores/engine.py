@@ -47,7 +47,7 @@ from cropi.io import atomic_path
 from cropi.objective import LossSpec, loss_spec
 from cropi.policy import Policy, model_fingerprint, tokenizer_fingerprint
 from cropi.projection import Projector, make_projector, param_shapes_of
-from cropi.projection.factored import squared_norm
+from cropi.projection.factored import FactoredSJLT, SketchingPopiEstimator, squared_norms
 from cropi.scores.mean_dots import MeanDots
 from cropi.rollouts.trajectory_store import PromptGroup, iter_prompt_groups, store_meta, usable_prefix_end
 from cropi.scores.gradient_store import (FORMAT, ChunkRows, GradientStoreWriter, check_same_run,
@@ -60,6 +60,8 @@ MODES = ("projected", "exact", "auto")
 # ----------------------------------------------------------------------------- the parts
 def make_score_projector(policy: Policy, cfg: ScoreConfig) -> Projector:
     shapes = param_shapes_of(policy.model, exclude=cfg.exclude or None)
+    if cfg.kind == FactoredSJLT.kind:
+        return FactoredSJLT(shapes, cfg.factor_k, cfg.factor_k, cfg.seed, policy.device)
     return make_projector(cfg.kind, cfg.k, cfg.seed, shapes, keep=cfg.keep)
 
 
@@ -68,9 +70,13 @@ def run_scoring_loss(cfg: RunConfig) -> LossSpec:
     return scoring_loss(loss_spec(cfg.train, cfg.rollout), cfg.select.score.clip_eps)
 
 
-def make_score_estimator(policy: Policy, cfg: RunConfig) -> GradientEstimator:
-    """POPI on the trainer's own loss (aggregation and normaliser from ``train`` / ``rollout``)."""
+def make_score_estimator(policy: Policy, cfg: RunConfig, projector: Projector | None = None) -> GradientEstimator:
+    """POPI on the trainer's own loss (aggregation and normaliser from ``train`` / ``rollout``).  With a
+    ``FactoredSJLT`` ``projector`` the estimator hands over its projections only, computed inside the backward."""
     score = cfg.select.score
+    if isinstance(projector, FactoredSJLT):
+        return SketchingPopiEstimator(policy.model, policy.pad_token_id, projector, run_scoring_loss(cfg),
+                                      acg=score.acg, batch_size=score.batch_size)
     names = list(param_shapes_of(policy.model, exclude=score.exclude or None))
     return make_estimator(policy.model, policy.pad_token_id, run_scoring_loss(cfg), acg=score.acg, param_names=names,
                           batch_size=score.batch_size, factored=score.factored)
@@ -126,11 +132,14 @@ def _featurize_chunk(estimator, members, chunk, sinks, stage, on_batch) -> None:
             on_batch(gb)
         if not sinks:
             continue
+        if gb.projected is not None:  # a sketching estimator: its projections are all there is
+            _sketched_rows(gb, sinks, results)
+            continue
         sq = torch.zeros(len(gb), dtype=torch.float64)
         for g in gb.grads.values():
             sq += g.reshape(len(gb), -1).pow(2).sum(1, dtype=torch.float64).cpu()
         for f in gb.factors.values():  # a factored weight's norm without forming its gradient
-            sq += torch.tensor([float(squared_norm(a, d)) for a, d in zip(f.a, f.d)], dtype=torch.float64)
+            sq += squared_norms(f).double().cpu()
         whole = None  # factors multiplied out once, for the sinks that need the flat gradient
         for sink, res in zip(sinks, results):
             factored = getattr(sink.projector, "project_factored_batch", None)
@@ -150,6 +159,17 @@ def _featurize_chunk(estimator, members, chunk, sinks, stage, on_batch) -> None:
             rows.ess.append(None if r is None else r[2])
             rows.max_abs_log_ratio.append(None if r is None else r[3])
         sink.writer.write_chunk(chunk, rows)
+
+
+def _sketched_rows(gb: GradientBatch, sinks, results) -> None:
+    """Rows of a batch that holds projections only; ``grad_norm`` is then the norm of the projection (an
+    estimate of ‖g‖ with the projection's error, the same for every prompt's cosine)."""
+    norms = gb.projected.double().pow(2).sum(1).sqrt()
+    for sink, res in zip(sinks, results):
+        if sink.projector.spec() != gb.projector_spec:
+            raise ValueError("a sketched gradient batch can only feed a sink with the sketch's own projector")
+        for b, pid in enumerate(gb.prompt_ids):
+            res[pid] = (gb.projected[b].cpu().numpy(), float(norms[b]), gb.ess[b], gb.max_abs_log_ratio[b])
 
 
 # ----------------------------------------------------------------------------- identities and checks
@@ -203,7 +223,7 @@ def project_store(policy: Policy, trajectories: str | Path, folder: str | Path, 
     fp = fingerprint or model_fingerprint(policy.model)
     writer = _writer(policy, fp, trajectories, Path(folder), projector, cfg, start, end)
     score = cfg.select.score
-    featurize(make_score_estimator(policy, cfg), trajectories, [StoreSink(projector, writer)], start,
+    featurize(make_score_estimator(policy, cfg, projector), trajectories, [StoreSink(projector, writer)], start,
               writer.identity["end"], score.chunk_size, score.stage, on_prompts=on_prompts)
     return writer.folder
 
@@ -256,7 +276,8 @@ def _exact_means(policy, fp, estimator, val_stores, root, projector, cfg) -> tup
         def add(gb: GradientBatch) -> None:
             sums = {pname: g.sum(0) for pname, g in gb.grads.items()}
             # a factored weight's batch sum Σ_b d_bᵀ a_b is one product over all the batch's tokens
-            sums.update({pname: torch.cat(f.d).T @ torch.cat(f.a) for pname, f in gb.factors.items()})
+            sums.update({pname: f.d.reshape(-1, f.d.shape[-1]).T @ f.a.reshape(-1, f.a.shape[-1])
+                         for pname, f in gb.factors.items()})
             for pname, s in sums.items():
                 total[pname] = s if pname not in total else total[pname].add_(s)
             count[0] += len(gb)
@@ -341,9 +362,9 @@ def score_pool(
     mode = resolve_mode(policy, score, len(val_stores))
     root = Path(gradients) if gradients is not None else default_gradients_dir(out)
     fp = model_fingerprint(policy.model)  # once per run: every store of this run is checked against it
-    estimator = make_score_estimator(policy, cfg)
     keep_projected = mode == "projected" or gradients is not None
     projector = make_score_projector(policy, score) if keep_projected else None
+    estimator = make_score_estimator(policy, cfg, projector if mode == "projected" else None)
     if mode == "projected":
         means, val_dirs = _projected_means(policy, fp, val_stores, root, projector, cfg)
         scorer = projector

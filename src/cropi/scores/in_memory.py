@@ -23,6 +23,10 @@ def flat_gradients(estimator: GradientEstimator, groups: Sequence[PromptGroup]) 
     screen), where the store machinery above would only add files."""
     ids, rows = [], []
     for gb in estimator.gradients(groups).batches:
+        if gb.projected is not None:  # a sketching estimator: rows in its projector's space
+            ids += gb.prompt_ids
+            rows += list(gb.projected)
+            continue
         whole = gb.whole()
         for b, pid in enumerate(gb.prompt_ids):
             ids.append(pid)

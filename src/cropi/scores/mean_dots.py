@@ -9,7 +9,7 @@ from typing import Mapping
 import torch
 
 from cropi.gradients.popi import GradientBatch
-from cropi.projection.factored import exact_dot
+from cropi.projection.factored import exact_dots
 
 
 class MeanDots:
@@ -47,5 +47,5 @@ class MeanDots:
             for name, f in gb.factors.items():
                 m = self.means[v].get(name)
                 if m is not None:
-                    out[j] += torch.tensor([float(exact_dot(a, d, m)) for a, d in zip(f.a, f.d)], dtype=torch.float64)
+                    out[j] += exact_dots(f, m).double().cpu()
         return out.T.contiguous().float()
