@@ -63,8 +63,10 @@ def main(argv: list[str] | None = None) -> dict:
                     "a large model's flat per-example gradients of many prompts may not fit in memory")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs of each way after the warm-up (best kept)")
     ap.add_argument("--seeds", type=int, default=len(SKETCH_SEEDS), help="projection seeds of the sketch ways")
+    ap.add_argument("--collect-threads", type=int, default=None, help="torch threads while collecting the stores "
+                    "(default --threads); scoring is timed at --threads")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.collect_threads or args.threads)
     n = 64 if args.quick else args.pool
     policy = load_policy(args.model, "cpu")
     if args.model == "tiny":
@@ -79,6 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     pool = collect(policy, train[:n], args.work / "pool", ccfg)
     val = collect(policy, held[:args.val], args.work / "val-add", ccfg)
     warm_pool = collect(policy, train[:16], args.work / "warm-pool", ccfg)
+    torch.set_num_threads(args.threads)
     res: dict = {"schema_version": 2, "machine": machine_description(), "threads": args.threads,
                  "model": args.model, "pool_prompts": n, "validation_prompts": args.val, "group_size": 8,
                  "max_new_tokens": ccfg.max_new_tokens, "exclude": args.exclude, "repeats": args.repeats, "ways": {}}
@@ -86,13 +89,17 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     d = sum(math.prod(s) for s in param_shapes_of(policy.model, exclude=args.exclude or None).values())
 
+    peaks: dict[str, float] = {}
+
     def run(name: str, kw: dict, seed: int = 0) -> tuple[float, dict]:
         cfg = RunConfig()
         cfg.select.score = ScoreConfig(exclude=list(args.exclude), seed=seed, **kw)
         out_file = args.work / f"{name}.parquet"
-        t0 = time.perf_counter()
-        out = score_pool(policy, pool, {"add": val}, out_file, cfg)
-        seconds = time.perf_counter() - t0
+        with PeakRss() as rss:
+            t0 = time.perf_counter()
+            out = score_pool(policy, pool, {"add": val}, out_file, cfg)
+            seconds = time.perf_counter() - t0
+        peaks[name] = max(peaks.get(name, 0.0), rss.increase_mb)
         out_file.unlink()
         shutil.rmtree(args.work / f"{name}.gradients", ignore_errors=True)
         return seconds, {r["prompt_id"]: r["score_add"] for r in out.table.to_pylist() if r["usable"]}
@@ -118,7 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
         row = {"settings": kw, "seconds": round(min(times), 3), "seconds_all": [round(t, 3) for t in times],
                "usable_prompts": usable, "prompts_per_second": round(usable / min(times), 3),
                "numbers_per_prompt": _numbers_per_prompt(policy, kw, d, args.exclude),
-               "numbers_per_validation_set": _numbers_per_set(policy, kw, d, args.exclude)}
+               "numbers_per_validation_set": _numbers_per_set(policy, kw, d, args.exclude),
+               "peak_rss_increase_mb": round(peaks[name], 1)}
         if name != "per_prompt":
             base = scores["per_prompt"]
             ids = sorted(base)
@@ -134,6 +142,40 @@ def main(argv: list[str] | None = None) -> dict:
         tmp.replace(args.out / "factored_scoring.json")
         print(name, json.dumps({k: v for k, v in row.items() if k != "settings"}), flush=True)
     return res
+
+
+class PeakRss:
+    """The largest resident-set size of this process while the block runs, above its size at the start (sampled
+    every 10 ms from /proc; 0 where there is no /proc)."""
+
+    def __enter__(self) -> "PeakRss":
+        import threading
+
+        self.start = self.peak = _rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, _rss_mb())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mb())
+        self.increase_mb = self.peak - self.start
+
+
+def _rss_mb() -> float:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except OSError:
+        return 0.0
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
 def _numbers_per_prompt(policy, kw: dict, d: int, exclude) -> int:

@@ -153,13 +153,13 @@ def score(
     n = store_meta(pool_store)["num_prompts"]
     policy = None if ray_job else load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype)
     s, t0, job = cfg.select.score, time.perf_counter(), None
-    from cropi.scores.engine import resolve_mode
+    from cropi.scores.engine import describe, resolve_mode
 
     # the mode that will run (auto is decided by the means' memory), so the bar and the summary agree
     mode = resolve_mode(policy, s, len(vals)) if policy is not None and not (part or span) else s.mode
     with _progress() as prog:
         task = prog.add_task("project pool" if part or span else "score pool", total=None if part or span else n,
-                             info="exact" if mode == "exact" else f"{mode} {s.kind} k={s.k}")
+                             info=describe(s, mode))
         if ray_job:
             from cropi.integrations.ray_shards import score_on_ray
 
@@ -177,7 +177,7 @@ def score(
     table, meta = read_scores(out)
     usable = sum(table.column("usable").to_pylist())
     typer.echo(f"scored {usable} of {n} prompts ({n - usable} zero-variance groups skipped) in {meta['mode']} mode "
-               f"in {secs:.1f} s ({usable / secs:.1f} prompts/s, validation sets included); wrote {out}")
+               f"({meta.get('scoring', meta['mode'])}) in {secs:.1f} s ({usable / secs:.1f} prompts/s, validation sets included); wrote {out}")
 
 
 @app.command("select")

@@ -236,6 +236,17 @@ def resolve_mode(policy: Policy, cfg: ScoreConfig, n_sets: int) -> str:
     return "exact" if n_sets * d * 4 <= cfg.exact_memory_gb * 2 ** 30 else "projected"
 
 
+def describe(score: ScoreConfig, mode: str) -> str:
+    """What a scoring run computes, in a few words, for progress bars and summaries: the mode, the projector (or
+    none), and how many prompts share a backward pass."""
+    per = f"{score.batch_size} prompts per backward" if score.batch_size > 1 else "one backward per prompt"
+    if mode == "projected" and score.kind == FactoredSJLT.kind:
+        return f"projected factored-sjlt {score.factor_k}x{score.factor_k} per weight, {per}"
+    if mode == "projected":
+        return f"projected {score.kind} k={score.k}, {per}"
+    return f"exact{', factored' if score.factored else ''}, {per}"
+
+
 def default_gradients_dir(out: str | Path) -> Path:
     """Where ``score_pool`` keeps its stores unless told: next to the scores file."""
     out = Path(out)
@@ -395,7 +406,7 @@ def score_pool(
     if reprobed is not None:
         columns["reprobed"] = reprobed
     table = pa.table(columns)
-    meta = {"schema_version": SCHEMA_VERSION, "mode": mode, "projector": scorer.spec() if mode == "projected" else
+    meta = {"schema_version": SCHEMA_VERSION, "mode": mode, "scoring": describe(score, mode), "projector": scorer.spec() if mode == "projected" else
             {"kind": "validation-means", "sets": list(val_stores)}, "score_config": asdict(score),
             "loss": asdict(run_scoring_loss(cfg)),
             "select_ratio": cfg.select.ratio, "select_n": ranking.n,
@@ -514,4 +525,4 @@ def project_pool_range(policy: Policy, pool_store: str | Path, gradients: str | 
 
 __all__ = ["MODES", "ScoringResult", "score_pool", "project_pool_range", "featurize", "default_gradients_dir",
            "validation_means", "project_validation_store", "check_scoring_stores",
-           "make_score_projector", "make_score_estimator", "resolve_mode", "StoreSink", "MeanDots"]
+           "make_score_projector", "make_score_estimator", "resolve_mode", "describe", "StoreSink", "MeanDots"]
