@@ -138,3 +138,22 @@ def test_in_memory_rankings_read_the_sketch(micro_policy):
     assert isinstance(est, SketchingPopiEstimator)
     ids, rows = flat_gradients(est, _groups(_vocab(micro_policy)))
     assert ids == ["x0", "x1", "x2"] and rows.shape == (3, sketch.k)
+
+
+def test_a_factored_batch_closes_early_at_its_memory_budget_with_the_same_gradients(micro_policy):
+    from cropi.gradients.per_example import factor_sizes
+    from cropi.gradients.popi import FactoredPopiEstimator
+
+    model, groups = micro_policy.model, _groups(_vocab(micro_policy), sizes=(3, 3, 3, 3))
+    names = [n for n, _ in model.named_parameters()]
+    width, whole = factor_sizes(model, names)
+    assert width > 0 and whole > 0  # the micro model has factored linears and a tied embedding formed whole
+    one = 4 * (max(len(g.prompt_ids) for g in groups) + 3 * max(len(r) for g in groups for r in g.response_ids)) * width
+    budget = 2.5 * (one + 4 * whole) / 2 ** 30  # room for two prompts of these sizes, not three
+    small = FactoredPopiEstimator(model, micro_policy.pad_token_id, param_names=names, batch_size=8, memory_gb=budget)
+    big = FactoredPopiEstimator(model, micro_policy.pad_token_id, param_names=names, batch_size=8)
+    small_batches, big_batches = list(small.gradients(groups).batches), list(big.gradients(groups).batches)
+    assert [len(b) for b in small_batches] == [2, 2] and [len(b) for b in big_batches] == [4]
+    merged = {n: torch.cat([b.whole()[n] for b in small_batches]) for n in names}
+    for n in names:
+        torch.testing.assert_close(merged[n], big_batches[0].whole()[n], rtol=1e-4, atol=1e-6)

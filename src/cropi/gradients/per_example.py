@@ -144,6 +144,26 @@ class LinearFactors:
     d: torch.Tensor
 
 
+def _factorable(owners: dict[nn.Module, list[tuple[str, str]]]) -> set[str]:
+    """The weights kept factored: those whose every user is a bias-free linear (a tied embedding is not)."""
+    users: dict[str, list[bool]] = {}
+    for mod, locals_ in owners.items():
+        for local, full in locals_:
+            users.setdefault(full, []).append(isinstance(mod, nn.Linear) and local == "weight" and mod.bias is None)
+    return {full for full, linear in users.items() if all(linear)}
+
+
+def factor_sizes(model: nn.Module, names: Sequence[str]) -> tuple[int, int]:
+    """What ``per_example_factors`` keeps per example: (Σ in + out over the factored weights' modules, numbers per
+    token; Σ numel of the parameters it forms whole)."""
+    owners = owning_modules(model, names)
+    factorable = _factorable(owners)
+    width = sum(m.in_features + m.out_features for m, locals_ in owners.items()
+                if any(full in factorable for _, full in locals_))
+    named = dict(model.named_parameters())
+    return width, sum(named[n].numel() for n in names if n not in factorable)
+
+
 def _per_example_rows(x: torch.Tensor, rows: torch.Tensor, B: int) -> torch.Tensor:
     """A call's [R, ..., D] rows as [B, tokens, D], example b's rows in row b (zero-padded when unequal)."""
     x = x.float()
@@ -164,12 +184,7 @@ def per_example_factors(
     (``LinearFactors``), never formed; every other named parameter comes back whole, ``[B, *shape]``.  Projecting
     or dotting the factors costs tokens × (in + out) per example instead of in × out."""
     owners, pairs, B = _capture(model, names, rows_per_example, losses_fn)
-    # a weight is kept factored only where every module using it is a bias-free linear (a tied embedding is not)
-    users: dict[str, list[bool]] = {}
-    for mod, locals_ in owners.items():
-        for local, full in locals_:
-            users.setdefault(full, []).append(isinstance(mod, nn.Linear) and local == "weight" and mod.bias is None)
-    factorable = {full for full, linear in users.items() if all(linear)}
+    factorable = _factorable(owners)
     factors: dict[str, LinearFactors] = {}
     whole: dict[str, torch.Tensor] = {}
     parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}

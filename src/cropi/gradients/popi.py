@@ -198,12 +198,17 @@ class PopiEstimator:
     def _batches(self, usable: list[PromptGroup]) -> Iterator[GradientBatch]:
         pending: list[PromptGroup] = []
         for group in usable:
-            if pending and (pending[0].temperature != group.temperature or len(pending) >= self.batch_size):
+            if pending and (pending[0].temperature != group.temperature or len(pending) >= self.batch_size
+                            or not self._fits([*pending, group])):
                 yield self._compute(pending)
                 pending = []
             pending.append(group)
         if pending:
             yield self._compute(pending)
+
+    def _fits(self, groups: list[PromptGroup]) -> bool:
+        """Whether these groups may share a backward pass (always, unless a subclass bounds its memory)."""
+        return True
 
     def _compute(self, batch: list[PromptGroup]) -> GradientBatch:
         out = popi_loss(self.model, batch, self.pad_id, self.loss, self.acg)
@@ -240,7 +245,27 @@ class BatchedPopiEstimator(PopiEstimator):
 
 class FactoredPopiEstimator(BatchedPopiEstimator):
     """As ``BatchedPopiEstimator``, with the gradients of weights used only by bias-free linear modules kept
-    factored per prompt (``GradientBatch.factors``): exact scores and norms read them without forming them."""
+    factored per prompt (``GradientBatch.factors``): exact scores and norms read them without forming them.
+
+    A batch's factors hold every token's input and output-gradient at every such weight, so a batch is closed
+    early where they would pass ``memory_gb`` (counted with the padding: prompts and responses padded to the
+    batch's longest)."""
+
+    def __init__(self, model: torch.nn.Module, pad_id: int, loss: LossSpec = scoring_loss(), acg: bool = False,
+                 param_names: Sequence[str] | None = None, batch_size: int = 8, memory_gb: float | None = None):
+        super().__init__(model, pad_id, loss, acg, param_names, batch_size)
+        from cropi.gradients.per_example import factor_sizes
+
+        self.memory_gb = memory_gb
+        self._width, self._whole = factor_sizes(model, self.param_names)
+
+    def _fits(self, groups: list[PromptGroup]) -> bool:
+        if self.memory_gb is None:
+            return True
+        tokens = max(len(g.prompt_ids) for g in groups) + max(len(g.rewards) for g in groups) * max(
+            len(r) for g in groups for r in g.response_ids)
+        per_prompt = 4 * (tokens * self._width + self._whole)  # fp32 factors, and the gradients formed whole
+        return len(groups) * per_prompt <= self.memory_gb * 2 ** 30
 
     def _compute(self, batch: list[PromptGroup]) -> GradientBatch:
         from cropi.gradients.per_example import per_example_factors
@@ -257,11 +282,11 @@ class FactoredPopiEstimator(BatchedPopiEstimator):
 
 def make_estimator(model: torch.nn.Module, pad_id: int, loss: LossSpec = scoring_loss(), acg: bool = False,
                    param_names: Sequence[str] | None = None, batch_size: int = 1,
-                   factored: bool = False) -> GradientEstimator:
+                   factored: bool = False, factor_memory_gb: float | None = None) -> GradientEstimator:
     """The per-prompt loop for ``batch_size`` 1, else the batched per-example estimator (``factored``: linear
     weights kept factored)."""
     if factored:
-        return FactoredPopiEstimator(model, pad_id, loss, acg, param_names, max(batch_size, 1))
+        return FactoredPopiEstimator(model, pad_id, loss, acg, param_names, max(batch_size, 1), factor_memory_gb)
     if batch_size == 1:
         return PopiEstimator(model, pad_id, loss, acg, param_names)
     return BatchedPopiEstimator(model, pad_id, loss, acg, param_names, batch_size)

@@ -79,7 +79,7 @@ def make_score_estimator(policy: Policy, cfg: RunConfig, projector: Projector | 
                                       acg=score.acg, batch_size=score.batch_size)
     names = list(param_shapes_of(policy.model, exclude=score.exclude or None))
     return make_estimator(policy.model, policy.pad_token_id, run_scoring_loss(cfg), acg=score.acg, param_names=names,
-                          batch_size=score.batch_size, factored=score.factored)
+                          batch_size=score.batch_size, factored=score.factored, factor_memory_gb=score.factor_memory_gb)
 
 
 @dataclass
@@ -140,14 +140,16 @@ def _featurize_chunk(estimator, members, chunk, sinks, stage, on_batch) -> None:
             sq += g.reshape(len(gb), -1).pow(2).sum(1, dtype=torch.float64).cpu()
         for f in gb.factors.values():  # a factored weight's norm without forming its gradient
             sq += squared_norms(f).double().cpu()
-        whole = None  # factors multiplied out once, for the sinks that need the flat gradient
         for sink, res in zip(sinks, results):
             factored = getattr(sink.projector, "project_factored_batch", None)
             if factored is not None and gb.factors:
                 vecs = factored(gb)
+            elif gb.factors:  # a flat projector is linear: one factored weight formed at a time, never all at once
+                vecs = sink.projector.project_batch(gb.grads) if gb.grads else 0
+                for name, f in gb.factors.items():
+                    vecs = vecs + sink.projector.project_batch({name: torch.bmm(f.d.transpose(1, 2), f.a)})
             else:
-                whole = gb.whole() if whole is None else whole
-                vecs = sink.projector.project_batch(whole)
+                vecs = sink.projector.project_batch(gb.grads)
             for b, pid in enumerate(gb.prompt_ids):
                 res[pid] = (vecs[b].cpu().numpy(), float(sq[b].sqrt()), gb.ess[b], gb.max_abs_log_ratio[b])
     for sink, res in zip(sinks, results):
