@@ -193,9 +193,9 @@ class ScoreConfig:
     factored: bool = setting(False, "Keep the gradients of bias-free linear weights factored per prompt (inputs and "
                              "output-gradients from one backward over select.score.batch_size prompts, each prompt run "
                              "once for its responses): exact scores and norms never form them.")
-    factor_memory_gb: float = setting(2.0, "factored: memory allowed for one backward's factors (every token's input "
-                                      "and output-gradient at every linear weight); a batch closes early above it.",
-                                      above(0))
+    factor_memory_gb: float = setting(2.0, "factored and factored-sjlt: memory allowed for one backward's factors "
+                                      "(every token's input and output-gradient at every linear weight); a batch "
+                                      "closes early above it.", above(0))
 
 
 @dataclass

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from cropi.gradients import per_example
-from cropi.gradients.popi import BatchedPopiEstimator, GradientBatch, PopiLoss, popi_loss, scoring_loss
+from cropi.gradients.popi import FactoredPopiEstimator, GradientBatch, PopiLoss, popi_loss, scoring_loss
 from cropi.objective import LossSpec
 from cropi.rollouts.trajectory_store import PromptGroup
 
@@ -219,14 +219,17 @@ def squared_norm(a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     return (d.float().T @ a.float()).pow(2).sum()
 
 
-class SketchingPopiEstimator(BatchedPopiEstimator):
+class SketchingPopiEstimator(FactoredPopiEstimator):
     """POPI gradients of up to ``batch_size`` prompts under a ``FactoredSJLT``, from one forward (each prompt run
-    once for its responses) and one backward pass: ``GradientBatch.projected`` only."""
+    once for its responses) and one backward pass: ``GradientBatch.projected`` only.  Nothing is formed, but the
+    backward keeps every linear module's input: a batch closes at ``memory_gb`` counted as the factored
+    estimator's factors (without the whole-formed gradients)."""
 
     def __init__(self, model: nn.Module, pad_id: int, sketch: FactoredSJLT, loss: LossSpec = scoring_loss(),
-                 acg: bool = False, batch_size: int = 32):
-        super().__init__(model, pad_id, loss, acg, sketch.names, batch_size)
+                 acg: bool = False, batch_size: int = 32, memory_gb: float | None = None):
+        super().__init__(model, pad_id, loss, acg, sketch.names, batch_size, memory_gb)
         self.sketch = sketch
+        self._whole = 0
 
     def _compute(self, batch: list[PromptGroup]) -> GradientBatch:
         diag: list[PopiLoss] = []

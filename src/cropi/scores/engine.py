@@ -76,7 +76,7 @@ def make_score_estimator(policy: Policy, cfg: RunConfig, projector: Projector | 
     score = cfg.select.score
     if isinstance(projector, FactoredSJLT):
         return SketchingPopiEstimator(policy.model, policy.pad_token_id, projector, run_scoring_loss(cfg),
-                                      acg=score.acg, batch_size=score.batch_size)
+                                      acg=score.acg, batch_size=score.batch_size, memory_gb=score.factor_memory_gb)
     names = list(param_shapes_of(policy.model, exclude=score.exclude or None))
     return make_estimator(policy.model, policy.pad_token_id, run_scoring_loss(cfg), acg=score.acg, param_names=names,
                           batch_size=score.batch_size, factored=score.factored, factor_memory_gb=score.factor_memory_gb)
