@@ -33,7 +33,7 @@ class Call:
     module: nn.Module
     args: tuple
     kwargs: dict
-    output: torch.Tensor
+    output: torch.Tensor | None  # None once only the inputs are needed (no reference cycle through a hook)
 
 
 @dataclass

@@ -152,7 +152,10 @@ class FactoredSJLT:
         def on_call(mod, args, kwargs, output):
             if not (isinstance(output, torch.Tensor) and output.requires_grad):
                 return
-            call = per_example.Call(mod, args, kwargs, output)
+            # the hook must not hold ``output``: a tensor whose hook refers to it is a reference cycle that keeps the
+            # batch's whole graph alive until Python's cycle collector happens to run
+            call = per_example.Call(mod, tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args),
+                                    kwargs, None)
             rows = per_example.call_rows(output.shape[0], rows_per_example, output.device)
             output.register_hook(lambda delta: self._add_call(out, owners[mod], call, delta.detach(), rows, B))
 
