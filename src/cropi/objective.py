@@ -17,6 +17,8 @@ prompts with equal G, L is the mean of the per-prompt losses.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -80,10 +82,16 @@ class SharedPromptUnsupported(Exception):
     """The model's KV cache is not one ``grouped_response_logprobs`` knows how to share between responses."""
 
 
-def _call_kwargs(model: torch.nn.Module) -> set[str]:
-    import inspect
+@functools.lru_cache(maxsize=None)
+def forward_parameters(model_cls: type) -> frozenset[str]:
+    """The argument names of a model class's ``forward`` (read once per class)."""
+    return frozenset(inspect.signature(model_cls.forward).parameters)
 
-    return set(inspect.signature(type(model).forward).parameters)
+
+def cache_argument(model: torch.nn.Module) -> str:
+    """The name of the KV cache in ``model``'s forward and output: ``cache`` in transformers >= 5,
+    ``past_key_values`` before."""
+    return "cache" if "cache" in forward_parameters(type(model)) else "past_key_values"
 
 
 def _repeat_cache(cache, counts: torch.Tensor):
@@ -112,13 +120,12 @@ def grouped_response_logprobs(model: torch.nn.Module, batch, temperature: float)
     costs P + G·R token positions instead of G·(P + R); the log-probs equal the packed ones up to float rounding.
     Returns [N, Lr]: the log-prob of response token j at column j, 0 on padding.  Raises
     ``SharedPromptUnsupported`` for a model whose cache is not a plain dynamic one (sliding windows, ...)."""
-    params = _call_kwargs(model)
     pm = batch.prompt_mask
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in forward_parameters(type(model)) else {}
     out = model(input_ids=batch.prompt_ids, attention_mask=pm, position_ids=(pm.cumsum(-1) - 1).clamp_min(0),
                 use_cache=True, **extra)
-    cache_key = "cache" if "cache" in params else "past_key_values"
-    cache = getattr(out, cache_key, None) if cache_key == "cache" else out.past_key_values
+    cache_key = cache_argument(model)
+    cache = getattr(out, cache_key, None)
     if cache is None:
         raise SharedPromptUnsupported("the model returned no cache")
     counts = batch.counts

@@ -177,7 +177,8 @@ def score(
     table, meta = read_scores(out)
     usable = sum(table.column("usable").to_pylist())
     typer.echo(f"scored {usable} of {n} prompts ({n - usable} zero-variance groups skipped) in {meta['mode']} mode "
-               f"({meta.get('scoring', meta['mode'])}) in {secs:.1f} s ({usable / secs:.1f} prompts/s, validation sets included); wrote {out}")
+               f"({meta.get('scoring', meta['mode'])}) in {secs:.1f} s ({usable / secs:.1f} prompts/s, validation "
+               f"sets included); wrote {out}")
 
 
 @app.command("select")

@@ -24,9 +24,8 @@ from torch import nn
 from cropi.gradients import per_example
 from cropi.gradients.popi import FactoredPopiEstimator, GradientBatch, PopiLoss, popi_loss, scoring_loss
 from cropi.objective import LossSpec
-from cropi.rollouts.trajectory_store import PromptGroup
-
 from cropi.projection.hashing import hash_range, lsr, tensor_salt
+from cropi.rollouts.trajectory_store import PromptGroup
 
 STREAM_FACTOR_OUT = 64  # the row map P of a weight
 STREAM_FACTOR_IN = 65  # the column map Q
@@ -122,17 +121,21 @@ class FactoredSJLT:
         B = batch if batch is not None else next(iter(grads.values())).shape[0]
         out = torch.zeros(B, self.k, dtype=torch.float32)
         for n in self.names:
-            if n not in grads:
-                continue
-            g, (lo, hi) = grads[n].float(), self.offsets[n]
-            if len(self._maps[n]) == 2:
-                (pb, ps), (qb, qs) = self._maps[n]
-                left = self._sketch(g.transpose(1, 2), pb, ps, self.k_out).transpose(1, 2)  # [B, k_out, in]
-                out[:, lo:hi] = self._sketch(left, qb, qs, self.k_in).reshape(B, -1).cpu()
-            else:
-                (bb, bs), = self._maps[n]
-                out[:, lo:hi] = self._sketch(g.reshape(B, -1), bb, bs, hi - lo).cpu()
+            if n in grads:
+                lo, hi = self.offsets[n]
+                out[:, lo:hi] = self._project_formed(n, grads[n]).cpu()
         return out
+
+    def _project_formed(self, name: str, g: torch.Tensor) -> torch.Tensor:
+        """[B, width of ``name``]: one parameter's formed per-example gradients [B, *shape], projected."""
+        B, g = g.shape[0], g.float()
+        if len(self._maps[name]) == 2:
+            (pb, ps), (qb, qs) = self._maps[name]
+            left = self._sketch(g.transpose(1, 2), pb, ps, self.k_out).transpose(1, 2)  # [B, k_out, in]
+            return self._sketch(left, qb, qs, self.k_in).reshape(B, -1)
+        (bucket, sign), = self._maps[name]
+        lo, hi = self.offsets[name]
+        return self._sketch(g.reshape(B, -1), bucket, sign, hi - lo)
 
     def project(self, grads: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return self.project_batch({n: g.unsqueeze(0) for n, g in grads.items()})[0]
@@ -179,20 +182,19 @@ class FactoredSJLT:
         torch.autograd.grad(losses.sum(), ends, allow_unused=True)
         return out
 
-    def _per_example_outer(self, pd: torch.Tensor, qa: torch.Tensor, rows: torch.Tensor, example: torch.Tensor,
-                           B: int) -> torch.Tensor:
+    def _per_example_outer(self, pd: torch.Tensor, qa: torch.Tensor, rows: torch.Tensor, B: int) -> torch.Tensor:
         """[B, k_out k_in]: Σ over example b's rows and positions of (P δ)(Q a)ᵀ."""
         if int(rows.min()) == int(rows.max()):  # equal rows per example: one batched product per example
             pd, qa = pd.reshape(B, -1, self.k_out), qa.reshape(B, -1, self.k_in)
             return torch.bmm(pd.transpose(1, 2), qa).reshape(B, -1)
         pd, qa = pd.reshape(pd.shape[0], -1, self.k_out), qa.reshape(qa.shape[0], -1, self.k_in)
         per_row = torch.bmm(pd.transpose(1, 2), qa).reshape(pd.shape[0], -1)
+        example = torch.repeat_interleave(torch.arange(B, device=rows.device), rows)
         return torch.zeros(B, per_row.shape[1], device=per_row.device).index_add_(0, example, per_row)
 
     def _add_call(self, out, locals_, call, delta, rows, B) -> None:
         mod = call.module
         x = (call.args[0] if call.args else next(iter(call.kwargs.values()))).detach()
-        example = torch.repeat_interleave(torch.arange(B, device=delta.device), rows)
         for local, full in locals_:
             lo, hi = self.offsets[full]
             if len(self._maps[full]) == 2 and local == "weight" and isinstance(mod, (nn.Linear, nn.Embedding)):
@@ -202,10 +204,10 @@ class FactoredSJLT:
                 else:  # the gradient of an embedding row is δ at the tokens that read it: d is one-hot, P d a column
                     pd = P.T[x] if mod.padding_idx is None else P.T[x] * (x != mod.padding_idx).unsqueeze(-1)
                     qa = delta.float() @ Q.T
-                out[:, lo:hi] += self._per_example_outer(pd, qa, rows, example, B).cpu()
+                out[:, lo:hi] += self._per_example_outer(pd, qa, rows, B).cpu()
                 continue
             g = per_example.vjp(call, local, delta, rows, B)  # small parameters: formed, then sketched
-            out[:, lo:hi] += self.project_batch({full: g})[:, lo:hi]
+            out[:, lo:hi] += self._project_formed(full, g).cpu()
 
 
 def exact_dot(a: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -220,6 +222,20 @@ def squared_norm(a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     if T * T * (inp + out) < T * inp * out:
         return ((d.float() @ d.float().T) * (a.float() @ a.float().T)).sum()
     return (d.float().T @ a.float()).pow(2).sum()
+
+
+def exact_dots(f, m: torch.Tensor) -> torch.Tensor:
+    """[B]: ``exact_dot`` of every example of a ``LinearFactors``, in one batched product."""
+    return ((f.a @ m.float().T) * f.d).sum((1, 2))
+
+
+def squared_norms(f) -> torch.Tensor:
+    """[B]: ``squared_norm`` of every example of a ``LinearFactors``, ghost or formed as that function chooses."""
+    a, d = f.a, f.d
+    T, inp, out = a.shape[1], a.shape[2], d.shape[2]
+    if T * T * (inp + out) < T * inp * out:
+        return (torch.bmm(d, d.transpose(1, 2)) * torch.bmm(a, a.transpose(1, 2))).sum((1, 2))
+    return torch.bmm(d.transpose(1, 2), a).pow(2).sum((1, 2))
 
 
 class SketchingPopiEstimator(FactoredPopiEstimator):
@@ -244,17 +260,3 @@ class SketchingPopiEstimator(FactoredPopiEstimator):
         projected = self.sketch.sketch_batch(self.model, [len(g.rewards) for g in batch], losses)
         return GradientBatch([g.prompt_id for g in batch], {}, diag[0].ess, diag[0].max_abs_log_ratio,
                              projected=projected, projector_spec=self.sketch.spec())
-
-
-def exact_dots(f, m: torch.Tensor) -> torch.Tensor:
-    """[B]: ``exact_dot`` of every example of a ``LinearFactors``, in one batched product."""
-    return ((f.a @ m.float().T) * f.d).sum((1, 2))
-
-
-def squared_norms(f) -> torch.Tensor:
-    """[B]: ``squared_norm`` of every example of a ``LinearFactors``, ghost or formed as that function chooses."""
-    a, d = f.a, f.d
-    T, inp, out = a.shape[1], a.shape[2], d.shape[2]
-    if T * T * (inp + out) < T * inp * out:
-        return (torch.bmm(d, d.transpose(1, 2)) * torch.bmm(a, a.transpose(1, 2))).sum((1, 2))
-    return torch.bmm(d.transpose(1, 2), a).pow(2).sum((1, 2))

@@ -20,6 +20,17 @@ class PackedBatch:
                                                      self.behavior_logprobs)))
 
 
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists left-padded to a common width: (ids, attention mask), both [N, width] on ``device``."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
 def pack(
     prompt_ids: Sequence[Sequence[int]],
     response_ids: Sequence[Sequence[int]],
@@ -69,14 +80,7 @@ def pack_groups(
     pad_id: int,
 ) -> GroupedBatch:
     """B prompts, each with its own list of responses (and their behaviour log-probs)."""
-    B = len(prompt_ids)
-    lp_width = max(len(p) for p in prompt_ids)
-    pids = torch.full((B, lp_width), pad_id, dtype=torch.long)
-    pmask = torch.zeros((B, lp_width), dtype=torch.long)
-    for i, p in enumerate(prompt_ids):
-        if len(p):
-            pids[i, lp_width - len(p):] = torch.tensor(list(p), dtype=torch.long)
-            pmask[i, lp_width - len(p):] = 1
+    pids, pmask = left_pad(prompt_ids, pad_id, "cpu")
     flat = [r for rs in response_ids for r in rs]
     width = max(1, max((len(r) for r in flat), default=1))
     rids = torch.full((len(flat), width), pad_id, dtype=torch.long)

@@ -12,15 +12,15 @@ Two choices make stored trajectories usable for off-policy influence later:
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import inspect
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
+from cropi.objective import cache_argument
 from cropi.policy import Policy
+from cropi.rollouts.batch import left_pad
 
 
 @dataclass(frozen=True)
@@ -76,26 +76,9 @@ def _pick_tokens(logits: torch.Tensor, u: torch.Tensor | None, params: SamplingP
     return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, width - len(s):] = 1
-    return ids.to(device), mask.to(device)
-
-
-@functools.lru_cache(maxsize=None)
-def _uses_cache_kwarg(model_cls: type) -> bool:
-    """transformers >= 5.x names the KV cache ``cache``; 4.x names it ``past_key_values``."""
-    return "cache" in inspect.signature(model_cls.forward).parameters
-
-
 def _cache_kwargs(model, out) -> dict:
-    if _uses_cache_kwarg(type(model)):
-        return {"cache": out.cache}
-    return {"past_key_values": out.past_key_values}
+    key = cache_argument(model)
+    return {key: getattr(out, key)}
 
 
 @torch.inference_mode()

@@ -226,11 +226,8 @@ def iter_prompt_groups(folder: str | Path, start: int = 0, end: int | None = Non
         if not path.exists():
             raise CropiError(f"{path}: trajectory store is incomplete (part {part} missing); "
                              "finish `cropi collect` (rerun it to resume) before scoring")
-        table = read_parquet(path, "rerun the `cropi collect` that made this store to recompute it", columns=list(
-            _GROUP_COLUMNS))
-        # column by column: building one dict per row costs more than the scoring of a small model's group
-        columns = [table.column(c).to_pylist() for c in _GROUP_COLUMNS]
-        groups = prompt_groups(dict(zip(_GROUP_COLUMNS, row)) for row in zip(*columns))
+        groups = prompt_groups(read_parquet(path, "rerun the `cropi collect` that made this store to recompute it",
+                                            columns=list(_GROUP_COLUMNS)).to_pylist())
         first = part * per_part
         expected = min(per_part, n - first)
         if len(groups) != expected:

@@ -80,7 +80,8 @@ def make_score_estimator(policy: Policy, cfg: RunConfig, projector: Projector | 
                                       acg=score.acg, batch_size=score.batch_size, memory_gb=score.factor_memory_gb)
     names = list(param_shapes_of(policy.model, exclude=score.exclude or None))
     return make_estimator(policy.model, policy.pad_token_id, run_scoring_loss(cfg), acg=score.acg, param_names=names,
-                          batch_size=score.batch_size, factored=score.factored, factor_memory_gb=score.factor_memory_gb)
+                          batch_size=score.batch_size, factored=score.factored,
+                          factor_memory_gb=score.factor_memory_gb)
 
 
 # ----------------------------------------------------------------------------- identities and checks
@@ -317,8 +318,9 @@ def score_pool(
     if reprobed is not None:
         columns["reprobed"] = reprobed
     table = pa.table(columns)
-    meta = {"schema_version": SCHEMA_VERSION, "mode": mode, "scoring": describe(score, mode), "projector": scorer.spec() if mode == "projected" else
-            {"kind": "validation-means", "sets": list(val_stores)}, "score_config": asdict(score),
+    meta = {"schema_version": SCHEMA_VERSION, "mode": mode, "scoring": describe(score, mode),
+            "projector": scorer.spec() if mode == "projected" else {"kind": "validation-means", "sets": list(val_stores)},
+            "score_config": asdict(score),
             "loss": asdict(run_scoring_loss(cfg)),
             "select_ratio": cfg.select.ratio, "select_n": ranking.n,
             "pool_store": pool_meta, "policy": policy.name, "model_fingerprint": fp,
