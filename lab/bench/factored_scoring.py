@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
                  "model": args.model, "pool_prompts": n, "validation_prompts": args.val, "group_size": 8,
                  "max_new_tokens": ccfg.max_new_tokens, "exclude": args.exclude, "repeats": args.repeats, "ways": {}}
     base = args.baseline
+    res["pool_tokens"] = token_stats(pool)
     ways = {w: WAYS[w] for w in [base, *[w for w in args.ways.split(",") if w and w != base]]}
     res["baseline"] = base
     args.out.mkdir(parents=True, exist_ok=True)
@@ -151,6 +152,23 @@ def main(argv: list[str] | None = None) -> dict:
         tmp.replace(args.out / "factored_scoring.json")
         print(name, json.dumps({k: v for k, v in row.items() if k != "settings"}), flush=True)
     return res
+
+
+def token_stats(store: Path) -> dict:
+    """Mean prompt and response tokens of a store's usable groups, and the token positions of a group run packed
+    (G·(P + R)) against each prompt run once (P + G·R)."""
+    from cropi.rollouts.trajectory_store import iter_prompt_groups
+
+    p, r, packed, shared = [], [], 0, 0
+    for _, g in iter_prompt_groups(store):
+        if g.zero_variance:
+            continue
+        p.append(len(g.prompt_ids))
+        r += [len(x) for x in g.response_ids]
+        packed += sum(len(g.prompt_ids) + len(x) for x in g.response_ids)
+        shared += len(g.prompt_ids) + sum(len(x) for x in g.response_ids)
+    return {"usable_groups": len(p), "mean_prompt_tokens": round(sum(p) / len(p), 2),
+            "mean_response_tokens": round(sum(r) / len(r), 2), "packed_over_shared_positions": round(packed / shared, 2)}
 
 
 class PeakRss:
