@@ -128,10 +128,12 @@ def score(
 
     POPI gradients, cosine to each validation set's mean gradient, fused by reciprocal rank at select.ratio.
     --mode projected takes the cosine after a sparse random projection (gradient stores kept for reuse); exact
-    streams each full gradient against each set's exact mean (no projection error; projected gradients are
+    takes each gradient's inner product with each set's exact mean (no projection error; projected gradients are
     also kept when --gradients is given); auto picks exact where the means fit in select.score.exact_memory_gb.
-    The summary line and the scores file's metadata name the mode that ran.  Other scoring keys:
-    --set select.score.KEY=VALUE.
+    By default up to 32 prompts share a backward pass, each prompt runs once for its responses, and linear
+    weights' gradients stay factored (select.score.batch_size, factored, factor_memory_gb; batch_size=1
+    factored=false is the one-backward-per-prompt loop).  The bar, the summary line and the scores file's
+    metadata say what ran.  Other scoring keys: --set select.score.KEY=VALUE.
 
     Resumable: rerun the same command after an interruption.  To spread the pool over machines, run
     `--shard I/N --gradients DIR` for each I, then once more without --shard to score; or let --ray deal the
