@@ -14,7 +14,7 @@ from cropi.selection.batch import Group, sample_groups, screen_observe, screen_t
 from cropi.selection.greso import Greso
 from tests.conftest import small_suite_overrides
 
-RULES = ("none", "dapo", "greso", "online_filter", "online_influence")
+RULES = ("none", "dapo", "greso", "online_filter", "online_influence", "cropi_harvest")
 
 
 def _cfg(method="none", **extra):

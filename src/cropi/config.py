@@ -96,7 +96,8 @@ class FilterConfig:
     ``cropi.selection``).  ``none`` trains on the next prompts of the seeded order, whatever their rewards."""
 
     method: str = setting("none", "none (plain GRPO) or a per-batch rule: dapo, greso, online_filter, "
-                          "online_influence (`cropi train --help` says what each does); a selector with a batch "
+                          "online_influence, cropi_harvest (`cropi train --help` says what each does); a selector "
+                          "with a batch "
                           "rule of its own sets it.")
     # verl's DAPO recipe samples 3x the train batch per generation batch
     gen_batch_prompts: int = setting(96, "Prompts sampled per generation batch (dapo, online_filter, "
@@ -127,6 +128,19 @@ class FilterConfig:
                                           "1 for online_filter (as published).", in_unit_interval)
     screen_skip_ranked_out: bool = setting(True, "online_influence: a mixed prompt ranked out of the batch counts "
                                            "as a screen that gave the batch nothing (as equal rewards do).")
+    harvest_share: float = setting(0.5, "cropi_harvest: share of each generation batch drawn from the prompts "
+                                   "ranked by harvested influence; the rest explore the stream behind GRESO's skip.",
+                                   in_unit_interval)
+    harvest_gap: int = setting(10, "cropi_harvest: steps before a trained prompt may be drawn again from the "
+                               "ranking.", at_least(1))
+    harvest_max_age: int = setting(100, "cropi_harvest: a harvested score older than this many steps is forgotten "
+                                   "(the prompt returns to the stream).", at_least(1))
+    harvest_val_every: int = setting(25, "cropi_harvest: recompute the validation mean gradients with POPI from "
+                                     "the stored validation groups every this many steps (no sampling).", at_least(1))
+    harvest_val_resample: int = setting(200, "cropi_harvest: sample the validation groups afresh every this many "
+                                        "steps.", at_least(1))
+    harvest_score: str = setting("cosine", "cropi_harvest: cosine or dot (inner product) of a harvested gradient "
+                                 "with each validation mean.", one_of("cosine", "dot"))
 
 
 @dataclass

@@ -143,44 +143,19 @@ class FactoredSJLT:
     def sketch_batch(self, model: nn.Module, rows_per_example: Sequence[int],
                      losses_fn: Callable[[], torch.Tensor]) -> torch.Tensor:
         """[B, k]: the projected gradients of the B per-example losses ``losses_fn()`` returns, from one forward and
-        one backward pass (``gradients.per_example`` explains the rows).  Hooks on the modules owning the projected
-        parameters receive each call's input and, as the backward reaches it, its output-gradient, project the
-        pair at once and drop it: no per-example gradient and no output-gradient outlives its module's step."""
+        one backward pass (``gradients.per_example`` explains the rows; ``SketchHooks`` how).  The backward runs to
+        the input embeddings' outputs only: no parameter gradient is summed."""
         B = len(rows_per_example)
-        owners = per_example.owning_modules(model, self.names)
-        out = torch.zeros(B, self.k, dtype=torch.float32)
-        handles = []
-        ends: list[torch.Tensor] = []  # the input embeddings' outputs: differentiating to them reaches every hook
-
-        def on_call(mod, args, kwargs, output):
-            if not (isinstance(output, torch.Tensor) and output.requires_grad):
-                return
-            # the hook must not hold ``output``: a tensor whose hook refers to it is a reference cycle that keeps the
-            # batch's whole graph alive until Python's cycle collector happens to run
-            call = per_example.Call(mod, tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args),
-                                    kwargs, None)
-            rows = per_example.call_rows(output.shape[0], rows_per_example, output.device)
-            output.register_hook(lambda delta: self._add_call(out, owners[mod], call, delta.detach(), rows, B))
-
-        def on_embed(mod, args, output):
-            if isinstance(output, torch.Tensor) and output.requires_grad:
-                ends.append(output)
-
-        embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-        try:
-            handles = [m.register_forward_hook(on_call, with_kwargs=True) for m in owners]
-            if embed is not None:
-                handles.append(embed.register_forward_hook(on_embed))
+        with SketchHooks(self, model, B, keep_embedding_outputs=True) as hooks:
+            hooks.rows(rows_per_example)
             losses = losses_fn()
-        finally:
-            for h in handles:
-                h.remove()
         if losses.shape != (B,):
             raise ValueError(f"losses_fn returned shape {tuple(losses.shape)}, expected ({B},)")
+        ends, hooks.ends = hooks.ends, []
         if not ends:
             raise ValueError("the model has no differentiable input embedding to run the backward pass to")
         torch.autograd.grad(losses.sum(), ends, allow_unused=True)
-        return out
+        return hooks.out
 
     def _per_example_outer(self, pd: torch.Tensor, qa: torch.Tensor, rows: torch.Tensor, B: int) -> torch.Tensor:
         """[B, k_out k_in]: Σ over example b's rows and positions of (P δ)(Q a)ᵀ."""
@@ -208,6 +183,73 @@ class FactoredSJLT:
                 continue
             g = per_example.vjp(call, local, delta, rows, B)  # small parameters: formed, then sketched
             out[:, lo:hi] += self._project_formed(full, g).cpu()
+
+
+class SketchHooks:
+    """While open, forward hooks on the modules that own ``sketch``'s parameters make every backward that later
+    runs through their outputs add each example's projected gradient into ``out`` [B, k]: the tensor hook of a
+    module call receives the output-gradient δ, projects (P δ)(Q a)ᵀ per example and drops δ at once.  Whose
+    backward it is does not matter: ``FactoredSJLT.sketch_batch`` runs its own, and the GRPO trainer's own
+    ``loss.backward()`` (which also forms the summed parameter gradient) feeds the same hooks, so the per-prompt
+    projections of a training step cost no extra pass.
+
+    ``rows(rows_per_example, first)`` says whose rows the next forward holds: its rows belong, in order, to
+    examples ``first, first + 1, ...``, ``rows_per_example[i]`` rows each (a module call over one row per example,
+    a prompt run once for its responses, is recognised as in ``per_example.call_rows``)."""
+
+    def __init__(self, sketch: FactoredSJLT, model: nn.Module, n_examples: int, keep_embedding_outputs: bool = False):
+        self.sketch, self.model = sketch, model
+        self.out = torch.zeros(n_examples, sketch.k, dtype=torch.float32)
+        self.owners = per_example.owning_modules(model, sketch.names)
+        self.ends: list[torch.Tensor] = []  # the input embeddings' outputs (``keep_embedding_outputs``)
+        self._keep_ends = keep_embedding_outputs
+        self._rows: list[int] | None = None
+        self._first = 0
+        self._handles: list = []
+        self._busy = False
+
+    def rows(self, rows_per_example: Sequence[int], first: int = 0) -> None:
+        if first < 0 or first + len(rows_per_example) > len(self.out):
+            raise ValueError(f"examples {first}..{first + len(rows_per_example) - 1} are outside the "
+                             f"{len(self.out)} this capture holds")
+        self._rows, self._first = [int(r) for r in rows_per_example], first
+
+    def __enter__(self) -> "SketchHooks":
+        self._handles = [m.register_forward_hook(self._on_call, with_kwargs=True) for m in self.owners]
+        embed = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+        if self._keep_ends and embed is not None:
+            self._handles.append(embed.register_forward_hook(self._on_embed))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def _on_embed(self, mod, args, output) -> None:
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            self.ends.append(output)
+
+    def _on_call(self, mod, args, kwargs, output) -> None:
+        if self._busy or not (isinstance(output, torch.Tensor) and output.requires_grad):
+            return
+        if self._rows is None:
+            raise RuntimeError("SketchHooks.rows must name the examples before a forward pass")
+        # the hook must not hold ``output``: a tensor whose hook refers to it is a reference cycle that keeps the
+        # batch's whole graph alive until Python's cycle collector happens to run
+        call = per_example.Call(mod, tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args),
+                                kwargs, None)
+        rows = per_example.call_rows(output.shape[0], self._rows, output.device)
+        B, target, locals_ = len(self._rows), self.out[self._first:self._first + len(self._rows)], self.owners[mod]
+        output.register_hook(lambda delta: self._add(target, locals_, call, delta.detach(), rows, B))
+
+    def _add(self, target, locals_, call, delta, rows, B) -> None:
+        # a norm's per-example gradient re-runs the module's forward (``per_example.vjp``): not a call to capture
+        self._busy = True
+        try:
+            self.sketch._add_call(target, locals_, call, delta, rows, B)
+        finally:
+            self._busy = False
 
 
 def exact_dot(a: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

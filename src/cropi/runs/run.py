@@ -204,7 +204,9 @@ def _train_run(cfg: RunConfig, suite: Suite, run_dir: Path, resume: bool,
         state.select_seconds = stores.collect_seconds  # charged even when the stores were reused
     curriculum = Curriculum(cfg, selector, suite, policy, run_dir, stores, on_event)
     bounds = stage_bounds(cfg.train.steps, cfg.select.stages)
-    on_batch = trained_groups_writer(run_dir, cfg) if cfg.select.reuse_rollouts and selector.every_stage else None
+    # the trained groups become behaviour rows where a rule re-scores from them or harvests as it trains
+    writes_trained = (cfg.select.reuse_rollouts and selector.every_stage) or hasattr(session.batches, "harvested")
+    on_batch = trained_groups_writer(run_dir, cfg) if writes_trained else None
     for stage in range(cfg.select.stages):
         start, end = bounds[stage], bounds[stage + 1]
         if state.step >= end:

@@ -8,6 +8,7 @@ train on), its per-batch part (how a step builds its batch among them), its conf
     dapo, greso, online_filter
                       the peers' batch rules over the whole pool (docs/method.md §9)
     online_influence  cropi's ranking inside the online filter's screen: it samples in order to score
+    cropi_harvest     cropi's influence read from the trainer's own backward, choosing among GRESO's batches
     gradalign         GradAlign: cropi's ranking from fresh on-policy rollouts every round
 
 A new rule is one module (a stage function or a ``BatchBuilder``) plus one ``Rule(...)`` below.  Every rule
@@ -27,6 +28,7 @@ from cropi.selection.baselines import select_full, select_learnability, select_p
 from cropi.selection.batch import BatchBuilder, PlainBatches
 from cropi.selection.dapo import DynamicSampling
 from cropi.selection.greso import Greso
+from cropi.selection.harvest import HarvestedInfluence
 from cropi.selection.online_filter import SpeedScreening
 from cropi.selection.online_influence import InfluenceScreening
 from cropi.tasks.problem import Problem
@@ -126,6 +128,8 @@ RULES: dict[str, Rule] = {r.name: r for r in (
          batch=lambda cfg, val: SpeedScreening(cfg), screen_skip_p=1.0),
     Rule("online_influence", "screened prompts ranked by influence (samples to score)", "cropi's ranking inside SPEED-RL's screen",
          batch=lambda cfg, val: InfluenceScreening(cfg, val), screen_skip_p=0.5),
+    Rule("cropi_harvest", "cropi, influence read from the trainer's own backward", "CROPI, arXiv 2510.26491, harvested inside the GRPO step; GRESO, arXiv 2506.02177",
+         batch=lambda cfg, val: HarvestedInfluence(cfg, val)),
     Rule("gradalign", "GradAlign: every 10 steps, fresh on-policy influence, top 64", "GradAlign, arXiv 2602.21492", influence_top, needs_rollouts=True, every_stage=True,
          settings={"select.refresh_every": 1, "select.candidates": GRADALIGN_CANDIDATES,
                    "select.size": GRADALIGN_KEEP, "select.stages": _stage_steps(10, least=3)}),
@@ -148,15 +152,16 @@ def batch_rules() -> list[str]:
 
 
 def make_batch_builder(cfg: RunConfig, validation: Mapping[str, Sequence[Problem]] | None = None) -> BatchBuilder:
-    """The batch builder of ``cfg.train.filter.method`` (``online_influence`` needs the validation sets)."""
+    """The batch builder of ``cfg.train.filter.method`` (``online_influence`` and ``cropi_harvest`` need the
+    validation sets)."""
     method = cfg.train.filter.method
     if method == "none":
         return PlainBatches(cfg)
     if method not in batch_rules():
         raise ConfigError(f"train.filter.method: {method!r} is not a batch rule (choose from none, "
                           f"{', '.join(batch_rules())})")
-    if method == "online_influence" and not validation:
-        raise ConfigError("train.filter.method=online_influence needs validation sets (the embedded suite's, or --val)")
+    if method in ("online_influence", "cropi_harvest") and not validation:
+        raise ConfigError(f"train.filter.method={method} needs validation sets (the embedded suite's, or --val)")
     return RULES[method].batch(cfg, validation or {})
 
 

@@ -13,6 +13,9 @@ What it keeps from GRPO, and why:
   verifiable rewards it mostly slows learning, and it costs a second model.
 - AdamW, global grad-norm clipping, gradient accumulation over micro-batches; no entropy bonus.
 
+A batch rule that harvests influence (``cropi.selection.harvest``) hooks the update's own backward: the same pass
+that forms the summed gradient leaves each trained prompt's projected gradient behind, at no extra pass.
+
 Everything is a deterministic function of (seed, step): the prompts of step s come from a seeded permutation,
 and sampling is keyed by (seed, step, prompt id, sample index).  A run resumed from a checkpoint therefore
 continues exactly as the uninterrupted run would.
@@ -20,10 +23,11 @@ continues exactly as the uninterrupted run would.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, ContextManager, Protocol, Sequence
 
 import torch
 
@@ -51,6 +55,30 @@ class StepStats:
     score_seconds: float = 0.0  # online_influence's gradients
     sampled_sequences: int = 0
     skipped_prompts: int = 0
+
+
+class Harvester(Protocol):
+    """A batch rule that reads each trained prompt's gradient from the update's own backward."""
+
+    def hooks(self, policy: Policy, n_groups: int) -> ContextManager:
+        """Open around the update's first epoch; ``.rows(rows_per_example, first)`` before each forward, and
+        ``.out`` [n_groups, k] holds the groups' projected gradients of the update's loss afterwards."""
+
+    def harvested(self, policy: Policy, step: int, batch: Batch, projected: torch.Tensor) -> None:
+        """The groups' projected gradients, each of its own group loss (the mean over its responses)."""
+
+
+def row_runs(owners: Sequence[int]) -> tuple[list[int], int]:
+    """Consecutive rows of the same owner as (rows per owner, first owner): ``[3, 3, 4, 4, 4]`` -> ([2, 3], 3)."""
+    counts: list[int] = []
+    for i, o in enumerate(owners):
+        if i and o == owners[i - 1]:
+            counts[-1] += 1
+        else:
+            if i and o != owners[i - 1] + 1:
+                raise ValueError("the rows' owners must be consecutive")
+            counts.append(1)
+    return counts, (owners[0] if owners else 0)
 
 
 def grpo_step(
@@ -85,8 +113,10 @@ def grpo_update(
     train: TrainConfig,
     rollout: RolloutConfig,
     ref_model: torch.nn.Module | None = None,
+    harvester: Harvester | None = None,
 ) -> StepStats:
-    """The GRPO update on a built batch: group-normalised advantages, the shared policy loss, AdamW."""
+    """The GRPO update on a built batch: group-normalised advantages, the shared policy loss, AdamW.  With a
+    ``harvester``, its hooks see the first epoch's backward (where every ratio is 1: the on-policy gradient)."""
     model, dev = policy.model, policy.device
     gens = [x for grp in batch.groups for x in grp.gens]
     rewards = torch.tensor([grp.rewards for grp in batch.groups])
@@ -99,24 +129,18 @@ def grpo_update(
     n = len(gens)
     spec = loss_spec(train, rollout)
     loss_total, grad_norm = 0.0, 0.0
-    for _ in range(train.ppo_epochs):
+    owners = [i for i, grp in enumerate(batch.groups) for _ in grp.gens]
+    hooks = harvester.hooks(policy, len(batch.groups)) if harvester is not None else None
+    for epoch in range(train.ppo_epochs):
         optimizer.zero_grad(set_to_none=True)
-        for start in range(0, n, train.micro_batch):
-            sl = slice(start, start + train.micro_batch)
-            ids, att = packed.input_ids[sl].to(dev), packed.attention_mask[sl].to(dev)
-            resp, blp = packed.response_mask[sl].to(dev), packed.behavior_logprobs[sl].to(dev)
-            # Trim the shared left padding of this micro-batch (pure speed; positions follow the mask).
-            first = int(att.any(0).float().argmax())
-            ids, att, resp, blp = ids[:, first:], att[:, first:], resp[:, first:], blp[:, first:]
-            lp = response_logprobs(model, ids, att, resp, rollout.temperature)
-            loss = policy_loss(lp, blp, advantages[sl].to(dev), resp, spec)
-            if ref_model is not None and train.kl_coef > 0:
-                with torch.no_grad():
-                    ref_lp = response_logprobs(ref_model, ids, att, resp, rollout.temperature)
-                loss = loss + train.kl_coef * kl_penalty(lp, ref_lp, resp)
-            weight = (min(start + train.micro_batch, n) - start) / n
-            (loss * weight).backward()
-            loss_total += float(loss.detach()) * weight / train.ppo_epochs
+        harvesting = hooks is not None and epoch == 0
+        with hooks if harvesting else contextlib.nullcontext():
+            loss_total = _accumulate(policy, packed, advantages, spec, train, rollout, ref_model, owners,
+                                     hooks if harvesting else None, loss_total)
+        if harvesting:
+            # the loss is the mean over all n responses, so a group's share of it is (its size / n) times its own
+            sizes = torch.tensor([len(grp.gens) for grp in batch.groups], dtype=torch.float32)
+            harvester.harvested(policy, step, batch, hooks.out * (n / sizes).unsqueeze(1))
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), train.max_grad_norm))
         optimizer.step()
     model.eval()
@@ -126,6 +150,33 @@ def grpo_update(
     return StepStats(step, float(rewards.mean()), mixed, loss_total, grad_norm,
                      sum(len(x.response_ids) for x in gens), c["rollouts"], t2 - t1, c["refills"], c["screening"],
                      c["scoring"], batch.sampled_sequences, batch.skipped_prompts)
+
+
+def _accumulate(policy: Policy, packed, advantages: torch.Tensor, spec, train: TrainConfig, rollout: RolloutConfig,
+                ref_model, owners: Sequence[int], hooks, loss_total: float) -> float:
+    """One epoch's forward and backward passes over the micro-batches (the summed gradient accumulates in
+    ``.grad``); returns ``loss_total`` plus this epoch's share of the reported loss."""
+    model, dev = policy.model, policy.device
+    n = len(owners)
+    for start in range(0, n, train.micro_batch):
+        sl = slice(start, start + train.micro_batch)
+        if hooks is not None:
+            hooks.rows(*row_runs(owners[sl]))
+        ids, att = packed.input_ids[sl].to(dev), packed.attention_mask[sl].to(dev)
+        resp, blp = packed.response_mask[sl].to(dev), packed.behavior_logprobs[sl].to(dev)
+        # Trim the shared left padding of this micro-batch (pure speed; positions follow the mask).
+        first = int(att.any(0).float().argmax())
+        ids, att, resp, blp = ids[:, first:], att[:, first:], resp[:, first:], blp[:, first:]
+        lp = response_logprobs(model, ids, att, resp, rollout.temperature)
+        loss = policy_loss(lp, blp, advantages[sl].to(dev), resp, spec)
+        if ref_model is not None and train.kl_coef > 0:
+            with torch.no_grad():
+                ref_lp = response_logprobs(ref_model, ids, att, resp, rollout.temperature)
+            loss = loss + train.kl_coef * kl_penalty(lp, ref_lp, resp)
+        weight = (min(start + train.micro_batch, n) - start) / n
+        (loss * weight).backward()
+        loss_total += float(loss.detach()) * weight / train.ppo_epochs
+    return loss_total
 
 
 def make_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
@@ -233,7 +284,8 @@ def train_grpo(
             batch = session.batches.build(policy, problems, step, state.extra)
         if on_batch:
             on_batch(step, batch)
-        stats = grpo_update(policy, optimizer, batch, step, train, rollout, ref_model)
+        harvester = session.batches if hasattr(session.batches, "harvested") else None
+        stats = grpo_update(policy, optimizer, batch, step, train, rollout, ref_model, harvester)
         state.step = step + 1
         state.train_seconds += (stats.rollout_seconds + stats.train_seconds + stats.refill_seconds
                                 + stats.screen_seconds + stats.score_seconds)

@@ -1,0 +1,155 @@
+"""cropi harvested: influence read from the GRPO step's own backward, used to choose the next batches.
+
+No rollout is sampled and no backward is run in order to score a training prompt.
+- **Harvest.** While the trainer's update runs its backward (``training.grpo``), hooks on every module
+  (``projection.factored.SketchHooks``) leave each trained prompt's gradient of its own GRPO loss behind, projected
+  factor by factor (``select.score.factor_k`` on each side of a weight).  Its cosine (``harvest_score``) to each
+  validation set's mean projected gradient is the prompt's score, stamped with the step.
+- **Target.** The validation means are POPI gradients at the current θ of stored validation groups (the first
+  ``select.score.max_val_prompts`` of each set), recomputed every ``harvest_val_every`` steps without sampling.
+  The groups themselves are sampled afresh only every ``harvest_val_resample`` steps.
+- **Choice.** Each generation batch of GRESO's dynamic sampling takes ``harvest_share`` of its prompts from the
+  harvested ranking (scores fused across validation sets by reciprocal rank in ``scores.ranking``; a prompt
+  waits ``harvest_gap`` steps after training, and a score older than ``harvest_max_age`` is forgotten).  The rest
+  come from the stream behind GRESO's skip, which explores the prompts never scored.  A prompt whose group comes
+  back with equal rewards loses its score: its gradient is zero now.
+
+The trained groups are written as behaviour rows (``RUN/trained/``, as ``select.reuse_rollouts`` writes them), so
+the behaviour data refreshes itself with every step.
+
+What it charges: the validation groups' sampling and their POPI means go to ``scoring``; the hooks and the
+cosines run inside the update and are part of its seconds.  A resumed run recomputes the means (and, off a
+resampling step, samples the validation groups) with the resumed policy, so it can differ from an
+uninterrupted run after the resume point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import torch
+
+from cropi.config import RunConfig
+from cropi.policy import Policy
+from cropi.projection.factored import FactoredSJLT, SketchHooks
+from cropi.scores.engine import make_score_estimator, make_score_projector
+from cropi.scores.in_memory import group_means
+from cropi.scores.ranking import cosine_scores, rank
+from cropi.selection.batch import Batch, Group, prompt_group, sample_groups
+from cropi.selection.greso import Greso
+from cropi.tasks import Problem
+
+HARVEST = "harvest"  # extra[HARVEST]: prompt id -> [step trained, {validation set: score}]
+
+
+@dataclass
+class HarvestedInfluence(Greso):
+    """GRESO's dynamic sampling, with part of each generation batch chosen by harvested influence (module doc)."""
+
+    validation: Mapping[str, Sequence[Problem]] = field(default_factory=dict)
+    _sketch: FactoredSJLT | None = None
+    _val_groups: dict = field(default_factory=dict)
+    _val_step: int = -1
+    _means: dict = field(default_factory=dict)
+    _means_step: int = -1
+    _drawn: set = field(default_factory=set)  # drawn so far this step
+    _extra: dict = field(default_factory=dict)
+    _allowed_key: tuple = ()
+    _allowed_map: dict = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- the harvest (called by the trainer)
+    def sketch(self, policy: Policy) -> FactoredSJLT:
+        if self._sketch is None:
+            self._sketch = make_score_projector(policy, dataclasses.replace(self.cfg.select.score,
+                                                                            kind=FactoredSJLT.kind))
+        return self._sketch
+
+    def hooks(self, policy: Policy, n_groups: int) -> SketchHooks:
+        return SketchHooks(self.sketch(policy), policy.model, n_groups)
+
+    def harvested(self, policy: Policy, step: int, batch: Batch, projected: torch.Tensor) -> None:
+        """Score the trained groups against the validation means in force; a group with equal rewards (a
+        filled batch) carries no gradient and loses its score."""
+        scores = self._extra.setdefault(HARVEST, {})
+        mixed = [i for i, grp in enumerate(batch.groups) if grp.mixed]
+        for grp in batch.groups:
+            scores.pop(grp.problem.id, None)
+        if not mixed or not self._means:
+            return
+        rows = projected[mixed]
+        by_set = {v: self._score(rows, m).tolist() for v, m in self._means.items()}
+        for j, i in enumerate(mixed):
+            scores[batch.groups[i].problem.id] = [step, {v: s[j] for v, s in by_set.items()}]
+
+    def _score(self, rows: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        if self.cfg.train.filter.harvest_score == "dot":
+            return rows.float() @ mean.float()
+        return cosine_scores(rows, mean)
+
+    # ---------------------------------------------------------------- the target
+    def validation_means(self, policy: Policy, step: int) -> dict[str, torch.Tensor]:
+        """ḡ_v at θ from the stored validation groups: POPI, no sampling, except every ``harvest_val_resample``
+        steps (and on a resumed run's first step), when the groups are sampled afresh."""
+        f, t, g = self.cfg.train.filter, self.cfg.train, self.cfg.rollout.group_size
+        if not self._val_groups or step - self._val_step >= f.harvest_val_resample:
+            at = step - step % f.harvest_val_resample
+            self._val_groups = {}
+            for name, problems in self.validation.items():
+                probs = list(problems)[: self.cfg.select.score.max_val_prompts]
+                sampled = sample_groups(policy, probs, (t.seed, "validation", at), range(g), self.cfg.rollout)
+                self._val_groups[name] = [prompt_group(x, self.cfg.rollout.temperature) for x in sampled if x.mixed]
+            self._val_step, self._means_step = at, -1
+        if not self._means or self._means_step < 0 or step - self._means_step >= f.harvest_val_every:
+            estimator = make_score_estimator(policy, self.cfg, projector=self.sketch(policy))
+            self._means, self._means_step = group_means(estimator, self._val_groups), step
+        return self._means
+
+    # ---------------------------------------------------------------- the choice
+    def build(self, policy: Policy, problems: Sequence[Problem], step: int, extra: dict) -> Batch:
+        self._extra, self._drawn = extra, set()
+        t0 = time.perf_counter()
+        self.validation_means(policy, step)
+        seconds = time.perf_counter() - t0
+        batch = super().build(policy, problems, step, extra)
+        batch.seconds["scoring"] += seconds
+        return batch
+
+    def ranked(self, problems: Sequence[Problem], step: int, extra: dict) -> list[str]:
+        """Harvested prompts that may be drawn now, best first: trained at least ``harvest_gap`` steps ago, and
+        scored at most ``harvest_max_age`` steps ago (older scores are dropped here)."""
+        f = self.cfg.train.filter
+        scores = extra.setdefault(HARVEST, {})
+        for pid in [p for p, (s, _) in scores.items() if step - s > f.harvest_max_age]:
+            del scores[pid]
+        allowed = self._allowed(problems)
+        ready = {p: v for p, (s, v) in scores.items()
+                 if step - s >= f.harvest_gap and p not in self._drawn and p in allowed}
+        if not ready:
+            return []
+        sets = sorted({v for vals in ready.values() for v in vals})
+        return rank({v: {p: vals[v] for p, vals in ready.items() if v in vals} for v in sets}, len(ready)).ids
+
+    def _allowed(self, problems: Sequence[Problem]) -> dict[str, Problem]:
+        key = (id(problems), len(problems))
+        if self._allowed_key != key:
+            self._allowed_key, self._allowed_map = key, {p.id: p for p in problems}
+        return self._allowed_map
+
+    def candidates(self, problems: Sequence[Problem], step: int, extra: dict, n: int) -> tuple[list[Problem], int]:
+        by_id = self._allowed(problems)
+        chosen = [by_id[p] for p in self.ranked(problems, step, extra)[: round(self.cfg.train.filter.harvest_share * n)]]
+        self._drawn.update(p.id for p in chosen)
+        stream, skipped = super().candidates(problems, step, extra, n - len(chosen))
+        fresh = [p for p in stream if p.id not in self._drawn]  # never two groups of one prompt in a step
+        self._drawn.update(p.id for p in fresh)
+        return chosen + fresh, skipped
+
+    def observe(self, groups: Sequence[Group], extra: dict) -> None:
+        super().observe(groups, extra)
+        scores = extra.setdefault(HARVEST, {})
+        for grp in groups:
+            if not grp.mixed:
+                scores.pop(grp.problem.id, None)

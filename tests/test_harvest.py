@@ -1,0 +1,202 @@
+"""cropi_harvest (cropi.selection.harvest): each trained prompt's projected gradient read from the update's own
+backward, against one backward per prompt with its gradient formed and then projected; the choice of the next
+prompts against the ranking written out; a short run end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from cropi.config import load_config
+from cropi.projection.factored import FactoredSJLT
+from cropi.scores.ranking import cosine_scores
+from cropi.selection import make_batch_builder
+from cropi.selection.batch import Group
+from cropi.selection.harvest import HARVEST, HarvestedInfluence
+from cropi.tasks.synthetic import SuiteConfig, build_suite
+from cropi.training.grpo import grpo_update, make_optimizer, plain_batch, row_runs
+from tests.conftest import small_suite_overrides
+
+
+def _cfg(**extra):
+    sets = small_suite_overrides() + [
+        "train.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=8", "eval.max_new_tokens=8",
+        "train.eval_every=2", "train.checkpoint_every=2", "model.device=cpu", "select.stages=1",
+        "train.filter.gen_batch_prompts=8", "train.filter.greso_min_gen_prompts=2", "train.selector=cropi_harvest", "train.filter.method=cropi_harvest",
+        "select.score.max_val_prompts=4",
+    ] + [f"{k}={v}" for k, v in extra.items()]
+    return load_config(None, sets)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from cropi.policy import load_policy
+
+    return load_policy("tiny", "cpu", "float32")
+
+
+@pytest.fixture(scope="module")
+def suite():
+    return build_suite(SuiteConfig(pool_size=120, val_size=8, test_size_targeted=4, test_size_untargeted=4))
+
+
+def _formed_gradient(policy, group: Group) -> dict[str, torch.Tensor]:
+    """The group's GRPO gradient written out: each response alone through the model, per-token ratio
+    exp(log π − log β) times its group-normalised advantage, token mean per response, mean over the group."""
+    model = policy.model
+    model.zero_grad(set_to_none=True)
+    rewards = torch.tensor(group.rewards, dtype=torch.float64)
+    adv = (rewards - rewards.mean()) / (rewards.std(unbiased=True) + 1e-4)
+    loss = torch.zeros(())
+    for gen, a in zip(group.gens, adv):
+        ids = torch.tensor([gen.prompt_ids + gen.response_ids])
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+        terms = [torch.exp(logp[len(gen.prompt_ids) + t - 1, tok] - gen.behavior_logprobs[t]) * float(a)
+                 for t, tok in enumerate(gen.response_ids)]
+        loss = loss - torch.stack(terms).mean() / len(group.gens)
+    loss.backward()
+    out = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def test_row_runs_groups_consecutive_rows_of_one_owner():
+    assert row_runs([3, 3, 4, 4, 4]) == ([2, 3], 3)
+    assert row_runs([0]) == ([1], 0)
+    with pytest.raises(ValueError):
+        row_runs([0, 2])
+
+
+@pytest.mark.parametrize("micro_batch", [16, 6])  # 6: groups of 4 straddle the micro-batches
+def test_the_harvest_is_each_trained_groups_gradient_projected_from_the_updates_own_backward(tiny, suite, micro_batch):
+    import copy
+
+    cfg = _cfg(**{"train.micro_batch": micro_batch})
+    policy = copy.copy(tiny)
+    policy.model = copy.deepcopy(tiny.model)
+    builder = make_batch_builder(cfg, suite.validation)
+    assert isinstance(builder, HarvestedInfluence)
+    batch = plain_batch(policy, suite.pool[:4], 0, cfg.train, cfg.rollout)
+    assert any(g.mixed for g in batch.groups)
+    references = [builder.sketch(policy).project(_formed_gradient(policy, g)) for g in batch.groups]
+    seen = {}
+
+    class Spy:
+        hooks = builder.hooks
+
+        def harvested(self, policy, step, batch, projected):
+            seen["projected"] = projected.clone()
+
+    before = {n: p.detach().clone() for n, p in policy.model.named_parameters()}
+    grpo_update(policy, make_optimizer(policy.model, cfg.train), batch, 0, cfg.train, cfg.rollout, harvester=Spy())
+    got = seen["projected"]
+    assert got.shape == (4, builder.sketch(policy).k)
+    for row, ref in zip(got, references):
+        scale = max(float(ref.norm()), 1e-8)
+        assert float((row - ref).norm()) / scale < 1e-4 or float(ref.norm()) == float(row.norm()) == 0.0
+    # the update itself still happened: harvesting only reads the backward
+    assert any(not torch.equal(before[n], p) for n, p in policy.model.named_parameters())
+
+
+def test_the_update_is_the_same_with_and_without_the_harvest(tiny, suite):
+    import copy
+
+    cfg = _cfg()
+    batch = plain_batch(tiny, suite.pool[:4], 0, cfg.train, cfg.rollout)
+    weights = []
+    for harvest in (False, True):
+        policy = copy.copy(tiny)
+        policy.model = copy.deepcopy(tiny.model)
+        builder = make_batch_builder(cfg, suite.validation)
+        builder._means = {"add": torch.ones(builder.sketch(policy).k)}
+        grpo_update(policy, make_optimizer(policy.model, cfg.train), batch, 0, cfg.train, cfg.rollout,
+                    harvester=builder if harvest else None)
+        weights.append({n: p.detach().clone() for n, p in policy.model.named_parameters()})
+    assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
+
+
+def _slow_fused_order(scores: dict[str, dict[str, float]]) -> list[str]:
+    """Reciprocal-rank fusion by its definition over every id: F = Σ_v 1/rank_v, ties by best rank, then id."""
+    fused, best = {}, {}
+    for per in scores.values():
+        for r, pid in enumerate(sorted(per, key=lambda i: (-per[i], i)), 1):
+            fused[pid] = fused.get(pid, 0.0) + 1 / r
+            best[pid] = min(best.get(pid, r), r)
+    return sorted(fused, key=lambda i: (-fused[i], best[i], i))
+
+
+def test_the_next_prompts_are_the_ready_harvested_ones_in_fused_order_then_the_stream(suite):
+    cfg = _cfg(**{"train.filter.harvest_share": 0.5, "train.filter.harvest_gap": 5,
+                  "train.filter.harvest_max_age": 50})
+    pool = suite.pool
+    rule = HarvestedInfluence(cfg, suite.validation)
+    gen = torch.Generator().manual_seed(0)
+    step = 60
+    extra = {HARVEST: {}}
+    ages = {}
+    for i, p in enumerate(pool[:30]):
+        age = int(torch.randint(0, 70, (), generator=gen))
+        ages[p.id] = age
+        extra[HARVEST][p.id] = [step - age, {"add": float(torch.randn((), generator=gen)),
+                                             "sub": float(torch.randn((), generator=gen))}]
+    extra = json.loads(json.dumps(extra))  # the state survives a checkpoint as JSON
+    ready = {pid: v for pid, (s, v) in extra[HARVEST].items() if 5 <= step - s <= 50}
+    want = _slow_fused_order({v: {p: vals[v] for p, vals in ready.items()} for v in ("add", "sub")})
+    assert rule.ranked(pool, step, extra) == want
+    assert all(ages[p] <= 50 for p in extra[HARVEST])  # older scores were forgotten
+    chosen, _ = rule.candidates(pool, step, extra, 8)
+    assert [p.id for p in chosen[:4]] == want[:4]  # half the generation batch from the ranking
+    assert len(chosen) == len({p.id for p in chosen}) <= 8
+    assert extra["cursor"] == 4  # the other half from the stream
+    again, _ = rule.candidates(pool, step, extra, 8)
+    assert not {p.id for p in again} & {p.id for p in chosen}  # never a prompt twice in one step
+    # a prompt whose group comes back with equal rewards loses its score
+    rule.observe([Group(chosen[0], [], [1.0, 1.0])], extra)
+    assert chosen[0].id not in extra[HARVEST]
+
+
+def test_harvested_scores_are_the_cosines_of_the_mixed_groups_to_each_validation_mean(suite):
+    cfg = _cfg()
+    rule = HarvestedInfluence(cfg, suite.validation)
+    means = {"add": torch.randn(6), "sub": torch.randn(6)}
+    rule._means, rule._extra = means, {HARVEST: {"old": [0, {"add": 1.0}]}}
+    groups = [Group(p, [], r) for p, r in zip(suite.pool[:3], ([0.0, 1.0], [1.0, 1.0], [0.0, 1.0]))]
+    rule._extra[HARVEST][suite.pool[1].id] = [0, {"add": 0.5}]
+    projected = torch.randn(3, 6)
+
+    class B:
+        pass
+
+    batch = B()
+    batch.groups = groups
+    rule.harvested(None, 7, batch, projected)
+    h = rule._extra[HARVEST]
+    assert suite.pool[1].id not in h  # equal rewards: no gradient, no score
+    for i in (0, 2):
+        step, scores = h[suite.pool[i].id]
+        assert step == 7
+        for v, m in means.items():
+            assert scores[v] == pytest.approx(float(cosine_scores(projected[i:i + 1], m)[0]), rel=1e-6)
+    assert "old" in h
+
+
+def test_a_harvest_run_trains_replays_by_influence_and_keeps_its_trained_groups(tmp_path):
+    from cropi.runs.run import run_training
+
+    cfg = _cfg(**{"train.steps": 4, "train.filter.harvest_gap": 1, "train.filter.harvest_share": 0.75})
+    summary = run_training(cfg, tmp_path / "run")
+    assert summary["filter"] == "cropi_harvest" and summary["steps"] == 4
+    trained = {}
+    for step in range(4):
+        t = pq.read_table(tmp_path / "run" / "trained" / f"step-{step:05d}.parquet")
+        trained[step] = set(t.column("prompt_id").to_pylist())
+        assert t.num_rows == 16  # the trainer's rollouts are behaviour rows: 4 groups of 4
+    replayed = [p for s in range(1, 4) for p in trained[s] if any(p in trained[r] for r in range(s))]
+    assert replayed  # harvested prompts were drawn again
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step-0000004" / "checkpoint.json").read_text())
+    harvest = state["state"]["extra"][HARVEST] if "state" in state else state["extra"][HARVEST]
+    assert harvest and set(harvest) <= set().union(*trained.values())
+    assert summary["seconds_by_kind"]["scoring"] > 0  # the validation groups and their means are charged
