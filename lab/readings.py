@@ -299,10 +299,18 @@ def parse_host_run_name(name: str) -> tuple[str, int, str | None]:
     return selector, int(seed), host or None
 
 
+def stamped_summary(path: Path) -> dict:
+    """A run's summary with the machine the lab recorded beside it, where it did (``host.json``, written by
+    ``lab/scripts/stamp_host.py``): the package records no machine, and seconds compare only on one."""
+    summary = read_json(path)
+    stamp = path.parent / "host.json"
+    return {**summary, **read_json(stamp)} if stamp.is_file() else summary
+
+
 def reference_summaries(runs: Path) -> list[dict]:
     """The summaries of a comparison's finished reference runs of full data (``runs/full-sSEED@HOST``), every
     machine's.  A repeat renamed ``contended-*`` by hand is not one: its seconds are inflated."""
-    return [read_json(p) for p in sorted(runs.glob("full-s*@*/summary.json"))]
+    return [stamped_summary(p) for p in sorted(runs.glob("full-s*@*/summary.json"))]
 
 
 def finished_summaries(runs: Path) -> dict[str, dict[int, dict]]:
@@ -318,5 +326,5 @@ def finished_summaries(runs: Path) -> dict[str, dict[int, dict]]:
         except ValueError:
             continue  # not a run's folder
         if host is None:
-            out.setdefault(selector, {})[seed] = read_json(path)
+            out.setdefault(selector, {})[seed] = stamped_summary(path)
     return {selector: dict(sorted(by_seed.items())) for selector, by_seed in out.items()}
