@@ -5,6 +5,7 @@ prompts against the ranking written out; a short run end to end."""
 from __future__ import annotations
 
 import json
+import math
 
 import pyarrow.parquet as pq
 import pytest
@@ -118,19 +119,21 @@ def test_the_update_is_the_same_with_and_without_the_harvest(tiny, suite):
     assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
 
 
-def _slow_fused_order(scores: dict[str, dict[str, float]]) -> list[str]:
-    """Reciprocal-rank fusion by its definition over every id: F = Σ_v 1/rank_v, ties by best rank, then id."""
+def _slow_fused_top(scores: dict[str, dict[str, float]], n: int) -> list[str]:
+    """Reciprocal-rank fusion by its definition: each set's top n, F = Σ_v 1/rank_v, ties by best rank, then id;
+    the top n by F."""
     fused, best = {}, {}
     for per in scores.values():
-        for r, pid in enumerate(sorted(per, key=lambda i: (-per[i], i)), 1):
+        for r, pid in enumerate(sorted(per, key=lambda i: (-per[i], i))[:n], 1):
             fused[pid] = fused.get(pid, 0.0) + 1 / r
             best[pid] = min(best.get(pid, r), r)
-    return sorted(fused, key=lambda i: (-fused[i], best[i], i))
+    return sorted(fused, key=lambda i: (-fused[i], best[i], i))[:n]
 
 
-def test_the_next_prompts_are_the_ready_harvested_ones_in_fused_order_then_the_stream(suite):
+@pytest.mark.parametrize("top", [1.0, 0.25])
+def test_the_next_prompts_are_the_ready_harvested_ones_in_fused_order_then_the_stream(suite, top):
     cfg = _cfg(**{"train.filter.harvest_share": 0.5, "train.filter.harvest_gap": 5,
-                  "train.filter.harvest_max_age": 50})
+                  "train.filter.harvest_max_age": 50, "train.filter.harvest_top": top})
     pool = suite.pool
     rule = HarvestedInfluence(cfg, suite.validation)
     gen = torch.Generator().manual_seed(0)
@@ -143,9 +146,11 @@ def test_the_next_prompts_are_the_ready_harvested_ones_in_fused_order_then_the_s
         extra[HARVEST][p.id] = [step - age, {"add": float(torch.randn((), generator=gen)),
                                              "sub": float(torch.randn((), generator=gen))}]
     extra = json.loads(json.dumps(extra))  # the state survives a checkpoint as JSON
-    ready = {pid: v for pid, (s, v) in extra[HARVEST].items() if 5 <= step - s <= 50}
-    want = _slow_fused_order({v: {p: vals[v] for p, vals in ready.items()} for v in ("add", "sub")})
-    assert rule.ranked(pool, step, extra) == want
+    held = {pid: v for pid, (s, v) in extra[HARVEST].items() if step - s <= 50}
+    n = math.ceil(top * len(held))
+    best = _slow_fused_top({v: {p: vals[v] for p, vals in held.items()} for v in ("add", "sub")}, n)
+    want = [p for p in best if step - extra[HARVEST][p][0] >= 5]  # in the top, and trained long enough ago
+    assert len(want) >= 4 and rule.ranked(pool, step, extra) == want
     assert all(ages[p] <= 50 for p in extra[HARVEST])  # older scores were forgotten
     chosen, _ = rule.candidates(pool, step, extra, 8)
     assert [p.id for p in chosen[:4]] == want[:4]  # half the generation batch from the ranking
@@ -200,3 +205,28 @@ def test_a_harvest_run_trains_replays_by_influence_and_keeps_its_trained_groups(
     harvest = state["state"]["extra"][HARVEST] if "state" in state else state["extra"][HARVEST]
     assert harvest and set(harvest) <= set().union(*trained.values())
     assert summary["seconds_by_kind"]["scoring"] > 0  # the validation groups and their means are charged
+
+
+def test_family_weights_follow_the_running_family_means_fused_across_sets(suite):
+    cfg = _cfg(**{"train.filter.harvest_family_decay": 0.5})
+    rule = HarvestedInfluence(cfg, suite.validation)
+    rule._means = {"add": torch.tensor([1.0, 0.0]), "sub": torch.tensor([0.0, 1.0])}
+    rule._extra = {}
+    by_family = {}
+    for p in suite.pool:
+        by_family.setdefault(p.family, p)
+    fams = sorted(by_family)[:3]
+    # family 0 aligned with both sets, family 1 with add only, family 2 with neither
+    rows = torch.tensor([[1.0, 1.0], [1.0, -0.2], [-1.0, -1.0]])
+
+    class B:
+        groups = [Group(by_family[f], [], [0.0, 1.0]) for f in fams]
+
+    rule.harvested(None, 3, B(), rows)
+    running = rule._extra["harvest_families"]
+    assert running[fams[0]]["add"] == pytest.approx(float(cosine_scores(rows[:1], rule._means["add"])[0]))
+    weights = rule._family_weights(rule._extra)
+    assert weights == {fams[0]: 1.0, fams[1]: 0.5, fams[2]: 0.25}
+    assert rule.keep(by_family[fams[1]], rule._extra) == 0.5  # no GRESO history: its weight alone
+    rule.harvested(None, 4, B(), -rows)  # the running mean moves by 0.1 of the new step's mean
+    assert running[fams[0]]["add"] == pytest.approx(0.9 * 2 ** -0.5 - 0.1 * 2 ** -0.5)

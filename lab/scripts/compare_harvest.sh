@@ -6,7 +6,7 @@
 # per core, as in the committed comparison; nothing else may run beside them (a third process makes both
 # contended).  Each finished run gets RUN/host.json (lab/scripts/stamp_host.py).  Resumable: rerun to continue.
 #
-#   lab/scripts/compare_harvest.sh [SELECTOR]   (default cropi_harvest)
+#   [LANE=a|b] lab/scripts/compare_harvest.sh [SELECTOR]   (default cropi_harvest; both lanes)
 #   .venv/bin/python lab/scripts/read_compare_runs.py runs/compare-harvest/runs --budget 600 --out FILE
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -34,6 +34,10 @@ one() {  # NAME SELECTOR SEED
     $( [ -d "$dir/checkpoints" ] && echo --resume ) > "$dir.log" 2>&1
   "$PY" lab/scripts/stamp_host.py "$dir" --load-log "$LOAD" --start "$start" --end "$(date +%s)"
 }
-( one "full-s0@$HOST" full 0; one "$SEL-s1" "$SEL" 1 ) & a=$!
-( one "$SEL-s0" "$SEL" 0; one "$SEL-s2" "$SEL" 2 ) & b=$!
-wait $a; wait $b
+lane_a() { one "full-s0@$HOST" full 0; one "$SEL-s1" "$SEL" 1; }
+lane_b() { one "$SEL-s0" "$SEL" 0; one "$SEL-s2" "$SEL" 2; }
+case "${LANE:-both}" in  # LANE=a or b runs one lane, for a core that frees up before the other
+  a) lane_a ;;
+  b) lane_b ;;
+  *) lane_a & a=$!; lane_b & b=$!; wait $a; wait $b ;;
+esac

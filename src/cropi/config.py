@@ -131,6 +131,13 @@ class FilterConfig:
     harvest_share: float = setting(0.5, "cropi_harvest: share of each generation batch drawn from the prompts "
                                    "ranked by harvested influence; the rest explore the stream behind GRESO's skip.",
                                    in_unit_interval)
+    harvest_top: float = setting(0.1, "cropi_harvest: only prompts in this top fraction of the harvested ranking "
+                                 "(all scores held) are drawn from it.", in_unit_interval)
+    # fewest steps to full data's validation threshold among the probes (lab/results/probe-validation-harvest.json)
+    harvest_family_decay: float = setting(0.5, "cropi_harvest: the stream keeps a prompt of the family ranked r-th "
+                                          "by harvested influence (a running mean per family, fused across "
+                                          "validation sets) with probability decay^(r-1), at least 0.05; 1 weighs "
+                                          "every family alike.", in_unit_interval)
     harvest_gap: int = setting(10, "cropi_harvest: steps before a trained prompt may be drawn again from the "
                                "ranking.", at_least(1))
     harvest_max_age: int = setting(100, "cropi_harvest: a harvested score older than this many steps is forgotten "

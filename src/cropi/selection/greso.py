@@ -29,14 +29,13 @@ class Greso(DynamicSampling):
         return max(f.greso_min_gen_prompts, min(want, f.gen_batch_prompts))
 
     def candidates(self, problems: Sequence[Problem], step: int, extra: dict, n: int) -> tuple[list[Problem], int]:
-        history = extra.setdefault("greso_history", {})  # prompt id -> [kind, consecutive equal-reward groups]
-        p = self.probabilities(extra)
+        return take_kept(problems, extra, n, self.cfg.train.seed, "greso", lambda prompt: self.keep(prompt, extra))
 
-        def keep(prompt: Problem) -> float:
-            kind, z = history.get(prompt.id, ("", 0))
-            return max(p[kind] ** z, 0.01) if z > 0 else 1.0
-
-        return take_kept(problems, extra, n, self.cfg.train.seed, "greso", keep)
+    def keep(self, prompt: Problem, extra: dict) -> float:
+        """The probability that ``prompt`` is sampled when the stream reaches it: p^z after z equal-reward groups
+        in a row (at least 0.01)."""
+        kind, z = extra.setdefault("greso_history", {}).get(prompt.id, ("", 0))  # [kind, equal groups in a row]
+        return max(self.probabilities(extra)[kind] ** z, 0.01) if z > 0 else 1.0
 
     def probabilities(self, extra: dict) -> dict[str, float]:
         f = self.cfg.train.filter

@@ -8,11 +8,15 @@ No rollout is sampled and no backward is run in order to score a training prompt
 - **Target.** The validation means are POPI gradients at the current θ of stored validation groups (the first
   ``select.score.max_val_prompts`` of each set), recomputed every ``harvest_val_every`` steps without sampling.
   The groups themselves are sampled afresh only every ``harvest_val_resample`` steps.
-- **Choice.** Each generation batch of GRESO's dynamic sampling takes ``harvest_share`` of its prompts from the
-  harvested ranking (scores fused across validation sets by reciprocal rank in ``scores.ranking``; a prompt
-  waits ``harvest_gap`` steps after training, and a score older than ``harvest_max_age`` is forgotten).  The rest
-  come from the stream behind GRESO's skip, which explores the prompts never scored.  A prompt whose group comes
-  back with equal rewards loses its score: its gradient is zero now.
+- **Choice.** Each generation batch of GRESO's dynamic sampling takes up to ``harvest_share`` of its prompts from
+  the top ``harvest_top`` of the harvested ranking (scores fused across validation sets by reciprocal rank in
+  ``scores.ranking``; a prompt waits ``harvest_gap`` steps after training, and a score older than
+  ``harvest_max_age`` is forgotten).  The rest come from the stream behind GRESO's skip, which explores the
+  prompts never scored.  A prompt whose group comes back with equal rewards loses its score: its gradient is zero
+  now.
+- **Pooled by family** (``harvest_family_decay`` < 1): one group's score is noisy (G responses), a family's running
+  mean much less.  The stream then keeps a prompt of the family ranked r-th with probability decay^(r-1), at
+  least 0.05, on top of GRESO's skip: a skip before rollout, so it costs nothing.
 
 The trained groups are written as behaviour rows (``RUN/trained/``, as ``select.reuse_rollouts`` writes them), so
 the behaviour data refreshes itself with every step.
@@ -26,6 +30,7 @@ uninterrupted run after the resume point.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
@@ -43,6 +48,9 @@ from cropi.selection.greso import Greso
 from cropi.tasks import Problem
 
 HARVEST = "harvest"  # extra[HARVEST]: prompt id -> [step trained, {validation set: score}]
+FAMILIES = "harvest_families"  # extra[FAMILIES]: family -> {validation set: running mean of its harvested scores}
+FAMILY_RATE = 0.1  # weight of a step's family mean in the running mean (about the last 10 steps)
+FAMILY_FLOOR = 0.05  # the least keep probability of a family, so every family is still explored
 
 
 @dataclass
@@ -81,8 +89,16 @@ class HarvestedInfluence(Greso):
             return
         rows = projected[mixed]
         by_set = {v: self._score(rows, m).tolist() for v, m in self._means.items()}
+        by_family: dict[str, list[int]] = {}
         for j, i in enumerate(mixed):
             scores[batch.groups[i].problem.id] = [step, {v: s[j] for v, s in by_set.items()}]
+            by_family.setdefault(batch.groups[i].problem.family, []).append(j)
+        running = self._extra.setdefault(FAMILIES, {})
+        for fam, js in by_family.items():
+            old = running.setdefault(fam, {})
+            for v, s in by_set.items():
+                mean = sum(s[j] for j in js) / len(js)
+                old[v] = mean if v not in old else (1 - FAMILY_RATE) * old[v] + FAMILY_RATE * mean
 
     def _score(self, rows: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
         if self.cfg.train.filter.harvest_score == "dot":
@@ -118,19 +134,21 @@ class HarvestedInfluence(Greso):
         return batch
 
     def ranked(self, problems: Sequence[Problem], step: int, extra: dict) -> list[str]:
-        """Harvested prompts that may be drawn now, best first: trained at least ``harvest_gap`` steps ago, and
-        scored at most ``harvest_max_age`` steps ago (older scores are dropped here)."""
+        """Harvested prompts that may be drawn now, best first: in the top ``harvest_top`` of every score held
+        (fused across validation sets), trained at least ``harvest_gap`` steps ago, and scored at most
+        ``harvest_max_age`` steps ago (older scores are dropped here)."""
         f = self.cfg.train.filter
         scores = extra.setdefault(HARVEST, {})
         for pid in [p for p, (s, _) in scores.items() if step - s > f.harvest_max_age]:
             del scores[pid]
         allowed = self._allowed(problems)
-        ready = {p: v for p, (s, v) in scores.items()
-                 if step - s >= f.harvest_gap and p not in self._drawn and p in allowed}
-        if not ready:
+        held = {p: v for p, (_, v) in scores.items() if p in allowed}
+        if not held:
             return []
-        sets = sorted({v for vals in ready.values() for v in vals})
-        return rank({v: {p: vals[v] for p, vals in ready.items() if v in vals} for v in sets}, len(ready)).ids
+        sets = sorted({v for vals in held.values() for v in vals})
+        top = rank({v: {p: vals[v] for p, vals in held.items() if v in vals} for v in sets},
+                   max(1, math.ceil(f.harvest_top * len(held)))).ids
+        return [p for p in top if step - scores[p][0] >= f.harvest_gap and p not in self._drawn]
 
     def _allowed(self, problems: Sequence[Problem]) -> dict[str, Problem]:
         key = (id(problems), len(problems))
@@ -146,6 +164,19 @@ class HarvestedInfluence(Greso):
         fresh = [p for p in stream if p.id not in self._drawn]  # never two groups of one prompt in a step
         self._drawn.update(p.id for p in fresh)
         return chosen + fresh, skipped
+
+    def keep(self, prompt: Problem, extra: dict) -> float:
+        """GRESO's keep probability, times the prompt's family weight (``harvest_family_decay``)."""
+        return super().keep(prompt, extra) * self._family_weights(extra).get(prompt.family, 1.0)
+
+    def _family_weights(self, extra: dict) -> dict[str, float]:
+        decay = self.cfg.train.filter.harvest_family_decay
+        running = extra.get(FAMILIES) or {}
+        if decay >= 1.0 or len(running) < 2:
+            return {}
+        sets = sorted({v for per in running.values() for v in per})
+        order = rank({v: {f: per[v] for f, per in running.items() if v in per} for v in sets}, len(running)).ids
+        return {f: max(decay ** r, FAMILY_FLOOR) for r, f in enumerate(order)}
 
     def observe(self, groups: Sequence[Group], extra: dict) -> None:
         super().observe(groups, extra)
