@@ -230,3 +230,19 @@ def test_family_weights_follow_the_running_family_means_fused_across_sets(suite)
     assert rule.keep(by_family[fams[1]], rule._extra) == 0.5  # no GRESO history: its weight alone
     rule.harvested(None, 4, B(), -rows)  # the running mean moves by 0.1 of the new step's mean
     assert running[fams[0]]["add"] == pytest.approx(0.9 * 2 ** -0.5 - 0.1 * 2 ** -0.5)
+
+
+def test_the_rule_needs_validation_sets_and_hooks_need_their_rows(tiny, suite):
+    from cropi.errors import ConfigError
+    from cropi.projection.factored import SketchHooks
+
+    with pytest.raises(ConfigError, match="cropi_harvest needs validation sets"):
+        make_batch_builder(_cfg(), {})
+    rule = make_batch_builder(_cfg(), suite.validation)
+    ids = torch.tensor([[3, 4, 5]])
+    with SketchHooks(rule.sketch(tiny), tiny.model, 1):
+        with pytest.raises(RuntimeError, match="rows must name the examples"):
+            tiny.model(input_ids=ids)
+    hooks = SketchHooks(rule.sketch(tiny), tiny.model, 2)
+    with pytest.raises(ValueError, match="outside the 2"):
+        hooks.rows([1, 1], first=1)
