@@ -152,8 +152,10 @@ class FilterConfig:
 
 @dataclass
 class TrainConfig:
-    selector: str = setting("cropi", "Which prompts GRPO trains on: a rule (`cropi train --help` lists them; cropi is "
-                            "the paper's method, full is plain GRPO), optionally with +flags, e.g. cropi+greso.")
+    # crossed full data's best in 180 validation steps against the curriculum's 269 (lab/results/probe-validation.md)
+    selector: str = setting("cropi_harvest", "Which prompts GRPO trains on: a rule (`cropi train --help` lists them; "
+                            "cropi_harvest reads influence off the trainer's own backward, cropi is the paper's "
+                            "curriculum, full is plain GRPO), optionally with +flags, e.g. cropi+greso.")
     # full-data GRPO on the default suite plateaus by about step 450 on the validation sets
     steps: int = setting(600, "GRPO steps in all (the budget), over every curriculum stage.", at_least(1))
     prompts_per_step: int = setting(32, "Prompts per GRPO step (each sampled G times).", at_least(1))

@@ -13,10 +13,10 @@ from cropi.errors import CropiError
 from cropi.runs.report import verdict
 
 
-COMPARE_SELECTORS = ("full,random,learnability,pass_rate,static_influence,cropi,dapo,greso,online_filter,"
-                     "gradalign,online_influence")
+COMPARE_SELECTORS = ("full,random,learnability,pass_rate,static_influence,cropi,cropi_harvest,dapo,greso,"
+                     "online_filter,gradalign,online_influence")
 DEMO_WORKER_ENV = "CROPI_DEMO_WORKER"
-DEMO_STEPS = 80  # 8 of cropi's 10-step stages: a few minutes on 2 cores
+DEMO_STEPS = 80  # a few minutes on 2 cores
 
 
 def _compare_eval_every(config: Optional[Path], values: dict) -> list[str]:

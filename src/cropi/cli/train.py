@@ -16,6 +16,8 @@ from cropi.machine import usable_cores
 from cropi.runs.report import verdict
 from cropi.selection import rules_help
 
+DEMO_SELECTOR = "cropi_harvest"  # cropi's default mode (config.TrainConfig.selector)
+
 
 @app.command()
 @config_command(*RUN_GROUPS, "train", derive=(_budget_overrides,))
@@ -37,10 +39,13 @@ def train(
 
 train.__doc__ = f"""Train a policy with GRPO on the prompts a selector chooses, evaluating periodically on the test splits.
 
-    The default selector, cropi, is the paper's method: the behaviour policy (the starting one) samples the pool
-    and the validation sets once; at every stage the current policy scores candidates from those stored
-    trajectories, off-policy, and the stage's GRPO steps train on the top.  Writes OUT/config.yaml (resolved),
-    metrics.jsonl, checkpoints/, stores/, stages/, final_model/, summary.json, report.md and accuracy.png.
+    The default selector, cropi_harvest, reads each trained prompt's influence off the update's own backward (the
+    cosine of its projected gradient to each validation set's mean, a POPI estimate from stored validation
+    groups) and replays the best aligned among GRESO's batches: nothing is sampled or differentiated in order to
+    score.  cropi is the paper's curriculum: the starting policy samples the pool once, and at every stage the
+    current policy scores candidates from those stored trajectories, off-policy, and trains on the top.  Writes
+    OUT/config.yaml (resolved), metrics.jsonl, checkpoints/, final_model/, summary.json, report.md and
+    accuracy.png (and the rule's own folders: stores/, stages/, trained/).
     After an interruption, rerun the same command with --resume.
 
     \b
@@ -81,10 +86,11 @@ def demo(
     steps: Optional[int] = typer.Option(None, help=f"GRPO steps per run (default {DEMO_STEPS}, an evaluation every "
                                         "tenth of them).", show_default=False),
 ):
-    """cropi against full-data GRPO on the embedded tiny model and synthetic suite: one seed, CPU, minutes.
+    """cropi's default (cropi_harvest) against full-data GRPO on the embedded tiny model and synthetic suite: one
+    seed, CPU, minutes.
 
     The same task suite and hyper-parameters as `cropi compare`; only the budget is smaller.  Ends with the
-    report path, the accuracies and a one-line verdict: whether cropi reached full data's best sooner, in steps
+    report path, the accuracies and a one-line verdict: whether it reached full data's best sooner, in steps
     and in seconds, whatever the answer.  Rerun to resume.
     """
     import os
@@ -97,7 +103,7 @@ def demo(
 
     budget = steps or DEMO_STEPS
     cfg = load_config(None, [f"train.steps={budget}", f"train.eval_every={max(1, budget // 10)}"])
-    selectors = ["full", "cropi"]
+    selectors = ["full", DEMO_SELECTOR]
     if os.environ.get(DEMO_WORKER_ENV):  # the helper process started below: run the unclaimed run, quietly
         torch.set_num_threads(1)
         run_compare(cfg, selectors, [0], out, worker=True)
@@ -111,9 +117,9 @@ def demo(
         helper = subprocess.Popen([sys.executable, "-m", "cropi.cli", "demo", "--out", str(out),
                                    *([f"--steps={steps}"] if steps else [])],
                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    typer.echo(f"cropi demo: cropi (every 10 steps, pool candidates scored off-policy from one behaviour store, "
-               f"the top trained on) vs full-data GRPO, {cfg.train.steps} steps per run, seed 0, embedded tiny policy, "
-               f"{cfg.data.suite.pool_size}-prompt pool"
+    typer.echo(f"cropi demo: {DEMO_SELECTOR} (each trained prompt's influence read off the update's own backward, "
+               f"the best aligned replayed) vs full-data GRPO, {cfg.train.steps} steps per run, seed 0, embedded tiny "
+               f"policy, {cfg.data.suite.pool_size}-prompt pool"
                + ("; the two runs in parallel, one per core" if helper else ""))
     try:
         with stopped_note(out):
@@ -122,6 +128,6 @@ def demo(
         if helper is not None:
             helper.wait()
     _print_compare(results, out, verdicts=False)
-    typer.echo(f"verdict: {verdict(results, 'cropi')}")
+    typer.echo(f"verdict: {verdict(results, DEMO_SELECTOR)}")
 
 
