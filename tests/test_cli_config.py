@@ -40,8 +40,11 @@ def test_train_and_compare_share_the_comparisons_default_budget(monkeypatch):
 
     for cmd in ("train", "compare"):
         cfg = _resolved(monkeypatch, [cmd])
-        assert (cfg.train.selector, cfg.train.steps, cfg.select.stages, cfg.train.eval_every) == ("cropi", 600, None, 20)
-        # cropi's stages are the authors' 10 steps long unless set
+        assert (cfg.train.selector, cfg.train.steps, cfg.select.stages, cfg.train.eval_every) == (
+            "cropi_harvest", 600, None, 20)
+        assert resolve(cfg).train.filter.method == "cropi_harvest"  # the default is a batch rule
+        # the curriculum's stages are the authors' 10 steps long unless set
+        cfg.train.selector = "cropi"
         assert resolve(cfg).select.stages == 60
 
 

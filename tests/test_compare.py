@@ -270,16 +270,19 @@ def test_cropis_defaults_fill_only_what_is_unset_and_its_stored_config_says_what
     from cropi.config import load_config
     from cropi.selection import resolve
 
-    c = resolve(load_config(None, []))
+    c = resolve(load_config(None, ["train.selector=cropi"]))
     assert (c.train.selector, c.select.stages, c.select.candidates, c.select.size) == ("cropi", 60, 1280, 80)
-    assert resolve(load_config(None, ["train.steps=40"])).select.stages == 4  # 10-step stages
+    assert resolve(load_config(None, ["train.selector=cropi", "train.steps=40"])).select.stages == 4  # 10-step stages
     # the authors' regime: the whole pool scored at every stage, the top ratio kept
-    c = resolve(load_config(None, ["select.candidates=0", "select.size=0", "select.stages=7"]))
+    c = resolve(load_config(None, ["train.selector=cropi", "select.candidates=0", "select.size=0", "select.stages=7"]))
     assert (c.select.stages, c.select.candidates, c.select.size) == (7, 0, 0)
-    # the other selectors keep the general defaults
+    # the other selectors keep the general defaults; the default selector builds its batches with its own rule
     c = resolve(load_config(None, ["train.selector=static_influence"]))
     assert (c.select.stages, c.select.candidates, c.select.size) == (4, 0, 0)
     assert resolve(c) == c  # resolving twice changes nothing
+    c = resolve(load_config(None, []))
+    assert (c.train.selector, c.train.filter.method, c.select.stages) == ("cropi_harvest", "cropi_harvest", 4)
+    assert resolve(c) == c
 
 
 def test_peers_are_the_full_pool_with_their_batch_rule_and_gradalign_is_refreshed_cropi_rounds(tmp_path):

@@ -63,7 +63,7 @@ def _print_compare(results: dict, out: Path, verdicts: bool = True) -> None:
 
 
 @app.command()
-@config_command(*RUN_GROUPS, derive=(_budget_overrides, _compare_eval_every))
+@config_command(*RUN_GROUPS, derive=(_budget_overrides, _compare_eval_every), per_selector=True)
 def compare(
     cfg,
     selectors: str = typer.Option(COMPARE_SELECTORS, help="Comma-separated selectors (full is always run: it sets the "

@@ -159,10 +159,13 @@ def _budget_overrides(config: Optional[Path], values: dict) -> list[str]:
     return [f"train.steps={values['steps_per_stage'] * _stages(config, values)}"]
 
 
-def config_command(*groups: str, derive: tuple[Callable[[Optional[Path], dict], list[str]], ...] = ()):
+def config_command(*groups: str, derive: tuple[Callable[[Optional[Path], dict], list[str]], ...] = (),
+                   per_selector: bool = False):
     """Give a command ``fn(cfg, **own_options)`` the options of ``groups`` (--config and --set always) and call
     it with the resolved, validated ``RunConfig``.  Each of ``derive(config_path, option_values)`` returns
-    overrides computed from several options, applied after the key options and before --set."""
+    overrides computed from several options, applied after the key options and before --set.  A command that
+    runs several selectors (``per_selector``) gets the config validated but not resolved: resolving fills in the
+    default selector's own settings, which must not reach the other selectors' runs (each resolves its own)."""
     shared = [o for g in ("config", *groups) for o in OPTIONS[g]]
 
     def wrap(fn):
@@ -176,7 +179,10 @@ def config_command(*groups: str, derive: tuple[Callable[[Optional[Path], dict], 
             sets = [f"{o.key}={json.dumps(o.to_value(list(v)) if o.to_value else v)}" for o in shared
                     if o.key and (v := values[o.name]) not in (None, [], ())]
             sets += [o for rule in derive for o in rule(config, values)]
-            cfg = resolve(load_config(config, sets + list(values["overrides"] or [])))  # the one validation
+            cfg = load_config(config, sets + list(values["overrides"] or []))
+            resolved = resolve(cfg)  # the one validation
+            if not per_selector:
+                cfg = resolved
             return fn(cfg, **{p.name: values[p.name] for p in own})
 
         command.__signature__ = inspect.Signature(params)

@@ -202,8 +202,20 @@ def select_cmd(
     typer.echo(f"selected {len(sel.ids)} of {sel.pool_size} prompts (ratio {cfg.select.ratio}); wrote {out} and {ids_path(out)}")
 
 
+def _stage_selector(config: Optional[Path], values: dict) -> list[str]:
+    """verl builds every step's batch itself, so its loop chooses at stage boundaries: the curriculum (``cropi``)
+    unless the --config file names a selector (--set train.selector=... still wins)."""
+    import yaml
+
+    try:
+        named = config is not None and "selector" in ((yaml.safe_load(Path(config).read_text()) or {}).get("train") or {})
+    except (OSError, yaml.YAMLError, AttributeError):  # load_config reports a bad file in one line
+        named = False
+    return [] if named else ["train.selector=cropi"]
+
+
 @app.command("verl")
-@config_command("model", "pool", "splits", "files", "budget", derive=(_budget_overrides,))
+@config_command("model", "pool", "splits", "files", "budget", derive=(_stage_selector, _budget_overrides))
 def verl_cmd(
     cfg,
     out: Path = typer.Option(Path("runs/verl"), "--out", "-o", help="Run folder (stages, verl checkpoints, merged models)."),
