@@ -246,3 +246,22 @@ def test_the_rule_needs_validation_sets_and_hooks_need_their_rows(tiny, suite):
     hooks = SketchHooks(rule.sketch(tiny), tiny.model, 2)
     with pytest.raises(ValueError, match="outside the 2"):
         hooks.rows([1, 1], first=1)
+
+
+def test_a_resumed_harvest_run_finishes_with_its_scores_and_family_means_restored(tmp_path):
+    """The harvested scores, family means and GRESO's state are checkpointed; the validation target is recomputed
+    with the resumed policy (the module says so), so the resumed run is not compared bit for bit."""
+    from cropi.runs.run import run_training
+    from cropi.training import checkpoint
+
+    sets = {"train.steps": 4, "train.filter.harvest_gap": 1}
+    part = _cfg(**sets)
+    part.train.steps = 2
+    run_training(part, tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "checkpoints" / "step-0000002" / "checkpoint.json").read_text())
+    extra = saved["state"]["extra"] if "state" in saved else saved["extra"]
+    assert extra[HARVEST] and extra["harvest_families"] and "greso_history" in extra
+    (tmp_path / "run" / "config.yaml").unlink()  # the budget changed; the rest is identical
+    summary = run_training(_cfg(**sets), tmp_path / "run", resume=True)
+    assert summary["steps"] == 4 and summary["resumed_from_step"] == 2
+    assert checkpoint.latest(tmp_path / "run" / "checkpoints").name == "step-0000004"
