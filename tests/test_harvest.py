@@ -265,3 +265,28 @@ def test_a_resumed_harvest_run_finishes_with_its_scores_and_family_means_restore
     summary = run_training(_cfg(**sets), tmp_path / "run", resume=True)
     assert summary["steps"] == 4 and summary["resumed_from_step"] == 2
     assert checkpoint.latest(tmp_path / "run" / "checkpoints").name == "step-0000004"
+
+
+def test_a_generation_batch_filled_by_the_ranking_takes_nothing_from_the_stream(suite):
+    cfg = _cfg(**{"train.filter.harvest_share": 1.0, "train.filter.harvest_gap": 1,
+                  "train.filter.harvest_top": 1.0})
+    rule = HarvestedInfluence(cfg, suite.validation)
+    extra = {HARVEST: {p.id: [0, {"add": float(i)}] for i, p in enumerate(suite.pool[:10])}}
+    chosen, skipped = rule.candidates(suite.pool, 5, extra, 4)
+    assert len(chosen) == 4 and skipped == 0 and extra.get("cursor", 0) == 0  # the stream was not swept
+
+
+def test_a_target_without_mixed_validation_groups_keeps_the_previous_means(tiny, suite, monkeypatch, caplog):
+    import cropi.selection.harvest as harvest
+
+    rule = make_batch_builder(_cfg(), suite.validation)
+    old = {"add": torch.ones(3)}
+    rule._means, rule._means_step, rule._val_groups, rule._val_step = old, 0, {"add": []}, 0
+
+    def no_mixed(estimator, groups):
+        raise harvest.CropiError("no validation set (add) has a prompt with mixed rewards")
+
+    monkeypatch.setattr(harvest, "group_means", no_mixed)
+    with caplog.at_level("WARNING", logger="cropi"):
+        assert rule.validation_means(tiny, 25) is old
+    assert "previous validation means stay in force" in caplog.text and rule._means_step == 25

@@ -132,7 +132,7 @@ class FilterConfig:
                                    "ranked by harvested influence; the rest explore the stream behind GRESO's skip.",
                                    in_unit_interval)
     harvest_top: float = setting(0.1, "cropi_harvest: only prompts in this top fraction of the harvested ranking "
-                                 "(all scores held) are drawn from it.", in_unit_interval)
+                                 "(all scores held; at least one prompt) are drawn from it.", in_unit_interval)
     # fewest steps to full data's validation threshold among the probes (lab/results/probe-validation-harvest.json)
     harvest_family_decay: float = setting(0.5, "cropi_harvest: the stream keeps a prompt of the family ranked r-th "
                                           "by harvested influence (a running mean per family, fused across "

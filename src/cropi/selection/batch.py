@@ -141,6 +141,8 @@ def take_kept(problems: Sequence[Problem], extra: dict, n: int, seed: int, salt:
     and how many were skipped."""
     out: list[Problem] = []
     skipped = 0
+    if n <= 0:
+        return out, skipped
     for _ in range(len(problems)):  # at most one epoch ahead, so a stage of skippable prompts still trains
         cursor = extra.get("cursor", 0)
         prompt = take(problems, extra, 1, seed)[0]

@@ -30,6 +30,7 @@ uninterrupted run after the resume point.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from typing import Mapping, Sequence
 import torch
 
 from cropi.config import RunConfig
+from cropi.errors import CropiError
 from cropi.policy import Policy
 from cropi.projection.factored import FactoredSJLT, SketchHooks
 from cropi.scores.engine import make_score_estimator, make_score_projector
@@ -46,6 +48,8 @@ from cropi.scores.ranking import cosine_scores, rank
 from cropi.selection.batch import Batch, Group, prompt_group, sample_groups
 from cropi.selection.greso import Greso
 from cropi.tasks import Problem
+
+log = logging.getLogger("cropi")
 
 HARVEST = "harvest"  # extra[HARVEST]: prompt id -> [step trained, {validation set: score}]
 FAMILIES = "harvest_families"  # extra[FAMILIES]: family -> {validation set: running mean of its harvested scores}
@@ -120,7 +124,13 @@ class HarvestedInfluence(Greso):
             self._val_step, self._means_step = at, -1
         if not self._means or self._means_step < 0 or step - self._means_step >= f.harvest_val_every:
             estimator = make_score_estimator(policy, self.cfg, projector=self.sketch(policy))
-            self._means, self._means_step = group_means(estimator, self._val_groups), step
+            try:
+                self._means = group_means(estimator, self._val_groups)
+            except CropiError as e:  # no validation group has mixed rewards now: no new direction to score against
+                log.warning("cropi_harvest at step %d: %s; %s", step, e,
+                            "the previous validation means stay in force" if self._means else
+                            "nothing is harvested until a validation group has mixed rewards")
+            self._means_step = step
         return self._means
 
     # ---------------------------------------------------------------- the choice
@@ -160,6 +170,8 @@ class HarvestedInfluence(Greso):
         by_id = self._allowed(problems)
         chosen = [by_id[p] for p in self.ranked(problems, step, extra)[: round(self.cfg.train.filter.harvest_share * n)]]
         self._drawn.update(p.id for p in chosen)
+        if len(chosen) >= n:
+            return chosen, 0
         stream, skipped = super().candidates(problems, step, extra, n - len(chosen))
         fresh = [p for p in stream if p.id not in self._drawn]  # never two groups of one prompt in a step
         self._drawn.update(p.id for p in fresh)

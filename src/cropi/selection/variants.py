@@ -115,7 +115,8 @@ def resolve(cfg: RunConfig) -> RunConfig:
     if rule.batch is not None:
         if out.train.filter.method not in ("none", rule.name):
             raise ConfigError(f"train.filter.method: {out.train.filter.method!r} conflicts with selector "
-                              f"{cfg.train.selector!r}, which builds its batches with {rule.name!r}")
+                              f"{cfg.train.selector!r}, which builds its batches with {rule.name!r} (a stage "
+                              f"selector takes a batch rule: --selector cropi+{out.train.filter.method})")
         out.train.filter.method = rule.name
     method = out.train.filter.method
     if method != "none" and method not in batch_rules():
