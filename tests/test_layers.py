@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Lowest first.  Packages in one tuple share a layer and still may not import each other.
 LAYERS = (
-    ("core",),  # cropi/__init__.py, errors.py, io.py, extras.py, machine.py
+    ("core",),  # cropi/__init__.py, errors.py, io.py, extras.py, machine.py, typed.py
     ("tasks",),
     ("config",),
     ("policy", "objective"),
@@ -27,7 +27,7 @@ LAYERS = (
     ("cli",),
 )
 RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
-CORE_MODULES = {"errors", "io", "extras", "machine"}
+CORE_MODULES = {"errors", "io", "extras", "machine", "typed"}
 
 
 def package_of(module: str) -> str:
