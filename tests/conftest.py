@@ -40,3 +40,33 @@ def small_suite_overrides() -> list[str]:
         "data.suite.test_size_targeted=12",
         "data.suite.test_size_untargeted=6",
     ]
+
+
+def batch_rule_config(method: str, selector: str = "full", **extra):
+    """A small run config for the per-batch rules: 4 prompts x 4 responses a step, one stage, small generation
+    batches; ``extra`` as dotted key=value."""
+    from cropi.config import load_config
+
+    sets = small_suite_overrides() + [
+        "train.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=8", "eval.max_new_tokens=8",
+        "train.eval_every=2", "train.checkpoint_every=2", "model.device=cpu", "select.stages=1",
+        f"train.filter.method={method}", "train.filter.gen_batch_prompts=8", "train.filter.screen_samples=2",
+        "train.filter.greso_min_gen_prompts=2", f"train.selector={selector}",
+    ] + [f"{k}={v}" for k, v in extra.items()]
+    return load_config(None, sets)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The embedded tiny policy (loaded once per module)."""
+    from cropi.policy import load_policy
+
+    return load_policy("tiny", "cpu", "float32")
+
+
+@pytest.fixture(scope="module")
+def suite():
+    """A 120-prompt draw of the embedded suite with small validation sets."""
+    from cropi.tasks.synthetic import SuiteConfig, build_suite
+
+    return build_suite(SuiteConfig(pool_size=120, val_size=8, test_size_targeted=4, test_size_untargeted=4))

@@ -1,42 +1,21 @@
 """The per-batch rules (cropi.selection): equal-size updates, honest charging, GRESO's skip law, resume."""
 
 import json
-import random
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from cropi.config import load_config
-from cropi.tasks.synthetic import SuiteConfig, build_suite
 from cropi.selection import make_batch_builder
 from cropi.selection.batch import Group, sample_groups, screen_observe, screen_take, stream_prompts
 from cropi.selection.greso import Greso
-from tests.conftest import small_suite_overrides
+from tests.conftest import batch_rule_config
 
 RULES = ("none", "dapo", "greso", "online_filter", "online_influence", "cropi_harvest")
 
 
 def _cfg(method="none", **extra):
-    sets = small_suite_overrides() + [
-        "train.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=8", "eval.max_new_tokens=8",
-        "train.eval_every=2", "train.checkpoint_every=2", "model.device=cpu", "select.stages=1",
-        f"train.filter.method={method}", "train.filter.gen_batch_prompts=8", "train.filter.screen_samples=2",
-        "train.filter.greso_min_gen_prompts=2", "train.selector=full",
-    ] + [f"{k}={v}" for k, v in extra.items()]
-    return load_config(None, sets)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    from cropi.policy import load_policy
-
-    return load_policy("tiny", "cpu", "float32")
-
-
-@pytest.fixture(scope="module")
-def suite():
-    return build_suite(SuiteConfig(pool_size=120, val_size=8, test_size_targeted=4, test_size_untargeted=4))
+    return batch_rule_config(method, **extra)
 
 
 @pytest.fixture(scope="module")

@@ -11,37 +11,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from cropi.config import load_config
-from cropi.projection.factored import FactoredSJLT
 from cropi.scores.ranking import cosine_scores
 from cropi.selection import make_batch_builder
 from cropi.selection.batch import Group
 from cropi.selection.harvest import HARVEST, HarvestedInfluence
-from cropi.tasks.synthetic import SuiteConfig, build_suite
 from cropi.training.grpo import grpo_update, make_optimizer, plain_batch, row_runs
-from tests.conftest import small_suite_overrides
+from tests.conftest import batch_rule_config
 
 
 def _cfg(**extra):
-    sets = small_suite_overrides() + [
-        "train.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=8", "eval.max_new_tokens=8",
-        "train.eval_every=2", "train.checkpoint_every=2", "model.device=cpu", "select.stages=1",
-        "train.filter.gen_batch_prompts=8", "train.filter.greso_min_gen_prompts=2", "train.selector=cropi_harvest", "train.filter.method=cropi_harvest",
-        "select.score.max_val_prompts=4",
-    ] + [f"{k}={v}" for k, v in extra.items()]
-    return load_config(None, sets)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    from cropi.policy import load_policy
-
-    return load_policy("tiny", "cpu", "float32")
-
-
-@pytest.fixture(scope="module")
-def suite():
-    return build_suite(SuiteConfig(pool_size=120, val_size=8, test_size_targeted=4, test_size_untargeted=4))
+    return batch_rule_config("cropi_harvest", "cropi_harvest", **{"select.score.max_val_prompts": 4, **extra})
 
 
 def _formed_gradient(policy, group: Group) -> dict[str, torch.Tensor]:

@@ -17,9 +17,10 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 RUNS=runs/compare-harvest/runs
 LOAD=runs/compare-harvest/load.log
 if [ ! -d "$RUNS/full-s0" ]; then
-  mkdir -p "$RUNS" /tmp/compare-records
-  git archive 3e048ca benchmarks/results/compare-runs/compare-peers | tar -x -C /tmp/compare-records
-  cp -r /tmp/compare-records/benchmarks/results/compare-runs/compare-peers/* "$RUNS/"
+  RECORDS=runs/compare-harvest/records  # the committed records, unpacked once
+  mkdir -p "$RUNS" "$RECORDS"
+  git archive 3e048ca benchmarks/results/compare-runs/compare-peers | tar -x -C "$RECORDS"
+  cp -r "$RECORDS"/benchmarks/results/compare-runs/compare-peers/* "$RUNS/"
   for s in 0 1 2; do mv "$RUNS/cropi-s$s" "$RUNS/online_influence-s$s"; done
 fi
 HOST=$($PY -c "from lab.machines import host_id; print(host_id()[:8])")
