@@ -38,7 +38,6 @@ from typing import Mapping, Sequence
 
 import torch
 
-from cropi.config import RunConfig
 from cropi.errors import CropiError
 from cropi.policy import Policy
 from cropi.projection.factored import FactoredSJLT, SketchHooks
@@ -69,8 +68,6 @@ class HarvestedInfluence(Greso):
     _means_step: int = -1
     _drawn: set = field(default_factory=set)  # drawn so far this step
     _extra: dict = field(default_factory=dict)
-    _allowed_key: tuple = ()
-    _allowed_map: dict = field(default_factory=dict)
 
     # ---------------------------------------------------------------- the harvest (called by the trainer)
     def sketch(self, policy: Policy) -> FactoredSJLT:
@@ -151,7 +148,7 @@ class HarvestedInfluence(Greso):
         scores = extra.setdefault(HARVEST, {})
         for pid in [p for p, (s, _) in scores.items() if step - s > f.harvest_max_age]:
             del scores[pid]
-        allowed = self._allowed(problems)
+        allowed = {p.id for p in problems}
         held = {p: v for p, (_, v) in scores.items() if p in allowed}
         if not held:
             return []
@@ -160,14 +157,8 @@ class HarvestedInfluence(Greso):
                    max(1, math.ceil(f.harvest_top * len(held)))).ids
         return [p for p in top if step - scores[p][0] >= f.harvest_gap and p not in self._drawn]
 
-    def _allowed(self, problems: Sequence[Problem]) -> dict[str, Problem]:
-        key = (id(problems), len(problems))
-        if self._allowed_key != key:
-            self._allowed_key, self._allowed_map = key, {p.id: p for p in problems}
-        return self._allowed_map
-
     def candidates(self, problems: Sequence[Problem], step: int, extra: dict, n: int) -> tuple[list[Problem], int]:
-        by_id = self._allowed(problems)
+        by_id = {p.id: p for p in problems}
         chosen = [by_id[p] for p in self.ranked(problems, step, extra)[: round(self.cfg.train.filter.harvest_share * n)]]
         self._drawn.update(p.id for p in chosen)
         if len(chosen) >= n:
