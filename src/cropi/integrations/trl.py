@@ -228,24 +228,17 @@ def check_trainer_kwargs(trainer_kwargs: dict | None) -> None:
             raise CropiError(f"trainer_kwargs[{name!r}]: {TRAINER_ARGUMENTS[name]}")
 
 
-def scoring_config(args, cfg: RunConfig, selector: str = "cropi") -> RunConfig:
-    """``cfg`` with what scoring shares with TRL taken from TRL's ``args``: the budget (``max_steps``), the
-    loss (``loss_type`` -> ``train.aggregation``, ``epsilon``, ``num_iterations`` -> ``train.ppo_epochs``,
-    ``beta`` -> ``train.kl_coef``), the sampling of the behaviour stores (``temperature``, ``top_p``,
-    ``max_completion_length``), the selector and the seed.  Refuses settings under which cropi would score
-    another objective than TRL trains: other loss types or reward scaling, an asymmetric clip (``epsilon_high``),
-    and any ``NEUTRAL_SETTINGS`` entry away from its neutral values."""
+def check_scorable(args) -> None:
+    """Refuse TRL settings under which cropi's POPI gradient would not be the gradient of the loss TRL trains:
+    other loss types or reward scaling, an asymmetric clip (``epsilon_high``), any ``NEUTRAL_SETTINGS`` entry
+    away from its neutral values, several processes, or no ``max_completion_length``."""
     if args.loss_type not in AGGREGATIONS:
         raise CropiError(f"GRPOConfig.loss_type={args.loss_type!r}: cropi scores with the {' or '.join(AGGREGATIONS)} "
                          "loss; set loss_type to one of them")
     if str(args.scale_rewards).lower() not in ("group", "true"):
         raise CropiError(f"GRPOConfig.scale_rewards={args.scale_rewards!r}: cropi's advantages are normalised by "
                          "each group's std; set scale_rewards='group'")
-    if not args.max_steps or args.max_steps <= 0:
-        raise CropiError("GRPOConfig.max_steps must be set (> 0): the stages split that budget")
-    if getattr(args, "world_size", 1) > 1:
-        raise CropiError(f"train_stages runs in one process (world size {args.world_size}): every process would "
-                         "score and select on its own, and differing selections would split TRL's prompt groups")
+    check_one_process(args)
     if args.max_completion_length is None:
         raise CropiError("GRPOConfig.max_completion_length must be set: the behaviour stores sample that many tokens")
     for name, (neutral, why) in NEUTRAL_SETTINGS.items():
@@ -255,18 +248,40 @@ def scoring_config(args, cfg: RunConfig, selector: str = "cropi") -> RunConfig:
     if args.epsilon_high is not None and float(args.epsilon_high) != float(args.epsilon):
         raise CropiError(f"GRPOConfig.epsilon_high={args.epsilon_high!r}: TRL would clip asymmetrically; cropi's "
                          f"clip is symmetric (train.clip_eps = epsilon = {args.epsilon!r}); leave epsilon_high unset")
-    out = replace(
+
+
+def check_one_process(args) -> None:
+    if getattr(args, "world_size", 1) > 1:
+        raise CropiError(f"cropi's TRL integration runs in one process (world size {args.world_size}): every "
+                         "process would choose prompts on its own, and differing choices would split TRL's groups")
+
+
+def with_trl_loss(cfg: RunConfig, args) -> RunConfig:
+    """``cfg`` with the loss, sampling and seed TRL's ``args`` train with: ``loss_type`` ->
+    ``train.aggregation``, ``epsilon``, ``num_iterations`` -> ``train.ppo_epochs``, ``beta`` -> ``train.kl_coef``,
+    ``learning_rate``, ``seed``, ``temperature``, ``top_p``, ``max_completion_length``."""
+    return replace(
         cfg,
-        train=replace(cfg.train, selector=selector, steps=int(args.max_steps), aggregation=AGGREGATIONS[args.loss_type],
+        train=replace(cfg.train, aggregation=AGGREGATIONS.get(args.loss_type, cfg.train.aggregation),
                       clip_eps=float(args.epsilon), ppo_epochs=int(args.num_iterations), kl_coef=float(args.beta),
                       lr=float(args.learning_rate), seed=int(args.seed)),
         rollout=replace(cfg.rollout, temperature=float(args.temperature), top_p=float(args.top_p),
-                        max_new_tokens=int(args.max_completion_length)),
+                        max_new_tokens=int(args.max_completion_length or cfg.rollout.max_new_tokens)),
     )
+
+
+def scoring_config(args, cfg: RunConfig, selector: str = "cropi") -> RunConfig:
+    """``cfg`` with what scoring shares with TRL taken from TRL's ``args`` (``with_trl_loss``), the budget
+    (``max_steps``) and the selector; refuses what ``check_scorable`` refuses."""
+    check_scorable(args)
+    if not args.max_steps or args.max_steps <= 0:
+        raise CropiError("GRPOConfig.max_steps must be set (> 0): the stages split that budget")
+    out = with_trl_loss(cfg, args)
+    out = replace(out, train=replace(out.train, selector=selector, steps=int(args.max_steps)))
     out = resolve(validate(out))
     if out.train.filter.method != "none":  # TRL builds its own batches; cropi acts at stage boundaries
-        raise CropiError(f"selector {selector!r} chooses each step's batch, which TRL's trainer does itself; "
-                         "use cropi (selection at stage boundaries)")
+        raise CropiError(f"selector {selector!r} chooses each step's batch: train_stages selects at stage "
+                         "boundaries only; use cropi.integrations.trl_rules.CropiGRPOTrainer for a per-step rule")
     return out
 
 
@@ -437,6 +452,6 @@ def train_stages(
     return StagesResult(records, optimizer, scheduler, cfg, trainer)
 
 
-__all__ = ["NEUTRAL_SETTINGS", "CropiReward", "StageRecord", "StagesResult", "check_prompt_tokens",
-           "check_trainer_kwargs", "live_policy", "prompt_value", "require_trl", "scoring_config", "train_stages",
-           "trl_dataset", "trl_prompt_ids"]
+__all__ = ["NEUTRAL_SETTINGS", "CropiReward", "StageRecord", "StagesResult", "check_one_process",
+           "check_prompt_tokens", "check_scorable", "check_trainer_kwargs", "live_policy", "prompt_value",
+           "require_trl", "scoring_config", "train_stages", "trl_dataset", "trl_prompt_ids", "with_trl_loss"]

@@ -100,6 +100,11 @@ def sample_groups(policy: Policy, problems: Sequence[Problem], key: tuple, sampl
     return [Group(p, gens[i * k:(i + 1) * k], rewards[i * k:(i + 1) * k]) for i, p in enumerate(problems)]
 
 
+# How a rule gets its groups sampled and graded: ``sample_groups`` in cropi's own trainer; a trainer plug-in
+# (``cropi.integrations.trl_rules``) hands in one that samples with the trainer's generation and rewards
+GroupSampler = Callable[[Policy, Sequence[Problem], tuple, range, RolloutConfig], list[Group]]
+
+
 class BatchBuilder(Protocol):
     def build(self, policy: Policy, problems: Sequence[Problem], step: int, extra: dict) -> Batch: ...
 

@@ -6,12 +6,12 @@ equal-reward groups instead (they add no gradient, as in plain GRPO), so a compa
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from cropi.config import RunConfig
 from cropi.policy import Policy
-from cropi.selection.batch import Batch, Group, fill, sample_groups, take
+from cropi.selection.batch import Batch, Group, GroupSampler, fill, sample_groups, take
 from cropi.tasks import Problem
 
 
@@ -20,6 +20,7 @@ class DynamicSampling:
     """DAPO's dynamic sampling: refill with generation batches until ``prompts_per_step`` groups have mixed rewards."""
 
     cfg: RunConfig
+    sampler: GroupSampler = field(default=sample_groups, kw_only=True)  # samples and grades the drawn prompts
 
     def candidates(self, problems: Sequence[Problem], step: int, extra: dict, n: int) -> tuple[list[Problem], int]:
         """The prompts of the next generation batch and how many were skipped to find them."""
@@ -46,7 +47,7 @@ class DynamicSampling:
             prompts, k = self.candidates(problems, step, extra, self.generation_size(len(kept), drawn, groups))
             skipped += k
             t0 = time.perf_counter()
-            groups = sample_groups(policy, prompts, (t.seed, "train", step, draw), range(g), self.cfg.rollout)
+            groups = self.sampler(policy, prompts, (t.seed, "train", step, draw), range(g), self.cfg.rollout)
             seconds += time.perf_counter() - t0
             self.observe(groups, extra)
             drawn += groups

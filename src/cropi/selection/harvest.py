@@ -44,7 +44,7 @@ from cropi.projection.factored import FactoredSJLT, SketchHooks
 from cropi.scores.engine import make_score_estimator, make_score_projector
 from cropi.scores.in_memory import group_means
 from cropi.scores.ranking import cosine_scores, rank
-from cropi.selection.batch import Batch, Group, prompt_group, sample_groups
+from cropi.selection.batch import Batch, Group, GroupSampler, prompt_group, sample_groups
 from cropi.selection.greso import Greso
 from cropi.tasks import Problem
 
@@ -61,6 +61,8 @@ class HarvestedInfluence(Greso):
     """GRESO's dynamic sampling, with part of each generation batch chosen by harvested influence (module doc)."""
 
     validation: Mapping[str, Sequence[Problem]] = field(default_factory=dict)
+    # samples and grades the validation groups; their responses need the behaviour log-probs POPI reweights
+    validation_sampler: GroupSampler = field(default=sample_groups, kw_only=True)
     _sketch: FactoredSJLT | None = None
     _val_groups: dict = field(default_factory=dict)
     _val_step: int = -1
@@ -116,7 +118,7 @@ class HarvestedInfluence(Greso):
             self._val_groups = {}
             for name, problems in self.validation.items():
                 probs = list(problems)[: self.cfg.select.score.max_val_prompts]
-                sampled = sample_groups(policy, probs, (t.seed, "validation", at), range(g), self.cfg.rollout)
+                sampled = self.validation_sampler(policy, probs, (t.seed, "validation", at), range(g), self.cfg.rollout)
                 self._val_groups[name] = [prompt_group(x, self.cfg.rollout.temperature) for x in sampled if x.mixed]
             self._val_step, self._means_step = at, -1
         if not self._means or self._means_step < 0 or step - self._means_step >= f.harvest_val_every:

@@ -7,12 +7,12 @@ stand in front of the screen (``train.filter.screen_skip_p``); as published, it 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from cropi.config import RunConfig
 from cropi.policy import Policy
-from cropi.selection.batch import Batch, Group, queued, sample_groups, screen_observe, screen_take, take, unqueued
+from cropi.selection.batch import Batch, Group, GroupSampler, queued, sample_groups, screen_observe, screen_take, take, unqueued
 from cropi.tasks import Problem
 
 
@@ -23,6 +23,7 @@ class SpeedScreening:
     continuation set; their screening responses are then one update old, which the PPO ratio accounts for."""
 
     cfg: RunConfig
+    sampler: GroupSampler = field(default=sample_groups, kw_only=True)  # samples and grades screens and groups
 
     def build(self, policy: Policy, problems: Sequence[Problem], step: int, extra: dict) -> Batch:
         t, f, g = self.cfg.train, self.cfg.train.filter, self.cfg.rollout.group_size
@@ -35,7 +36,7 @@ class SpeedScreening:
             if len(queue) < n - len(batch.groups) and draw < f.max_num_gen_batches:
                 prompts, skipped = screen_take(problems, extra, f.gen_batch_prompts, self.cfg)
                 t0 = time.perf_counter()
-                screens = sample_groups(policy, prompts, (t.seed, "train", step, draw), range(k), self.cfg.rollout)
+                screens = self.sampler(policy, prompts, (t.seed, "train", step, draw), range(k), self.cfg.rollout)
                 batch.seconds["screening"] += time.perf_counter() - t0
                 batch.sampled_sequences += len(prompts) * k
                 batch.skipped_prompts += skipped
@@ -48,7 +49,7 @@ class SpeedScreening:
             keys = sorted({tuple(q["key"]) for q in chosen}, key=str)
             for key in keys:
                 part = [q for q in chosen if tuple(q["key"]) == key]
-                rest = sample_groups(policy, [by_id[q["id"]] for q in part], key, range(k, g), self.cfg.rollout)
+                rest = self.sampler(policy, [by_id[q["id"]] for q in part], key, range(k, g), self.cfg.rollout)
                 batch.groups += [Group(r.problem, unqueued(q) + r.gens, q["rewards"] + r.rewards) for q, r in zip(part, rest)]
             batch.seconds["rollouts"] += time.perf_counter() - t0
             batch.sampled_sequences += len(chosen) * (g - k)
@@ -59,7 +60,7 @@ class SpeedScreening:
             # not enough prompts passed the screen: the rest of the batch is plain, unscreened groups
             t0 = time.perf_counter()
             missing = n - len(batch.groups)
-            batch.groups += sample_groups(policy, take(problems, extra, missing, t.seed),
+            batch.groups += self.sampler(policy, take(problems, extra, missing, t.seed),
                                           (t.seed, "train", step, "fill"), range(g), self.cfg.rollout)
             batch.seconds["rollouts"] += time.perf_counter() - t0
             batch.sampled_sequences += missing * g
