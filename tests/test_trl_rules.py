@@ -214,3 +214,40 @@ def test_the_rule_config_scales_cropis_batch_settings_to_trls_batch(tmp_path):
     assert cfg.train.filter.screen_samples == G // 2 and cfg.train.filter.method == "online_filter"
     assert rule_config(args, "greso", ["train.filter.gen_batch_prompts=20"]).train.filter.gen_batch_prompts == 20
     assert (cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.train.seed) == (1.0, 8, 0)
+
+
+def _example():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "trl_rules.py"
+    spec = importlib.util.spec_from_file_location("trl_rules_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    return example
+
+
+def test_the_example_trains_with_a_rule_and_prints_each_steps_choice(capsys, tmp_path):
+    assert _example().main(["--out", str(tmp_path / "run"), "--rule", "cropi_harvest", "--steps", "2"]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("step ")]
+    record = json.loads((tmp_path / "run" / "cropi_rule.json").read_text())
+    assert len(lines) == len(record["steps"]) == 2
+    assert all(f"trained prompts {s['prompts']}" in x for s, x in zip(record["steps"], lines))
+
+
+def test_without_trl_the_trainer_and_the_example_stop_in_one_line_naming_the_extra(monkeypatch, capsys, tmp_path):
+    import importlib.util
+    import sys
+
+    from cropi.extras import MissingExtra
+
+    monkeypatch.setitem(sys.modules, "trl", None)  # import trl now fails as if it were not installed
+    spec = importlib.util.find_spec("cropi.integrations.trl_rules")
+    fresh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fresh)  # the module itself imports without TRL
+    with pytest.raises(MissingExtra, match=r"cropi\[trl\]"):
+        fresh.CropiGRPOTrainer
+    assert _example().main(["--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "pip install 'cropi[trl]'" in err
+    assert not (tmp_path / "run").exists()
