@@ -56,11 +56,11 @@ def _args(out, **extra):
     return trl.GRPOConfig(**kw)
 
 
-def _trainer(rule, data, out, model=None, **extra):
+def _trainer(rule, data, out, reward=exact_match, **extra):
     pool, val = data
     policy = load_policy("tiny", device="cpu")
-    return CropiGRPOTrainer(rule=rule, model=model or policy.model, processing_class=policy.tokenizer,
-                            reward_funcs=exact_match, args=_args(out, **extra), train_dataset=pool,
+    return CropiGRPOTrainer(rule=rule, model=policy.model, processing_class=policy.tokenizer,
+                            reward_funcs=reward, args=_args(out, **extra), train_dataset=pool,
                             validation=val if rule == "cropi_harvest" else None, family_column="topic",
                             rule_settings=["select.score.max_val_prompts=24"]), policy
 
@@ -89,7 +89,13 @@ class _Fed:
 
 @pytest.mark.parametrize("rule", RULES)
 def test_trl_trains_on_exactly_the_groups_the_rule_chose(rule, user_data, tmp_path):
-    trainer, policy = _trainer(rule, user_data, tmp_path / "out")
+    graded = []
+
+    def counted(completions, **kwargs):
+        graded.append(len(completions))
+        return exact_match(completions, **kwargs)
+
+    trainer, policy = _trainer(rule, user_data, tmp_path / "out", reward=counted)
     prompts = {tuple(policy.encode_prompt(p)): i for i, p in enumerate(user_data[0]["prompt"])}
     assert len(prompts) == len(user_data[0])
     fed = _Fed(trainer.model, prompts)
@@ -108,6 +114,9 @@ def test_trl_trains_on_exactly_the_groups_the_rule_chose(rule, user_data, tmp_pa
     for s, h in zip(steps, logged):
         assert h["frac_reward_zero_std"] == pytest.approx(1 - s["mixed"] / len(s["prompts"]))
     assert sum(s["mixed"] for s in steps) > 0
+    # every sampled completion was graded once: TRL trained on the grades the rule saw, without grading again
+    validation = 0 if rule != "cropi_harvest" else 2 * 24 * G  # the harvest's validation groups, sampled once
+    assert sum(graded) == sum(s["sampled_sequences"] for s in steps) + validation
     # each rule's own state moved: GRESO's history, the screen's queue or stream, the harvested scores
     state = trainer.cropi_state
     assert state["cursor"] > 0

@@ -97,8 +97,8 @@ def dataset_problems(dataset, family_column: str | None, prefix: str = "") -> tu
         raise CropiError(f"family_column={family_column!r}: the dataset has no such column "
                          f"(it has {', '.join(dataset.column_names)})")
     problems, rows = [], {}
-    for i in range(len(dataset)):
-        row = dataset[i]
+    table = dataset.to_list() if hasattr(dataset, "to_list") else [dataset[i] for i in range(len(dataset))]
+    for i, row in enumerate(table):
         pid = f"{prefix}{i}"
         family = str(row[family_column]) if family_column else "all"
         problems.append(Problem(pid, _text(row["prompt"]), "", family, "trl"))
@@ -245,7 +245,7 @@ def _trainer_class():
                 return super()._generate_and_score_completions(inputs)
             step = int(self.state.global_step)
             t0 = time.perf_counter()
-            self._cropi_graded.clear()
+            self._cropi_forget_grades()
             batch = self.cropi_rule.build(self._cropi_policy, self._cropi_problems, step, self.cropi_state)
             self.model.train()
             rule_seconds = time.perf_counter() - t0
@@ -266,6 +266,12 @@ def _trainer_class():
                 self._cropi_hooks = self.cropi_rule.hooks(self._cropi_policy, len(rows)).__enter__()
                 self._cropi_owners = []
             return out
+
+        def _cropi_forget_grades(self) -> None:
+            # keep only the grades of screened completions still queued for a later step (the online filter's)
+            queued = {(tuple(g[0]), tuple(g[1])) for q in self.cropi_state.get("online_filter_queue", [])
+                      for g in q["gens"]}
+            self._cropi_graded = {k: v for k, v in self._cropi_graded.items() if k in queued}
 
         def _cropi_record(self, step: int, batch: Batch, seconds: float) -> None:
             self.cropi_steps.append({
