@@ -130,6 +130,11 @@ def _trainer_class():
 
         def __init__(self, *args, rule: str = "cropi_harvest", validation=None, family_column: str | None = None,
                      rule_settings: Sequence[str] = (), **kwargs):
+            if rule not in RULES:  # before TRL loads anything
+                raise CropiError(f"rule={rule!r}: choose one of {', '.join(RULES)}")
+            if rule == "cropi_harvest" and validation is None:
+                raise CropiError("rule='cropi_harvest' steers towards validation sets: pass validation="
+                                 "{name: Dataset} (prompts and the columns your reward functions read)")
             super().__init__(*args, **kwargs)
             a = self.args
             check_one_process(a)
@@ -142,9 +147,6 @@ def _trainer_class():
                                  "TRL's vLLM generation does not produce; use greso or cropi_harvest with vLLM")
             if rule == "cropi_harvest":
                 check_scorable(a)
-                if validation is None:
-                    raise CropiError("rule='cropi_harvest' steers towards validation sets: pass validation="
-                                     "{name: Dataset} (prompts and the columns your reward functions read)")
             self.cropi_cfg = rule_config(a, rule, rule_settings)
             if rule == "cropi_harvest":
                 score = self.cropi_cfg.select.score
@@ -154,7 +156,7 @@ def _trainer_class():
             val = validation if isinstance(validation, Mapping) or validation is None else {"validation": validation}
             val_problems = {}
             for name, ds in (val or {}).items():
-                probs, rows = dataset_problems(ds, family_column, f"{name}:")
+                probs, rows = dataset_problems(ds, None, f"{name}:")  # a set is one target: no families
                 val_problems[name] = probs
                 self._cropi_rows.update(rows)
             self.cropi_rule = make_batch_builder(self.cropi_cfg, val_problems)
