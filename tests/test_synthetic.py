@@ -101,3 +101,57 @@ def test_the_default_draw_is_unchanged_by_the_sft_exclusion():
     assert [p.prompt for p in plain.test_problems()] == [p.prompt for p in guarded.test_problems()]
     assert [p.prompt for p in plain.pool] == [p.prompt for p in guarded.pool]
     assert [p.prompt for p in build_suite(cfg).pool] == [p.prompt for p in plain.pool]
+
+
+SMALL = dict(pool_size=800, val_size=40, test_size_targeted=40, test_size_untargeted=20)
+
+
+def test_noisy_keys_key_a_share_of_the_targeted_pool_to_the_familys_mistake_and_nothing_else():
+    from collections import Counter
+
+    from cropi.tasks.synthetic import misconception
+
+    clean = build_suite(SuiteConfig(**SMALL))
+    noisy = build_suite(SuiteConfig(**SMALL, scenario="noisy_keys", noisy_key_rate=0.25))
+    assert [p.id for p in noisy.pool] == [p.id for p in clean.pool]
+    changed = [(c, n) for c, n in zip(clean.pool, noisy.pool) if c.answer != n.answer]
+    targeted = sum(p.family in noisy.targeted for p in clean.pool)
+    assert len(changed) == round(0.25 * targeted) and {c.family for c, _ in changed} <= set(noisy.targeted)
+    assert set(Counter(c.family for c, _ in changed)) == set(noisy.targeted)  # both targeted families are hit
+    for c, n in changed:  # the key is the family's mistake, which is wrong here; the reward follows the key
+        assert n.answer == misconception(c.family, c.metadata["canonical"]) != c.answer
+        assert n.metadata["noisy_key"] and n.metadata["true_answer"] == c.answer
+        fam = FAMILIES[c.family]
+        assert grade(n, fam.target_text(n.answer)) == 1.0 and grade(n, fam.target_text(c.answer)) == 0.0
+    # validation and test keep the clean keys
+    assert {k: [(p.id, p.answer) for p in v] for k, v in noisy.validation.items()} == \
+        {k: [(p.id, p.answer) for p in v] for k, v in clean.validation.items()}
+    assert noisy.test_problems() == clean.test_problems()
+    again = build_suite(SuiteConfig(**SMALL, scenario="noisy_keys", noisy_key_rate=0.25))
+    assert [p.answer for p in again.pool] == [p.answer for p in noisy.pool]
+
+
+def test_off_target_makes_the_targeted_families_the_stated_share_of_the_pool():
+    clean = build_suite(SuiteConfig(**SMALL))
+    scarce = build_suite(SuiteConfig(**SMALL, scenario="off_target", targeted_share=0.05))
+    share = sum(p.family in scarce.targeted for p in scarce.pool) / len(scarce.pool)
+    assert len(scarce.pool) == 800 and abs(share - 0.05) <= 2 / 800
+    others = {f: sum(p.family == f for p in scarce.pool) for f in scarce.untargeted}
+    assert max(others.values()) - min(others.values()) <= 1
+    assert scarce.test_problems() == clean.test_problems()
+    assert {k: [p.id for p in v] for k, v in scarce.validation.items()} == \
+        {k: [p.id for p in v] for k, v in clean.validation.items()}
+
+
+def test_scenario_settings_that_cannot_draw_are_named_in_one_line():
+    from cropi.tasks.synthetic import suite_problems
+
+    def problems(**kw):
+        return dict(suite_problems(SuiteConfig(**kw)))
+
+    assert "data.suite.scenario" in problems(scenario="noisy")
+    assert "data.suite.noisy_key_rate" in problems(noisy_key_rate=1.5)
+    assert "data.suite.targeted_share" in problems(targeted_share=0.0)
+    assert "data.suite.weights" in problems(scenario="off_target", weights={"add": 2.0})
+    assert "data.suite.scenario" in problems(scenario="off_target", families=["add", "sub"])
+    assert problems(scenario="noisy_keys") == problems(scenario="off_target") == {}

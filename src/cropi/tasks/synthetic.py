@@ -15,6 +15,7 @@ and test problems.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import random
@@ -176,6 +177,15 @@ class SuiteConfig:
     val_size: int = field(default=200, metadata={"help": "Validation prompts per targeted family."})
     test_size_targeted: int = field(default=500, metadata={"help": "Test prompts per targeted family."})
     test_size_untargeted: int = field(default=200, metadata={"help": "Test prompts per untargeted family."})
+    scenario: str = field(default="clean", metadata={"help": (
+        "The pool's condition: clean; noisy_keys (some targeted pool prompts carry a wrong gold answer); "
+        "off_target (the targeted families are scarce in the pool).  Validation and test sets are the clean ones.")})
+    noisy_key_rate: float = field(default=0.2, metadata={"help": (
+        "noisy_keys: share of the targeted families' pool prompts whose gold answer is the family's common mistake "
+        "(the carry dropped, the digits subtracted the wrong way round), drawn among prompts where it is wrong.")})
+    targeted_share: float = field(default=0.05, metadata={"help": (
+        "off_target: the targeted families' share of the pool, split evenly among them; the other families "
+        "share the rest evenly (data.suite.weights must be left unset).")})
 
 
 def suite_problems(suite: SuiteConfig) -> Iterator[tuple[str, str]]:
@@ -196,6 +206,19 @@ def suite_problems(suite: SuiteConfig) -> Iterator[tuple[str, str]]:
                                                 "not all zero")
     if any(v < 0 for v in suite.weights.values()) or (suite.weights and not set(suite.weights) <= set(FAMILIES)):
         yield "data.suite.weights", f"{suite.weights!r}: must map known families to non-negative weights"
+    if suite.scenario not in SCENARIOS:
+        yield "data.suite.scenario", f"{suite.scenario!r}: must be one of {', '.join(SCENARIOS)}"
+    if not 0.0 <= suite.noisy_key_rate <= 1.0:
+        yield "data.suite.noisy_key_rate", f"{suite.noisy_key_rate!r}: must be between 0 and 1"
+    if not 0.0 < suite.targeted_share < 1.0:
+        yield "data.suite.targeted_share", f"{suite.targeted_share!r}: must be between 0 and 1, both excluded"
+    if suite.scenario == "off_target" and suite.weights:
+        yield "data.suite.weights", f"{suite.weights!r}: off_target sets the pool's weights from targeted_share"
+    if suite.scenario == "off_target" and set(suite.families) <= set(suite.targeted):
+        yield "data.suite.scenario", "off_target needs families without validation sets (data.suite.families)"
+
+
+SCENARIOS = ("clean", "noisy_keys", "off_target")
 
 
 def _seed_for(*parts: object) -> int:
@@ -305,6 +328,9 @@ def _build(cfg: SuiteConfig, avoid: dict[str, frozenset[str]]) -> Suite:
     validation = {f: _draw_split(f, cfg.val_size, "val", cfg, taken[f], avoid.get(f, frozenset()))
                   for f in targeted}
     weights = [float(cfg.weights.get(f, 1.0)) for f in cfg.families]
+    if cfg.scenario == "off_target":
+        weights = [cfg.targeted_share / len(targeted) if f in targeted else (1 - cfg.targeted_share) / len(untargeted)
+                   for f in cfg.families]
     total = sum(weights)
     counts = [int(cfg.pool_size * w / total) for w in weights]
     for i in range(cfg.pool_size - sum(counts)):  # hand out the rounding remainder deterministically
@@ -312,7 +338,26 @@ def _build(cfg: SuiteConfig, avoid: dict[str, frozenset[str]]) -> Suite:
     pool: list[Problem] = []
     for f, n in zip(cfg.families, counts):
         pool.extend(_draw_split(f, n, "pool", cfg, taken[f]))
+    if cfg.scenario == "noisy_keys":
+        pool = _with_noisy_keys(pool, cfg, targeted)
     return Suite(pool=pool, validation=validation, test=test, targeted=targeted, untargeted=untargeted)
+
+
+def _with_noisy_keys(pool: list[Problem], cfg: SuiteConfig, targeted: list[str]) -> list[Problem]:
+    """``pool`` with ``noisy_key_rate`` of the targeted families' prompts keyed to the family's common mistake,
+    chosen at random (seeded by the draw) among the prompts where that mistake is wrong.  A key that rewards the
+    mistake keeps the prompt's groups mixed, so a filter on pass rates keeps it; its gradient points away from the
+    validation sets'.  Each such prompt records ``noisy_key`` and its ``true_answer`` in its metadata."""
+    n_targeted = sum(p.family in targeted for p in pool)
+    wrong = {i: misconception(p.family, p.metadata["canonical"]) for i, p in enumerate(pool) if p.family in targeted}
+    eligible = [i for i, w in wrong.items() if w is not None and w != pool[i].answer]
+    want = min(round(cfg.noisy_key_rate * n_targeted), len(eligible))
+    out = list(pool)
+    for i in random.Random(_seed_for(cfg.pool_seed, "noisy_keys")).sample(eligible, want):
+        p = out[i]
+        out[i] = dataclasses.replace(p, answer=wrong[i], metadata={**p.metadata, "noisy_key": True,
+                                                                   "true_answer": p.answer})
+    return out
 
 
 def sft_examples(cfg: SuiteConfig, n: int, seed: int, exclude: set[str], misconception_rate: float = 0.0) -> list[Problem]:
