@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The pool scenarios and the clean draws, each a `cropi compare` of 3 seeds at the 600-step budget:
+#
+#   runs/compare-noisy_keys   a fifth of the targeted pool keyed to the common mistake (lab/results/scenarios.json)
+#   runs/compare-off_target   the targeted families 5% of the pool
+#   runs/compare-draw1        another pool draw (pool_seed 1), validation and test clean of the tiny policy's SFT data
+#   runs/compare-draw2        another draw and difficulty mix (pool_seed 2, easier levels), clean likewise
+#
+# Scenarios: full data, cropi's default (cropi_harvest), online_influence and the peers.  Draws: full data,
+# cropi's default and the best peer on the clean pool (the online filter).  Every run is single-threaded; PROCS
+# processes share each folder (runs are claimed with lock files), one per core, so every run is measured under
+# the same load; nothing else may run beside them.  Each finished run gets RUN/host.json (its machine and the mean
+# load while it ran: lab/scripts/stamp_host.py).  Seconds compare only within one machine: run a folder to its end
+# on one machine.  Resumable: rerun to continue.  About 11 core-hours per scenario and 5 per draw (lab/log.md).
+#
+#   [PROCS=1|2] lab/scripts/compare_scenarios.sh [FOLDER ...]    (default: all four, in the order above)
+set -euo pipefail
+cd "${CROPI_ROOT:-$(dirname "$0")/../..}"  # CROPI_ROOT: run a copy of this script, so editing it cannot disturb a run
+CROPI=${CROPI:-.venv/bin/cropi}
+PY=${PY:-.venv/bin/python}
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+PROCS=${PROCS:-2}
+SCENARIO_SELECTORS=cropi_harvest,online_influence,online_filter,greso,dapo
+DRAW_SELECTORS=cropi_harvest,online_filter
+LOAD=runs/scenarios-load.log
+mkdir -p runs
+( while true; do echo "$(date +%s) $(cut -d' ' -f1 /proc/loadavg)" >> "$LOAD"; sleep 20; done ) &
+sampler=$!
+stamp() {  # every finished run of a folder without its host record
+  for s in "$1"/runs/*/summary.json; do
+    [ -f "$s" ] || continue
+    local run
+    run=$(dirname "$s")
+    [ -f "$run/host.json" ] && continue
+    "$PY" lab/scripts/stamp_host.py "$run" --load-log "$LOAD" --start "$(stat -c %Y "$run/config.yaml")" \
+      --end "$(stat -c %Y "$s")"
+  done
+}
+both() {  # OUT ARGS...: PROCS processes on one comparison folder, stamping runs as they finish
+  local out=$1 pids=() first
+  shift
+  "$CROPI" compare "$@" --out "$out" &
+  first=$!
+  for _ in $(seq 2 "$PROCS"); do
+    sleep 20
+    "$CROPI" compare "$@" --out "$out" >/dev/null &
+    pids+=($!)
+  done
+  ( while kill -0 "$first" 2>/dev/null; do stamp "$out"; sleep 60; done ) &
+  local stamper=$!
+  wait "$first"  # a refused or failed comparison stops the script here
+  for p in "${pids[@]}"; do wait "$p"; done
+  kill "$stamper" 2>/dev/null || true
+  stamp "$out"
+}
+trap 'kill $sampler 2>/dev/null' EXIT
+run() {
+  case "$1" in
+    noisy_keys|off_target)
+      both "runs/compare-$1" --seeds 0,1,2 --selectors "$SCENARIO_SELECTORS" --set data.suite.scenario="$1" ;;
+    draw1) both runs/compare-draw1 --seeds 0,1,2 --selectors "$DRAW_SELECTORS" --set data.suite.pool_seed=1 ;;
+    draw2) both runs/compare-draw2 --seeds 0,1,2 --selectors "$DRAW_SELECTORS" --set data.suite.pool_seed=2 \
+             --set "data.suite.difficulty_weights=[3.0,3.0,2.0,1.0,1.0]" ;;
+    *) echo "unknown folder $1 (noisy_keys, off_target, draw1, draw2)" >&2; exit 2 ;;
+  esac
+}
+for f in "${@:-noisy_keys off_target draw1 draw2}"; do
+  for g in $f; do run "$g"; done
+done
