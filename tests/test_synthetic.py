@@ -155,3 +155,24 @@ def test_scenario_settings_that_cannot_draw_are_named_in_one_line():
     assert "data.suite.weights" in problems(scenario="off_target", weights={"add": 2.0})
     assert "data.suite.scenario" in problems(scenario="off_target", families=["add", "sub"])
     assert problems(scenario="noisy_keys") == problems(scenario="off_target") == {}
+
+
+def test_few_shot_prompts_show_solved_problems_of_no_split_and_grade_the_first_line():
+    cfg = SuiteConfig(style="few_shot", shots=3, families=["add", "sub", "mul"], targeted=["add", "sub"],
+                      difficulty_weights=[1.0, 1.0, 0.0, 0.0, 0.0], pool_size=300, val_size=20,
+                      test_size_targeted=30, test_size_untargeted=20)
+    suite = build_suite(cfg)
+    plain = build_suite(SuiteConfig(**{**cfg.__dict__, "style": "tiny"}))
+    held = {p.metadata["canonical"] for split in (suite.pool, suite.test_problems(),
+                                                  *suite.validation.values()) for p in split}
+    for p in [*suite.pool[:50], *suite.test_problems()[:50]]:
+        *shown, question = p.prompt.split("\n")
+        assert len(shown) == 3 and p.metadata["style"] == "few_shot"
+        for line in shown:  # "a+b=c", correct, and not a problem of any split
+            q, a = line.split("=")
+            assert str(eval(q)) == a and f"{q}=" not in {x.prompt.split("\n")[-1] for x in suite.test_problems()}
+        assert question.endswith("=") and p.answer == str(eval(question[:-1]))
+        assert grade(p, f"{p.answer}\n1+1=2") == 1.0 and grade(p, f" {p.answer} ") == 1.0
+        assert grade(p, f"{p.answer}0") == 0.0 and grade(p, "") == 0.0
+    assert len(held) == len(suite.pool) + len(suite.test_problems()) + 40  # the splits stay disjoint
+    assert [p.metadata["canonical"] for p in suite.pool] != [p.metadata["canonical"] for p in plain.pool]  # shots drawn first

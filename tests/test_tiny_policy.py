@@ -54,3 +54,26 @@ def test_a_missing_local_model_path_is_one_clear_error(tmp_path):
 
     with pytest.raises(CropiError, match="no such model folder, and not a hub id"):
         load_policy(str(tmp_path / "no" / "such" / "model"), device="cpu")
+
+
+def test_training_only_the_top_blocks_freezes_the_rest_and_scores_on_what_trains():
+    import pytest
+    import torch
+
+    from cropi.errors import CropiError
+    from cropi.policy import load_policy
+    from cropi.projection.params import param_shapes_of
+
+    policy = load_policy("tiny", device="cpu", trainable_blocks=1)
+    trainable = [n for n, p in policy.model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith("model.layers.2.") or n == "model.norm.weight" for n in trainable)
+    assert "model.norm.weight" in trainable and list(param_shapes_of(policy.model)) == trainable
+    before = {n: p.detach().clone() for n, p in policy.model.named_parameters()}
+    out = policy.model(input_ids=torch.tensor([[1, 8, 8, 41, 10, 9, 45, 13]])).logits
+    out.log_softmax(-1)[0, -1, 5].backward()
+    opt = torch.optim.AdamW(policy.model.parameters(), lr=1e-2)
+    opt.step()
+    moved = {n for n, p in policy.model.named_parameters() if not torch.equal(before[n], p)}
+    assert moved == set(trainable)
+    with pytest.raises(CropiError, match="between 1 and the model's 3 blocks"):
+        load_policy("tiny", device="cpu", trainable_blocks=4)

@@ -115,8 +115,10 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def load_policy(name_or_path: str = "tiny", device: str = "auto", dtype: str = "float32") -> Policy:
-    """Load a causal LM and its tokenizer through the Auto classes."""
+def load_policy(name_or_path: str = "tiny", device: str = "auto", dtype: str = "float32",
+                trainable_blocks: int = 0) -> Policy:
+    """Load a causal LM and its tokenizer through the Auto classes; with ``trainable_blocks`` > 0 only the last
+    that many transformer blocks (and the final norm) keep ``requires_grad`` (``train_top_blocks``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -134,4 +136,27 @@ def load_policy(name_or_path: str = "tiny", device: str = "auto", dtype: str = "
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if trainable_blocks:
+        train_top_blocks(model, trainable_blocks)
     return Policy(model=model, tokenizer=tokenizer, name=name_or_path, device=dev)
+
+
+def train_top_blocks(model: torch.nn.Module, n: int) -> list[str]:
+    """Freeze every parameter but those of the last ``n`` transformer blocks and of the norm after them, and
+    return the trainable names.  Training, and the gradients influence is scored on, then cost the top of the
+    network only: the backward stops below those blocks."""
+    blocks = next((m for m in model.modules() if isinstance(m, torch.nn.ModuleList)
+                   and len(m) == getattr(model.config, "num_hidden_layers", -1)), None)
+    if blocks is None:
+        raise CropiError(f"model.trainable_blocks={n}: no list of {getattr(model.config, 'num_hidden_layers', '?')} "
+                         "transformer blocks found in the model")
+    if not 0 < n <= len(blocks):
+        raise CropiError(f"model.trainable_blocks={n}: must be between 1 and the model's {len(blocks)} blocks")
+    keep = {id(p) for b in list(blocks)[-n:] for p in b.parameters()}
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    final_norm = getattr(decoder, "norm", None) if decoder is not None else None
+    if isinstance(final_norm, torch.nn.Module):
+        keep |= {id(p) for p in final_norm.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+    return [name for name, p in model.named_parameters() if p.requires_grad]

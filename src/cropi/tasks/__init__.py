@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from cropi.tasks.problem import Problem
-from cropi.tasks.synthetic import FAMILIES
+from cropi.tasks.synthetic import FAMILIES, reward
 
 
 def grade(problem: Problem, response: str) -> float:
@@ -13,7 +13,7 @@ def grade(problem: Problem, response: str) -> float:
     (with a hard time limit) for everything else."""
     fam = FAMILIES.get(problem.family)
     if fam is not None and problem.source == "synthetic":
-        return fam.reward(problem.answer, response)
+        return reward(problem, response)
     from cropi.tasks.grading import grade_math
 
     return grade_math(problem.answer, response)
@@ -26,7 +26,7 @@ def grade_many(problems: Sequence[Problem], responses: Sequence[str]) -> list[fl
     for i, (p, r) in enumerate(zip(problems, responses)):
         fam = FAMILIES.get(p.family)
         if fam is not None and p.source == "synthetic":
-            out[i] = fam.reward(p.answer, r)
+            out[i] = reward(p, r)
         else:
             math_idx.append(i)
     if math_idx:

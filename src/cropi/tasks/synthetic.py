@@ -183,6 +183,12 @@ class SuiteConfig:
     noisy_key_rate: float = field(default=0.2, metadata={"help": (
         "noisy_keys: share of the targeted families' pool prompts whose gold answer is the family's common mistake "
         "(the carry dropped, the digits subtracted the wrong way round), drawn among prompts where it is wrong.")})
+    style: str = field(default="tiny", metadata={"help": (
+        "tiny: bare prompts, answered as the embedded policy writes them (some families' digits reversed); "
+        "few_shot: data.suite.shots solved examples of the family before each question, plain answers, graded on "
+        "the response's first line (for a pretrained LM such as smollm2; its held-out problems are not kept out "
+        "of the embedded policy's SFT data).")})
+    shots: int = field(default=4, metadata={"help": "few_shot: solved examples before each question."})
     targeted_share: float = field(default=0.05, metadata={"help": (
         "off_target: the targeted families' share of the pool, split evenly among them; the other families "
         "share the rest evenly (data.suite.weights must be left unset).")})
@@ -206,6 +212,10 @@ def suite_problems(suite: SuiteConfig) -> Iterator[tuple[str, str]]:
                                                 "not all zero")
     if any(v < 0 for v in suite.weights.values()) or (suite.weights and not set(suite.weights) <= set(FAMILIES)):
         yield "data.suite.weights", f"{suite.weights!r}: must map known families to non-negative weights"
+    if suite.style not in STYLES:
+        yield "data.suite.style", f"{suite.style!r}: must be one of {', '.join(STYLES)}"
+    if suite.shots < 0:
+        yield "data.suite.shots", f"{suite.shots!r}: must be >= 0"
     if suite.scenario not in SCENARIOS:
         yield "data.suite.scenario", f"{suite.scenario!r}: must be one of {', '.join(SCENARIOS)}"
     if not 0.0 <= suite.noisy_key_rate <= 1.0:
@@ -219,6 +229,7 @@ def suite_problems(suite: SuiteConfig) -> Iterator[tuple[str, str]]:
 
 
 SCENARIOS = ("clean", "noisy_keys", "off_target")
+STYLES = ("tiny", "few_shot")
 
 
 def _seed_for(*parts: object) -> int:
@@ -298,6 +309,8 @@ def _meets_sft(cfg: SuiteConfig) -> bool:
     default draw's cannot (SFT held them out), nor can any smaller one from the same streams: each split's
     problems are then among the default's draws.  Every other draw is kept out of SFT's keys."""
     d = SuiteConfig()
+    if cfg.style != d.style:  # a few-shot draw is for other models than the embedded one
+        return False
     return not (cfg.pool_seed == d.pool_seed and cfg.difficulty_weights == d.difficulty_weights
                 and cfg.val_size <= d.val_size and cfg.test_size_targeted <= d.test_size_targeted
                 and cfg.test_size_untargeted <= d.test_size_untargeted
@@ -321,6 +334,9 @@ def _build(cfg: SuiteConfig, avoid: dict[str, frozenset[str]]) -> Suite:
     targeted = [f for f in cfg.families if f in cfg.targeted]
     untargeted = [f for f in cfg.families if f not in cfg.targeted]
     taken: dict[str, set[str]] = {f: set() for f in cfg.families}
+    # the few-shot examples come first, so no split holds a problem that a prompt shows solved
+    shots = {f: _draw_split(f, cfg.shots, "shot", cfg, taken[f], avoid.get(f, frozenset()))
+             for f in cfg.families} if cfg.style == "few_shot" else {}
     test = {}
     for f in cfg.families:
         n = cfg.test_size_targeted if f in targeted else cfg.test_size_untargeted
@@ -340,7 +356,17 @@ def _build(cfg: SuiteConfig, avoid: dict[str, frozenset[str]]) -> Suite:
         pool.extend(_draw_split(f, n, "pool", cfg, taken[f]))
     if cfg.scenario == "noisy_keys":
         pool = _with_noisy_keys(pool, cfg, targeted)
+    if shots:
+        pool = [_few_shot(p, shots[p.family]) for p in pool]
+        validation = {f: [_few_shot(p, shots[f]) for p in v] for f, v in validation.items()}
+        test = {f: [_few_shot(p, shots[f]) for p in v] for f, v in test.items()}
     return Suite(pool=pool, validation=validation, test=test, targeted=targeted, untargeted=untargeted)
+
+
+def _few_shot(problem: Problem, shots: list[Problem]) -> Problem:
+    """``problem`` asked after its family's solved examples, one per line, answered in plain form."""
+    lines = [f"{s.prompt}{s.answer}" for s in shots] + [problem.prompt]
+    return dataclasses.replace(problem, prompt="\n".join(lines), metadata={**problem.metadata, "style": "few_shot"})
 
 
 def _with_noisy_keys(pool: list[Problem], cfg: SuiteConfig, targeted: list[str]) -> list[Problem]:
@@ -391,5 +417,9 @@ def _sft_draws(cfg: SuiteConfig, per_family: int, seed: int, exclude: set[str],
 
 
 def reward(problem: Problem, response: str) -> float:
-    """Verifiable reward of a response to a synthetic problem."""
+    """Verifiable reward of a response to a synthetic problem: the family's exact match, or for a few-shot prompt
+    the response's first line against the plain answer (a pretrained LM goes on writing the next example)."""
+    if problem.metadata.get("style") == "few_shot":
+        lines = response.strip().splitlines()
+        return 1.0 if lines and lines[0].strip() == problem.answer else 0.0
     return FAMILIES[problem.family].reward(problem.answer, response)
