@@ -72,6 +72,8 @@ class ModelConfig:
     device: str = setting("auto", "cpu, cuda (or cuda:N), or auto (cuda when available).")
     dtype: str = setting("float32", "Weights dtype: float32, bfloat16 or float16.",
                          one_of("float32", "bfloat16", "float16"))
+    chat_template: bool = setting(True, "Wrap each prompt in the tokenizer's chat template, when it has one; false "
+                                  "feeds prompts as written (few-shot completion prompts).")
     trainable_blocks: int = setting(0, "Train only the last N transformer blocks and the final norm (influence is "
                                     "scored on their gradients); 0 trains every parameter.", at_least(0))
 

@@ -60,7 +60,8 @@ def collect(
             job = collect_on_ray(cfg, problems, out, ccfg, on_prompts=lambda k: prog.advance(task, k), **ray_job)
         typer.echo(_ray_line(job))
     else:
-        policy = load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype, cfg.model.trainable_blocks)
+        policy = load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype, cfg.model.trainable_blocks,
+                         cfg.model.chat_template)
         with _progress() as prog:
             task = prog.add_task(f"collect {split}", total=len(problems), info=f"G={r.group_size} T={r.temperature}")
             collect_fn(policy, problems, out, ccfg, shard_index=i, num_shards=n, on_prompts=lambda k: prog.advance(task, k))
@@ -153,7 +154,8 @@ def score(
         raise CropiError("--out is required (the scores file)")
     vals = _val_stores(val_store)
     n = store_meta(pool_store)["num_prompts"]
-    policy = None if ray_job else load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype, cfg.model.trainable_blocks)
+    policy = None if ray_job else load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype,
+                                              cfg.model.trainable_blocks, cfg.model.chat_template)
     s, t0, job = cfg.select.score, time.perf_counter(), None
     from cropi.scores.engine import describe, resolve_mode
 
@@ -274,7 +276,8 @@ def eval_cmd(
 
     suite = load_data(cfg.data, need=("test",))
     _warn_about_data(cfg, suite.test_problems(), caps=("eval",))
-    policy = load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype, cfg.model.trainable_blocks)
+    policy = load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype, cfg.model.trainable_blocks,
+                         cfg.model.chat_template)
     total = sum(len(v) for v in suite.test.values())
     with _progress() as prog:
         task = prog.add_task("evaluate", total=total, info="greedy")

@@ -116,9 +116,10 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def load_policy(name_or_path: str = "tiny", device: str = "auto", dtype: str = "float32",
-                trainable_blocks: int = 0) -> Policy:
+                trainable_blocks: int = 0, chat_template: bool = True) -> Policy:
     """Load a causal LM and its tokenizer through the Auto classes; with ``trainable_blocks`` > 0 only the last
-    that many transformer blocks (and the final norm) keep ``requires_grad`` (``train_top_blocks``)."""
+    that many transformer blocks (and the final norm) keep ``requires_grad`` (``train_top_blocks``); with
+    ``chat_template=False`` the tokenizer's chat template is dropped, so prompts are fed as written."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -136,6 +137,8 @@ def load_policy(name_or_path: str = "tiny", device: str = "auto", dtype: str = "
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if not chat_template:
+        tokenizer.chat_template = None
     if trainable_blocks:
         train_top_blocks(model, trainable_blocks)
     return Policy(model=model, tokenizer=tokenizer, name=name_or_path, device=dev)

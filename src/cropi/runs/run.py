@@ -171,7 +171,8 @@ def _train_run(cfg: RunConfig, suite: Suite, run_dir: Path, resume: bool,
                on_event: Callable[[dict], None] | None) -> dict:
     selector = parse_selector(cfg.train.selector)[0]
     eval_sets = evaluation_sets(cfg, suite)
-    policy = load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype, cfg.model.trainable_blocks)
+    policy = load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype, cfg.model.trainable_blocks,
+                         cfg.model.chat_template)
     done = _prepare_run_dir(run_dir, cfg, resume)
     metrics_path = run_dir / "metrics.jsonl"
 
