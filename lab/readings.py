@@ -328,3 +328,103 @@ def finished_summaries(runs: Path) -> dict[str, dict[int, dict]]:
         if host is None:
             out.setdefault(selector, {})[seed] = stamped_summary(path)
     return {selector: dict(sorted(by_seed.items())) for selector, by_seed in out.items()}
+
+
+# -- the pool scenarios side by side ------------------------------------------------------------------------------
+SCENARIO_KEYS = ("step_acceleration", "wall_acceleration", "final_targeted", "best_untargeted")
+PEERS = ("online_filter", "greso", "dapo", "online_influence")
+
+
+def scenario_table(results_by_scenario: dict[str, dict], method: str = "cropi_harvest",
+                   selectors: Sequence[str] | None = None) -> dict:
+    """The comparisons of several pool scenarios side by side: ``{scenario: results.json}`` (the first is the
+    reference scenario, ``clean``).  Per selector and scenario, the medians over seeds of ``SCENARIO_KEYS`` and
+    how many seeds never reached full data's best; a selector not run in a scenario is None there.  ``targets``
+    judges ``method`` against the peers it was run beside: in each other scenario, whether it beats every peer
+    both in wall-clock acceleration and in final targeted accuracy (a peer that never reached the threshold is
+    beaten in wall-clock by one that did); in the reference, its wall-clock acceleration over the best peer's."""
+    if not results_by_scenario:
+        raise ConfigError("scenario_table needs at least one comparison")
+    names = list(dict.fromkeys(n for r in results_by_scenario.values() for n in r["selectors"]))
+    names = [n for n in selectors if n in names] if selectors else names  # ``selectors``: these, in this order
+    out = {"schema_version": SCHEMA_VERSION, "method": method, "scenarios": {}, "selectors": {}, "targets": {}}
+    for sc, r in results_by_scenario.items():
+        out["scenarios"][sc] = {"threshold_targeted": r["threshold_targeted"],
+                                "full_steps_to_threshold": r["full_steps_to_threshold"],
+                                "full_seconds_to_threshold": r["full_seconds_to_threshold"],
+                                "noise_floor": r.get("noise_floor")}
+    for name in names:
+        out["selectors"][name] = {}
+        for sc, r in results_by_scenario.items():
+            block = r["selectors"].get(name)
+            if block is None:
+                out["selectors"][name][sc] = None
+                continue
+            rows = block["seeds"].values()
+            out["selectors"][name][sc] = {**{k: block["median"][k] for k in SCENARIO_KEYS},
+                                          "seeds": len(block["seeds"]),
+                                          "never": sum(row["steps_to_threshold"] is None for row in rows)}
+    reference = next(iter(results_by_scenario))
+    for sc in results_by_scenario:
+        mine = out["selectors"].get(method, {}).get(sc)
+        peers = {p: out["selectors"][p][sc] for p in PEERS if p in out["selectors"] and out["selectors"][p][sc]}
+        if mine is None or not peers:
+            continue
+        wall = {p: v["wall_acceleration"] or 0.0 for p, v in peers.items()}  # never / unmeasured: beaten
+        best = max(wall, key=wall.get)
+        if sc == reference:
+            out["targets"][sc] = {"best_peer": best, "wall_ratio_to_best_peer":
+                                  (mine["wall_acceleration"] or 0.0) / wall[best] if wall[best] else None}
+        else:
+            beats_wall = all((mine["wall_acceleration"] or 0.0) > w for w in wall.values())
+            beats_final = all(mine["final_targeted"] > v["final_targeted"] for v in peers.values())
+            out["targets"][sc] = {"beats_every_peer_in_wall": beats_wall, "beats_every_peer_in_final": beats_final,
+                                  "peers": sorted(peers)}
+    return out
+
+
+def write_scenario_table(table: dict, out: Path) -> None:
+    """``OUT.json`` and ``OUT.md``: ``scenario_table``'s medians, one column per scenario."""
+    out = Path(out)
+    write_json(out.with_suffix(".json"), table)
+    scenarios = list(table["scenarios"])
+    lines = ["# The pool scenarios side by side", "",
+             "Each scenario is its own 600-step comparison (3 seeds); every cell is the median over seeds, "
+             "\"never\" when full data's best was not reached, \"—\" where the selector was not run.", "",
+             "| scenario | threshold (targeted) | full data: steps / s to it | noise floor, steps / wall (median) |",
+             "| --- | ---: | ---: | ---: |"]
+    for sc, info in table["scenarios"].items():
+        floor = info.get("noise_floor") or {}
+        step, wall = floor.get("step_acceleration") or {}, floor.get("wall_acceleration") or {}
+        lines.append(f"| {sc} | {_fmt(info['threshold_targeted'], pct=True)}% | "
+                     f"{_fmt(info['full_steps_to_threshold'], digits=0)} / "
+                     f"{_fmt(info['full_seconds_to_threshold'], digits=0)} | {_x(step.get('median'))} / "
+                     f"{_x(wall.get('median'))} |")
+    labels = {"step_acceleration": "step accel.", "wall_acceleration": "wall accel.",
+              "final_targeted": "final targeted", "best_untargeted": "best untargeted"}
+    for key, label in labels.items():
+        lines += ["", f"## {label}", "", "| selector | " + " | ".join(scenarios) + " |",
+                  "| --- | " + " | ".join("---:" for _ in scenarios) + " |"]
+        for name, per in table["selectors"].items():
+            cells = []
+            for sc in scenarios:
+                v = per[sc]
+                if v is None:
+                    cells.append("—")
+                elif key.endswith("_acceleration"):
+                    cells.append(_x(v[key]) if v[key] is not None else f"never ({v['never']}/{v['seeds']})")
+                else:
+                    cells.append(f"{100 * v[key]:.1f}%")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if table["targets"]:
+        lines += ["", "## Targets", ""]
+        for sc, t in table["targets"].items():
+            if "wall_ratio_to_best_peer" in t:
+                ratio = t["wall_ratio_to_best_peer"]
+                lines.append(f"- {sc}: {table['method']}'s wall-clock acceleration is "
+                             f"{'—' if ratio is None else f'{ratio:.2f}'} of the best peer's ({t['best_peer']}).")
+            else:
+                lines.append(f"- {sc}: {table['method']} beats every peer run ({', '.join(t['peers'])}) in wall-clock "
+                             f"acceleration: {'yes' if t['beats_every_peer_in_wall'] else 'no'}; in final targeted "
+                             f"accuracy: {'yes' if t['beats_every_peer_in_final'] else 'no'}.")
+    write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")

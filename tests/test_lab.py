@@ -221,3 +221,52 @@ def test_finished_run_readings_apply_the_comparisons_rule_to_summaries_only_with
     assert got["selectors"]["cropi"]["seeds"]["0"]["wall_acceleration"] > 0
     assert compute_results(summaries, "m", 60)["selectors"]["cropi"]["seeds"]["0"]["wall_acceleration"] is None
     assert "cropi-s0: crosses at" in printed and "dapo" not in printed
+
+
+def _scenario_results(rows: dict[str, list[tuple]]) -> dict:
+    """A results.json of the shape cropi compare writes: per selector, per seed (steps to threshold, wall accel.,
+    final targeted), medians over seeds."""
+    import statistics
+
+    def med(xs):
+        xs = [x for x in xs if x is not None]
+        return statistics.median(xs) if xs else None
+
+    out = {"threshold_targeted": 0.5, "full_steps_to_threshold": 600, "full_seconds_to_threshold": 900.0,
+           "noise_floor": None, "selectors": {}}
+    for name, seeds in rows.items():
+        per = {str(i): {"steps_to_threshold": s, "step_acceleration": (600 / s if s else None),
+                        "wall_acceleration": w, "final_targeted": f, "best_untargeted": 0.4}
+               for i, (s, w, f) in enumerate(seeds)}
+        out["selectors"][name] = {"seeds": per, "median": {k: med([r[k] for r in per.values()]) for k in
+                                                           ("step_acceleration", "wall_acceleration", "final_targeted",
+                                                            "best_untargeted")}}
+    return out
+
+
+def test_scenario_table_puts_medians_side_by_side_and_judges_the_targets(tmp_path):
+    from lab.readings import scenario_table, write_scenario_table
+
+    clean = _scenario_results({"full": [(600, 1.0, 0.50)] * 3,
+                               "cropi_harvest": [(300, 1.4, 0.57), (320, 1.5, 0.56), (280, 1.3, 0.58)],
+                               "online_filter": [(250, 1.6, 0.59)] * 3, "greso": [(320, 1.3, 0.57)] * 3})
+    noisy = _scenario_results({"full": [(600, 1.0, 0.45)] * 3,
+                               "cropi_harvest": [(200, 2.0, 0.55), (220, 1.8, 0.54), (None, None, 0.40)],
+                               "online_filter": [(None, None, 0.44)] * 3, "greso": [(300, 1.5, 0.50)] * 3})
+    scarce = _scenario_results({"full": [(600, 1.0, 0.45)] * 3, "cropi_harvest": [(400, 1.2, 0.49)] * 3,
+                                "online_filter": [(300, 1.7, 0.48)] * 3})
+    table = scenario_table({"clean": clean, "noisy_keys": noisy, "off_target": scarce})
+    h = table["selectors"]["cropi_harvest"]
+    assert h["clean"]["wall_acceleration"] == 1.4 and h["clean"]["final_targeted"] == 0.57
+    assert h["noisy_keys"]["never"] == 1 and h["noisy_keys"]["wall_acceleration"] == pytest.approx(1.9)
+    assert table["selectors"]["greso"]["off_target"] is None  # not run there
+    assert table["targets"]["clean"] == {"best_peer": "online_filter", "wall_ratio_to_best_peer": pytest.approx(1.4 / 1.6)}
+    # noisy: the online filter never got there (beaten in wall), greso is slower and lower
+    assert table["targets"]["noisy_keys"] == {"beats_every_peer_in_wall": True, "beats_every_peer_in_final": True,
+                                              "peers": ["greso", "online_filter"]}
+    assert table["targets"]["off_target"]["beats_every_peer_in_wall"] is False
+    assert table["targets"]["off_target"]["beats_every_peer_in_final"] is True
+    write_scenario_table(table, tmp_path / "scenarios-table")
+    md = (tmp_path / "scenarios-table.md").read_text()
+    assert "| cropi_harvest | 1.40× | 1.90× | 1.20× |" in md and "never (3/3)" in md and "| greso | " in md
+    assert (tmp_path / "scenarios-table.json").exists()
