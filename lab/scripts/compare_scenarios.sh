@@ -5,6 +5,8 @@
 #   runs/compare-off_target   the targeted families 5% of the pool
 #   runs/compare-draw1        another pool draw (pool_seed 1), validation and test clean of the tiny policy's SFT data
 #   runs/compare-draw2        another draw and difficulty mix (pool_seed 2, easier levels), clean likewise
+#   runs/compare-smollm2      SmolLM2-135M-Instruct on few-shot arithmetic (lab/configs/smollm2-arith.yaml), seed 0:
+#                             full data, cropi's default and the best peer, 150 steps
 #
 # Scenarios: full data, cropi's default (cropi_harvest), online_influence and the peers.  Draws: full data,
 # cropi's default and the best peer on the clean pool (the online filter).  Every run is single-threaded; PROCS
@@ -61,7 +63,8 @@ run() {
     draw1) both runs/compare-draw1 --seeds 0,1,2 --selectors "$DRAW_SELECTORS" --set data.suite.pool_seed=1 ;;
     draw2) both runs/compare-draw2 --seeds 0,1,2 --selectors "$DRAW_SELECTORS" --set data.suite.pool_seed=2 \
              --set "data.suite.difficulty_weights=[3.0,3.0,2.0,1.0,1.0]" ;;
-    *) echo "unknown folder $1 (noisy_keys, off_target, draw1, draw2)" >&2; exit 2 ;;
+    smollm2) both runs/compare-smollm2 --config lab/configs/smollm2-arith.yaml --seeds 0 --selectors "$DRAW_SELECTORS" ;;
+    *) echo "unknown folder $1 (noisy_keys, off_target, draw1, draw2, smollm2)" >&2; exit 2 ;;
   esac
 }
 for f in "${@:-noisy_keys off_target draw1 draw2}"; do
