@@ -20,14 +20,16 @@ def test_the_gpu_check_script_dry_run_writes_one_results_json_with_every_check(t
                        env=env, capture_output=True, text=True, timeout=600)
     res = json.loads((tmp_path / "gpu_check.json").read_text())
     checks = res["checks"]
-    assert set(checks) == {"projector", "grpo", "ray", "trl", "vllm"}, r.stderr
+    assert set(checks) == {"projector", "grpo", "ray", "trl", "trl_rules", "vllm"}, r.stderr
     assert r.returncode == 0, r.stdout + r.stderr  # no check failed (skipped ones say why)
     assert checks["projector"]["status"] == "ok" and checks["projector"]["agrees"]
     assert checks["grpo"]["status"] == "ok" and checks["grpo"]["losses_finite"] and checks["grpo"]["train_steps"] == 2
-    for name in ("ray", "trl", "vllm"):
+    for name in ("ray", "trl", "trl_rules", "vllm"):
         assert checks[name]["status"] == "ok" or checks[name]["reason"]
     if checks["trl"]["status"] == "ok":
         assert checks["trl"]["trained_equals_selected"] and checks["trl"]["optimizer_steps"] == [1, 2]
+    if checks["trl_rules"]["status"] == "ok":
+        assert checks["trl_rules"]["trained_equals_chosen"] and checks["trl_rules"]["steps"] == 2
     if checks["ray"]["status"] == "ok":
         assert checks["ray"]["identical"]
     assert (tmp_path / "gpu_check.md").read_text().startswith("# GPU check")

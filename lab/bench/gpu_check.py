@@ -11,6 +11,8 @@ Checks, each timed and recorded on its own (one failing or skipped check never s
   (``online_influence``); records the seconds of each and that the losses are finite;
 * ``ray`` — a 2-worker Ray scoring smoke test, bit-identical to a single process;
 * ``trl`` — a short TRL ``GRPOTrainer`` run whose stages are chosen by cropi;
+* ``trl_rules`` — ``cropi_harvest`` choosing every step's prompts inside TRL's trainer (``CropiGRPOTrainer``):
+  that TRL's loss was fed exactly the chosen prompts, and the seconds;
 * ``vllm`` — the parity of vLLM's stored log-probs with cropi's teacher-forced ones (mean and max |Δ| per
   token, sequence-level ESS).
 
@@ -185,6 +187,57 @@ def check_trl(plan: CheckPlan) -> dict:
             "optimizer_steps": [r.optimizer_steps for r in stages]}
 
 
+def check_trl_rules(plan: CheckPlan) -> dict:
+    """cropi_harvest inside TRL's GRPOTrainer on the device: the prompts TRL's loss was fed are the rule's choice."""
+    trl = _engine("trl", "install it (offline: the wheels of lab/bench/gpu_wheels.sh) to run the TRL rule check")
+    from datasets import Dataset
+
+    from cropi.config import load_config
+    from cropi.integrations.trl_rules import CropiGRPOTrainer
+    from cropi.policy import load_policy
+    from cropi.tasks.loading import load_data
+    from cropi.tasks.synthetic import FAMILIES
+
+    suite = load_data(load_config(None, ["data.suite.pool_size=400", "data.suite.val_size=24",
+                                         "data.suite.test_size_targeted=4", "data.suite.test_size_untargeted=2"]).data)
+
+    def table(problems):
+        return Dataset.from_list([{"prompt": p.prompt, "solution": FAMILIES[p.family].target_text(p.answer),
+                                   "topic": p.family} for p in problems])
+
+    def exact_match(completions, solution, **kwargs):
+        return [1.0 if "".join(c.split()) == s else 0.0 for c, s in zip(completions, solution)]
+
+    policy = load_policy("tiny", device=plan.device)
+    steps = 2 if plan.quick else 10
+    args = trl.GRPOConfig(output_dir=str(Path(plan.work) / "trl_rules"), max_steps=steps, loss_type="grpo",
+                          per_device_train_batch_size=32, num_generations=8, max_completion_length=8,
+                          learning_rate=1e-3, use_cpu=plan.device == "cpu", bf16=False, fp16=False, report_to="none",
+                          save_strategy="no", logging_steps=1, disable_tqdm=True, seed=0)
+    pool = table(suite.pool)
+    trainer = CropiGRPOTrainer(rule="cropi_harvest", validation={n: table(v) for n, v in suite.validation.items()},
+                               family_column="topic", rule_settings=["select.score.max_val_prompts=24"],
+                               model=policy.model, processing_class=policy.tokenizer, reward_funcs=exact_match,
+                               args=args, train_dataset=pool)
+    prompts = {tuple(policy.encode_prompt(p)): i for i, p in enumerate(pool["prompt"])}
+    fed: list[int] = []
+
+    def hook(module, a, kwargs):
+        ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+        if ids is not None and torch.is_grad_enabled() and module.training:
+            for row, m in zip(ids.tolist(), mask.tolist()):
+                seq = tuple(t for t, keep in zip(row, m) if keep)
+                fed.extend(i for q, i in prompts.items() if seq[:len(q)] == q)
+
+    trainer.model.register_forward_pre_hook(hook, with_kwargs=True)
+    t0 = time.perf_counter()
+    trainer.train()
+    chosen = [i for s in trainer.cropi_steps for i in s["prompts"] for _ in range(8)]
+    return {"trl_version": trl.__version__, "seconds_total": time.perf_counter() - t0, "steps": steps,
+            "trained_equals_chosen": sorted(fed) == sorted(chosen),
+            "harvested_prompts": len(trainer.cropi_state.get("harvest", {}))}
+
+
 def check_vllm(plan: CheckPlan) -> dict:
     _engine("vllm", "install vLLM (it brings its own CUDA torch) to run the parity check")
     from lab.bench.vllm_parity import vllm_parity
@@ -198,7 +251,8 @@ def check_vllm(plan: CheckPlan) -> dict:
 
 
 CHECKS: dict[str, Callable[[CheckPlan], dict]] = {
-    "projector": check_projector, "grpo": check_grpo, "ray": check_ray, "trl": check_trl, "vllm": check_vllm,
+    "projector": check_projector, "grpo": check_grpo, "ray": check_ray, "trl": check_trl, "trl_rules": check_trl_rules,
+    "vllm": check_vllm,
 }
 
 
