@@ -67,10 +67,20 @@ def test_a_model_whose_cache_cannot_be_shared_falls_back_to_the_packed_forward(m
     assert popi._SHARED_UNSUPPORTED == {type(micro_policy.model): "test cache"}
 
 
-@pytest.mark.parametrize("exclude", [[], ["*embed_tokens*"]])
+@pytest.mark.parametrize("exclude", [[], ["*embed_tokens*"], "top block only"])
 def test_the_sketch_inside_the_backward_equals_each_prompts_formed_gradient_projected(micro_policy, exclude):
     """Every kind of parameter: linear weights, the embedding tied to the head (one-hot and linear calls), norms;
-    unequal group sizes (rows summed per example) and the prompt call's one row per example."""
+    unequal group sizes (rows summed per example) and the prompt call's one row per example; and a model whose
+    embedding is frozen (only the top block trains), where the backward runs to the parameters instead."""
+    import copy
+
+    from cropi.policy import train_top_blocks
+
+    if exclude == "top block only":
+        micro_policy = copy.copy(micro_policy)
+        micro_policy.model = copy.deepcopy(micro_policy.model)
+        train_top_blocks(micro_policy.model, 1)
+        exclude = []
     model = micro_policy.model
     shapes = param_shapes_of(model, exclude=exclude or None)
     sketch = FactoredSJLT(shapes, 4, 3, seed=5)

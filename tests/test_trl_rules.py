@@ -205,6 +205,8 @@ def test_settings_a_rule_cannot_honour_are_refused_in_one_line(user_data, tmp_pa
         _trainer("cropi_harvest", user_data, tmp_path / "b", loss_type="dapo")
     with pytest.raises(CropiError, match="choose one of"):
         _trainer("cropi", user_data, tmp_path / "c")
+    with pytest.raises(CropiError, match="steps_per_generation=4"):  # one batch per optimizer step
+        _trainer("greso", user_data, tmp_path / "f", steps_per_generation=4)
     with pytest.raises(CropiError, match="family_column"):
         pool, _ = user_data
         policy = load_policy("tiny", device="cpu")

@@ -173,8 +173,9 @@ class CropiReward:
                              "(build it with cropi.integrations.trl.trl_dataset)")
         n = len(completions)
         sources = columns.get("source") or ["user"] * n
-        problems = [Problem(str(i), _text(pr), str(a), str(f), str(s))
-                    for i, pr, a, f, s in zip(columns["id"], prompts, columns["answer"], columns["family"], sources)]
+        metadata = [json.loads(m) if m else {} for m in columns.get("metadata") or [""] * n]
+        problems = [Problem(str(i), _text(pr), str(a), str(f), str(s), metadata=m) for i, pr, a, f, s, m in
+                    zip(columns["id"], prompts, columns["answer"], columns["family"], sources, metadata)]
         self.seen.setdefault(self.stage, []).extend(p.id for p in problems)
         return grade_many(problems, [_text(c) for c in completions])
 

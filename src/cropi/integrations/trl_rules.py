@@ -142,6 +142,10 @@ def _trainer_class():
                 if getattr(self, name, None):
                     raise CropiError(f"{name}: a cropi rule samples plain completions; it cannot drive TRL's "
                                      "multi-turn or custom rollouts")
+            if a.steps_per_generation != a.gradient_accumulation_steps:
+                raise CropiError(f"GRPOConfig.steps_per_generation={a.steps_per_generation}: a cropi rule chooses one "
+                                 "batch per optimizer step; leave it at gradient_accumulation_steps "
+                                 f"({a.gradient_accumulation_steps})")
             if rule == "online_filter" and a.use_vllm:
                 raise CropiError("rule='online_filter' screens with fewer completions than num_generations, which "
                                  "TRL's vLLM generation does not produce; use greso or cropi_harvest with vLLM")
@@ -173,11 +177,14 @@ def _trainer_class():
             self._cropi_owners: list[int] = []
 
         # ------------------------------------------------------------ sampling for the rule
-        def _cropi_grade(self, rows: list[dict], prompts: list, prompt_ids, completion_ids) -> torch.Tensor:
-            """Grade completions with the user's reward functions, as TRL does; remember each grade."""
-            conversational = isinstance(prompts[0], list)
-            texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
-            completions = [[{"role": "assistant", "content": t}] for t in texts] if conversational else texts
+        def _cropi_grade(self, rows: list[dict], prompts: list, prompt_ids, completion_ids,
+                         completions: list | None = None) -> torch.Tensor:
+            """Grade completions (TRL's own, or decoded as TRL does) with the user's reward functions, as TRL does;
+            remember each grade."""
+            if completions is None:
+                texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+                completions = [[{"role": "assistant", "content": t}] for t in texts] if isinstance(prompts[0], list) \
+                    else texts
             per_func = self._calculate_rewards(rows, prompts, completions, [list(c) for c in completion_ids])
             self._pending_extra_logs.clear()  # reward logs of dropped rows would misalign TRL's completions table
             for p, c, r in zip(prompt_ids, completion_ids, per_func):
@@ -203,7 +210,7 @@ def _trainer_class():
                                "length" if len(c) >= self.args.max_completion_length else "stop")
                     for i, (p, c) in enumerate(zip(prompt_ids, completion_ids))]
             return self._cropi_groups(problems, samples, gens, self._cropi_grade(rows, prompts, prompt_ids,
-                                                                                  completion_ids))
+                                                                                  completion_ids, out[3]))
 
         def _cropi_sample_with_logprobs(self, policy, problems, key, samples, rollout) -> list[Group]:
             """Validation groups for POPI: sampled by cropi at TRL's temperature (recording the behaviour
@@ -248,6 +255,8 @@ def _trainer_class():
             step = int(self.state.global_step)
             t0 = time.perf_counter()
             self._cropi_forget_grades()
+            self._cropi_close_hooks()
+            self.model.eval()  # the validation means (POPI) in eval mode; TRL's draws switch back to train mode
             batch = self.cropi_rule.build(self._cropi_policy, self._cropi_problems, step, self.cropi_state)
             self.model.train()
             rule_seconds = time.perf_counter() - t0
@@ -268,6 +277,11 @@ def _trainer_class():
                 self._cropi_hooks = self.cropi_rule.hooks(self._cropi_policy, len(rows)).__enter__()
                 self._cropi_owners = []
             return out
+
+        def _cropi_close_hooks(self) -> None:
+            if self._cropi_hooks is not None:  # a generation whose first pass did not finish (an error, the end)
+                self._cropi_hooks.__exit__(None, None, None)
+                self._cropi_hooks = None
 
         def _cropi_forget_grades(self) -> None:
             # keep only the grades of screened completions still queued for a later step (the online filter's)
@@ -330,7 +344,10 @@ def _trainer_class():
                     raise CropiError(f"{Path(path) / STATE}: the checkpoint's rule is {saved.get('rule')!r}, "
                                      f"this trainer's is {self.cropi_rule_name!r}")
                 self.cropi_state, self.cropi_steps = dict(saved["state"]), list(saved["steps"])
-            out = super().train(resume_from_checkpoint, *args, **kwargs)
+            try:
+                out = super().train(resume_from_checkpoint, *args, **kwargs)
+            finally:
+                self._cropi_close_hooks()
             self._cropi_write_record()
             return out
 

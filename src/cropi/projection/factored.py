@@ -144,7 +144,8 @@ class FactoredSJLT:
                      losses_fn: Callable[[], torch.Tensor]) -> torch.Tensor:
         """[B, k]: the projected gradients of the B per-example losses ``losses_fn()`` returns, from one forward and
         one backward pass (``gradients.per_example`` explains the rows; ``SketchHooks`` how).  The backward runs to
-        the input embeddings' outputs only: no parameter gradient is summed."""
+        the input embeddings' outputs only, so no parameter gradient is summed, unless the embedding is frozen (only
+        the top blocks train): then it runs to the sketched parameters themselves."""
         B = len(rows_per_example)
         with SketchHooks(self, model, B, keep_embedding_outputs=True) as hooks:
             hooks.rows(rows_per_example)
@@ -152,8 +153,11 @@ class FactoredSJLT:
         if losses.shape != (B,):
             raise ValueError(f"losses_fn returned shape {tuple(losses.shape)}, expected ({B},)")
         ends, hooks.ends = hooks.ends, []
+        if not ends:  # a frozen input embedding (only the top blocks train): run the backward to the parameters
+            named = dict(model.named_parameters())
+            ends = [named[n] for n in self.names if n in named and named[n].requires_grad]
         if not ends:
-            raise ValueError("the model has no differentiable input embedding to run the backward pass to")
+            raise ValueError("the model has no differentiable input embedding or parameter to run the backward to")
         torch.autograd.grad(losses.sum(), ends, allow_unused=True)
         return hooks.out
 
