@@ -145,8 +145,9 @@ def load_policy(name_or_path: str = "tiny", device: str = "auto", dtype: str = "
 
 
 def train_top_blocks(model: torch.nn.Module, n: int) -> list[str]:
-    """Freeze every parameter but those of the last ``n`` transformer blocks and of the norm after them, and
-    return the trainable names.  Training, and the gradients influence is scored on, then cost the top of the
+    """Freeze every parameter but those of the last ``n`` transformer blocks and of the norm after them (the
+    decoder's ``norm``, as in Llama-style models; a final norm under another name stays frozen), and return the
+    trainable names.  Training, and the gradients influence is scored on, then cost the top of the
     network only: the backward stops below those blocks."""
     blocks = next((m for m in model.modules() if isinstance(m, torch.nn.ModuleList)
                    and len(m) == getattr(model.config, "num_hidden_layers", -1)), None)

@@ -322,7 +322,8 @@ def build_suite(cfg: SuiteConfig | None = None) -> Suite:
 
     Test splits are drawn first, then validation, then the pool, each excluding every key drawn before,
     so a small problem space can never leak a test problem into training data.  Validation and test problems
-    are also never among the embedded policy's SFT problems (``embedded_sft_keys``), whatever the draw."""
+    are also never among the embedded policy's SFT problems (``embedded_sft_keys``), whatever the draw of the
+    ``tiny`` style (a ``few_shot`` draw is meant for other models and is not kept apart from them)."""
     cfg = cfg or SuiteConfig()
     return _build(cfg, embedded_sft_keys() if _meets_sft(cfg) else {})
 
