@@ -22,7 +22,8 @@
   dataloader's own batch only paces the steps.  A sampler cannot carry these rules: accelerate fetches the next
   batch before the current one is graded, and dynamic sampling refills within the step.
 - **Rewards as the rule sees them.**  A completion's reward is TRL's weighted sum; a group is *mixed* when those
-  differ, which is exactly when TRL's group advantages are not all zero.  GRESO calls an equal group "easy" when
+  differ, which is exactly when TRL's group advantages are not all zero (under its default
+  ``multi_objective_aggregation='sum_then_normalize'``).  GRESO calls an equal group "easy" when
   its reward is above 0.  Each sampled completion is graded once; TRL reuses those rewards for the chosen groups.
 - **Harvest.**  With ``cropi_harvest``, cropi's sketch hooks (``projection.factored.SketchHooks``) are open
   during the first pass of TRL's ``compute_loss`` and backward over each generation batch; every row is captured
