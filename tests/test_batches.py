@@ -10,6 +10,7 @@ from cropi.selection import make_batch_builder
 from cropi.selection.batch import Group, sample_groups, screen_observe, screen_take, stream_prompts
 from cropi.selection.greso import Greso
 from tests.conftest import batch_rule_config
+from tests.popi_helpers import formed_group_gradient
 
 RULES = ("none", "dapo", "greso", "online_filter", "online_influence", "cropi_harvest")
 
@@ -147,26 +148,10 @@ def test_a_resumed_filtered_run_equals_the_uninterrupted_one(tmp_path, method, s
     assert sum(kinds.values()) == pytest.approx(summary["train_seconds"] + summary["select_seconds"], abs=0.1)
 
 
-def _slow_gradient(policy, group, temperature=1.0) -> torch.Tensor:
-    """g_x written out: each response alone through the model, per-token ratio exp(log π − log β) times the
-    group-normalised advantage (unbiased std + 1e-4), token mean per response, mean over the group, all weights
-    flattened in the model's order."""
-    model = policy.model
-    model.zero_grad(set_to_none=True)
-    rewards = torch.tensor(group.rewards, dtype=torch.float64)
-    adv = (rewards - rewards.mean()) / (rewards.std(unbiased=True) + 1e-4)
-    loss = torch.zeros(())
-    for gen, a in zip(group.gens, adv):
-        ids = torch.tensor([gen.prompt_ids + gen.response_ids])
-        logits = model(input_ids=ids).logits[0].float() / temperature
-        logp = torch.log_softmax(logits, -1)
-        terms = []
-        for t, tok in enumerate(gen.response_ids):
-            lp = logp[len(gen.prompt_ids) + t - 1, tok]
-            terms.append(torch.exp(lp - gen.behavior_logprobs[t]) * float(a))
-        loss = loss - torch.stack(terms).mean() / len(group.gens)
-    loss.backward()
-    return torch.cat([p.grad.reshape(-1) for p in model.parameters()]).detach().clone()
+def _slow_gradient(policy, group) -> torch.Tensor:
+    """g_x written out (``formed_group_gradient``), all weights flattened in the model's order."""
+    grads = formed_group_gradient(policy.model, group)
+    return torch.cat([grads[n].reshape(-1) for n, _ in policy.model.named_parameters()])
 
 
 def _slow_fusion(scores: dict[str, dict[str, float]], n: int) -> list[str]:

@@ -17,30 +17,11 @@ from cropi.selection.batch import Group
 from cropi.selection.harvest import HARVEST, HarvestedInfluence
 from cropi.training.grpo import grpo_update, make_optimizer, plain_batch, row_runs
 from tests.conftest import batch_rule_config
+from tests.popi_helpers import formed_group_gradient
 
 
 def _cfg(**extra):
     return batch_rule_config("cropi_harvest", "cropi_harvest", **{"select.score.max_val_prompts": 4, **extra})
-
-
-def _formed_gradient(policy, group: Group) -> dict[str, torch.Tensor]:
-    """The group's GRPO gradient written out: each response alone through the model, per-token ratio
-    exp(log π − log β) times its group-normalised advantage, token mean per response, mean over the group."""
-    model = policy.model
-    model.zero_grad(set_to_none=True)
-    rewards = torch.tensor(group.rewards, dtype=torch.float64)
-    adv = (rewards - rewards.mean()) / (rewards.std(unbiased=True) + 1e-4)
-    loss = torch.zeros(())
-    for gen, a in zip(group.gens, adv):
-        ids = torch.tensor([gen.prompt_ids + gen.response_ids])
-        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
-        terms = [torch.exp(logp[len(gen.prompt_ids) + t - 1, tok] - gen.behavior_logprobs[t]) * float(a)
-                 for t, tok in enumerate(gen.response_ids)]
-        loss = loss - torch.stack(terms).mean() / len(group.gens)
-    loss.backward()
-    out = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
-    model.zero_grad(set_to_none=True)
-    return out
 
 
 def test_row_runs_groups_consecutive_rows_of_one_owner():
@@ -61,7 +42,7 @@ def test_the_harvest_is_each_trained_groups_gradient_projected_from_the_updates_
     assert isinstance(builder, HarvestedInfluence)
     batch = plain_batch(policy, suite.pool[:4], 0, cfg.train, cfg.rollout)
     assert any(g.mixed for g in batch.groups)
-    references = [builder.sketch(policy).project(_formed_gradient(policy, g)) for g in batch.groups]
+    references = [builder.sketch(policy).project(formed_group_gradient(policy.model, g)) for g in batch.groups]
     seen = {}
 
     class Spy:

@@ -18,6 +18,7 @@ from cropi.policy import load_policy
 from cropi.tasks.loading import load_data
 from cropi.tasks.synthetic import FAMILIES
 from tests.conftest import small_suite_overrides
+from tests.popi_helpers import formed_group_gradient
 
 trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
@@ -157,19 +158,8 @@ def test_the_harvest_is_each_trained_groups_gradient_of_trls_loss_projected(user
     sketch = trainer.cropi_rule.sketch(reference)
     model = reference.model
     for grp, row in zip(batch.groups, got):
-        # the group's loss as TRL writes it at the weights it was sampled from (ratio 1): advantages normalised
-        # by the group's std, token mean per completion, mean over the group; formed, then projected
-        model.zero_grad(set_to_none=True)
-        r = torch.tensor(grp.rewards, dtype=torch.float64)
-        adv = (r - r.mean()) / (r.std(unbiased=True) + 1e-4)
-        loss = torch.zeros(())
-        for gen, a in zip(grp.gens, adv):
-            ids = torch.tensor([gen.prompt_ids + gen.response_ids])
-            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
-            tok = torch.stack([logp[len(gen.prompt_ids) + t - 1, x] for t, x in enumerate(gen.response_ids)])
-            loss = loss - (torch.exp(tok - tok.detach()) * float(a)).mean() / len(grp.gens)
-        loss.backward()
-        ref = sketch.project({n: p.grad.detach().clone() for n, p in model.named_parameters()})
+        # the group's loss as TRL writes it at the weights it was sampled from (ratio 1), formed, then projected
+        ref = sketch.project(formed_group_gradient(model, grp, behaviour=False))
         if not grp.mixed:
             assert float(row.norm()) < 1e-6
             continue
