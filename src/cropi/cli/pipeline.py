@@ -36,7 +36,7 @@ def collect(
 
     Resumable: rerunning the same command skips chunks already stored.
     """
-    from cropi.policy import load_policy
+    from cropi.policy import load_configured_policy
     from cropi.rollouts.trajectory_store import CollectConfig, collect as collect_fn, pass_rates
     from cropi.tasks.loading import load_data
 
@@ -60,8 +60,7 @@ def collect(
             job = collect_on_ray(cfg, problems, out, ccfg, on_prompts=lambda k: prog.advance(task, k), **ray_job)
         typer.echo(_ray_line(job))
     else:
-        policy = load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype, cfg.model.trainable_blocks,
-                         cfg.model.chat_template)
+        policy = load_configured_policy(cfg.model)
         with _progress() as prog:
             task = prog.add_task(f"collect {split}", total=len(problems), info=f"G={r.group_size} T={r.temperature}")
             collect_fn(policy, problems, out, ccfg, shard_index=i, num_shards=n, on_prompts=lambda k: prog.advance(task, k))
@@ -142,7 +141,7 @@ def score(
     """
     import time
 
-    from cropi.policy import load_policy
+    from cropi.policy import load_configured_policy
     from cropi.rollouts.trajectory_store import store_meta
     from cropi.selection.export import read_scores
 
@@ -154,8 +153,7 @@ def score(
         raise CropiError("--out is required (the scores file)")
     vals = _val_stores(val_store)
     n = store_meta(pool_store)["num_prompts"]
-    policy = None if ray_job else load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype,
-                                              cfg.model.trainable_blocks, cfg.model.chat_template)
+    policy = None if ray_job else load_configured_policy(cfg.model)
     s, t0, job = cfg.select.score, time.perf_counter(), None
     from cropi.scores.engine import describe, resolve_mode
 
@@ -271,13 +269,12 @@ def eval_cmd(
     """Greedy accuracy on the test splits: per family, targeted and untargeted macro-averages."""
     from cropi.evaluation.evaluate import evaluate
     from cropi.io import write_json
-    from cropi.policy import load_policy
+    from cropi.policy import load_configured_policy
     from cropi.tasks.loading import load_data
 
     suite = load_data(cfg.data, need=("test",))
     _warn_about_data(cfg, suite.test_problems(), caps=("eval",))
-    policy = load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype, cfg.model.trainable_blocks,
-                         cfg.model.chat_template)
+    policy = load_configured_policy(cfg.model)
     total = sum(len(v) for v in suite.test.values())
     with _progress() as prog:
         task = prog.add_task("evaluate", total=total, info="greedy")

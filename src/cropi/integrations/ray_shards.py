@@ -112,7 +112,8 @@ class _KeepWarnings(logging.Handler):
 class ShardWorker:
     """One Ray actor: the policy, loaded once, and the engine's shard functions run on it."""
 
-    def __init__(self, model: str, device: str, dtype: str, threads: int, fail_after_chunks: int | None = None):
+    def __init__(self, model: str, device: str, dtype: str, threads: int, fail_after_chunks: int | None = None,
+                 trainable_blocks: int = 0, chat_template: bool = True):
         import torch
 
         torch.set_num_threads(threads)
@@ -120,7 +121,7 @@ class ShardWorker:
 
         self.init_error = None
         try:
-            self.policy = load_policy(model, device, dtype)
+            self.policy = load_policy(model, device, dtype, trainable_blocks, chat_template)
         except CropiError as exc:  # raised by the first call, as itself (Ray reports a failed __init__ as a death)
             self.init_error = exc
         self.fail_after_chunks = fail_after_chunks
@@ -215,7 +216,8 @@ class _Workers:
             ray.remote(ShardWorker).options(num_cpus=threads)
         t0 = time.perf_counter()
         self.actors = [actor.remote(_model_arg(cfg.model.name), self.device, cfg.model.dtype, threads,
-                                    int(fail) if fail and i == 0 else None) for i in range(n)]
+                                    int(fail) if fail and i == 0 else None, cfg.model.trainable_blocks,
+                                    cfg.model.chat_template) for i in range(n)]
         self.shards = 0  # shard tasks handed out
         try:
             self.run([_Task("device", ())] * n)  # n tasks for n idle actors: every actor is up, with its policy

@@ -144,6 +144,11 @@ def load_policy(name_or_path: str = "tiny", device: str = "auto", dtype: str = "
     return Policy(model=model, tokenizer=tokenizer, name=name_or_path, device=dev)
 
 
+def load_configured_policy(model, device: str | None = None) -> Policy:
+    """The policy a ``config.ModelConfig`` describes (``device`` overrides its device)."""
+    return load_policy(model.name, device or model.device, model.dtype, model.trainable_blocks, model.chat_template)
+
+
 def train_top_blocks(model: torch.nn.Module, n: int) -> list[str]:
     """Freeze every parameter but those of the last ``n`` transformer blocks and of the norm after them (the
     decoder's ``norm``, as in Llama-style models; a final norm under another name stays frozen), and return the

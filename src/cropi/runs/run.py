@@ -32,7 +32,7 @@ from cropi.runs.locks import claim, holder, release
 from cropi.runs.metrics import summarize_curve
 from cropi.runs.report import write_run_report
 from cropi.io import append_jsonl, read_jsonl, write_json, write_text
-from cropi.policy import load_policy
+from cropi.policy import load_configured_policy
 from cropi.selection import make_batch_builder, parse_selector, resolve
 from cropi.tasks.loading import load_data
 from cropi.tasks.suite import Suite
@@ -171,8 +171,7 @@ def _train_run(cfg: RunConfig, suite: Suite, run_dir: Path, resume: bool,
                on_event: Callable[[dict], None] | None) -> dict:
     selector = parse_selector(cfg.train.selector)[0]
     eval_sets = evaluation_sets(cfg, suite)
-    policy = load_policy(cfg.model.name, cfg.model.device, cfg.model.dtype, cfg.model.trainable_blocks,
-                         cfg.model.chat_template)
+    policy = load_configured_policy(cfg.model)
     done = _prepare_run_dir(run_dir, cfg, resume)
     metrics_path = run_dir / "metrics.jsonl"
 
