@@ -171,7 +171,8 @@ def _trainer_class():
             self.cropi_state: dict = {}  # the rule's resumable state (cropi's TrainState.extra)
             self.cropi_steps: list[dict] = []  # per generation: what the rule chose and what it cost
             self._cropi_policy: Policy = live_policy(self.model, self.processing_class)
-            self._cropi_graded: dict[tuple, torch.Tensor] = {}  # (prompt ids, completion ids) -> rewards per func
+            # (prompt ids, completion ids) -> (the completion as the reward functions saw it, rewards per function)
+            self._cropi_graded: dict[tuple, tuple[Any, torch.Tensor]] = {}
             self._cropi_replay: list[Generation] | None = None
             self._cropi_batch: Batch | None = None
             self._cropi_hooks = None
@@ -183,15 +184,23 @@ def _trainer_class():
             """Grade completions (TRL's own, or decoded as TRL does) with the user's reward functions, as TRL does;
             remember each grade."""
             if completions is None:
-                texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
-                completions = [[{"role": "assistant", "content": t}] for t in texts] if isinstance(prompts[0], list) \
-                    else texts
+                completions = self._cropi_decode(prompts, completion_ids)
             per_func = self._calculate_rewards(rows, prompts, completions, [list(c) for c in completion_ids])
             self._pending_extra_logs.clear()  # reward logs of dropped rows would misalign TRL's completions table
-            for p, c, r in zip(prompt_ids, completion_ids, per_func):
-                self._cropi_graded[(tuple(p), tuple(c))] = r.detach().cpu()
+            for p, c, text, r in zip(prompt_ids, completion_ids, completions, per_func):
+                self._cropi_graded[(tuple(p), tuple(c))] = (text, r.detach().cpu())
             weights = self.reward_weights.to(per_func.device)
             return torch.nan_to_num((per_func * weights).nansum(dim=1), nan=0.0).cpu()
+
+        def _cropi_decode(self, prompts: list, completion_ids) -> list:
+            """Completions as TRL's plain decoding gives them: text, or one assistant message for a conversation."""
+            texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+            return [[{"role": "assistant", "content": t}] for t in texts] if isinstance(prompts[0], list) else texts
+
+        def _cropi_replayed(self) -> list | None:
+            """What the replayed completions were graded with, or None where one is not among the grades kept."""
+            keys = [(tuple(g.prompt_ids), tuple(g.response_ids)) for g in self._cropi_replay]
+            return [self._cropi_graded[k] for k in keys] if all(k in self._cropi_graded for k in keys) else None
 
         def _cropi_groups(self, problems, samples: range, gens: list[Generation], rewards) -> list[Group]:
             k = len(samples)
@@ -233,10 +242,9 @@ def _trainer_class():
         def _generate(self, prompts: list):
             if self._cropi_replay is None:
                 return super()._generate(prompts)
-            gens = self._cropi_replay
-            texts = self.processing_class.batch_decode([g.response_ids for g in gens], skip_special_tokens=True)
-            completions = ([[{"role": "assistant", "content": t}] for t in texts] if isinstance(prompts[0], list)
-                           else texts)
+            gens, graded = self._cropi_replay, self._cropi_replayed()
+            completions = [text for text, _ in graded] if graded else \
+                self._cropi_decode(prompts, [g.response_ids for g in gens])
             logprobs = [list(g.behavior_logprobs) for g in gens] if all(g.behavior_logprobs for g in gens) else None
             if not self.use_vllm:
                 logprobs = None  # TRL's transformers generation records none; cropi's are at TRL's temperature
@@ -244,10 +252,9 @@ def _trainer_class():
                     logprobs, {}, None, [])
 
         def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-            if self._cropi_replay is not None:
-                keys = [(tuple(g.prompt_ids), tuple(g.response_ids)) for g in self._cropi_replay]
-                if all(k in self._cropi_graded for k in keys):  # graded when drawn: TRL trains on those rewards
-                    return torch.stack([self._cropi_graded[k] for k in keys]).to(self.accelerator.device)
+            graded = self._cropi_replayed() if self._cropi_replay is not None else None
+            if graded:  # graded when drawn: TRL trains on those rewards
+                return torch.stack([r for _, r in graded]).to(self.accelerator.device)
             return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
 
         def _generate_and_score_completions(self, inputs):
