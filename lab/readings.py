@@ -242,6 +242,20 @@ def plateau_reading(long: dict, main: dict, block: int = 100) -> dict:
             "repeat": repeat, "selectors": selectors}
 
 
+def _threshold_table(label: str, comparisons: dict[str, dict]) -> list[str]:
+    """Markdown rows: per comparison, full data's threshold, its steps and seconds to it, and the noise floor."""
+    lines = [f"| {label} | threshold (targeted) | full data: steps / s to it | noise floor, steps (median / max) | "
+             "noise floor, wall-clock (median / max) |", "| --- | ---: | ---: | ---: | ---: |"]
+    for name, info in comparisons.items():
+        floor = info.get("noise_floor") or {}
+        step, wall = floor.get("step_acceleration") or {}, floor.get("wall_acceleration") or {}
+        lines.append(f"| {name} | {_fmt(info['threshold_targeted'], pct=True)}% | "
+                     f"{_fmt(info['full_steps_to_threshold'], digits=0)} / "
+                     f"{_fmt(info['full_seconds_to_threshold'], digits=0)} | {_x(step.get('median'))} / "
+                     f"{_x(step.get('max'))} | {_x(wall.get('median'))} / {_x(wall.get('max'))} |")
+    return lines
+
+
 def write_draws_report(spread: dict, out: Path) -> None:
     """``out/draws.json`` and ``out/draws.md``: the spread between pool draws next to the spread between seeds
     (``metrics.draw_spread``), for every selector that was run on every draw."""
@@ -254,15 +268,7 @@ def write_draws_report(spread: dict, out: Path) -> None:
              "seeds* (largest minus smallest seed within a draw; the largest over the draws). A verdict that moves "
              "more between draws than between seeds depends on the pool, not only on the seed. An acceleration "
              "marked (tie) is inside that draw's noise floor: full data's own seeds against their mean.", "",
-             "| draw | threshold (targeted) | full data: steps / s to it | noise floor, steps (median / max) | "
-             "noise floor, wall-clock (median / max) |",
-             "| --- | ---: | ---: | ---: | ---: |"]
-    for d, info in spread["draws"].items():
-        floor = info.get("noise_floor") or {}
-        step, wall = floor.get("step_acceleration") or {}, floor.get("wall_acceleration") or {}
-        lines.append(f"| {d} | {_fmt(info['threshold_targeted'], pct=True)}% | "
-                     f"{_fmt(info['full_steps_to_threshold'], digits=0)} / {_fmt(info['full_seconds_to_threshold'], digits=0)} | "
-                     f"{_x(step.get('median'))} / {_x(step.get('max'))} | {_x(wall.get('median'))} / {_x(wall.get('max'))} |")
+             *_threshold_table("draw", spread["draws"])]
     labels = {"step_acceleration": "step accel.", "wall_acceleration": "wall accel.", "final_targeted": "final targeted",
               "final_targeted_vs_full": "final targeted minus full data's (its seed mean in the same draw)"}
 
@@ -391,15 +397,7 @@ def write_scenario_table(table: dict, out: Path) -> None:
     lines = ["# The pool scenarios side by side", "",
              "Each scenario is its own 600-step comparison (3 seeds); every cell is the median over seeds, "
              "\"never\" when full data's best was not reached, \"—\" where the selector was not run.", "",
-             "| scenario | threshold (targeted) | full data: steps / s to it | noise floor, steps / wall (median) |",
-             "| --- | ---: | ---: | ---: |"]
-    for sc, info in table["scenarios"].items():
-        floor = info.get("noise_floor") or {}
-        step, wall = floor.get("step_acceleration") or {}, floor.get("wall_acceleration") or {}
-        lines.append(f"| {sc} | {_fmt(info['threshold_targeted'], pct=True)}% | "
-                     f"{_fmt(info['full_steps_to_threshold'], digits=0)} / "
-                     f"{_fmt(info['full_seconds_to_threshold'], digits=0)} | {_x(step.get('median'))} / "
-                     f"{_x(wall.get('median'))} |")
+             *_threshold_table("scenario", table["scenarios"])]
     labels = {"step_acceleration": "step accel.", "wall_acceleration": "wall accel.",
               "final_targeted": "final targeted", "best_untargeted": "best untargeted"}
     for key, label in labels.items():
