@@ -327,6 +327,10 @@ def test_reward_module_grades_cropi_ground_truth_and_plain_answers():
     gsm = Problem("g1", "q", "72", "gsm8k", source="gsm8k.jsonl")
     assert fn("gsm8k", "so \\boxed{72}", verl_ground_truth(gsm)) == 1.0
     assert fn("openai/gsm8k", "#### 72", "72") == 1.0 and fn("openai/gsm8k", "#### 71", "72") == 0.0
+    shot = Problem("f1", "3+4=7\n5+6=", "11", "add", metadata={"style": "few_shot"})  # graded on the first line
+    for response in ("11\n2+2=4", "11", "12\n11", "11 2"):
+        assert fn("add", response, verl_ground_truth(shot)) == grade(shot, response)
+    assert fn("add", "11\n2+2=4", verl_ground_truth(shot)) == 1.0
 
 
 @pytest.mark.slow  # a second two-stage run plus a re-collection: about 35 s of CPU on top of the file's

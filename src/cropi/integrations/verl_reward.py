@@ -30,7 +30,7 @@ def _cropi_tasks():
 
 
 def parse_ground_truth(ground_truth, data_source: str = "") -> dict:
-    """``{"answer", "family", "synthetic"}`` from cropi's JSON text, a dict with those keys, or a plain answer."""
+    """``{"answer", "family", "synthetic"}`` (and ``"style"`` where the problem has one) from cropi's JSON text, a dict with those keys, or a plain answer."""
     if isinstance(ground_truth, dict):
         record = dict(ground_truth)
     else:
@@ -41,8 +41,11 @@ def parse_ground_truth(ground_truth, data_source: str = "") -> dict:
             record = None
         if not isinstance(record, dict) or "answer" not in record:
             record = {"answer": text}
-    return {"answer": str(record["answer"]), "family": str(record.get("family") or data_source or "math"),
-            "synthetic": bool(record.get("synthetic", False))}
+    out = {"answer": str(record["answer"]), "family": str(record.get("family") or data_source or "math"),
+           "synthetic": bool(record.get("synthetic", False))}
+    if record.get("style"):
+        out["style"] = str(record["style"])
+    return out
 
 
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> float:
@@ -50,5 +53,6 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw
     tasks = _cropi_tasks()
     gold = parse_ground_truth(ground_truth, data_source)
     problem = tasks.Problem(id=str((extra_info or {}).get("index", "")), prompt="", answer=gold["answer"],
-                            family=gold["family"], source="synthetic" if gold["synthetic"] else "verl")
+                            family=gold["family"], source="synthetic" if gold["synthetic"] else "verl",
+                            metadata={"style": gold["style"]} if "style" in gold else {})
     return float(tasks.grade(problem, solution_str))

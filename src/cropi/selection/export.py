@@ -117,8 +117,10 @@ VERL_SCHEMA = pa.schema([
 def verl_ground_truth(problem: Problem) -> str:
     """The ``reward_model.ground_truth`` text of a verl row: the gold answer and how to grade it."""
     synthetic = problem.source == "synthetic" and problem.family in FAMILIES
-    return json.dumps({"answer": problem.answer, "family": problem.family, "synthetic": synthetic},
-                      ensure_ascii=False, sort_keys=True)
+    record = {"answer": problem.answer, "family": problem.family, "synthetic": synthetic}
+    if "style" in problem.metadata:  # a few-shot problem is graded on the response's first line
+        record["style"] = problem.metadata["style"]
+    return json.dumps(record, ensure_ascii=False, sort_keys=True)
 
 
 def verl_row(problem: Problem, rank: int | None = None, split: str = "train") -> dict:
