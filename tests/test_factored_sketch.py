@@ -58,7 +58,7 @@ def test_a_model_whose_cache_cannot_be_shared_falls_back_to_the_packed_forward(m
     def refuse(cache, counts):
         raise SharedPromptUnsupported("test cache")
 
-    monkeypatch.setattr(objective, "_repeat_cache", refuse)
+    monkeypatch.setattr(objective, "repeat_cache", refuse)
     monkeypatch.setattr(popi, "_SHARED_UNSUPPORTED", {})
     groups = _groups(_vocab(micro_policy))
     packed = popi_loss(micro_policy.model, groups, micro_policy.pad_token_id)

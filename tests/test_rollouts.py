@@ -46,6 +46,37 @@ def test_sampling_is_keyed_and_batch_invariant(micro_policy, problems):
     assert [g.response_ids for g in a] != [g.response_ids for g in c]
 
 
+def test_a_groups_prompt_runs_once_and_samples_as_if_each_row_ran_alone(micro_policy, problems, monkeypatch):
+    from cropi.objective import SharedPromptUnsupported
+    from cropi.rollouts import sampler
+
+    rows, keys = _rows(micro_policy, problems[:5], 4)
+    rows, keys = rows[:-1] + rows[:1], keys[:-1] + [(9, "lone", 0)]  # a short last group and a lone repeat
+    params = SamplingParams(temperature=1.0, max_new_tokens=8)
+    widths = []
+    hook = micro_policy.model.register_forward_pre_hook(
+        lambda m, a, kw: widths.append(kw["input_ids"].shape), with_kwargs=True)
+    try:
+        shared = generate(micro_policy, rows, params, keys=keys, batch_size=9)
+    finally:
+        hook.remove()
+    prefills = [w[0] for w in widths if w[1] > 1]
+    assert prefills == [3, 3, 2]  # rows 0-8: prompts 0,1,2; rows 9-17: 2,3,4; rows 18-19: 4 then 0
+    alone = [generate(micro_policy, [r], params, keys=[k])[0] for r, k in zip(rows, keys)]
+    assert [g.response_ids for g in shared] == [g.response_ids for g in alone]
+    for a, b in zip(shared, alone):
+        assert torch.allclose(torch.tensor(a.behavior_logprobs), torch.tensor(b.behavior_logprobs), atol=1e-5)
+
+    def refuse(cache, counts):
+        raise SharedPromptUnsupported("test cache")
+
+    monkeypatch.setattr(sampler, "repeat_cache", refuse)
+    monkeypatch.setattr(sampler, "_SHARED_UNSUPPORTED", {})
+    unshared = generate(micro_policy, rows, params, keys=keys, batch_size=9)
+    assert [g.response_ids for g in unshared] == [g.response_ids for g in shared]
+    assert type(micro_policy.model) in sampler._SHARED_UNSUPPORTED
+
+
 def test_top_p_does_not_renormalise_stored_logprobs(micro_policy, problems):
     rows, keys = _rows(micro_policy, problems[:4], 4)
     full = generate(micro_policy, rows, SamplingParams(temperature=1.0, top_p=0.3, max_new_tokens=6), keys=keys)

@@ -15,6 +15,11 @@
 # load while it ran: lab/scripts/stamp_host.py).  Seconds compare only within one machine: run a folder to its end
 # on one machine.  Resumable: rerun to continue.  About 11 core-hours per scenario and 5 per draw (lab/log.md).
 #
+# A folder runs one version of cropi's code from its first run to its last, even across sessions.  The tiny-policy
+# folders began before the sampler ran a group's prompt once, which made sampling about 2x faster
+# (lab/results/group_sampling-*.json) and so would change their seconds part-way: they run the code of TINY_PIN
+# (a git worktree in runs/code-TINY_PIN, made on first use).  SmolLM2's folder runs the working tree.
+#
 #   [PROCS=1|2] lab/scripts/compare_scenarios.sh [FOLDER ...]    (default: all four, in the order above)
 set -euo pipefail
 cd "${CROPI_ROOT:-$(dirname "$0")/../..}"  # CROPI_ROOT: run a copy of this script, so editing it cannot disturb a run
@@ -22,6 +27,8 @@ CROPI=${CROPI:-.venv/bin/cropi}
 PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 PROCS=${PROCS:-2}
+TINY_PIN=${TINY_PIN:-02878b6}
+CODE=$(git rev-parse --short HEAD)
 SCENARIO_SELECTORS=cropi_harvest,online_influence,online_filter,greso,dapo
 DRAW_SELECTORS=cropi_harvest,online_filter
 LOAD=runs/scenarios-load.log
@@ -35,7 +42,7 @@ stamp() {  # every finished run of a folder without its host record
     run=$(dirname "$s")
     [ -f "$run/host.json" ] && continue
     "$PY" lab/scripts/stamp_host.py "$run" --load-log "$LOAD" --start "$(stat -c %Y "$run/config.yaml")" \
-      --end "$(stat -c %Y "$s")"
+      --end "$(stat -c %Y "$s")" --code "$CODE"
   done
 }
 both() {  # OUT ARGS...: PROCS processes on one comparison folder, stamping runs as they finish
@@ -56,12 +63,17 @@ both() {  # OUT ARGS...: PROCS processes on one comparison folder, stamping runs
   stamp "$out"
 }
 trap 'kill $sampler 2>/dev/null' EXIT
+pinned() {  # ARGS...: run `both ARGS` on the code of TINY_PIN
+  local dir=runs/code-$TINY_PIN
+  [ -d "$dir" ] || git worktree add --detach "$dir" "$TINY_PIN" >/dev/null
+  ( export PYTHONPATH="$PWD/$dir/src"; CODE=$TINY_PIN; both "$@" )
+}
 run() {
   case "$1" in
     noisy_keys|off_target)
-      both "runs/compare-$1" --seeds 0,1,2 --selectors "$SCENARIO_SELECTORS" --set data.suite.scenario="$1" ;;
-    draw1) both runs/compare-draw1 --seeds 0,1,2 --selectors "$DRAW_SELECTORS" --set data.suite.pool_seed=1 ;;
-    draw2) both runs/compare-draw2 --seeds 0,1,2 --selectors "$DRAW_SELECTORS" --set data.suite.pool_seed=2 \
+      pinned "runs/compare-$1" --seeds 0,1,2 --selectors "$SCENARIO_SELECTORS" --set data.suite.scenario="$1" ;;
+    draw1) pinned runs/compare-draw1 --seeds 0,1,2 --selectors "$DRAW_SELECTORS" --set data.suite.pool_seed=1 ;;
+    draw2) pinned runs/compare-draw2 --seeds 0,1,2 --selectors "$DRAW_SELECTORS" --set data.suite.pool_seed=2 \
              --set "data.suite.difficulty_weights=[3.0,3.0,2.0,1.0,1.0]" ;;
     smollm2) both runs/compare-smollm2 --config lab/configs/smollm2-arith.yaml --seeds 0 --selectors "$DRAW_SELECTORS" ;;
     *) echo "unknown folder $1 (noisy_keys, off_target, draw1, draw2, smollm2)" >&2; exit 2 ;;

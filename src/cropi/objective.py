@@ -94,8 +94,9 @@ def cache_argument(model: torch.nn.Module) -> str:
     return "cache" if "cache" in forward_parameters(type(model)) else "past_key_values"
 
 
-def _repeat_cache(cache, counts: torch.Tensor):
-    """Each prompt's cached keys and values repeated for its responses (autograd sums their gradients back)."""
+def repeat_cache(cache, counts: torch.Tensor):
+    """Each prompt's cached keys and values repeated for its responses (autograd sums their gradients back);
+    the sampler uses it too, to run a group's prompt once for its G responses."""
     layers = getattr(cache, "layers", None)
     if layers is not None:  # transformers >= 4.56
         if not all(type(layer).__name__ == "DynamicLayer" and getattr(layer, "keys", None) is not None
@@ -129,7 +130,7 @@ def grouped_response_logprobs(model: torch.nn.Module, batch, temperature: float)
     if cache is None:
         raise SharedPromptUnsupported("the model returned no cache")
     counts = batch.counts
-    cache = _repeat_cache(cache, counts)
+    cache = repeat_cache(cache, counts)
     rmask = batch.response_mask.to(pm.dtype)
     attention = torch.cat([pm.repeat_interleave(counts, 0), rmask], 1)
     width = rmask.shape[1]

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from cropi.objective import cache_argument
+from cropi.objective import SharedPromptUnsupported, cache_argument, forward_parameters, repeat_cache
 from cropi.policy import Policy
 from cropi.rollouts.batch import left_pad
 
@@ -81,20 +81,60 @@ def _cache_kwargs(model, out) -> dict:
     return {key: getattr(out, key)}
 
 
+_SHARED_UNSUPPORTED: dict[type, str] = {}  # model classes whose cache cannot be repeated per row
+
+
+def _repeat_runs(prompts: Sequence[Sequence[int]]) -> tuple[list[Sequence[int]], list[int]]:
+    """The prompts with consecutive repeats merged, and how many rows each stands for (a group's G rows)."""
+    unique: list[Sequence[int]] = []
+    counts: list[int] = []
+    for p in prompts:
+        if unique and list(p) == list(unique[-1]):
+            counts[-1] += 1
+        else:
+            unique.append(p)
+            counts.append(1)
+    return unique, counts
+
+
+def _prefill(policy: Policy, prompts: Sequence[Sequence[int]]):
+    """Run the prompts through the model: (the next-token logits [N, V], the output holding the cache, the
+    attention mask, the position ids).  A prompt repeated on consecutive rows (a group's G responses) runs once
+    and its cache is repeated, as the GRPO loss does in training: with few-shot prompts the prompt dominates
+    the cost of a short response."""
+    model, dev = policy.model, policy.device
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in forward_parameters(type(model)) else {}
+    unique, counts = _repeat_runs(prompts)
+    if len(unique) < len(prompts) and type(model) not in _SHARED_UNSUPPORTED:
+        ids, mask = left_pad(unique, policy.pad_token_id, dev)
+        position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, **extra)
+        reps = torch.tensor(counts, device=dev)
+        try:
+            repeat_cache(getattr(out, cache_argument(model), None), reps)
+        except SharedPromptUnsupported as e:  # remembered per model class: every row prefilled from now on
+            _SHARED_UNSUPPORTED[type(model)] = str(e)
+        else:
+            return (out.logits[:, -1, :].repeat_interleave(reps, 0), out, mask.repeat_interleave(reps, 0),
+                    position_ids.repeat_interleave(reps, 0))
+    ids, mask = left_pad(prompts, policy.pad_token_id, dev)
+    position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, **extra)
+    return out.logits[:, -1, :], out, mask, position_ids
+
+
 @torch.inference_mode()
 def _generate_batch(policy: Policy, prompts: Sequence[Sequence[int]], keys, params: SamplingParams) -> list[Generation]:
     model, dev = policy.model, policy.device
     eos = torch.tensor(policy.eos_token_ids, device=dev)
-    ids, mask = left_pad(prompts, policy.pad_token_id, dev)
-    position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
     uniforms = None if params.greedy else row_uniforms(keys, params.max_new_tokens)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
+    logits, out, mask, position_ids = _prefill(policy, prompts)
     n = len(prompts)
     done = torch.zeros(n, dtype=torch.bool, device=dev)
     tokens_out, logps_out = [], []
     next_pos = position_ids[:, -1:] + 1
     for t in range(params.max_new_tokens):
-        tok, lp = _pick_tokens(out.logits[:, -1, :], None if uniforms is None else uniforms[:, t], params)
+        tok, lp = _pick_tokens(logits, None if uniforms is None else uniforms[:, t], params)
         tok = torch.where(done, torch.full_like(tok, policy.pad_token_id), tok)
         tokens_out.append(tok)
         logps_out.append(lp)
@@ -109,6 +149,7 @@ def _generate_batch(policy: Policy, prompts: Sequence[Sequence[int]], keys, para
             use_cache=True,
             **_cache_kwargs(model, out),
         )
+        logits = out.logits[:, -1, :]
         next_pos = next_pos + 1
     toks = torch.stack(tokens_out, 1).cpu().tolist()
     lps = torch.stack(logps_out, 1).float().cpu().tolist()
