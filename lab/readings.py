@@ -426,3 +426,42 @@ def write_scenario_table(table: dict, out: Path) -> None:
                              f"acceleration: {'yes' if t['beats_every_peer_in_wall'] else 'no'}; in final targeted "
                              f"accuracy: {'yes' if t['beats_every_peer_in_final'] else 'no'}.")
     write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
+
+
+# -- does the toy's ordering of the methods hold on another model? -------------------------------------------------
+ORDER_KEYS = ("wall_acceleration", "step_acceleration", "final_targeted")
+
+
+def method_order(results: dict, selectors: Sequence[str], key: str) -> list[str]:
+    """``selectors`` from best to worst by the median of ``key`` in a comparison's results.  Full data's
+    accelerations are 1 by definition; a selector that never reached full data's best ranks below every one that
+    did, and one not run is left out."""
+    def value(name: str) -> float:
+        if name == "full" and key.endswith("_acceleration"):
+            return 1.0
+        v = results["selectors"][name]["median"][key]
+        return float("-inf") if v is None else v
+
+    run = [n for n in selectors if n in results["selectors"]]
+    return sorted(run, key=lambda n: (-value(n), run.index(n)))
+
+
+def ordering_verdict(reference: dict, other: dict, selectors: Sequence[str], names: tuple[str, str]) -> dict:
+    """Whether the methods rank the same in two comparisons (``names``: what to call them, e.g. ("the toy",
+    "SmolLM2")), by each of ``ORDER_KEYS``, over the ``selectors`` both ran; and a one-line verdict."""
+    both = [n for n in selectors if n in reference["selectors"] and n in other["selectors"]]
+    orders = {k: {names[0]: method_order(reference, both, k), names[1]: method_order(other, both, k)}
+              for k in ORDER_KEYS}
+    holds = {k: v[names[0]] == v[names[1]] for k, v in orders.items()}
+    labels = {"wall_acceleration": "seconds to full data's best", "step_acceleration": "steps to it",
+              "final_targeted": "final targeted accuracy"}
+    kept = [labels[k] for k in ORDER_KEYS if holds[k]]
+    lost = [f"{labels[k]} ({' > '.join(orders[k][names[1]])} against {' > '.join(orders[k][names[0]])})"
+            for k in ORDER_KEYS if not holds[k]]
+    if not lost:
+        line = f"{names[0]}'s ordering of {', '.join(both)} holds on {names[1]} in every measure."
+    elif not kept:
+        line = f"{names[0]}'s ordering does not hold on {names[1]}: " + "; ".join(lost) + "."
+    else:
+        line = (f"{names[0]}'s ordering holds on {names[1]} in {' and '.join(kept)}, not in " + "; ".join(lost) + ".")
+    return {"schema_version": SCHEMA_VERSION, "selectors": both, "orders": orders, "holds": holds, "verdict": line}

@@ -270,3 +270,23 @@ def test_scenario_table_puts_medians_side_by_side_and_judges_the_targets(tmp_pat
     md = (tmp_path / "scenarios-table.md").read_text()
     assert "| cropi_harvest | 1.40× | 1.90× | 1.20× |" in md and "never (3/3)" in md and "| greso | " in md
     assert (tmp_path / "scenarios-table.json").exists()
+
+
+def test_ordering_verdict_ranks_by_each_measure_with_never_last_and_full_at_one():
+    from lab.readings import method_order, ordering_verdict
+
+    toy = _scenario_results({"full": [(600, None, 0.53)] * 3, "cropi_harvest": [(300, 1.4, 0.57)] * 3,
+                             "online_filter": [(240, 1.6, 0.59)] * 3, "greso": [(320, 1.3, 0.57)] * 3})
+    real = _scenario_results({"full": [(150, None, 0.20)], "cropi_harvest": [(100, 1.2, 0.22)],
+                              "online_filter": [(None, None, 0.18)]})
+    sel = ["full", "cropi_harvest", "online_filter", "greso"]
+    assert method_order(toy, sel, "wall_acceleration") == ["online_filter", "cropi_harvest", "greso", "full"]
+    assert method_order(real, sel, "wall_acceleration") == ["cropi_harvest", "full", "online_filter"]
+    assert method_order(real, sel, "step_acceleration") == ["cropi_harvest", "full", "online_filter"]
+    v = ordering_verdict(toy, real, sel, ("the toy", "SmolLM2"))
+    assert v["selectors"] == ["full", "cropi_harvest", "online_filter"]  # greso was not run on SmolLM2
+    assert v["holds"] == {"wall_acceleration": False, "step_acceleration": False, "final_targeted": False}
+    assert v["verdict"].startswith("the toy's ordering does not hold on SmolLM2: seconds to full data's best "
+                                   "(cropi_harvest > full > online_filter against online_filter > cropi_harvest > full)")
+    same = ordering_verdict(toy, toy, sel, ("the toy", "the toy again"))
+    assert all(same["holds"].values()) and "holds on the toy again in every measure" in same["verdict"]
