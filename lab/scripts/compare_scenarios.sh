@@ -35,14 +35,23 @@ LOAD=runs/scenarios-load.log
 mkdir -p runs
 ( while true; do echo "$(date +%s) $(cut -d' ' -f1 /proc/loadavg)" >> "$LOAD"; sleep 20; done ) &
 sampler=$!
+mark() {  # RUN/started_at: when a run first started (its config.yaml is rewritten on every resume)
+  for c in "$1"/runs/*/config.yaml; do
+    [ -f "$c" ] || continue
+    local run
+    run=$(dirname "$c")
+    [ -f "$run/started_at" ] || stat -c %Y "$c" > "$run/started_at"
+  done
+}
 stamp() {  # every finished run of a folder without its host record
   for s in "$1"/runs/*/summary.json; do
     [ -f "$s" ] || continue
-    local run
+    local run start
     run=$(dirname "$s")
     [ -f "$run/host.json" ] && continue
-    "$PY" lab/scripts/stamp_host.py "$run" --load-log "$LOAD" --start "$(stat -c %Y "$run/config.yaml")" \
-      --end "$(stat -c %Y "$s")" --code "$CODE"
+    start=$(cat "$run/started_at" 2>/dev/null || stat -c %Y "$run/config.yaml")
+    "$PY" lab/scripts/stamp_host.py "$run" --load-log "$LOAD" --start "$start" --end "$(stat -c %Y "$s")" \
+      --code "$CODE"
   done
 }
 both() {  # OUT ARGS...: PROCS processes on one comparison folder, stamping runs as they finish
@@ -55,7 +64,7 @@ both() {  # OUT ARGS...: PROCS processes on one comparison folder, stamping runs
     "$CROPI" compare "$@" --out "$out" >/dev/null &
     pids+=($!)
   done
-  ( while kill -0 "$first" 2>/dev/null; do stamp "$out"; sleep 60; done ) &
+  ( while kill -0 "$first" 2>/dev/null; do mark "$out"; stamp "$out"; sleep 60; done ) &
   local stamper=$!
   wait "$first"  # a refused or failed comparison stops the script here
   for p in "${pids[@]}"; do wait "$p"; done
