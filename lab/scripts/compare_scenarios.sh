@@ -16,8 +16,8 @@
 # on one machine.  Resumable: rerun to continue.  About 11 core-hours per scenario and 5 per draw (lab/log.md).
 #
 # A folder runs one version of cropi's code from its first run to its last, even across sessions.  The tiny-policy
-# folders began before the sampler ran a group's prompt once, which made sampling about 2x faster
-# (lab/results/group_sampling-*.json) and so would change their seconds part-way: they run the code of TINY_PIN
+# folders began before the sampler ran a group's prompt once, which made sampling 1.85x faster on the tiny policy
+# (lab/results/group_sampling-tiny.json) and so would change their seconds part-way: they run the code of TINY_PIN
 # (a git worktree in runs/code-TINY_PIN, made on first use).  SmolLM2's folder runs the working tree.
 #
 #   [PROCS=1|2] lab/scripts/compare_scenarios.sh [FOLDER ...]    (default: all four, in the order above)

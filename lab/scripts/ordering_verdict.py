@@ -22,8 +22,8 @@ ap.add_argument("--out", type=Path, required=True, help="OUT.json and OUT.md are
 args = ap.parse_args()
 reference, other = read_json(args.reference), read_json(args.other)
 verdict = ordering_verdict(reference, other, args.selectors.split(","), tuple(args.names))
-verdict["seconds_by_kind"] = {n: {seed: row.get("seconds_by_kind") for seed, row in other["selectors"][n]["seeds"].items()}
-                              for n in verdict["selectors"]}
+verdict["seconds_by_kind"] = {n: {seed: row.get("seconds_by_kind") for seed, row in block["seeds"].items()}
+                              for n, block in other["selectors"].items() if n in verdict["selectors"]}
 write_json(args.out.with_suffix(".json"), verdict)
 lines = [f"# Does {args.names[0]}'s ordering hold on {args.names[1]}?", "", verdict["verdict"], "",
          "| measure | " + " | ".join(args.names) + " |", "| --- | --- | --- |"]

@@ -30,7 +30,8 @@ def _cropi_tasks():
 
 
 def parse_ground_truth(ground_truth, data_source: str = "") -> dict:
-    """``{"answer", "family", "synthetic"}`` (and ``"style"`` where the problem has one) from cropi's JSON text, a dict with those keys, or a plain answer."""
+    """``{"answer", "family", "synthetic"}`` (and ``"style"`` where the problem has one) from cropi's JSON text,
+    a dict with those keys, or a plain answer."""
     if isinstance(ground_truth, dict):
         record = dict(ground_truth)
     else:

@@ -97,30 +97,28 @@ def _repeat_runs(prompts: Sequence[Sequence[int]]) -> tuple[list[Sequence[int]],
     return unique, counts
 
 
-def _prefill(policy: Policy, prompts: Sequence[Sequence[int]]):
+def _prefill(policy: Policy, prompts: Sequence[Sequence[int]], share: bool = True):
     """Run the prompts through the model: (the next-token logits [N, V], the output holding the cache, the
     attention mask, the position ids).  A prompt repeated on consecutive rows (a group's G responses) runs once
     and its cache is repeated, as the GRPO loss does in training: with few-shot prompts the prompt dominates
     the cost of a short response."""
     model, dev = policy.model, policy.device
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in forward_parameters(type(model)) else {}
     unique, counts = _repeat_runs(prompts)
-    if len(unique) < len(prompts) and type(model) not in _SHARED_UNSUPPORTED:
-        ids, mask = left_pad(unique, policy.pad_token_id, dev)
-        position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, **extra)
-        reps = torch.tensor(counts, device=dev)
-        try:
-            repeat_cache(getattr(out, cache_argument(model), None), reps)
-        except SharedPromptUnsupported as e:  # remembered per model class: every row prefilled from now on
-            _SHARED_UNSUPPORTED[type(model)] = str(e)
-        else:
-            return (out.logits[:, -1, :].repeat_interleave(reps, 0), out, mask.repeat_interleave(reps, 0),
-                    position_ids.repeat_interleave(reps, 0))
-    ids, mask = left_pad(prompts, policy.pad_token_id, dev)
+    share = share and len(unique) < len(prompts) and type(model) not in _SHARED_UNSUPPORTED
+    ids, mask = left_pad(unique if share else prompts, policy.pad_token_id, dev)
     position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in forward_parameters(type(model)) else {}
     out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, **extra)
-    return out.logits[:, -1, :], out, mask, position_ids
+    if not share:
+        return out.logits[:, -1, :], out, mask, position_ids
+    reps = torch.tensor(counts, device=dev)
+    try:
+        repeat_cache(getattr(out, cache_argument(model), None), reps)
+    except SharedPromptUnsupported as e:  # remembered per model class: every row prefilled from now on
+        _SHARED_UNSUPPORTED[type(model)] = str(e)
+        return _prefill(policy, prompts, share=False)
+    return (out.logits[:, -1, :].repeat_interleave(reps, 0), out, mask.repeat_interleave(reps, 0),
+            position_ids.repeat_interleave(reps, 0))
 
 
 @torch.inference_mode()
