@@ -256,11 +256,11 @@ def _threshold_table(label: str, comparisons: dict[str, dict]) -> list[str]:
     return lines
 
 
-def write_draws_report(spread: dict, out: Path) -> None:
-    """``out/draws.json`` and ``out/draws.md``: the spread between pool draws next to the spread between seeds
-    (``metrics.draw_spread``), for every selector that was run on every draw."""
-    out = Path(out)
-    write_json(out / "draws.json", spread)
+def write_draws_report(spread: dict, out: Path, name: str = "draws") -> None:
+    """``out/NAME.json`` and ``out/NAME.md``: the spread between pool draws next to the spread between seeds
+    (``draw_spread``), for every selector that was run on every draw."""
+    out, stem = Path(out), name
+    write_json(out / f"{stem}.json", spread)
     draws = list(spread["draws"])
     lines = ["# cropi compare: pool draws", "",
              "The same comparison on several draws of the pool. For each selector: the median over seeds in each "
@@ -293,7 +293,7 @@ def write_draws_report(spread: dict, out: Path) -> None:
             lines.append(f"| {name} | " + " | ".join(cell(key, s["medians"][d], d) for d in draws)
                          + f" | {spread_cell(key, s['between_draws'])} | {spread_cell(key, s['between_seeds_max'])} "
                          f"| {s['never']} |")
-    write_text(out / "draws.md", "\n".join(lines) + "\n")
+    write_text(out / f"{stem}.md", "\n".join(lines) + "\n")
 
 
 # -- run folders of comparisons resumed across machines: full-sSEED@HOST reference runs --------------------------

@@ -51,6 +51,29 @@ def test_draw_spread_is_the_range_of_draw_medians_beside_the_range_of_seeds(tmp_
     assert wall["never"] == 0 and wall["between_seeds"]["c"] == pytest.approx(0.0)
 
 
+def test_the_draw_spread_script_writes_its_named_report_from_each_draws_results(tmp_path):
+    import subprocess
+    import sys
+
+    from lab.readings import draw_spread
+
+    full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]
+    fast, slow = [0.30, 0.40, 0.44, 0.45, 0.45, 0.45, 0.45], [0.30, 0.32, 0.35, 0.38, 0.41, 0.44, 0.44]
+    draws = {"d0": _draw(full, {0: fast, 1: fast}), "d1": _draw(full, {0: fast, 1: slow})}
+    args = []
+    for name, results in draws.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(results))
+        args.append(f"{name}={tmp_path / name}.json")
+    script = Path(__file__).resolve().parents[1] / "lab" / "scripts" / "draw_spread.py"
+    subprocess.run([sys.executable, str(script), *args, "--out", str(tmp_path), "--name", "draws-clean"], check=True)
+    written = json.loads((tmp_path / "draws-clean.json").read_text())
+    assert written["selectors"] == json.loads(json.dumps(draw_spread(draws)))["selectors"]
+    report = (tmp_path / "draws-clean.md").read_text()
+    assert "| d0 | d1 |" in report.replace("selector | ", "")
+    bad = subprocess.run([sys.executable, str(script), "d0", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode != 0 and "NAME=results.json" in bad.stderr
+
+
 def test_draw_spread_leaves_out_selectors_missing_from_a_draw_and_counts_never():
     from lab.readings import draw_spread
 

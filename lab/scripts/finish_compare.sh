@@ -8,7 +8,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
-CROPI=${CROPI:-.venv/bin/cropi}
 DEST=lab/results
 MAIN=runs/compare-peers
 DRAWS=(runs/compare-peers runs/compare-peers-draw1 runs/compare-peers-draw2)
@@ -31,7 +30,8 @@ if [[ ${1:-} == main ]]; then
 fi
 cp runs/compare-peers-long/results.json "$DEST/compare-peers-long.json"
 "$PY" -m lab.bench.plateau --long "$DEST/compare-peers-long.json" --compare "$DEST/compare-peers.json" --out "$DEST"
-"$CROPI" draws "${DRAWS[@]}" --out "$DEST"
+"$PY" lab/scripts/draw_spread.py draw0="${DRAWS[0]}/results.json" draw1="${DRAWS[1]}/results.json" \
+  draw2="${DRAWS[2]}/results.json" --out "$DEST"
 echo "finish_compare.sh: wrote $DEST/compare-peers.*, cost_model.*, compare-peers-long.json, plateau.*, draws.*"
 # the 2,400-step folder, where it has finished: full data's plateau check, and once cropi and the peers have
 # finished there too (results.json is rewritten only then), their comparison at that budget

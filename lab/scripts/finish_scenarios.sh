@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Once lab/scripts/compare_scenarios.sh has finished its folders: copy each comparison's results, report and plots
+# into lab/results/ (compare-FOLDER.*), and write the readings across them:
+#
+#   lab/results/scenarios-table.*   the pool scenarios side by side, the clean pool (compare-harvest.json) first
+#   lab/results/draws-clean.*       the clean pool and its two other draws: the spread between draws beside seeds
+#   lab/results/smollm2-verdict.*   whether the toy's ordering of the methods holds on SmolLM2
+#
+# Each reading is written only once every folder it reads has a results.json (a comparison writes it only when
+# all its runs are done); the others are named as not finished.  Rerun as folders finish.
+#
+#   lab/scripts/finish_scenarios.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PY:-.venv/bin/python}
+DEST=lab/results
+CLEAN=$DEST/compare-harvest.json  # the clean pool: its reading across the machines its runs took
+done_() { [[ -f runs/compare-$1/results.json ]]; }
+copy() {  # FOLDER: its results, plots and report, the report pointed at the copies' names
+  local src=runs/compare-$1
+  cp "$src/results.json" "$DEST/compare-$1.json"
+  for png in "$src"/*.png; do [[ -f $png ]] && cp "$png" "$DEST/compare-$1-$(basename "$png")"; done
+  sed -E "s/\]\(([a-z_]+\.png)\)/](compare-$1-\1)/g" "$src/report.md" > "$DEST/compare-$1.md"
+  echo "finish_scenarios.sh: wrote $DEST/compare-$1.json, .md and plots"
+}
+[[ -f $CLEAN ]] || { echo "finish_scenarios.sh: $CLEAN is missing" >&2; exit 2; }
+for f in noisy_keys off_target draw1 draw2 smollm2; do
+  if done_ "$f"; then copy "$f"; else echo "finish_scenarios.sh: runs/compare-$f has not finished"; fi
+done
+if done_ noisy_keys && done_ off_target; then
+  "$PY" lab/scripts/scenario_table.py clean="$CLEAN" noisy_keys="$DEST/compare-noisy_keys.json" \
+    off_target="$DEST/compare-off_target.json" --out "$DEST/scenarios-table"
+fi
+if done_ draw1 && done_ draw2; then
+  "$PY" lab/scripts/draw_spread.py draw0="$CLEAN" draw1="$DEST/compare-draw1.json" \
+    draw2="$DEST/compare-draw2.json" --out "$DEST" --name draws-clean
+fi
+if done_ smollm2; then
+  "$PY" lab/scripts/ordering_verdict.py "$CLEAN" "$DEST/compare-smollm2.json" \
+    --names "the toy" SmolLM2 --out "$DEST/smollm2-verdict"
+fi
