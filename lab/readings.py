@@ -259,8 +259,8 @@ def _threshold_table(label: str, comparisons: dict[str, dict]) -> list[str]:
 def write_draws_report(spread: dict, out: Path, name: str = "draws") -> None:
     """``out/NAME.json`` and ``out/NAME.md``: the spread between pool draws next to the spread between seeds
     (``draw_spread``), for every selector that was run on every draw."""
-    out, stem = Path(out), name
-    write_json(out / f"{stem}.json", spread)
+    out = Path(out)
+    write_json(out / f"{name}.json", spread)
     draws = list(spread["draws"])
     lines = ["# cropi compare: pool draws", "",
              "The same comparison on several draws of the pool. For each selector: the median over seeds in each "
@@ -288,12 +288,12 @@ def write_draws_report(spread: dict, out: Path, name: str = "draws") -> None:
         lines += ["", f"## {label}", "",
                   "| selector | " + " | ".join(draws) + " | between draws | between seeds (largest) | seeds never |",
                   "| --- | " + " | ".join("---:" for _ in draws) + " | ---: | ---: | ---: |"]
-        for name, per in spread["selectors"].items():
+        for selector, per in spread["selectors"].items():
             s = per[key]
-            lines.append(f"| {name} | " + " | ".join(cell(key, s["medians"][d], d) for d in draws)
+            lines.append(f"| {selector} | " + " | ".join(cell(key, s["medians"][d], d) for d in draws)
                          + f" | {spread_cell(key, s['between_draws'])} | {spread_cell(key, s['between_seeds_max'])} "
                          f"| {s['never']} |")
-    write_text(out / f"{stem}.md", "\n".join(lines) + "\n")
+    write_text(out / f"{name}.md", "\n".join(lines) + "\n")
 
 
 # -- run folders of comparisons resumed across machines: full-sSEED@HOST reference runs --------------------------
