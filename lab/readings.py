@@ -463,5 +463,6 @@ def ordering_verdict(reference: dict, other: dict, selectors: Sequence[str], nam
     elif not kept:
         line = f"{names[0]}'s ordering does not hold on {names[1]}: " + "; ".join(lost) + "."
     else:
-        line = (f"{names[0]}'s ordering holds on {names[1]} in {' and '.join(kept)}, not in " + "; ".join(lost) + ".")
+        line = (f"{names[0]}'s ordering holds on {names[1]} in {' and '.join(kept)}, not in "
+                + ", nor in ".join(lost) + ".")
     return {"schema_version": SCHEMA_VERSION, "selectors": both, "orders": orders, "holds": holds, "verdict": line}

@@ -311,5 +311,12 @@ def test_ordering_verdict_ranks_by_each_measure_with_never_last_and_full_at_one(
     assert v["holds"] == {"wall_acceleration": False, "step_acceleration": False, "final_targeted": False}
     assert v["verdict"].startswith("the toy's ordering does not hold on SmolLM2: seconds to full data's best "
                                    "(cropi_harvest > full > online_filter against online_filter > cropi_harvest > full)")
+    mixed = ordering_verdict(toy, _scenario_results({"full": [(150, None, 0.20)], "cropi_harvest": [(30, 3.3, 0.21)],
+                                                     "online_filter": [(40, 1.5, 0.22)]}), sel, ("the toy", "SmolLM2"))
+    assert mixed["holds"] == {"wall_acceleration": False, "step_acceleration": False, "final_targeted": True}
+    assert mixed["verdict"] == ("the toy's ordering holds on SmolLM2 in final targeted accuracy, not in seconds to full "
+                                "data's best (cropi_harvest > online_filter > full against online_filter > cropi_harvest "
+                                "> full), nor in steps to it (cropi_harvest > online_filter > full against online_filter "
+                                "> cropi_harvest > full).")
     same = ordering_verdict(toy, toy, sel, ("the toy", "the toy again"))
     assert all(same["holds"].values()) and "holds on the toy again in every measure" in same["verdict"]
