@@ -21,7 +21,7 @@ def _save(fig, path: Path) -> None:
     plt = _pyplot()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")  # "tight" takes in a legend placed outside the axes
     plt.close(fig)
     tmp.replace(path)
 
@@ -73,8 +73,8 @@ def plot_comparison(results: dict, out: Path) -> list[str]:
             ax.grid(alpha=0.3)
         # one legend beside the panels: with many selectors it would hide the curves inside them
         handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="center right", fontsize=8)
-        fig.tight_layout(rect=(0, 0, 0.8, 1))
+        fig.tight_layout()
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
         _save(fig, Path(out) / fname)
         names.append(fname)
     return names
