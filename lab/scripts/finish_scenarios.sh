@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Once lab/scripts/compare_scenarios.sh has finished its folders: copy each comparison's results and report into
-# lab/results/ (compare-FOLDER.*) with its plots drawn from its results, and write the readings across them:
+# Once lab/scripts/compare_scenarios.sh has finished its folders: copy each comparison's results into lab/results/
+# (compare-FOLDER.*) with its report and plots written again from them, and write the readings across them:
 #
 #   lab/results/scenarios-table.*   the pool scenarios side by side, the clean pool (compare-harvest.json) first
 #   lab/results/draws-clean.*       the clean pool and its two other draws: the spread between draws beside seeds
@@ -16,15 +16,15 @@ PY=${PY:-.venv/bin/python}
 DEST=lab/results
 CLEAN=$DEST/compare-harvest.json  # the clean pool: its reading across the machines its runs took
 done_() { [[ -f runs/compare-$1/results.json ]]; }
-copy() {  # FOLDER: its results and report, the report pointed at the plots, drawn again by this checkout's code
-  local src=runs/compare-$1 tmp   # (a pinned folder's own plots come from its older plotting code)
+copy() {  # FOLDER: its results, and its report and plots written again from them by this checkout's code (a pinned
+  local src=runs/compare-$1 tmp  # folder's own plots come from its older plotting code), pointed at the copies' names
   cp "$src/results.json" "$DEST/compare-$1.json"
   tmp=$(mktemp -d)
-  "$PY" -c 'import sys; from pathlib import Path; from cropi.io import read_json; from cropi.runs.plots import plot_comparison
-plot_comparison(read_json(Path(sys.argv[1])), Path(sys.argv[2]))' "$src/results.json" "$tmp"
+  "$PY" -c 'import sys; from pathlib import Path; from cropi.io import read_json; from cropi.runs.report import write_comparison_report
+write_comparison_report(read_json(Path(sys.argv[1])), Path(sys.argv[2]))' "$src/results.json" "$tmp"
   for png in "$tmp"/*.png; do cp "$png" "$DEST/compare-$1-$(basename "$png")"; done
+  sed -E "s/\]\(([a-z_]+\.png)\)/](compare-$1-\1)/g" "$tmp/report.md" > "$DEST/compare-$1.md"
   rm -rf "$tmp"
-  sed -E "s/\]\(([a-z_]+\.png)\)/](compare-$1-\1)/g" "$src/report.md" > "$DEST/compare-$1.md"
   echo "finish_scenarios.sh: wrote $DEST/compare-$1.json, .md and plots"
 }
 [[ -f $CLEAN ]] || { echo "finish_scenarios.sh: $CLEAN is missing" >&2; exit 2; }
