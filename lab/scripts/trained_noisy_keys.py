@@ -2,9 +2,9 @@
 groups whose key is the common mistake, against that share in the pool (``lab/results/noisy_keys-trained.json``).
 
 Only ``cropi_harvest`` records its trained groups (``RUN/trained/step-*.parquet``, the store it scores from), so the
-peers' shares are not known.  A trained group mixes two sources the record does not tell apart: GRESO's stream
-(every first training of a prompt comes from it) and the harvested ranking (a prompt trained before, drawn again).
-First trainings and repeats are therefore counted apart.  A mis-keyed group's reward is the share of responses that
+peers' shares are not known.  A trained group comes from one of two sources the record does not tell apart:
+GRESO's stream or the harvested ranking.  Every first training of a prompt comes from the stream; a repeat comes
+from the ranking or from the stream coming round again.  First trainings and repeats are counted apart.  A mis-keyed group's reward is the share of responses that
 gave the mistake.
 
     .venv/bin/python lab/scripts/trained_noisy_keys.py runs/compare-noisy_keys/runs/cropi_harvest-s* \
