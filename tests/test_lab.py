@@ -320,3 +320,46 @@ def test_ordering_verdict_ranks_by_each_measure_with_never_last_and_full_at_one(
                                 "> cropi_harvest > full).")
     same = ordering_verdict(toy, toy, sel, ("the toy", "the toy again"))
     assert all(same["holds"].values()) and "holds on the toy again in every measure" in same["verdict"]
+
+
+def test_trained_noisy_keys_counts_the_mis_keyed_share_of_the_trained_targeted_groups(tmp_path):
+    """lab/scripts/trained_noisy_keys.py against a hand count on a run folder whose trained groups are chosen
+    here: first trainings and repeats apart, untargeted groups out of the shares."""
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cropi.config import dump_config, load_config
+    from cropi.io import read_json
+    from cropi.tasks.synthetic import build_suite
+
+    cfg = load_config(None, ["data.suite.scenario=noisy_keys", "data.suite.pool_size=400"])
+    suite = build_suite(cfg.data.suite)
+    bad = next(p.id for p in suite.pool if p.metadata.get("noisy_key"))
+    good = next(p.id for p in suite.pool if p.family in suite.targeted and not p.metadata.get("noisy_key"))
+    other = next(p.id for p in suite.pool if p.family not in suite.targeted)
+    run = tmp_path / "cropi_harvest-s0"
+    (run / "trained").mkdir(parents=True)
+    (run / "config.yaml").write_text(dump_config(cfg))
+    steps = {0: [(bad, [1.0, 0.0, 0.0, 1.0]), (good, [1.0, 0.0, 1.0, 1.0]), (other, [0.0, 1.0, 0.0, 0.0])],
+             1: [(bad, [1.0, 1.0, 1.0, 0.0])]}
+    for step, groups in steps.items():
+        rows = [(pid, r) for pid, rewards in groups for r in rewards]
+        pq.write_table(pa.table({"prompt_id": [p for p, _ in rows], "reward": [r for _, r in rows]}),
+                       run / "trained" / f"step-{step:05d}.parquet")
+    script = Path(__file__).resolve().parents[1] / "lab" / "scripts" / "trained_noisy_keys.py"
+    out = tmp_path / "trained.json"
+    subprocess.run([sys.executable, str(script), str(run), "--out", str(out)], check=True, capture_output=True)
+    got = read_json(out)["runs"][0]
+    n_targeted = sum(p.family in suite.targeted for p in suite.pool)
+    assert got["pool_targeted"] == n_targeted
+    assert got["pool_mis_keyed"] == sum(bool(p.metadata.get("noisy_key")) for p in suite.pool)
+    assert got["trained_groups"] == 4 and got["targeted_share_of_trained"] == 0.75
+    assert got["all"] == {"targeted_groups": 3, "mis_keyed": 2, "mis_keyed_share": 0.6667,
+                          "mis_keyed_mean_reward": 0.625}
+    assert got["first_trainings"]["mis_keyed_share"] == 0.5
+    assert got["repeats"] == {"targeted_groups": 1, "mis_keyed": 1, "mis_keyed_share": 1.0,
+                              "mis_keyed_mean_reward": 0.75}
+    assert got["distinct_mis_keyed_trained"] == 1 and got["distinct_targeted_trained"] == 2
