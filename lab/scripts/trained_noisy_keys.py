@@ -4,8 +4,8 @@ groups whose key is the common mistake, against that share in the pool (``lab/re
 Only ``cropi_harvest`` records its trained groups (``RUN/trained/step-*.parquet``, the store it scores from), so the
 peers' shares are not known.  A trained group comes from one of two sources the record does not tell apart:
 GRESO's stream or the harvested ranking.  Every first training of a prompt comes from the stream; a repeat comes
-from the ranking or from the stream coming round again.  First trainings and repeats are counted apart.  A mis-keyed group's reward is the share of responses that
-gave the mistake.
+from the ranking or from the stream coming round again.  First trainings and repeats are counted apart.  A
+mis-keyed group's reward is the share of responses that gave the mistake.
 
     .venv/bin/python lab/scripts/trained_noisy_keys.py runs/compare-noisy_keys/runs/cropi_harvest-s* \
         --out lab/results/noisy_keys-trained.json
@@ -55,19 +55,22 @@ def read_run(run: Path) -> dict:
     def count(sel) -> dict:
         chosen = [r for r in rows if sel(r)]
         bad = [r for r in chosen if r[1]]
-        return {"targeted_groups": len(chosen), "mis_keyed": len(bad), "mis_keyed_share": share(len(bad), len(chosen)),
+        return {"targeted_groups": len(chosen), "mis_keyed": len(bad),
+                "mis_keyed_share": share(len(bad), len(chosen)),
                 "mis_keyed_mean_reward": round(sum(r[3] for r in bad) / len(bad), 4) if bad else None}
 
     edges = [round(budget * q / QUARTERS) for q in range(QUARTERS + 1)]
     bad_pool = sum(targeted.values())
     return {
         "run": run.name,
-        "pool_targeted": len(targeted), "pool_mis_keyed": bad_pool, "pool_mis_keyed_share": share(bad_pool, len(targeted)),
+        "pool_targeted": len(targeted), "pool_mis_keyed": bad_pool,
+        "pool_mis_keyed_share": share(bad_pool, len(targeted)),
         "trained_groups": n_groups, "targeted_share_of_trained": share(len(rows), n_groups),
         "all": count(lambda r: True),
         "first_trainings": count(lambda r: r[2]),
         "repeats": count(lambda r: not r[2]),
-        "by_quarter": {f"steps {a}-{b - 1}": count(lambda r, a=a, b=b: a <= r[0] < b) for a, b in zip(edges, edges[1:])},
+        "by_quarter": {f"steps {a}-{b - 1}": count(lambda r, a=a, b=b: a <= r[0] < b)
+                       for a, b in zip(edges, edges[1:])},
         "distinct_mis_keyed_trained": sum(bad and pid in seen for pid, bad in targeted.items()),
         "distinct_targeted_trained": sum(pid in seen for pid in targeted),
     }
@@ -81,7 +84,6 @@ runs = [read_run(r) for r in args.runs]
 write_json(args.out, {"schema_version": 1, "what": __doc__.split("\n\n")[0], "sources": __doc__.split("\n\n")[1],
                       "runs": runs})
 for r in runs:
-    print(r["run"], "targeted of trained", r["targeted_share_of_trained"], "distinct", r["distinct_mis_keyed_trained"],
-          r["distinct_targeted_trained"], "reward", r["all"]["mis_keyed_mean_reward"], "pool", r["pool_mis_keyed_share"], "all", r["all"]["mis_keyed_share"], "first",
-          r["first_trainings"]["mis_keyed_share"], "repeats", r["repeats"]["mis_keyed_share"],
-          {k: v["mis_keyed_share"] for k, v in r["by_quarter"].items()})
+    print(f"{r['run']}: targeted {r['targeted_share_of_trained']} of trained groups; mis-keyed share of them "
+          f"{r['all']['mis_keyed_share']} (pool {r['pool_mis_keyed_share']}), first trainings "
+          f"{r['first_trainings']['mis_keyed_share']}, repeats {r['repeats']['mis_keyed_share']}")
