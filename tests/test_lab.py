@@ -363,3 +363,58 @@ def test_trained_noisy_keys_counts_the_mis_keyed_share_of_the_trained_targeted_g
     assert got["repeats"] == {"targeted_groups": 1, "mis_keyed": 1, "mis_keyed_share": 1.0,
                               "mis_keyed_mean_reward": 0.75}
     assert got["distinct_mis_keyed_trained"] == 1 and got["distinct_targeted_trained"] == 2
+
+
+def test_results_across_machines_rereads_only_the_seconds_of_a_folder_whose_runs_span_machines(tmp_path):
+    """lab/scripts/results_across_machines.py: the package's results.json of a folder carried over to a second
+    machine, with each run's wall-clock acceleration against full data's seconds on its own machine (the reference
+    run full-s0@b there) and every other number as the package wrote it."""
+    import subprocess
+    import sys
+
+    from cropi.io import read_json, write_json
+    from cropi.runs.metrics import compute_results as package_results
+
+    full = [0.30, 0.33, 0.36, 0.39, 0.42, 0.42, 0.42]
+    fast = [0.30, 0.45, 0.46, 0.46, 0.46, 0.46, 0.46]
+    calm = {"mean": 2.0, "samples": 7, "cores": 2}
+    folder = tmp_path / "compare-x"
+    plans = {"full-s0": (full, 10.0, "a"), "full-s1": (full, 12.0, "a"), "cropi-s0": (fast, 2.0, "b"),
+             "cropi-s1": (fast, 4.0, "a"), "full-s0@b": ([0.2] * 7, 5.0, "b")}
+    for name, (ys, dt, host) in plans.items():
+        write_json(folder / "runs" / name / "summary.json", {"curve": _curve(ys, dt=dt)})
+        write_json(folder / "runs" / name / "host.json", {"schema_version": 1, "host": host,
+                                                          "machine": "EPYC, 2 cores", "load_1min_at_evals": calm})
+    # the package's results know no machine: every run divided by full data's seconds, whichever machine's
+    package = package_results({"full": {0: {"curve": _curve(full)}, 1: {"curve": _curve(full, dt=12.0)}},
+                               "cropi": {0: {"curve": _curve(fast, dt=2.0)}, 1: {"curve": _curve(fast, dt=4.0)}}},
+                              60)
+    package["selectors"]["cropi"]["seeds"]["0"]["training_signal"] = [{"stage": 0, "reward_mean": 0.25}]
+    write_json(folder / "results.json", package)
+    script = Path(__file__).resolve().parents[1] / "lab" / "scripts" / "results_across_machines.py"
+    out = tmp_path / "across.json"
+    subprocess.run([sys.executable, str(script), str(folder), "--out", str(out)], check=True, capture_output=True)
+    got = read_json(out)
+    s0, s1 = got["selectors"]["cropi"]["seeds"]["0"], got["selectors"]["cropi"]["seeds"]["1"]
+    # full data's seconds at its crossing step: on a the mean of seeds 0 and 1 (10 and 12 s per evaluation), on b
+    # the reference's (5 s per evaluation), so a's are 2.2 times b's
+    assert (s0["host"], s1["host"]) == ("b", "a")
+    assert s0["wall_acceleration"] == pytest.approx(
+        got["hosts"]["b"]["full_seconds_to_threshold"] / s0["seconds_to_threshold"])
+    assert s1["wall_acceleration"] == pytest.approx(
+        got["hosts"]["a"]["full_seconds_to_threshold"] / s1["seconds_to_threshold"])
+    assert got["hosts"]["a"]["full_seconds_to_threshold"] == pytest.approx(
+        2 * got["hosts"]["b"]["full_seconds_to_threshold"] * 1.1)
+    assert s0["wall_acceleration"] != package["selectors"]["cropi"]["seeds"]["0"]["wall_acceleration"]
+    # everything but the seconds is the package's
+    assert s0["training_signal"] == [{"stage": 0, "reward_mean": 0.25}]
+    for key in ("threshold_targeted", "full_steps_to_threshold", "budget_steps"):
+        assert got[key] == package[key]
+    assert s0["steps_to_threshold"] == package["selectors"]["cropi"]["seeds"]["0"]["steps_to_threshold"]
+    assert got["seconds_across_machines"] == ["a", "b"]
+    # a results.json from other runs is refused
+    package["threshold_targeted"] += 0.01
+    write_json(folder / "results.json", package)
+    refused = subprocess.run([sys.executable, str(script), str(folder), "--out", str(out)], capture_output=True,
+                             text=True)
+    assert refused.returncode != 0 and "threshold" in refused.stderr

@@ -18,10 +18,14 @@ CLEAN=$DEST/compare-harvest.json  # the clean pool: its reading across the machi
 done_() { [[ -f runs/compare-$1/results.json ]]; }
 copy() {  # FOLDER: its results, and its report and plots written again from them by this checkout's code (a pinned
   local src=runs/compare-$1 tmp  # folder's own plots come from its older plotting code), pointed at the copies' names
-  cp "$src/results.json" "$DEST/compare-$1.json"
+  if [[ $(cat "$src"/runs/*/host.json 2>/dev/null | grep -o '"host": "[^"]*"' | sort -u | wc -l) -gt 1 ]]; then
+    "$PY" lab/scripts/results_across_machines.py "$src" --out "$DEST/compare-$1.json"  # seconds per machine
+  else
+    cp "$src/results.json" "$DEST/compare-$1.json"
+  fi
   tmp=$(mktemp -d)
   "$PY" -c 'import sys; from pathlib import Path; from cropi.io import read_json; from cropi.runs.report import write_comparison_report
-write_comparison_report(read_json(Path(sys.argv[1])), Path(sys.argv[2]))' "$src/results.json" "$tmp"
+write_comparison_report(read_json(Path(sys.argv[1])), Path(sys.argv[2]))' "$DEST/compare-$1.json" "$tmp"
   for png in "$tmp"/*.png; do cp "$png" "$DEST/compare-$1-$(basename "$png")"; done
   sed -E "s/\]\(([a-z_]+\.png)\)/](compare-$1-\1)/g" "$tmp/report.md" > "$DEST/compare-$1.md"
   rm -rf "$tmp"
