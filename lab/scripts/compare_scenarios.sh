@@ -13,7 +13,7 @@
 # processes share each folder (runs are claimed with lock files), one per core, so every run is measured under
 # the same load; nothing else may run beside them.  Each finished run gets RUN/host.json (its machine and the mean
 # load while it ran: lab/scripts/stamp_host.py).  Resumable: rerun to continue.  About 11 core-hours per scenario
-# and 5 per draw (lab/log.md): more than one session, and the machine may be replaced between sessions, so
+# and 4 per draw (draw 2: 1 h 52 min on 2 cores; lab/log.md): more than one session, and the machine may be replaced between sessions, so
 #   - the tiny-policy folders run one seed at a time, full data's first, so that a machine mostly measures its own
 #     full-data seconds; a last pass over all seeds only writes the folder's results.json;
 #   - each finished run's small records (not its checkpoints or stores) are copied to lab/results/compare-runs/
