@@ -336,6 +336,14 @@ def finished_summaries(runs: Path) -> dict[str, dict[int, dict]]:
     return {selector: dict(sorted(by_seed.items())) for selector, by_seed in out.items()}
 
 
+def read_runs_across_machines(runs: Path, budget_steps: int) -> dict:
+    """``compute_results_across_machines`` on a comparison's finished runs (``runs/``, or a kept copy of it), with
+    its ``full-sSEED@HOST`` reference runs.  The top-level machine is the full-data runs'."""
+    summaries = finished_summaries(runs)
+    machine = next(iter(summaries["full"].values())).get("machine", "unrecorded")
+    return compute_results_across_machines(summaries, machine, budget_steps, references=reference_summaries(runs))
+
+
 # -- the pool scenarios side by side ------------------------------------------------------------------------------
 SCENARIO_KEYS = ("step_acceleration", "wall_acceleration", "final_targeted", "best_untargeted")
 PEERS = ("online_filter", "greso", "dapo", "online_influence")

@@ -1,7 +1,7 @@
 """Readings of a comparison's finished runs, before the whole comparison has finished (its results.json is
-written only then): the comparison's own rule (``lab.readings.compute_results_across_machines``) applied to every run folder that has
-a summary.json, with each run's machine.  Unfinished runs are left out; so are contended repeats
-(``contended-*``), which, as in ``cropi compare``, are no seconds reference.
+written only then): the comparison's own rule (``lab.readings.read_runs_across_machines``) applied to every
+run folder that has a summary.json, with each run's machine.  Unfinished runs are left out; so are contended
+repeats (``contended-*``), which, as in ``cropi compare``, are no seconds reference.
 
     .venv/bin/python lab/scripts/read_compare_runs.py lab/results/compare-runs/compare-peers-2400 \
         --budget 2400 --out lab/results/compare-peers-2400-finished-runs.json
@@ -13,18 +13,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: the lab is not installed
 
 from cropi.io import write_json
-from lab.readings import compute_results_across_machines, finished_summaries, reference_summaries
+from lab.readings import read_runs_across_machines
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("folder", type=Path, help="a comparison's runs/ folder, or a kept copy of it")
 parser.add_argument("--budget", type=int, required=True, help="the comparison's train.steps")
 parser.add_argument("--out", type=Path, required=True, help="the JSON file to write")
 args = parser.parse_args()
-summaries = finished_summaries(args.folder)
-references = reference_summaries(args.folder)  # full-sSEED@HOST: each machine's full-data seconds
-# each run's own machine decides its wall-clock number; the top-level machine is the full-data runs'
-machine = next(iter(summaries["full"].values())).get("machine", "unrecorded")
-results = compute_results_across_machines(summaries, machine, args.budget, references=references)
+results = read_runs_across_machines(args.folder, args.budget)  # each run's seconds against its own machine's
 results["finished_runs_only"] = True
 write_json(args.out, results)
 for selector, sel in results["selectors"].items():

@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: the lab is not installed
 
 from cropi.io import read_json, write_json
-from lab.readings import compute_results_across_machines, finished_summaries, host_of, reference_summaries
+from lab.readings import read_runs_across_machines
 
 ROW_KEYS = ("wall_acceleration", "wall_acceleration_is_lower_bound", "host", "wall_reference", "contended",
             "load_1min_at_evals")
@@ -22,10 +22,7 @@ TOP_KEYS = ("machine", "full_seconds_to_threshold", "run_machines", "hosts", "re
 
 def across_machines(folder: Path) -> dict:
     results = read_json(folder / "results.json")
-    summaries = finished_summaries(folder / "runs")
-    references = reference_summaries(folder / "runs")
-    machine = next(iter(summaries["full"].values())).get("machine", "unrecorded")
-    across = compute_results_across_machines(summaries, machine, results["budget_steps"], references=references)
+    across = read_runs_across_machines(folder / "runs", results["budget_steps"])
     # the same runs give the same threshold: a mismatch means the folder's runs are not the results' runs
     if across["threshold_targeted"] != results["threshold_targeted"]:
         raise SystemExit(f"{folder}: its runs' threshold {across['threshold_targeted']} is not its results.json's "
@@ -37,7 +34,8 @@ def across_machines(folder: Path) -> dict:
         block["median"]["wall_acceleration"] = other["median"]["wall_acceleration"]
         block["wall_unreferenced"], block["wall_contended"] = other["wall_unreferenced"], other["wall_contended"]
     results.update({k: across[k] for k in TOP_KEYS})
-    results["seconds_across_machines"] = sorted({host_of(s) for runs in summaries.values() for s in runs.values()})
+    # the machines of the finished runs themselves (a machine that ran only a reference is not one)
+    results["seconds_across_machines"] = sorted(h for h, row in across["hosts"].items() if row["runs"])
     return results
 
 
