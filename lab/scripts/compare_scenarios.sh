@@ -13,10 +13,11 @@
 # processes share each folder (runs are claimed with lock files), one per core, so every run is measured under
 # the same load; nothing else may run beside them.  Each finished run gets RUN/host.json (its machine and the mean
 # load while it ran: lab/scripts/stamp_host.py).  Resumable: rerun to continue.  About 11 core-hours per scenario
-# and 4 per draw (draw 2: 1 h 52 min on 2 cores; lab/log.md): more than one session, and the machine may be replaced between sessions, so
+# and 4 per draw (draw 2: 1 h 52 min on 2 cores; lab/log.md): more than one session, and the machine may be
+# replaced between sessions, so
 #   - the tiny-policy folders run one seed at a time, full data's first, so that a machine mostly measures its own
 #     full-data seconds; a last pass over all seeds only writes the folder's results.json;
-#   - each finished run's small records (not its checkpoints or stores) are copied to lab/results/compare-runs/
+#   - each finished run's small records (not its checkpoints or stores), gzipped, go to lab/results/compare-runs/
 #     (commit them before a session ends) and back into runs/ on a machine that lacks them;
 #   - a machine that takes a folder over with none of its full-data runs first repeats the current seed's as the
 #     reference run full-sSEED@HOST, beside the others: seconds compare only within one machine
@@ -90,10 +91,12 @@ keep() {  # OUT: a copy of each stamped finished run's small records under $KEPT
     [ -f "$dest/host.json" ] && continue
     rm -rf "$dest.tmp"
     mkdir -p "$dest.tmp"
-    for f in config.yaml summary.json final_eval_items.json started_at host.json; do
+    for f in config.yaml started_at host.json; do
       [ ! -f "$run/$f" ] || cp "$run/$f" "$dest.tmp/"
     done
-    gzip -c "$run/metrics.jsonl" > "$dest.tmp/metrics.jsonl.gz"  # about a fifth of its size
+    for f in summary.json final_eval_items.json metrics.jsonl; do  # gzipped: from a fifth to a tenth of the bytes
+      [ ! -f "$run/$f" ] || gzip -9c "$run/$f" > "$dest.tmp/$f.gz"
+    done
     mv "$dest.tmp" "$dest"
   done
 }
@@ -106,7 +109,7 @@ restore() {  # OUT: the kept finished runs this machine lacks (an unfinished cop
     [ -f "$1/runs/$name/summary.json" ] && continue
     rm -rf "$1/runs/$name"
     cp -r "${r%/}" "$1/runs/$name"
-    gunzip "$1/runs/$name/metrics.jsonl.gz"
+    gunzip "$1/runs/$name"/*.gz
   done
 }
 needs_reference() {  # OUT SEED: full-sSEED finished elsewhere, and none of OUT's full-data runs is this machine's

@@ -21,6 +21,7 @@ for d in "${NEEDED[@]}"; do
 done
 cp "$MAIN/results.json" "$DEST/compare-peers.json"
 for png in "$MAIN"/*.png; do cp "$png" "$DEST/compare-peers-$(basename "$png")"; done
+"$PY" lab/scripts/shrink_png.py "$DEST"/compare-peers-accuracy_vs_*.png  # a palette: a third the bytes
 # the report names its plots by their own names: point it at the copies
 sed -E 's/\]\(([a-z_]+\.png)\)/](compare-peers-\1)/g' "$MAIN/report.md" > "$DEST/compare-peers.md"
 "$PY" -m lab.bench.cost_model --compare "$MAIN" --out "$DEST"
@@ -43,6 +44,7 @@ if [[ -f $LONG/results.json ]]; then
   echo "finish_compare.sh: wrote $DEST/compare-peers-2400.json, plateau-2400.*"
   if "$PY" -c 'import json, sys; sys.exit("cropi" not in json.load(open(sys.argv[1]))["selectors"])' "$LONG/results.json"; then
     for png in "$LONG"/*.png; do cp "$png" "$DEST/compare-peers-2400-$(basename "$png")"; done
+    "$PY" lab/scripts/shrink_png.py "$DEST"/compare-peers-2400-*.png
     sed -E 's/\]\(([a-z_]+\.png)\)/](compare-peers-2400-\1)/g' "$LONG/report.md" > "$DEST/compare-peers-2400.md"
     echo "finish_compare.sh: wrote $DEST/compare-peers-2400.md and its plots"
   fi

@@ -29,6 +29,7 @@ copy() {  # FOLDER: its results, and its report and plots written again from the
   "$PY" -c 'import sys; from pathlib import Path; from cropi.io import read_json; from cropi.runs.report import write_comparison_report
 write_comparison_report(read_json(Path(sys.argv[1])), Path(sys.argv[2]))' "$DEST/compare-$1.json" "$tmp"
   for png in "$tmp"/*.png; do cp "$png" "$DEST/compare-$1-$(basename "$png")"; done
+  "$PY" lab/scripts/shrink_png.py "$DEST/compare-$1-"*.png  # the committed copies in a palette: a third the bytes
   sed -E "s/\]\(([a-z_]+\.png)\)/](compare-$1-\1)/g" "$tmp/report.md" > "$DEST/compare-$1.md"
   rm -rf "$tmp"
   echo "finish_scenarios.sh: wrote $DEST/compare-$1.json, .md and plots"

@@ -3,8 +3,10 @@ written only then): the comparison's own rule (``lab.readings.read_runs_across_m
 run folder that has a summary.json, with each run's machine.  Unfinished runs are left out; so are contended
 repeats (``contended-*``), which, as in ``cropi compare``, are no seconds reference.
 
-    .venv/bin/python lab/scripts/read_compare_runs.py lab/results/compare-runs/compare-peers-2400 \
-        --budget 2400 --out lab/results/compare-peers-2400-finished-runs.json
+    .venv/bin/python lab/scripts/read_compare_runs.py runs/compare-off_target/runs --budget 600 --out FILE
+
+A kept copy under lab/results/compare-runs/ is read once compare_scenarios.sh has restored it into runs/ (it keeps
+the records gzipped).
 """
 import argparse
 import sys
@@ -16,7 +18,7 @@ from cropi.io import write_json
 from lab.readings import read_runs_across_machines
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-parser.add_argument("folder", type=Path, help="a comparison's runs/ folder, or a kept copy of it")
+parser.add_argument("folder", type=Path, help="a comparison's runs/ folder")
 parser.add_argument("--budget", type=int, required=True, help="the comparison's train.steps")
 parser.add_argument("--out", type=Path, required=True, help="the JSON file to write")
 args = parser.parse_args()
