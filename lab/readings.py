@@ -337,7 +337,7 @@ def finished_summaries(runs: Path) -> dict[str, dict[int, dict]]:
 
 
 def read_runs_across_machines(runs: Path, budget_steps: int) -> dict:
-    """``compute_results_across_machines`` on a comparison's finished runs (``runs/``, or a kept copy of it), with
+    """``compute_results_across_machines`` on a comparison's finished runs (its ``runs/`` folder), with
     its ``full-sSEED@HOST`` reference runs.  The top-level machine is the full-data runs'."""
     summaries = finished_summaries(runs)
     machine = next(iter(summaries["full"].values())).get("machine", "unrecorded")

@@ -418,3 +418,36 @@ def test_results_across_machines_rereads_only_the_seconds_of_a_folder_whose_runs
     refused = subprocess.run([sys.executable, str(script), str(folder), "--out", str(out)], capture_output=True,
                              text=True)
     assert refused.returncode != 0 and "threshold" in refused.stderr
+
+
+def test_shrink_png_keeps_a_plot_readable_in_a_palette_and_fewer_bytes(tmp_path):
+    """lab/scripts/shrink_png.py: the committed plots rewritten in a 256-colour palette, same size, each pixel
+    close to the original, fewer bytes; a palette file is left alone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from PIL import Image
+
+    import runpy
+
+    shrink = runpy.run_path(str(Path(__file__).resolve().parents[1] / "lab" / "scripts" / "shrink_png.py"))["shrink"]
+    fig, ax = plt.subplots(figsize=(6, 3))
+    x = np.linspace(0, 600, 200)
+    for k in range(6):
+        ax.plot(x, np.sin(x / 50 + k) + k, label=f"rule {k}")
+        ax.fill_between(x, np.sin(x / 50 + k) + k - 0.2, np.sin(x / 50 + k) + k + 0.2, alpha=0.2)
+    ax.legend()
+    png = tmp_path / "plot.png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    before = np.asarray(Image.open(png).convert("RGB"), dtype=int)
+    size_before, size_after = shrink(png)
+    assert size_after == len(png.read_bytes()) < size_before
+    with Image.open(png) as im:
+        assert im.mode == "P"
+        after = np.asarray(im.convert("RGB"), dtype=int)
+    assert after.shape == before.shape
+    assert np.abs(after - before).mean() < 2.0 and np.percentile(np.abs(after - before).max(axis=2), 99) < 40
+    assert shrink(png) == (size_after, size_after)  # already a palette
